@@ -1,0 +1,1 @@
+"""hqf-jax: byte-level retention LMs, learned compression, phi-grid quantization, holographic memory."""
