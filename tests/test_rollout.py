@@ -11,36 +11,7 @@ from flax import nnx
 from hqf_jax.ops.constants import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
 from hqf_jax.rl import rollout as ro
 from hqf_jax.rl.sampling import process_logits, token_stats
-
-
-class TinyGRULM(nnx.Module):
-    """A small real recurrent byte LM with the policy interface (init_state / step / __call__)."""
-
-    def __init__(self, d: int = 16, vocab: int = BYTE_VOCAB_SIZE, *, rngs: nnx.Rngs):
-        self.d = d
-        self.embed = nnx.Embed(vocab, d, rngs=rngs)
-        self.wx = nnx.Linear(d, 3 * d, rngs=rngs)
-        self.wh = nnx.Linear(d, 3 * d, rngs=rngs)
-        self.head = nnx.Linear(d, vocab, rngs=rngs)
-
-    def init_state(self, batch_size):
-        return jnp.zeros((batch_size, self.d), jnp.float32)
-
-    def step(self, token, h):
-        x = self.embed(token)
-        xz, xr, xn = jnp.split(self.wx(x), 3, axis=-1)
-        hz, hr, hn = jnp.split(self.wh(h), 3, axis=-1)
-        z, r = jax.nn.sigmoid(xz + hz), jax.nn.sigmoid(xr + hr)
-        h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
-        return 3.0 * self.head(h), h  # sharpened so samples are not uniform noise
-
-    def __call__(self, tokens):
-        def f(h, tok):
-            logits, h = self.step(tok, h)
-            return h, logits
-
-        _, logits = jax.lax.scan(f, self.init_state(tokens.shape[0]), tokens.T)
-        return logits.transpose(1, 0, 2)
+from hqf_jax.rl.toy_policy import TinyGRULM
 
 
 class Bigram(nnx.Module):
@@ -109,7 +80,8 @@ def test_seed_determinism_and_greedy():
     m = np.asarray(g.mask)
     np.testing.assert_allclose(np.asarray(g.sample_logprobs)[m], 0.0, atol=1e-6)  # greedy: p_sample = 1
     tf = ro.teacher_forced_stats(model(g.tokens), g.tokens)[0]
-    logits = np.asarray(model(g.tokens))
+    logits = np.asarray(model(g.tokens)).copy()
+    logits[..., [BOS_ID, PAD_ID]] = -np.inf  # suppressed by default
     toks = np.asarray(g.tokens)
     for i, j in zip(*np.nonzero(m)):
         assert toks[i, j] == logits[i, j - 1].argmax()

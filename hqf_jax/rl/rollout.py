@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES, PAD_ID
-from hqf_jax.rl.sampling import process_logits, token_stats
+from hqf_jax.rl.sampling import NEG_INF, process_logits, token_stats
 
 
 class RolloutError(ValueError):
@@ -47,6 +47,7 @@ class SampleConfig:
     top_p: float = 1.0  # 1.0: off
     stop_token: int | None = EOS_ID
     stop_sequences: tuple = ()  # of bytes or tuples of token ids; the stop is kept in the completion
+    suppress_tokens: tuple = (BOS_ID, PAD_ID)  # never sampled (they would break the byte layout)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -59,6 +60,7 @@ class SampleConfig:
         if any(len(s) == 0 for s in seqs):
             raise RolloutError("an empty stop sequence would stop at once: remove it")
         object.__setattr__(self, "stop_sequences", seqs)
+        object.__setattr__(self, "suppress_tokens", tuple(int(x) for x in self.suppress_tokens))
 
 
 class Rollout(NamedTuple):
@@ -73,12 +75,21 @@ class Rollout(NamedTuple):
     stopped: jax.Array  # (B,) bool: ended by a stop token / stop sequence (not by the length limit)
 
 
-def encode_prompts(prompts: Sequence[bytes | Sequence[int]], bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Byte prompts -> (tokens (B, P) int32 right-padded with PAD_ID, lengths (B,) int32)."""
+def encode_prompts(prompts: Sequence[bytes | Sequence[int]], bos: bool = True,
+                   width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Byte prompts -> (tokens (B, P) int32 right-padded with PAD_ID, lengths (B,) int32).
+
+    width: a fixed P (one compiled rollout for every batch); None: the longest prompt.
+    """
     rows = [([BOS_ID] if bos else []) + list(p) for p in prompts]
     if any(len(r) == 0 for r in rows):
         raise RolloutError("an empty prompt has no token to start from: pass bos=True")
-    width = max(len(r) for r in rows)
+    longest = max(len(r) for r in rows)
+    if width is None:
+        width = longest
+    elif longest > width:
+        raise RolloutError(f"a prompt of {longest} tokens exceeds width={width}: raise the prompt width "
+                           "or shorten the sources")
     out = np.full((len(rows), width), PAD_ID, np.int32)
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
@@ -140,7 +151,11 @@ def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig
             logits = jax.lax.dynamic_index_in_dim(model(buf), t, axis=1, keepdims=False)
         logits = logits.astype(jnp.float32)
         forced = t + 1 < prompt_lens
-        plogits = process_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+        if cfg.suppress_tokens:
+            logits_s = logits.at[:, jnp.asarray(cfg.suppress_tokens, jnp.int32)].set(NEG_INF)
+        else:
+            logits_s = logits
+        plogits = process_logits(logits_s, cfg.temperature, cfg.top_k, cfg.top_p)
         sampled = jax.random.categorical(jax.random.fold_in(key, t), plogits, axis=-1).astype(jnp.int32)
         gen = ~forced & ~done
         prompt_next = jax.lax.dynamic_index_in_dim(buf, t + 1, axis=1, keepdims=False)
