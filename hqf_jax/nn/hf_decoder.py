@@ -179,12 +179,23 @@ class DecoderConfig:
 class Linear(nnx.Module):
     """y = x W^T + b with W of shape (out, in) as in PyTorch; computed in `dtype`."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs | None):
         self.in_features, self.out_features = in_features, out_features
         self.dtype = dtype
-        init = jax.nn.initializers.normal(0.02)
-        self.weight = nnx.Param(init(rngs.params(), (out_features, in_features), param_dtype))
+        if rngs is None:  # filled by the caller (from_weights, loading)
+            self.weight = nnx.Param(jnp.zeros((out_features, in_features), param_dtype))
+        else:
+            self.weight = nnx.Param(jax.nn.initializers.normal(0.02)(rngs.params(), (out_features, in_features), param_dtype))
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if bias else None
+
+    @classmethod
+    def from_weights(cls, weight: jnp.ndarray, bias: nnx.Param | None, dtype) -> "Linear":
+        """A Linear holding `weight` (out, in) and the given bias variable (shared, not copied)."""
+        lin = cls(1, 1, bias=False, dtype=dtype, param_dtype=weight.dtype, rngs=None)
+        lin.out_features, lin.in_features = weight.shape
+        lin.weight = nnx.Param(weight)
+        lin.bias = bias
+        return lin
 
     def base(self, x: jnp.ndarray) -> jnp.ndarray:
         y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), self.weight[...].astype(self.dtype))
