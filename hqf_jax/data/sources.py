@@ -1,0 +1,163 @@
+"""Byte sources: documents (name, bytes) from local files, split into train/validation by document.
+
+Every source returns a ``ByteCorpus``. Files are read through ``datasets`` (an Arrow table
+of (name, data) rows, memory-mapped from its cache, so large corpora do not sit in RAM
+twice). The split is a deterministic function of each document's name: a document goes
+to validation when the first 8 bytes of sha256(name) fall below ``valid_fraction`` of 2^64,
+so adding files never moves another file across the split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from hqf_jax.errors import DataError
+
+
+@dataclasses.dataclass
+class ByteCorpus:
+    train: list[tuple[str, bytes]]
+    valid: list[tuple[str, bytes]]
+    description: str = ""
+    skipped: int = 0  # documents dropped as unreadable or invalid, always reported
+
+    def stream(self, split: str) -> np.ndarray:
+        """All documents of a split concatenated, in name order, as uint8."""
+        docs = self.train if split == "train" else self.valid
+        return np.frombuffer(b"".join(d for _, d in docs), dtype=np.uint8)
+
+    def summary(self) -> str:
+        nt, nv = sum(len(d) for _, d in self.train), sum(len(d) for _, d in self.valid)
+        s = f"{self.description}: {len(self.train)} train docs ({nt:,} bytes), {len(self.valid)} valid docs ({nv:,} bytes)"
+        return s + (f", {self.skipped} skipped" if self.skipped else "")
+
+
+def is_valid_name(name: str, valid_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+    return h < valid_fraction * 2**64
+
+
+def split_documents(docs: Iterable[tuple[str, bytes]], valid_fraction: float, description: str = "", skipped: int = 0) -> ByteCorpus:
+    """Deterministic split by document name. With fewer than two documents, or when the hash puts
+    every document on one side, the last ``valid_fraction`` of the bytes becomes validation."""
+    docs = sorted(docs)
+    train = [d for d in docs if not is_valid_name(d[0], valid_fraction)]
+    valid = [d for d in docs if is_valid_name(d[0], valid_fraction)]
+    if not train or not valid:
+        data = b"".join(d for _, d in docs)
+        cut = int(len(data) * (1 - valid_fraction))
+        train, valid = [("train-part", data[:cut])], [("valid-part", data[cut:])]
+    return ByteCorpus(train, valid, description, skipped)
+
+
+def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        path = Path(os.path.expanduser(p))
+        if not path.exists():
+            raise DataError(f"data path {p!r} does not exist; pass an existing file or folder (data.paths=/path/to/text)")
+        if path.is_file():
+            files.append(path)
+        else:
+            files.extend(f for f in sorted(path.rglob("*")) if f.is_file() and (suffixes is None or f.suffix in suffixes))
+    if not files:
+        raise DataError(f"no files found under {paths}" + (f" with suffixes {suffixes}" if suffixes else "")
+                        + "; point data.paths at a folder that holds files")
+    return files
+
+
+def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], int]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    skipped = [0]
+
+    def gen(paths):
+        for f in paths:
+            try:
+                data = Path(f).read_bytes()
+            except OSError:
+                skipped[0] += 1
+                continue
+            if data:
+                yield {"name": str(f), "data": data}
+
+    features = datasets.Features({"name": datasets.Value("string"), "data": datasets.Value("binary")})
+    ds = datasets.Dataset.from_generator(gen, gen_kwargs={"paths": [str(f) for f in files]}, features=features,
+                                         keep_in_memory=True)
+    docs = [(row["name"], row["data"]) for row in ds]
+    if not docs:
+        raise DataError(f"every file under the data paths was empty or unreadable ({len(files)} files, {skipped[0]} unreadable)")
+    if skipped[0]:
+        print(f"[data] skipped {skipped[0]} unreadable files")
+    return docs, skipped[0]
+
+
+def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None) -> ByteCorpus:
+    """Bytes of any local files or folders (any file type)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    files = _list_files(paths, suffixes)
+    for f in files:
+        if not os.access(f, os.R_OK):
+            raise DataError(f"cannot read {f}: permission denied; fix its permissions or leave it out of data.paths")
+    docs, skipped = _read_through_datasets(files)
+    return split_documents(docs, valid_fraction, f"files {paths}", skipped)
+
+
+def stdlib_root() -> str:
+    return sysconfig.get_paths()["stdlib"]
+
+
+def load_stdlib(valid_fraction: float = 0.05, max_files: int | None = None) -> ByteCorpus:
+    """The embedded default corpus: the .py sources of the running interpreter's standard library
+    (test suites and site-packages left out), so every machine has the same kind of real text."""
+    root = Path(stdlib_root())
+    files = [f for f in sorted(root.rglob("*.py"))
+             if "site-packages" not in f.parts and "test" not in f.parts and "tests" not in f.parts and "idlelib" not in f.parts]
+    if not files:
+        raise DataError(f"no .py files under the standard library folder {root}; pass data.source=files data.paths=...")
+    if max_files:
+        rng = np.random.default_rng(0)
+        files = sorted(rng.choice(np.array(files, dtype=object), size=min(max_files, len(files)), replace=False).tolist())
+    docs, skipped = _read_through_datasets(files)
+    docs = [(os.path.relpath(n, root), d) for n, d in docs]
+    return split_documents(docs, valid_fraction, f"python stdlib at {root}", skipped)
+
+
+# name -> loader(data_config) -> ByteCorpus. Other modules add their sources with ``register``.
+SOURCES: dict[str, Callable[..., ByteCorpus]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+@register("stdlib")
+def _stdlib_source(cfg) -> ByteCorpus:
+    return load_stdlib(cfg.valid_fraction, cfg.get("max_files") or None)
+
+
+@register("files")
+def _files_source(cfg) -> ByteCorpus:
+    if not cfg.get("paths"):
+        raise DataError("data.source=files needs data.paths (a file or folder, or several separated by commas)")
+    paths = cfg.paths.split(",") if isinstance(cfg.paths, str) else list(cfg.paths)
+    return load_files(paths, cfg.valid_fraction)
+
+
+def load_corpus(cfg) -> ByteCorpus:
+    """Build the corpus a data config names (``cfg.source`` in SOURCES)."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source {cfg.source!r}; valid sources: {sorted(SOURCES)}")
+    return SOURCES[cfg.source](cfg)

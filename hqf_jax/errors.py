@@ -1,0 +1,17 @@
+"""User-facing errors: each message names the fix. Entry points print them on one line."""
+
+
+class HqfError(Exception):
+    """A mistake in input or configuration that the user can fix; never shown as a traceback."""
+
+
+class ConfigError(HqfError):
+    pass
+
+
+class DataError(HqfError):
+    pass
+
+
+class CheckpointError(HqfError):
+    pass

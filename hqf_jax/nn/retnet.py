@@ -1,0 +1,167 @@
+"""RetNet byte language model (Flax NNX) over the 256 byte values plus BOS/EOS/PAD.
+
+    tokens -> embed -> L x [x + MSR(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> head
+
+MSR is multi-scale retention (hqf_jax.ops.retention) with per-head GroupNorm and a swish
+gate, as in Sun et al. (2023). The same weights run in three forms:
+
+- ``model(tokens)``: training/scoring, in the configured form (parallel, chunkwise, or the
+  Pallas chunkwise kernel); ``model(tokens, state=s, return_state=True)`` prefills;
+- ``model.step(token, state)``: one byte at a time with O(1) state per layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hqf_jax.ops import retention as ret
+from hqf_jax.ops.constants import BYTE_VOCAB_SIZE
+
+TRAIN_FORMS = ("parallel", "chunkwise", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetNetConfig:
+    vocab_size: int = BYTE_VOCAB_SIZE
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    qk_dim: int = 256  # total over heads
+    v_dim: int = 512  # total over heads (the paper's value factor 2)
+    ffn_dim: int = 1280
+    position: str = "xpos"  # rope | xpos | none
+    rope_theta: float = 10000.0
+    gamma_base: float = -5.0  # gamma_h = 1 - 2^(gamma_base - h)
+    form: str = "chunkwise"  # parallel | chunkwise | pallas (training/scoring form)
+    chunk_size: int = 64
+    norm_eps: float = 1e-6
+    compute_dtype: str = "float32"  # float32 | bfloat16; parameters stay float32
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "RetNetConfig":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def validate(self) -> None:
+        if self.qk_dim % self.num_heads or self.v_dim % self.num_heads:
+            raise ValueError(f"qk_dim ({self.qk_dim}) and v_dim ({self.v_dim}) must be multiples of num_heads ({self.num_heads})")
+        if (self.qk_dim // self.num_heads) % 2:
+            raise ValueError("qk_dim / num_heads must be even for the rotary position encoding")
+        if self.form not in TRAIN_FORMS:
+            raise ValueError(f"model.form {self.form!r} is not one of {TRAIN_FORMS}")
+        if self.position not in ret.POSITION_KINDS:
+            raise ValueError(f"model.position {self.position!r} is not one of {ret.POSITION_KINDS}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
+
+
+def _dense(cfg: RetNetConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        n_in, n_out, use_bias=False, dtype=jnp.dtype(cfg.compute_dtype), param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(n_in**-0.5), rngs=rngs,
+    )
+
+
+class MultiScaleRetention(nnx.Module):
+    def __init__(self, cfg: RetNetConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.d_model
+        self.q = _dense(cfg, d, cfg.qk_dim, rngs)
+        self.k = _dense(cfg, d, cfg.qk_dim, rngs)
+        self.v = _dense(cfg, d, cfg.v_dim, rngs)
+        self.g = _dense(cfg, d, cfg.v_dim, rngs)
+        self.o = _dense(cfg, cfg.v_dim, d, rngs)
+        self.group_norm = nnx.GroupNorm(cfg.v_dim, num_groups=cfg.num_heads, use_bias=False, epsilon=cfg.norm_eps, rngs=rngs)
+        self.gammas = nnx.Variable(ret.default_gammas(cfg.num_heads, cfg.gamma_base))  # a constant, not trained
+
+    def _heads(self, x: jax.Array) -> jax.Array:  # (B,T,H*D) -> (B,H,T,D)
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.cfg.num_heads, -1).transpose(0, 2, 1, 3)
+
+    def __call__(self, x: jax.Array, state: ret.RetentionState | None, form: str):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        offset = jnp.zeros((), jnp.int32) if state is None else state.offset
+        q, k = ret.rotate_qk(q, k, offset + jnp.arange(t), cfg.position, cfg.rope_theta)
+        gammas = self.gammas[...]
+        if form == "pallas":
+            from pallas_kernels.retention import chunk_retention
+
+            y, state = chunk_retention(q, k, v, gammas, state=state, chunk_size=cfg.chunk_size,
+                                       interpret=jax.default_backend() == "cpu")
+        else:
+            y, state = ret.retention(q, k, v, gammas, mode=form, chunk_size=cfg.chunk_size, state=state)
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)
+        # GroupNorm per position: fold time into the batch so statistics never mix positions
+        y = self.group_norm(y.reshape(b * t, cfg.v_dim).astype(jnp.float32)).reshape(b, t, cfg.v_dim).astype(x.dtype)
+        return self.o(nnx.swish(self.g(x)) * y), state
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: RetNetConfig, rngs: nnx.Rngs):
+        self.gate = _dense(cfg, cfg.d_model, cfg.ffn_dim, rngs)
+        self.up = _dense(cfg, cfg.d_model, cfg.ffn_dim, rngs)
+        self.down = _dense(cfg, cfg.ffn_dim, cfg.d_model, rngs)
+
+    def __call__(self, x):
+        return self.down(nnx.silu(self.gate(x)) * self.up(x))
+
+
+class RetNetBlock(nnx.Module):
+    def __init__(self, cfg: RetNetConfig, rngs: nnx.Rngs):
+        self.norm1 = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+        self.retention = MultiScaleRetention(cfg, rngs)
+        self.norm2 = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+        self.ffn = SwiGLU(cfg, rngs)
+
+    def __call__(self, x, state, form):
+        dtype = x.dtype
+        y, state = self.retention(self.norm1(x).astype(dtype), state, form)
+        x = x + y
+        x = x + self.ffn(self.norm2(x).astype(dtype))
+        return x, state
+
+
+class RetNetLM(nnx.Module):
+    def __init__(self, cfg: RetNetConfig, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+        self.blocks = nnx.List([RetNetBlock(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
+        self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, param_dtype=jnp.float32,
+                               kernel_init=nnx.initializers.normal(cfg.d_model**-0.5), rngs=rngs)
+
+    def init_state(self, batch_size: int) -> tuple[ret.RetentionState, ...]:
+        c = self.cfg
+        return tuple(ret.init_state(batch_size, c.num_heads, c.qk_dim // c.num_heads, c.v_dim // c.num_heads)
+                     for _ in range(c.num_layers))
+
+    def __call__(self, tokens: jax.Array, state=None, *, form: str | None = None, return_state: bool = False):
+        """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token]."""
+        chex.assert_rank(tokens, 2)
+        form = form or self.cfg.form
+        x = self.embed(tokens).astype(jnp.dtype(self.cfg.compute_dtype))
+        states = state if state is not None else (None,) * self.cfg.num_layers
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            x, s = block(x, s, form)
+            new_states.append(s)
+        logits = self.head(self.norm(x).astype(jnp.float32))
+        return (logits, tuple(new_states)) if return_state else logits
+
+    def step(self, token: jax.Array, state) -> tuple[jax.Array, tuple]:
+        """One byte per sequence: token (B,) -> logits (B, V), state (O(1) in the length)."""
+        chex.assert_rank(token, 1)
+        logits, state = self(token[:, None], state, form="recurrent", return_state=True)
+        return logits[:, 0], state
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,120 @@
+"""The byte-LM task on the shared loop: model from config, next-byte loss in bits, bpb eval, samples.
+
+Also ``load_run``: rebuild the model of a run folder from its config.json and restore its
+newest (or a given) checkpoint, for eval and generation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from hqf_jax import cli
+from hqf_jax.data.batching import WindowSampler, eval_windows, to_example
+from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.errors import CheckpointError
+from hqf_jax.nn import generate
+from hqf_jax.nn.retnet import RetNetConfig, RetNetLM, count_params
+from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
+from hqf_jax.trainer.loop import Task
+
+LN2 = float(np.log(2.0))
+
+
+def build_model(cfg) -> RetNetLM:
+    return RetNetLM(RetNetConfig.from_dict(cfg.model), nnx.Rngs(cfg.train.seed))
+
+
+def model_flops_per_byte(mcfg: RetNetConfig, seq_len: int) -> float:
+    """Training FLOPs per byte (forward + backward = 3x forward): 6 x matmul params plus the
+    chunkwise retention terms (intra-chunk scores and values, cross-chunk state read and write)."""
+    c = mcfg
+    matmul = c.num_layers * (c.d_model * (2 * c.qk_dim + 2 * c.v_dim) + c.v_dim * c.d_model + 3 * c.d_model * c.ffn_dim)
+    matmul += c.d_model * c.vocab_size
+    dk, dv = c.qk_dim // c.num_heads, c.v_dim // c.num_heads
+    chunk = min(c.chunk_size, seq_len)
+    retention = c.num_layers * c.num_heads * (chunk * (dk + dv) + 3 * dk * dv)  # per position, multiply-adds
+    return 6.0 * matmul + 6.0 * retention
+
+
+def next_byte_loss(model, batch, rng):
+    del rng
+    logits = model(batch["inputs"])
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    loss = nll.mean()
+    return loss, {"bpb": loss / LN2}
+
+
+def make_eval_fn(stream: np.ndarray, seq_len: int, batch_size: int, max_bytes: int):
+    windows = eval_windows(stream, seq_len, max_bytes)
+
+    @nnx.jit
+    def nll_sum(model, inputs, targets):
+        logits = model(inputs)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+    def evaluate(model) -> dict[str, float]:
+        total = 0.0
+        for i in range(0, len(windows), batch_size):
+            ex = to_example(windows[i:i + batch_size])
+            total += float(nll_sum(model, jnp.asarray(ex["inputs"]), jnp.asarray(ex["targets"])))
+        return {"valid_bpb": total / windows.size / LN2}
+
+    return evaluate
+
+
+def make_sample_fn(prompt: str, length: int, seed: int):
+    def sample_text(model, step) -> str:
+        ids = generate.sample(model, jnp.asarray(generate.encode_prompt(prompt.encode()))[None], length,
+                              jax.random.PRNGKey(seed + step), temperature=0.8, top_p=0.95)
+        return (prompt.encode() + generate.decode(ids)).decode("utf-8", "replace")
+
+    return sample_text
+
+
+def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]:
+    corpus = corpus or load_corpus(cfg.data)
+    model = build_model(cfg)
+    sampler = WindowSampler(corpus.stream("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
+    bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
+    task = Task(
+        model=model,
+        loss_fn=next_byte_loss,
+        batch_fn=sampler,
+        eval_fn=make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
+        sample_fn=make_sample_fn(cfg.train.sample_prompt, cfg.train.sample_len, cfg.train.seed),
+        units_per_step=bytes_per_step,
+        flops_per_step=model_flops_per_byte(model.cfg, cfg.data.seq_len) * bytes_per_step,
+    )
+    print(f"[lm] {count_params(model):,} parameters; {corpus.summary()}")
+    return task, corpus
+
+
+def read_run_config(workdir: str | Path):
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{workdir} is not a run folder (no config.json); pass the --workdir of a training run")
+    return cli.config_from_json(path.read_text())
+
+
+def load_run(workdir: str | Path, step: int | None = None, build=build_model):
+    """(model with restored params, config, step) of a run folder."""
+    cfg = read_run_config(workdir)
+    model = build(cfg)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    ckpt = Checkpointer(workdir, async_save=False)
+    step = step if step is not None else ckpt.latest_step()
+    if step is None:
+        raise CheckpointError(f"{Path(workdir) / 'checkpoints'} holds no checkpoint; train first (python -m train.lm)")
+    from hqf_jax.trainer.optim import make_optimizer
+
+    tx, _ = make_optimizer(cfg.train)
+    abstract = abstract_like({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.eval_shape(tx.init, params)})
+    state = ckpt.restore(step, abstract)
+    ckpt.close()
+    return nnx.merge(graphdef, state["params"], rest), cfg, step

@@ -1,0 +1,181 @@
+"""The one training loop every track shares.
+
+A track describes itself as a ``Task`` (model, loss, batches, optional eval and samples); the
+loop owns the rest: optimizer, sharded jitted step, orbax checkpoints (every N steps, on
+SIGTERM/SIGINT and at the end, newest K kept, latest restored automatically), logging
+(tensorboardX, metrics.jsonl, tqdm with throughput and ETA).
+
+Resume is exact: the state is (step, trainable params, optimizer state), batches are a pure
+function of the step, and per-step randomness is ``fold_in(seed, step)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from hqf_jax.errors import ConfigError
+from hqf_jax.trainer import sharding as shd
+from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
+from hqf_jax.trainer.metrics import MetricWriter
+from hqf_jax.trainer.optim import make_optimizer
+
+LossFn = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+@dataclasses.dataclass
+class Task:
+    model: nnx.Module
+    loss_fn: LossFn  # (model, batch, rng) -> (scalar loss, metrics); traced inside jit
+    batch_fn: Callable[[int], dict[str, np.ndarray]]  # step -> global batch (host arrays), pure in step
+    eval_fn: Callable[[nnx.Module], dict[str, float]] | None = None
+    sample_fn: Callable[[nnx.Module, int], str] | None = None
+    trainable: Any = nnx.Param  # nnx filter: what the optimizer updates (and checkpoints hold)
+    units_per_step: int = 0  # bytes (or tokens) per step, for throughput
+    unit_name: str = "bytes"
+    flops_per_step: float = 0.0  # model FLOPs per step, for TFLOP/s
+    interventions: list = dataclasses.field(default_factory=list)  # hooks(step, state, ...) -> state
+
+
+class _Stopper:
+    """Turns SIGTERM/SIGINT into a flag so the loop saves and exits at a step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _train_state(params, opt_state, step):
+    return {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+
+
+def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str | None = None,
+          progress: bool = True) -> dict[str, float]:
+    """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config_json is not None and jax.process_index() == 0:
+        (workdir / "config.json").write_text(config_json)
+
+    mesh = shd.make_mesh(mesh_cfg)
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    graphdef, params, rest = nnx.split(task.model, task.trainable, ...)
+    tx, schedule = make_optimizer(train_cfg)
+
+    params_sh = shd.tree_shardings(params, mesh)
+    rest_sh = shd.tree_shardings(rest, mesh)
+    params = jax.device_put(params, params_sh)
+    rest = jax.device_put(rest, rest_sh)
+    opt_state = jax.jit(tx.init)(params)
+    state = _train_state(params, opt_state, 0)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+
+    ckpt = Checkpointer(workdir, keep=train_cfg.keep)
+    writer = MetricWriter(workdir)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, abstract_like(state))
+        writer.event(start, "restore", step=start)
+        print(f"[train] resumed from step {start} in {ckpt.dir}")
+    start = int(state["step"])
+
+    def step_fn(state, rest, batch):
+        rng = jax.random.fold_in(jax.random.PRNGKey(train_cfg.seed), state["step"])
+
+        def loss_of(p):
+            return task.loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": _global_norm(grads), "lr": schedule(state["step"])}
+        return _train_state(params, opt_state, state["step"] + 1), metrics
+
+    jit_step = jax.jit(step_fn, in_shardings=(state_sh, rest_sh, shd.batch_sharding(mesh)),
+                       out_shardings=(state_sh, None), donate_argnums=(0,))
+
+    def current_model():
+        return nnx.merge(graphdef, state["params"], rest)
+
+    total = int(train_cfg.steps)
+    last: dict[str, float] = {}
+    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
+               unit="step", dynamic_ncols=True)
+    t_window, n_window = time.perf_counter(), 0
+    with _Stopper() as stopper, mesh:
+        step = start
+        while step < total:
+            batch = task.batch_fn(step)
+            first = next(iter(batch.values()))
+            if first.shape[0] % n_batch_shards:
+                raise ConfigError(f"batch size {first.shape[0]} must be a multiple of mesh data*fsdp = {n_batch_shards}")
+            state, metrics = jit_step(state, rest, shd.put_batch(batch, mesh))
+            step += 1
+            n_window += 1
+            for hook in task.interventions:
+                state = hook(step, state, writer, last) or state
+            if step % train_cfg.log_every == 0 or step == total:
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t_window
+                rate = task.units_per_step * n_window / dt if dt > 0 else 0.0
+                metrics = {k: float(v) for k, v in metrics.items()}
+                metrics[f"{task.unit_name}_per_s"] = rate
+                if task.flops_per_step:
+                    metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
+                if not np.isfinite(metrics["loss"]):
+                    writer.event(step, "non_finite_loss", loss=metrics["loss"])
+                writer.scalars(step, metrics)
+                last.update(metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
+                t_window, n_window = time.perf_counter(), 0
+            if task.eval_fn and (step % train_cfg.eval_every == 0 or step == total):
+                ev = task.eval_fn(current_model())
+                writer.scalars(step, ev)
+                last.update(ev)
+                bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+                t_window, n_window = time.perf_counter(), 0
+            if task.sample_fn and (step % train_cfg.sample_every == 0 or step == total):
+                writer.text(step, "sample", task.sample_fn(current_model(), step))
+            if step % train_cfg.ckpt_every == 0 or step == total or stopper.signal:
+                ckpt.save(step, state, force=True)
+            bar.update(1)
+            if stopper.signal:
+                writer.event(step, "signal", name=stopper.signal)
+                bar.write(f"[train] {stopper.signal}: saved step {step}, exiting; re-run the same command to resume")
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    task.model = current_model()
+    last["step"] = step
+    return last
+
+
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,23 @@
+"""The optimizer every track shares: AdamW, linear warmup then cosine decay, global-norm clipping."""
+
+from __future__ import annotations
+
+import optax
+
+
+def lr_schedule(train_cfg) -> optax.Schedule:
+    steps = max(int(train_cfg.steps), 1)
+    warmup = min(int(train_cfg.warmup_steps), steps - 1) if steps > 1 else 0
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train_cfg.lr, warmup_steps=max(warmup, 1) if warmup else 1,
+        decay_steps=steps, end_value=train_cfg.lr * train_cfg.min_lr_ratio,
+    )
+
+
+def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = lr_schedule(train_cfg)
+    tx = optax.chain(
+        optax.clip_by_global_norm(train_cfg.grad_clip),
+        optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay),
+    )
+    return tx, schedule
