@@ -1,0 +1,296 @@
+"""Chunkwise multi-scale retention as Pallas (Triton backend) kernels, forward and backward.
+
+Computes exactly the function of ``hqf_jax.ops.retention`` (its docstring has the formula) with
+the signature and return of ``retention_chunkwise``; that jnp function stays the reference and
+the model chooses between the two by config. Design after fla's ``chunk_retention`` (common
+``chunk_fwd_h`` / ``chunk_fwd_o``), plus the row-sum terms that the retention normalisation needs:
+
+forward (two kernels)
+  state kernel   grid (Dk/BK, Dv/BV, B*H), a loop over the chunks: writes the state before every
+                 chunk, S_n (Dk, Dv) in the input dtype and the key sum z_n (Dk,) in float32,
+                 and the state after the last real step.
+  output kernel  grid (Dv/BV, chunks, B*H), fully parallel: per chunk
+                 A = (Q K^T) * scale * D,  rowsum = A 1 + gamma^(i+1) Q z_n,
+                 num = A V + gamma^(i+1) Q S_n,  o = num * r / max(|rowsum * r|, 1).
+backward (``retention_bwd``): the normalisation is folded into two cotangents per row
+(one for the numerator, one for the row sum), then the same structure in reverse: a reverse
+state kernel for dS_n, dz_n and one parallel kernel per chunk for dq, dk, dv.
+
+Any T (zero padding to a multiple of the chunk; the state is taken after the last real step)
+and any head size (zero padding to a power of two >= 16, which Triton's tiles need). Matmul
+inputs stay in the input dtype (bfloat16 runs the tensor cores), accumulation is float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from hqf_jax.ops.retention import RetentionState, _check, _row_norm, init_state
+
+F32 = jnp.float32
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+class RetentionKernelError(ValueError):
+    """A call the kernel cannot take; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Tile sizes and launch parameters (clamped to the padded head sizes)."""
+
+    block_k_state: int = 64  # Dk tile of the (reverse) state kernels
+    block_v_state: int = 64  # Dv tile of the (reverse) state kernels
+    warps_state: int = 4
+    stages_state: int = 2
+    block_v_out: int = 64  # Dv tile of the output kernel
+    warps_out: int = 4
+    stages_out: int = 2
+    warps_grad: int = 8  # dq/dk/dv kernel (one chunk, full Dk and Dv, per program)
+    stages_grad: int = 2
+    save_states: bool = False  # keep the forward states for the backward instead of recomputing (fla recomputes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    t: int  # real length
+    chunk: int
+    n_chunks: int
+    num_heads: int
+    scale: float
+    tiling: Tiling
+    interpret: bool
+
+    @property
+    def last_len(self) -> int:  # real steps in the last chunk
+        return self.t - (self.n_chunks - 1) * self.chunk
+
+
+# ----------------------------------------------------------------------------- in-kernel helpers
+
+
+def _dot(a, b, *, trans_a=False, trans_b=False):
+    """Matmul with float32 accumulation; exact float32 (no TF32) when both inputs are float32."""
+    exact = a.dtype == F32 and b.dtype == F32
+    return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=lax.Precision.HIGHEST if exact else None)
+
+
+def _positions(c: int):
+    return jnp.arange(c).astype(F32)
+
+
+def _decay_matrix(lg, c: int):
+    """D[i, j] = gamma^(i - j) for j <= i, else 0 (lg = log gamma, a scalar)."""
+    i = _positions(c)
+    diff = i[:, None] - i[None, :]
+    return jnp.where(diff >= 0, jnp.exp(lg * jnp.maximum(diff, 0.0)), 0.0)
+
+
+def _state_weights(lg, c: int, length):
+    """gamma^(L - 1 - j) for the j < L real steps of a chunk of L steps, else 0."""
+    i = _positions(c)
+    return jnp.where(i < length, jnp.exp(lg * jnp.maximum(length - 1.0 - i, 0.0)), 0.0)
+
+
+def _params(warps: int, stages: int):
+    return plgpu.CompilerParams(num_warps=warps, num_stages=stages)
+
+
+def _pow2_at_least_16(n: int) -> int:
+    return max(16, pl.next_power_of_2(n))
+
+
+# ----------------------------------------------------------------------------- state kernel
+
+
+def _state_kernel(lg_ref, k_ref, v_ref, h0_ref, z0_ref, hs_ref, zs_ref, ht_ref, zt_ref, *, cfg: _Cfg):
+    c = cfg.chunk
+    lg = lg_ref[pl.program_id(2) % cfg.num_heads]
+
+    def step(n, carry, w, decay):
+        h, z = carry
+        hs_ref[n] = h.astype(hs_ref.dtype)
+        zs_ref[n] = z
+        kb = k_ref[pl.ds(n * c, c), :]
+        vb = v_ref[pl.ds(n * c, c), :]
+        kw = kb.astype(F32) * w[:, None]
+        h = h * decay + _dot(kw.astype(kb.dtype), vb, trans_a=True)
+        z = z * decay + jnp.sum(kw, axis=0)
+        return h, z
+
+    w_full = _state_weights(lg, c, float(c)) * cfg.scale
+    carry = (h0_ref[...].astype(F32), z0_ref[...].astype(F32))
+    carry = lax.fori_loop(0, cfg.n_chunks - 1, lambda n, cr: step(n, cr, w_full, jnp.exp(lg * c)), carry)
+    w_last = _state_weights(lg, c, float(cfg.last_len)) * cfg.scale
+    h, z = step(cfg.n_chunks - 1, carry, w_last, jnp.exp(lg * cfg.last_len))
+    ht_ref[...] = h
+    zt_ref[...] = z
+
+
+def _states(cfg: _Cfg, lg, k, v, h0, z0):
+    """hs (BH, N, Dk, Dv) input dtype, zs (BH, NV, N, Dk) f32, hT (BH, Dk, Dv) f32, zT (BH, NV, Dk) f32."""
+    bh, tp, dk = k.shape
+    dv = v.shape[-1]
+    n, tl = cfg.n_chunks, cfg.tiling
+    bk, bv = min(tl.block_k_state, dk), min(tl.block_v_state, dv)
+    nk, nv = dk // bk, dv // bv
+    return pl.pallas_call(
+        functools.partial(_state_kernel, cfg=cfg),
+        grid=(nk, nv, bh),
+        in_specs=[
+            pl.BlockSpec(lg.shape, lambda ik, iv, b: (0,)),
+            pl.BlockSpec((None, tp, bk), lambda ik, iv, b: (b, 0, ik)),
+            pl.BlockSpec((None, tp, bv), lambda ik, iv, b: (b, 0, iv)),
+            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
+            pl.BlockSpec((None, bk), lambda ik, iv, b: (b, ik)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, n, bk, bv), lambda ik, iv, b: (b, 0, ik, iv)),
+            pl.BlockSpec((None, None, n, bk), lambda ik, iv, b: (b, iv, 0, ik)),
+            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
+            pl.BlockSpec((None, None, bk), lambda ik, iv, b: (b, iv, ik)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((bh, n, dk, dv), k.dtype),
+            jax.ShapeDtypeStruct((bh, nv, n, dk), F32),
+            jax.ShapeDtypeStruct((bh, dk, dv), F32),
+            jax.ShapeDtypeStruct((bh, nv, dk), F32),
+        ],
+        compiler_params=_params(tl.warps_state, tl.stages_state),
+        interpret=cfg.interpret,
+        name="retention_states",
+    )(lg, k, v, h0, z0)
+
+
+# ----------------------------------------------------------------------------- output kernel
+
+
+def _out_kernel(lg_ref, q_ref, k_ref, v_ref, h_ref, z_ref, rn_ref, o_ref, rs_ref, *, cfg: _Cfg):
+    c = cfg.chunk
+    lg = lg_ref[pl.program_id(2) % cfg.num_heads]
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]
+    carry = jnp.exp(lg * (_positions(c) + 1.0))  # gamma^(i+1): decay of the incoming state
+    a = _dot(q, k, trans_b=True) * (_decay_matrix(lg, c) * cfg.scale)
+    rowsum = jnp.sum(a, axis=1) + jnp.sum(q.astype(F32) * z_ref[...][None, :], axis=1) * carry
+    num = _dot(a.astype(v.dtype), v) + _dot(q, h_ref[...]) * carry[:, None]
+    rn = rn_ref[...]
+    o_ref[...] = num * (rn / jnp.maximum(jnp.abs(rowsum * rn), 1.0))[:, None]
+    rs_ref[...] = rowsum
+
+
+def _outputs(cfg: _Cfg, lg, q, k, v, hs, zs, rnorm):
+    """o (BH, Tp, Dv) f32 and the row sums (BH, NV, Tp) f32."""
+    bh, tp, dk = q.shape
+    dv = v.shape[-1]
+    c, nh, tl = cfg.chunk, cfg.num_heads, cfg.tiling
+    bv = min(tl.block_v_out, dv)
+    nv = dv // bv
+    return pl.pallas_call(
+        functools.partial(_out_kernel, cfg=cfg),
+        grid=(nv, cfg.n_chunks, bh),
+        in_specs=[
+            pl.BlockSpec(lg.shape, lambda iv, n, b: (0,)),
+            pl.BlockSpec((None, c, dk), lambda iv, n, b: (b, n, 0)),
+            pl.BlockSpec((None, c, dk), lambda iv, n, b: (b, n, 0)),
+            pl.BlockSpec((None, c, bv), lambda iv, n, b: (b, n, iv)),
+            pl.BlockSpec((None, None, dk, bv), lambda iv, n, b: (b, n, 0, iv)),
+            pl.BlockSpec((None, None, None, dk), lambda iv, n, b: (b, 0, n, 0)),
+            pl.BlockSpec((None, c), lambda iv, n, b: (b % nh, n)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, c, bv), lambda iv, n, b: (b, n, iv)),
+            pl.BlockSpec((None, None, c), lambda iv, n, b: (b, iv, n)),
+        ],
+        out_shape=[jax.ShapeDtypeStruct((bh, tp, dv), F32), jax.ShapeDtypeStruct((bh, nv, tp), F32)],
+        compiler_params=_params(tl.warps_out, tl.stages_out),
+        interpret=cfg.interpret,
+        name="retention_outputs",
+    )(lg, q, k, v, hs, zs, rnorm)
+
+
+# ----------------------------------------------------------------------------- custom VJP
+
+
+def _forward(cfg, q, k, v, lg, rnorm, h0, z0):
+    hs, zs, ht, zt = _states(cfg, lg, k, v, h0, z0)
+    o, rs = _outputs(cfg, lg, q, k, v, hs, zs, rnorm)
+    return o, rs[:, 0], ht, zt[:, 0], hs, zs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _core(cfg, q, k, v, lg, rnorm, h0, z0):
+    o, _, ht, zt, _, _ = _forward(cfg, q, k, v, lg, rnorm, h0, z0)
+    return o, ht, zt
+
+
+def _core_fwd(cfg, q, k, v, lg, rnorm, h0, z0):
+    o, rs, ht, zt, hs, zs = _forward(cfg, q, k, v, lg, rnorm, h0, z0)
+    states = (hs, zs) if cfg.tiling.save_states else None
+    return (o, ht, zt), (q, k, v, lg, rnorm, h0, z0, o, rs, ht, zt, states)
+
+
+def _core_bwd(cfg, res, cts):
+    from pallas_kernels.retention_bwd import backward  # the backward kernels import this module's helpers
+
+    return backward(cfg, res, *cts)
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+# ----------------------------------------------------------------------------- public entry point
+
+
+def chunk_retention(
+    q,
+    k,
+    v,
+    gammas,
+    state: RetentionState | None = None,
+    chunk_size: int = 64,
+    interpret: bool = False,
+    *,
+    tiling: Tiling | None = None,
+):
+    """Pallas chunkwise retention; same arguments and result as ``retention_chunkwise``.
+
+    q, k (B, H, T, Dk); v (B, H, T, Dv); gammas (H,); optional incoming ``RetentionState``.
+    Returns o (B, H, T, Dv) float32 and the state after the last step. Differentiable in
+    q, k, v, gammas and the incoming state. ``interpret=True`` runs the kernels on CPU.
+    """
+    _check(q, k, v, gammas)
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    if dtype not in _DTYPES:
+        raise RetentionKernelError(f"chunk_retention takes float32, bfloat16 or float16 q/k/v; got {dtype}: cast them first")
+    c = int(chunk_size)
+    if c < 16 or c & (c - 1):
+        raise RetentionKernelError(f"chunk_size must be a power of two >= 16 (Triton tiles); got {chunk_size}: use 64")
+    state = state if state is not None else init_state(b, h, dk, dv)
+    tiling = tiling or Tiling()
+    pad_t = (-t) % c
+    tp = t + pad_t
+    dkp, dvp = _pow2_at_least_16(dk), _pow2_at_least_16(dv)
+    cfg = _Cfg(t=t, chunk=c, n_chunks=tp // c, num_heads=h, scale=float(dk) ** -0.5, tiling=tiling, interpret=interpret)
+
+    def prep(x, d, dp):
+        x = jnp.pad(x.astype(dtype), ((0, 0), (0, 0), (0, pad_t), (0, dp - d)))
+        return x.reshape(b * h, tp, dp)
+
+    g = gammas.astype(F32)
+    rnorm = _row_norm(state.offset + jnp.arange(tp), g)  # (H, Tp): 1/sqrt(c_n), the reference's own numbers
+    h0 = jnp.pad(state.kv.astype(F32), ((0, 0), (0, 0), (0, dkp - dk), (0, dvp - dv))).reshape(b * h, dkp, dvp)
+    z0 = jnp.pad(state.ksum.astype(F32), ((0, 0), (0, 0), (0, dkp - dk))).reshape(b * h, dkp)
+    o, ht, zt = _core(cfg, prep(q, dk, dkp), prep(k, dk, dkp), prep(v, dv, dvp), jnp.log(g), rnorm, h0, z0)
+    o = o.reshape(b, h, tp, dvp)[:, :, :t, :dv]
+    kv = ht.reshape(b, h, dkp, dvp)[:, :, :dk, :dv]
+    ksum = zt.reshape(b, h, dkp)[:, :, :dk]
+    return o, RetentionState(kv, ksum, state.offset + t)

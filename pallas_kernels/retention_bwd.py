@@ -1,0 +1,183 @@
+"""Backward pass of the Pallas chunkwise retention (see ``pallas_kernels.retention``).
+
+Per row n let rho_n = sum_m R'[n, m] be the row sum without the 1/sqrt(c_n) factor r_n, num_n the
+numerator likewise, a_n = rho_n r_n and m_n = max(|a_n|, 1), so o_n = num_n r_n / m_n. Then
+
+    d num_n = do_n r_n / m_n                                         (the numerator's cotangent)
+    d rho_n = -(do_n . o_n) sign(a_n) r_n / m_n   if |a_n| > 1, else 0 (the row sum's cotangent)
+    d r_n   = (do_n . o_n) / r_n                  if |a_n| <= 1, else 0
+
+and the rest is the backward of unnormalised retention with values [v, 1] and output cotangents
+[d num, d rho]: a reverse state kernel (dS_n, dz_n: cotangents of the state after every chunk)
+and one parallel kernel per chunk for dq, dk, dv. Every gamma enters as gamma^(p_x - p_y)
+between a "query side" x at position p_x (q_n at n, the returned state at t - 1) and a "key
+side" y (k_m at m, the incoming state at -1), so
+
+    d log gamma = sum_n n q_n.dq_n - sum_m m k_m.dk_m + (t - 1) <S_T, dS_T> + <S_0, dS_0>  (+ z terms)
+
+with dq, dk the kernels' gradients; the r_n dependence on gamma goes back through the jnp
+``_row_norm`` by JAX's own autodiff.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from pallas_kernels.retention import F32, _Cfg, _decay_matrix, _dot, _params, _positions, _state_weights
+
+# ----------------------------------------------------------------------------- reverse state kernel
+
+
+def _dstate_kernel(lg_ref, q_ref, g_ref, gr_ref, dht_ref, dzt_ref, dhs_ref, dzs_ref, dh0_ref, dz0_ref, *, cfg: _Cfg):
+    c = cfg.chunk
+    lg = lg_ref[pl.program_id(2) % cfg.num_heads]
+    carry_w = jnp.exp(lg * (_positions(c) + 1.0))  # gamma^(i+1)
+
+    def step(n, carry, decay):
+        dh, dz = carry
+        dhs_ref[n] = dh.astype(dhs_ref.dtype)  # cotangent of the state after chunk n
+        dzs_ref[n] = dz
+        qb = q_ref[pl.ds(n * c, c), :]
+        gb = g_ref[pl.ds(n * c, c), :]
+        grb = gr_ref[pl.ds(n * c, c)]
+        qw = qb.astype(F32) * carry_w[:, None]
+        dh = dh * decay + _dot(qw.astype(qb.dtype), gb, trans_a=True)
+        dz = dz * decay + jnp.sum(qw * grb[:, None], axis=0)
+        return dh, dz
+
+    carry = step(cfg.n_chunks - 1, (dht_ref[...], dzt_ref[...]), jnp.exp(lg * cfg.last_len))
+    last = cfg.n_chunks - 2
+    dh, dz = lax.fori_loop(0, cfg.n_chunks - 1, lambda j, cr: step(last - j, cr, jnp.exp(lg * c)), carry)
+    dh0_ref[...] = dh
+    dz0_ref[...] = dz
+
+
+def _dstates(cfg: _Cfg, lg, q, gnum, grs, dht, dzt):
+    bh, tp, dk = q.shape
+    dv = gnum.shape[-1]
+    n, tl = cfg.n_chunks, cfg.tiling
+    bk, bv = min(tl.block_k_state, dk), min(tl.block_v_state, dv)
+    nk, nv = dk // bk, dv // bv
+    return pl.pallas_call(
+        functools.partial(_dstate_kernel, cfg=cfg),
+        grid=(nk, nv, bh),
+        in_specs=[
+            pl.BlockSpec(lg.shape, lambda ik, iv, b: (0,)),
+            pl.BlockSpec((None, tp, bk), lambda ik, iv, b: (b, 0, ik)),
+            pl.BlockSpec((None, tp, bv), lambda ik, iv, b: (b, 0, iv)),
+            pl.BlockSpec((None, tp), lambda ik, iv, b: (b, 0)),
+            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
+            pl.BlockSpec((None, bk), lambda ik, iv, b: (b, ik)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, n, bk, bv), lambda ik, iv, b: (b, 0, ik, iv)),
+            pl.BlockSpec((None, None, n, bk), lambda ik, iv, b: (b, iv, 0, ik)),
+            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
+            pl.BlockSpec((None, None, bk), lambda ik, iv, b: (b, iv, ik)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((bh, n, dk, dv), q.dtype),
+            jax.ShapeDtypeStruct((bh, nv, n, dk), F32),
+            jax.ShapeDtypeStruct((bh, dk, dv), F32),
+            jax.ShapeDtypeStruct((bh, nv, dk), F32),
+        ],
+        compiler_params=_params(tl.warps_state, tl.stages_state),
+        interpret=cfg.interpret,
+        name="retention_dstates",
+    )(lg, q, gnum, grs, dht, dzt)
+
+
+# ----------------------------------------------------------------------------- dq, dk, dv kernel
+
+
+def _grad_kernel(
+    lg_ref, q_ref, k_ref, v_ref, g_ref, gr_ref, h_ref, z_ref, dh_ref, dz_ref,
+    dq_ref, dk_ref, dv_ref, qdq_ref, kdk_ref, *, cfg: _Cfg,
+):  # fmt: skip
+    c = cfg.chunk
+    n = pl.program_id(0)
+    lg = lg_ref[pl.program_id(1) % cfg.num_heads]
+    q, k, v, g = q_ref[...], k_ref[...], v_ref[...], g_ref[...]
+    gr = gr_ref[...]
+    dt = q.dtype
+    dmat = _decay_matrix(lg, c) * cfg.scale
+    carry_w = jnp.exp(lg * (_positions(c) + 1.0))
+    length = jnp.where(n == cfg.n_chunks - 1, cfg.last_len, c).astype(F32)
+    w = _state_weights(lg, c, length) * cfg.scale  # weight of step j in the state after this chunk
+
+    a = _dot(q, k, trans_b=True) * dmat
+    da = (_dot(g, v, trans_b=True) + gr[:, None]) * dmat
+    dq = _dot(da.astype(dt), k) + (_dot(g, h_ref[...], trans_b=True) + gr[:, None] * z_ref[...][None, :]) * carry_w[:, None]
+    dh = dh_ref[...]
+    dk = _dot(da.astype(dt), q, trans_a=True) + (_dot(v, dh, trans_b=True) + dz_ref[...][None, :]) * w[:, None]
+    dv = _dot(a.astype(dt), g, trans_a=True) + _dot((k.astype(F32) * w[:, None]).astype(dt), dh)
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    qdq_ref[...] = jnp.sum(q.astype(F32) * dq, axis=1)
+    kdk_ref[...] = jnp.sum(k.astype(F32) * dk, axis=1)
+
+
+def _grads(cfg: _Cfg, lg, q, k, v, gnum, grs, hs, zs, dhs, dzs):
+    bh, tp, dk = q.shape
+    dv = v.shape[-1]
+    c, tl = cfg.chunk, cfg.tiling
+    row_k = pl.BlockSpec((None, c, dk), lambda n, b: (b, n, 0))
+    row_v = pl.BlockSpec((None, c, dv), lambda n, b: (b, n, 0))
+    row = pl.BlockSpec((None, c), lambda n, b: (b, n))
+    mat = pl.BlockSpec((None, None, dk, dv), lambda n, b: (b, n, 0, 0))
+    vec = pl.BlockSpec((None, None, None, dk), lambda n, b: (b, 0, n, 0))
+    return pl.pallas_call(
+        functools.partial(_grad_kernel, cfg=cfg),
+        grid=(cfg.n_chunks, bh),
+        in_specs=[pl.BlockSpec(lg.shape, lambda n, b: (0,)), row_k, row_k, row_v, row_v, row, mat, vec, mat, vec],
+        out_specs=[row_k, row_k, row_v, row, row],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct(k.shape, k.dtype),
+            jax.ShapeDtypeStruct(v.shape, v.dtype),
+            jax.ShapeDtypeStruct((bh, tp), F32),
+            jax.ShapeDtypeStruct((bh, tp), F32),
+        ],
+        compiler_params=_params(tl.warps_grad, tl.stages_grad),
+        interpret=cfg.interpret,
+        name="retention_grads",
+    )(lg, q, k, v, gnum, grs, hs, zs, dhs, dzs)
+
+
+# ----------------------------------------------------------------------------- the VJP
+
+
+def backward(cfg: _Cfg, res, do, dht, dzt):
+    """Cotangents of (q, k, v, log gammas, rnorm, S_0, z_0) given those of (o, S_T, z_T)."""
+    from pallas_kernels.retention import _states
+
+    q, k, v, lg, rnorm, h0, z0, o, rs, ht, zt, states = res
+    bh, tp, _ = q.shape
+    nh = cfg.num_heads
+    nb = bh // nh
+    rn = jnp.broadcast_to(rnorm[None], (nb, nh, tp)).reshape(bh, tp)
+    a = rs * rn
+    big = jnp.abs(a) > 1.0
+    sc = rn / jnp.maximum(jnp.abs(a), 1.0)
+    do_o = jnp.sum(do * o, axis=-1)
+    gnum = (do * sc[..., None]).astype(q.dtype)
+    grs = jnp.where(big, -do_o * jnp.sign(a) * sc, 0.0)
+    drn = jnp.where(big, 0.0, do_o / rn).reshape(nb, nh, tp).sum(0)
+
+    hs, zs = states if states is not None else _states(cfg, lg, k, v, h0, z0)[:2]
+    dhs, dzs, dh0, dz0 = _dstates(cfg, lg, q, gnum, grs, dht, dzt)
+    dq, dk, dv, qdq, kdk = _grads(cfg, lg, q, k, v, gnum, grs, hs, zs, dhs, dzs)
+    dz0 = dz0[:, 0]
+
+    pos = jnp.arange(tp, dtype=F32)
+    exps = (qdq - kdk) @ pos
+    exps += (cfg.t - 1.0) * (jnp.sum(dht * ht, axis=(1, 2)) + jnp.sum(dzt * zt, axis=1))
+    exps += jnp.sum(dh0 * h0, axis=(1, 2)) + jnp.sum(dz0 * z0, axis=1)
+    dlg = exps.reshape(nb, nh).sum(0)
+    return dq, dk, dv, dlg, drn, dh0, dz0
