@@ -19,7 +19,7 @@ from typing import Callable
 
 import ml_collections
 
-from hqf_jax.errors import ConfigError, HqfError
+from hqf_jax.errors import ConfigError, HqfError  # noqa: F401 (ConfigError re-exported for entry points)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -74,39 +74,41 @@ def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[Path
 
 
 def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], int]:
+    """(name, bytes) of every non-empty readable file, via a datasets Arrow table. The table's cache
+    fingerprint includes each file's size and mtime, so an edited file is never served stale."""
     import datasets
 
     datasets.disable_progress_bars()
-    skipped = [0]
 
-    def gen(paths):
-        for f in paths:
+    def gen(entries):
+        for path, _size, _mtime in entries:
             try:
-                data = Path(f).read_bytes()
+                data = Path(path).read_bytes()
             except OSError:
-                skipped[0] += 1
                 continue
             if data:
-                yield {"name": str(f), "data": data}
+                yield {"name": path, "data": data}
 
+    entries = []
+    for f in files:
+        st = f.stat()
+        entries.append((str(f), st.st_size, st.st_mtime_ns))
     features = datasets.Features({"name": datasets.Value("string"), "data": datasets.Value("binary")})
-    ds = datasets.Dataset.from_generator(gen, gen_kwargs={"paths": [str(f) for f in files]}, features=features,
-                                         keep_in_memory=True)
+    ds = datasets.Dataset.from_generator(gen, gen_kwargs={"entries": entries}, features=features, keep_in_memory=True)
     docs = [(row["name"], row["data"]) for row in ds]
+    skipped = len(files) - len(docs)
     if not docs:
-        raise DataError(f"every file under the data paths was empty or unreadable ({len(files)} files, {skipped[0]} unreadable)")
-    if skipped[0]:
-        print(f"[data] skipped {skipped[0]} unreadable files")
-    return docs, skipped[0]
+        raise DataError(f"every one of the {len(files)} files under the data paths is empty or unreadable; "
+                        "check their permissions or point data.paths elsewhere")
+    if skipped:
+        print(f"[data] skipped {skipped} empty or unreadable files of {len(files)}")
+    return docs, skipped
 
 
 def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None) -> ByteCorpus:
     """Bytes of any local files or folders (any file type)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     files = _list_files(paths, suffixes)
-    for f in files:
-        if not os.access(f, os.R_OK):
-            raise DataError(f"cannot read {f}: permission denied; fix its permissions or leave it out of data.paths")
     docs, skipped = _read_through_datasets(files)
     return split_documents(docs, valid_fraction, f"files {paths}", skipped)
 

@@ -14,13 +14,14 @@ import jax
 import orbax.checkpoint as ocp
 
 from hqf_jax.errors import CheckpointError
+from hqf_jax.trainer.sharding import path_str
 
 
 def _describe_mismatch(abstract, saved_meta) -> str | None:
     """First leaf whose saved shape differs from the model's, as 'path: saved (..) vs model (..)'."""
     try:
-        flat_a = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-        flat_s = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved_meta)[0]}
+        flat_a = {path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        flat_s = {path_str(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved_meta)[0]}
     except Exception:  # metadata trees that cannot be flattened the same way
         return None
     for key, a in flat_a.items():
@@ -40,7 +41,7 @@ class Checkpointer:
         self.dir = Path(workdir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         try:
-            self.manager = ocp.CheckpointManager(self.dir, options=options)
+            self.manager = ocp.CheckpointManager(self.dir, options=options, item_handlers=ocp.StandardCheckpointHandler())
         except Exception as e:  # unreadable folder, corrupt metadata
             raise CheckpointError(f"cannot open checkpoint folder {self.dir}: {e}") from None
 

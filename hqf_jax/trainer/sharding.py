@@ -49,7 +49,8 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     return Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """'a/b/0/kernel' for a jax key path (dict keys, sequence indices and attributes alike)."""
     return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
 
 
@@ -67,7 +68,7 @@ def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
 
     def one(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        return NamedSharding(mesh, spec_for(_path_str(path), shape, mesh, rules) if shape else P())
+        return NamedSharding(mesh, spec_for(path_str(path), shape, mesh, rules) if shape else P())
 
     return jax.tree_util.tree_map_with_path(one, tree)
 

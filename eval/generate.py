@@ -1,0 +1,40 @@
+"""Stream bytes from a trained run through the recurrent form (O(1) memory per byte).
+
+    python -m eval.generate --run runs/lm --prompt "def " [--max-bytes 400] [--temperature 0.8]
+                            [--top-k 0] [--top-p 0.95] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hqf_jax import cli
+from hqf_jax.nn.generate import stream
+from hqf_jax.trainer import lm_task
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-bytes", type=int, default=400)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0:
+        raise cli.ConfigError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+    model, _, _ = lm_task.load_run(a.run, a.step)
+    out = sys.stdout.buffer
+    out.write(a.prompt.encode())
+    for b in stream(model, a.prompt.encode(), a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p):
+        out.write(bytes([b]))
+        out.flush()
+    out.write(b"\n")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,23 @@
+"""Small shared builders for tests: tiny configs and corpora that never touch the network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hqf_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+    cfg = cli.load_config_file(str(ROOT / "configs/lm_tiny.py"))
+    return cli.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def run_module(module: str, *args: str, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, **popen)
