@@ -268,9 +268,10 @@ def chunk_retention(
     _check(q, k, v, gammas)
     b, h, t, dk = q.shape
     dv = v.shape[-1]
+    if any(x.dtype not in _DTYPES for x in (q, k, v)):
+        got = ", ".join(str(x.dtype) for x in (q, k, v))
+        raise RetentionKernelError(f"chunk_retention takes float32, bfloat16 or float16 q/k/v; got {got}: cast them first")
     dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    if dtype not in _DTYPES:
-        raise RetentionKernelError(f"chunk_retention takes float32, bfloat16 or float16 q/k/v; got {dtype}: cast them first")
     c = int(chunk_size)
     if c < 16 or c & (c - 1):
         raise RetentionKernelError(f"chunk_size must be a power of two >= 16 (Triton tiles); got {chunk_size}: use 64")
