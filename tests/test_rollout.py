@@ -134,3 +134,25 @@ def test_errors_name_the_fix():
     with pytest.raises(ro.RolloutError, match="lacks"):
         ro.rollout(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.zeros((1, 1), np.int32), np.ones(1, np.int32),
                    jax.random.key(0), ro.SampleConfig())
+
+
+def test_retnet_rollout_logprobs_equal_teacher_forced_pass():
+    from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+
+    cfg = RetNetConfig(d_model=32, num_layers=1, num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64, chunk_size=8)
+    model = RetNetLM(cfg, nnx.Rngs(0))
+    assert ro.supports_prefill(model)
+    p, lens = ro.encode_prompts([b"compress me please", b"and me, too", b"0123456789abc"])
+    sc = ro.SampleConfig(max_new_tokens=10, temperature=0.9, top_p=0.95)
+    key = jax.random.key(5)
+    r = ro.rollout(model, p, lens, key, sc)  # prefills the first 8 tokens chunkwise, then steps
+    r_step = ro.rollout(model, p, lens, key, sc, prefill=False)
+    np.testing.assert_array_equal(np.asarray(r.tokens), np.asarray(r_step.tokens))
+    logits = nnx.jit(lambda m, t: m(t))(model, r.tokens)  # teacher-forced, chunkwise training form
+    tf = np.asarray(jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1], -1), r.tokens[:, 1:, None], -1)[..., 0])
+    live = np.asarray(r.mask).copy()
+    for i, n in enumerate(lens):
+        live[i, 1:n] = True
+    for roll in (r, r_step):
+        np.testing.assert_allclose(np.asarray(roll.logprobs)[:, 1:][live[:, 1:]], tf[live[:, 1:]], atol=2e-4)
+    assert np.asarray(r.mask).sum() > 0

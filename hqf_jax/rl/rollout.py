@@ -21,6 +21,7 @@ key both draw the same tokens, which the tests and eval/bench_rollout.py use.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Literal, NamedTuple, Sequence
 
 import chex
@@ -127,7 +128,8 @@ def _stop_table(seqs: tuple) -> tuple[np.ndarray, int]:
     return table, width
 
 
-def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig, form: str) -> Rollout:
+def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig, form: str,
+                  prefill_len: int) -> Rollout:
     model = nnx.merge(graphdef, params)
     b, p = prompts.shape
     t_total = p + cfg.max_new_tokens
@@ -137,6 +139,12 @@ def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig
     table = jnp.asarray(table_np)
     have_seqs = len(cfg.stop_sequences) > 0
     state0 = model.init_state(b) if form == "recurrent" else None
+    lp, ent, var = zeros, zeros, zeros
+    if prefill_len:  # tokens [0, n) of every prompt in the model's training form, then step by step
+        n = prefill_len
+        logits_pre, state0 = model(buf[:, :n], state0, return_state=True)
+        lp_pre, ent_pre, var_pre = token_stats(logits_pre, buf[:, 1:n + 1])
+        lp, ent, var = (a.at[:, 1:n + 1].set(x) for a, x in ((lp, lp_pre), (ent, ent_pre), (var, var_pre)))
 
     def cond(c):
         t, done = c[0], c[8]
@@ -182,7 +190,7 @@ def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig
         done = done | stopped | (gen & (n_gen >= cfg.max_new_tokens))
         return (t + 1, state, buf, lp, slp, ent, var, mask, done, n_gen, window, stopped_acc | stopped)
 
-    init = (jnp.int32(0), state0, buf, zeros, zeros, zeros, zeros, jnp.zeros((b, t_total), bool),
+    init = (jnp.int32(prefill_len), state0, buf, lp, zeros, ent, var, jnp.zeros((b, t_total), bool),
             jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32), jnp.full((b, width), -1, jnp.int32),
             jnp.zeros((b,), bool))
     out = jax.lax.while_loop(cond, body, init)
@@ -190,14 +198,26 @@ def _rollout_impl(graphdef, params, prompts, prompt_lens, key, cfg: SampleConfig
     return Rollout(buf, lp, slp, ent, var, mask, prompt_lens, n_gen, stopped)
 
 
-_rollout_jit = jax.jit(_rollout_impl, static_argnames=("graphdef", "cfg", "form"))
+_rollout_jit = jax.jit(_rollout_impl, static_argnames=("graphdef", "cfg", "form", "prefill_len"))
+PREFILL_BUCKET = 8  # the prefill length is rounded down to a multiple of this (few compiled variants)
+
+
+def supports_prefill(model: nnx.Module) -> bool:
+    """True for models whose ``__call__(tokens, state, return_state=True)`` returns (logits, state)."""
+    try:
+        return "return_state" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg: SampleConfig,
-            form: Literal["recurrent", "parallel"] = "recurrent") -> Rollout:
+            form: Literal["recurrent", "parallel"] = "recurrent", prefill: bool = True) -> Rollout:
     """Sample completions of a batch of prompts (jitted; compiled once per shape and config).
 
     prompts: (B, P) int32, right-padded; prompt_lens: (B,) int32 in [1, P]; key: a PRNG key.
+    prefill: with the recurrent form and a model that supports it, the prompt prefix that every row
+    shares in length (min(prompt_lens) - 1, rounded down to a multiple of 8) is run in one call of
+    the model's training form, then the rest step by step. The sampled tokens do not depend on it.
     """
     if form not in ("recurrent", "parallel"):
         raise RolloutError(f"form={form!r}: use 'recurrent' (O(1) state) or 'parallel' (recompute)")
@@ -209,8 +229,11 @@ def rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg: Sample
     prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
     chex.assert_rank(prompts, 2)
     chex.assert_shape(prompt_lens, (prompts.shape[0],))
+    n = 0
+    if prefill and form == "recurrent" and supports_prefill(model):
+        n = (int(np.min(np.asarray(prompt_lens))) - 1) // PREFILL_BUCKET * PREFILL_BUCKET
     graphdef, params = nnx.split(model)
-    return _rollout_jit(graphdef, params, prompts, prompt_lens, key, cfg, form)
+    return _rollout_jit(graphdef, params, prompts, prompt_lens, key, cfg, form, n)
 
 
 def teacher_forced_stats(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -1,33 +1,26 @@
-"""Pure functions on next-token logits: truncation (temperature, top-k, top-p), sampling, and the
-per-step statistics a rollout records (log-probability, entropy, varentropy)."""
+"""Pure functions on next-token logits for rollouts: the sampling distribution (temperature, then the
+shared top-k / top-p filter of hqf_jax.ops.sampling) and the per-step statistics a rollout records
+(log-probability, entropy, varentropy)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from hqf_jax.ops.sampling import filter_logits
+
 NEG_INF = -1e30
 
 
 def process_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
                    top_p: float = 1.0) -> jax.Array:
-    """Logits of the sampling distribution: divide by temperature, keep the top_k largest (0: all),
-    then the smallest set whose probability reaches top_p (1.0: all). Dropped entries get -1e30.
+    """Logits of the sampling distribution: divide by temperature, then keep the top_k largest
+    (0: all) and the smallest set whose probability reaches top_p (1.0: all), through
+    hqf_jax.ops.sampling.filter_logits (dropped entries get the dtype's lowest value).
 
-    logits: (..., V) float32. temperature > 0; top_k and top_p are static Python numbers.
+    logits: (..., V). temperature > 0; top_k and top_p are static Python numbers.
     """
-    x = logits.astype(jnp.float32) / jnp.float32(temperature)
-    if top_k and top_k < x.shape[-1]:
-        kth = jax.lax.top_k(x, top_k)[0][..., -1:]
-        x = jnp.where(x < kth, NEG_INF, x)
-    if top_p < 1.0:
-        srt = jnp.sort(x, axis=-1)[..., ::-1]
-        probs = jax.nn.softmax(srt, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted entry
-        keep = before < top_p  # the first entry is always kept
-        cutoff = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
-        x = jnp.where(x < cutoff, NEG_INF, x)
-    return x
+    return filter_logits(logits.astype(jnp.float32) / jnp.float32(temperature), top_k, top_p)
 
 
 def token_stats(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
