@@ -153,7 +153,9 @@ def tune(shape, interpret, chunk, reps, warmup, small):
             for (bk, bv, ws) in ((64, 64, 4), (32, 32, 2), (64, 128, 8))
             for (bo, wo) in ((64, 4), (128, 8))
         ]
-        bwd_opts = [dict(warps_grad=w, stages_grad=s, save_states=ss) for w in (4, 8) for s in (1, 2) for ss in (False, True)]
+        bwd_opts = [
+            dict(block_v_grad=bv, warps_grad=w, save_states=ss) for bv in (64, 128) for w in (4, 8) for ss in (False, True)
+        ]
     log = []
 
     def measure(tiling, which):

@@ -53,7 +53,8 @@ class Tiling:
     block_v_out: int = 64  # Dv tile of the output kernel
     warps_out: int = 4
     stages_out: int = 2
-    warps_grad: int = 8  # dq/dk/dv kernel (one chunk, full Dk and Dv, per program)
+    block_v_grad: int = 64  # Dv tile of the dq/dk/dv kernel (one chunk per program, a static loop over Dv tiles)
+    warps_grad: int = 8
     stages_grad: int = 2
     save_states: bool = False  # keep the forward states for the backward instead of recomputing (fla recomputes)
 

@@ -97,28 +97,38 @@ def _dstates(cfg: _Cfg, lg, q, gnum, grs, dht, dzt):
 
 def _grad_kernel(
     lg_ref, q_ref, k_ref, v_ref, g_ref, gr_ref, h_ref, z_ref, dh_ref, dz_ref,
-    dq_ref, dk_ref, dv_ref, qdq_ref, kdk_ref, *, cfg: _Cfg,
+    dq_ref, dk_ref, dv_ref, qdq_ref, kdk_ref, *, cfg: _Cfg, block_v: int,
 ):  # fmt: skip
     c = cfg.chunk
     n = pl.program_id(0)
     lg = lg_ref[pl.program_id(1) % cfg.num_heads]
-    q, k, v, g = q_ref[...], k_ref[...], v_ref[...], g_ref[...]
+    q, k = q_ref[...], k_ref[...]
     gr = gr_ref[...]
     dt = q.dtype
     dmat = _decay_matrix(lg, c) * cfg.scale
     carry_w = jnp.exp(lg * (_positions(c) + 1.0))
     length = jnp.where(n == cfg.n_chunks - 1, cfg.last_len, c).astype(F32)
     w = _state_weights(lg, c, length) * cfg.scale  # weight of step j in the state after this chunk
+    a = (_dot(q, k, trans_b=True) * dmat).astype(dt)
+    kw = (k.astype(F32) * w[:, None]).astype(dt)
 
-    a = _dot(q, k, trans_b=True) * dmat
-    da = (_dot(g, v, trans_b=True) + gr[:, None]) * dmat
-    dq = _dot(da.astype(dt), k) + (_dot(g, h_ref[...], trans_b=True) + gr[:, None] * z_ref[...][None, :]) * carry_w[:, None]
-    dh = dh_ref[...]
-    dk = _dot(da.astype(dt), q, trans_a=True) + (_dot(v, dh, trans_b=True) + dz_ref[...][None, :]) * w[:, None]
-    dv = _dot(a.astype(dt), g, trans_a=True) + _dot((k.astype(F32) * w[:, None]).astype(dt), dh)
+    # Dv in blocks (static loop): dv per block; dA, dq's and dk's state terms accumulate over blocks
+    da = jnp.zeros((c, c), F32)
+    dq_state = jnp.zeros(q.shape, F32)
+    dk_state = jnp.zeros(k.shape, F32)
+    for j in range(v_ref.shape[-1] // block_v):
+        cols = pl.ds(j * block_v, block_v)
+        v, g = v_ref[:, cols], g_ref[:, cols]
+        h, dh = h_ref[:, cols], dh_ref[:, cols]
+        da += _dot(g, v, trans_b=True)
+        dq_state += _dot(g, h, trans_b=True)
+        dk_state += _dot(v, dh, trans_b=True)
+        dv_ref[:, cols] = (_dot(a, g, trans_a=True) + _dot(kw, dh)).astype(dv_ref.dtype)
+    da = ((da + gr[:, None]) * dmat).astype(dt)
+    dq = _dot(da, k) + (dq_state + gr[:, None] * z_ref[...][None, :]) * carry_w[:, None]
+    dk = _dot(da, q, trans_a=True) + (dk_state + dz_ref[...][None, :]) * w[:, None]
     dq_ref[...] = dq.astype(dq_ref.dtype)
     dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
     qdq_ref[...] = jnp.sum(q.astype(F32) * dq, axis=1)
     kdk_ref[...] = jnp.sum(k.astype(F32) * dk, axis=1)
 
@@ -133,7 +143,7 @@ def _grads(cfg: _Cfg, lg, q, k, v, gnum, grs, hs, zs, dhs, dzs):
     mat = pl.BlockSpec((None, None, dk, dv), lambda n, b: (b, n, 0, 0))
     vec = pl.BlockSpec((None, None, None, dk), lambda n, b: (b, 0, n, 0))
     return pl.pallas_call(
-        functools.partial(_grad_kernel, cfg=cfg),
+        functools.partial(_grad_kernel, cfg=cfg, block_v=min(tl.block_v_grad, dv)),
         grid=(cfg.n_chunks, bh),
         in_specs=[pl.BlockSpec(lg.shape, lambda n, b: (0,)), row_k, row_k, row_v, row_v, row, mat, vec, mat, vec],
         out_specs=[row_k, row_k, row_v, row, row],

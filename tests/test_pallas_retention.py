@@ -62,10 +62,10 @@ CASES = {
     # T and both head sizes need padding; an incoming state at offset 5
     "pad_t_pad_d_state": dict(b=2, h=3, t=37, dk=8, dv=12, offset=5, chunk=16, tiling=Tiling()),
     # no state, the paper's default decays, one chunk shorter than chunk_size; state tiles split
-    # 2 x 2 and the output tile split in 2; forward states kept for the backward
+    # 2 x 2, output and gradient Dv tiles split in 2; forward states kept for the backward
     "no_state_split_tiles_saved_states": dict(
         b=1, h=2, t=20, dk=32, dv=32, offset=None, chunk=32, base=-5.0,
-        tiling=Tiling(block_k_state=16, block_v_state=16, block_v_out=16, save_states=True),
+        tiling=Tiling(block_k_state=16, block_v_state=16, block_v_out=16, block_v_grad=16, save_states=True),
     ),
 }  # fmt: skip
 
