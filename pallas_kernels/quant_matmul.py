@@ -1,0 +1,138 @@
+"""Fused dequantize-matmul (weight-only quantization, bf16 activations) for the packed phi-grid + deviation
+format and for the int / NF4 baselines, as a Pallas kernel for the GPU (Triton backend).
+
+    y = quant_matmul(x, prepare(q))          # x (B, K) bf16, q quantizes a (K, N) Flax kernel -> y (B, N)
+
+Each program owns block_n output features and a 1/split_k share of K; it walks K in block_k steps, reads the
+packed words of a (block_n, block_k) tile, decodes them in registers (shift/mask, exp2 for grid levels, gather
+loads for the NF4 table and group scales) and feeds a bf16 tl.dot with float32 accumulation. The dequantized
+weight never goes to HBM. Batch is padded to a power of two >= 16 (tl.dot needs >= 16 rows). split_k partial
+sums are added by XLA afterwards (one small (split_k, B, N) f32 array).
+
+Reference: hqf_jax.ops.quant_matmul.dequant_matmul_ref(x, dequantize_matrix(q)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.quant_common import (
+    KernelLayoutError,
+    PackedWeight,
+    check_blocks,
+    decode_tile,
+    next_pow2,
+    prepare,
+    tables_for,
+)
+
+__all__ = ["BlockConfig", "default_blocks", "quant_matmul", "prepare", "KernelLayoutError"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    block_n: int = 64
+    block_k: int = 128
+    block_b: int | None = None  # None: the padded batch, at most 64
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
+    """A reasonable starting point; eval/bench_quant_kernels.py sweeps around it."""
+    g = pw.cfg.group_size or pw.cols
+    bk = 128 if (g % 128 == 0 or 128 % g == 0) else 64
+    bn = 32 if batch <= 16 else 64
+    while pw.rows % bn:
+        bn //= 2
+    split = 1
+    for s in (4, 2):
+        if batch <= 16 and pw.cols % (bk * s) == 0 and pw.rows // bn < 256:
+            split = s
+            break
+    return BlockConfig(block_n=max(bn, 16), block_k=bk, split_k=split)
+
+
+def _flatten(pw: PackedWeight, tables: dict):
+    elem_names = sorted(pw.elem)
+    group_names = sorted(pw.group)
+    table_names = sorted(tables)
+    arrays = [a for n in elem_names for a in pw.elem[n]] + [a for n in group_names for a in pw.group[n]]
+    arrays += [tables[n] for n in table_names]
+    return elem_names, group_names, table_names, arrays
+
+
+def _unflatten(refs, pw: PackedWeight, elem_names, group_names, table_names):
+    refs = list(refs)
+    elem, group, tables = {}, {}, {}
+    for n in elem_names:
+        k = len(pw.elem[n])
+        elem[n], refs = refs[:k], refs[k:]
+    for n in group_names:
+        k = len(pw.group[n])
+        group[n], refs = refs[:k], refs[k:]
+    for n in table_names:
+        tables[n], refs = refs[0], refs[1:]
+    assert not refs
+    return elem, group, tables
+
+
+@functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
+def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None = None,
+                 interpret: bool = False) -> jax.Array:
+    """y (B, R) = x (B, C) @ dequantize(pw)^T, fused. x is cast to bf16; y has x's dtype."""
+    b, k = x.shape
+    if k != pw.cols:
+        raise KernelLayoutError(f"x has {k} features but the weight expects {pw.cols}")
+    blocks = blocks or default_blocks(pw, b)
+    check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k)
+    bn, bk, split = blocks.block_n, blocks.block_k, blocks.split_k
+    bb = blocks.block_b or min(max(16, next_pow2(b)), 64)
+    bp = -(-b // bb) * bb
+    xp = jnp.zeros((bp, k), jnp.bfloat16).at[:b].set(x.astype(jnp.bfloat16))
+    kspan = k // split
+    nk = kspan // bk
+    tables = tables_for(pw.cfg)
+    elem_names, group_names, table_names, arrays = _flatten(pw, tables)
+    n_elem = sum(len(pw.elem[n]) for n in elem_names)
+
+    def kernel(x_ref, *refs):
+        o_ref = refs[-1]
+        elem, group, tabs = _unflatten(refs[:-1], pw, elem_names, group_names, table_names)
+        i = pl.program_id(0)
+        s = pl.program_id(1)
+
+        def body(t, acc):
+            k0 = t * bk
+            xt = x_ref[:, pl.ds(pl.multiple_of(k0, bk), bk)]
+            w = decode_tile(pw, elem, group, tabs, i * bn, k0, s * kspan + k0, bn, bk)
+            return acc + lax.dot_general(
+                xt, w.astype(jnp.bfloat16), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+            )
+
+        o_ref[...] = lax.fori_loop(0, nk, body, jnp.zeros((bb, bn), jnp.float32))
+
+    in_specs = [pl.BlockSpec((bb, kspan), lambda i, s, j: (j, s))]
+    for a in arrays[:n_elem]:
+        in_specs.append(pl.BlockSpec((bn, a.shape[1] // split), lambda i, s, j: (i, s)))
+    in_specs += [pl.no_block_spec] * (len(arrays) - n_elem)
+    out = pl.pallas_call(
+        kernel,
+        grid=(pw.rows // bn, split, bp // bb),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((None, bb, bn), lambda i, s, j: (s, j, i)),
+        out_shape=jax.ShapeDtypeStruct((split, bp, pw.rows), jnp.float32),
+        compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages),
+        interpret=interpret,
+        name=f"quant_matmul_{pw.cfg.method}",
+    )(xp, *arrays)
+    y = out[0] if split == 1 else jnp.sum(out, axis=0)
+    return y[:b].astype(x.dtype)

@@ -1,0 +1,124 @@
+"""Pallas quantized matmul kernels against their jnp references: interpret mode on CPU (hypothesis over small
+shapes and block configs), Triton lowering for CUDA checked on CPU, and the real kernels on a GPU (marked gpu)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hqf_jax import quant as Q
+from hqf_jax.ops.quant_matmul import dequant_matmul_ref, gather_matmul_ref
+from hqf_jax.quant.qtensor import dequantize_matrix, phi_stages
+from pallas_kernels.gather_matmul import GatherBlockConfig, gather_matmul
+from pallas_kernels.quant_common import KernelLayoutError
+from pallas_kernels.quant_matmul import BlockConfig, prepare, quant_matmul
+
+KERNEL_SPECS = [
+    "phi5u8", "phi6u8:group_size=32", "e5u8:group_size=None", "phi:depth=2:dev_kind=grid:dev_bits=4:group_size=32",
+    "phi5u4:scale_dtype=fp32", "int4", "int4z:group_size=32", "int8", "nf4", "nf4dq:dq_block=4",
+]
+
+
+def _case(spec, k, n, b, seed):
+    kw, kx = jax.random.split(jax.random.key(seed))
+    w = jax.random.normal(kw, (k, n)) * 0.05
+    x = jax.random.normal(kx, (b, k)).astype(jnp.bfloat16)
+    q = Q.quantize(w, spec)
+    return x, q
+
+
+def _check(y, ref, x, wm):
+    """|y - ref| within bf16 rounding of the weights (1 ulp where exp2 and the table differ) and of the output."""
+    y = np.asarray(y, np.float32)
+    ref = np.asarray(ref, np.float32)
+    scale = np.abs(np.asarray(x, np.float32)) @ np.abs(np.asarray(wm, np.float32)).T
+    assert y.shape == ref.shape
+    assert np.all(np.abs(y - ref) <= 2.0**-7 * (scale + np.abs(ref)) + 1e-6), float(np.max(np.abs(y - ref)))
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.sampled_from(KERNEL_SPECS),
+    st.sampled_from([64, 128]),
+    st.sampled_from([16, 48]),
+    st.sampled_from([1, 5, 20]),
+    st.sampled_from([(16, 32, 1), (16, 64, 2), (16, 32, 2)]),
+    st.integers(0, 1000),
+)
+def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, seed):
+    x, q = _case(spec, k, n, b, seed)
+    g = q.cfg.group_size or k
+    bn, bk, split = blk
+    if g % bk and bk % g:
+        bk = 32
+    if k % (bk * split):
+        split = 1
+    y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=bn, block_k=bk, split_k=split), interpret=True)
+    wm = dequantize_matrix(q)
+    _check(y, dequant_matmul_ref(x, wm), x, wm)
+
+
+@pytest.mark.parametrize("spec", ["phi5u8", "nf4dq", "int4z"])
+def test_quant_matmul_default_blocks_and_batch_blocks(spec):
+    x, q = _case(spec, 128, 32, 40, 0)  # batch 40 -> padded to 64, two batch blocks of 32
+    wm = dequantize_matrix(q)
+    y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=16, block_k=64, block_b=32), interpret=True)
+    _check(y, dequant_matmul_ref(x, wm), x, wm)
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.sampled_from(["phi5u8:sort=true:group_size=32", "phi:index_bits=6:depth=0:sort=true:group_size=None",
+                        "e5u8:sort=true:dev_bits=4:scale_dtype=fp32"]),
+       st.sampled_from([64, 128]), st.sampled_from([1, 6]), st.integers(0, 1000))
+def test_gather_matmul_matches_reference_interpret(spec, k, b, seed):
+    x, q = _case(spec, k, 32, b, seed)
+    s_sorted = phi_stages(q)
+    s_sorted = sum(s_sorted[1:], s_sorted[0])
+    y = gather_matmul(x, prepare(q), blocks=GatherBlockConfig(split_k=2), interpret=True)
+    ref = gather_matmul_ref(x, s_sorted, q.codes["perm"])
+    _check(y, ref, x, s_sorted)
+    # and the sorted form keeps the function of the unsorted weight
+    wm = dequantize_matrix(q)
+    _check(ref, dequant_matmul_ref(x, wm), x, wm)
+
+
+def test_layout_errors_name_the_fix():
+    x, q = _case("int4", 64, 16, 2, 0)
+    with pytest.raises(KernelLayoutError, match="row-sorted"):
+        gather_matmul(x, prepare(q), interpret=True)
+    with pytest.raises(KernelLayoutError, match="block_n"):
+        quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=24), interpret=True)
+    with pytest.raises(KernelLayoutError, match="multiple of 32"):
+        prepare(Q.quantize(jnp.ones((40, 16)), "int4:group_size=8"))
+    with pytest.raises(KernelLayoutError, match="bf16 XLA"):
+        prepare(Q.quantize(jnp.ones((64, 16)), "bf16"))
+
+
+@pytest.mark.parametrize("spec", ["phi5u8", "phi:depth=2:dev_kind=grid:dev_bits=4", "int4z", "nf4dq"])
+def test_kernels_lower_to_triton_for_cuda(spec):
+    """The Pallas -> Triton IR lowering runs on CPU: it catches unsupported ops and non-power-of-two shapes."""
+    x, q = _case(spec, 256, 64, 1, 0)
+    pw = prepare(q)
+    jax.jit(lambda x, pw: quant_matmul(x, pw)).trace(x, pw).lower(lowering_platforms=("cuda",))
+    if spec.startswith("phi"):
+        qs = Q.quantize(jax.random.normal(jax.random.key(1), (256, 64)), spec + ":sort=true")
+        jax.jit(lambda x, pw: gather_matmul(x, pw)).trace(x, prepare(qs)).lower(lowering_platforms=("cuda",))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", KERNEL_SPECS)
+@pytest.mark.parametrize("b", [1, 16, 100])
+def test_quant_matmul_on_gpu(spec, b):
+    x, q = _case(spec, 512, 256, b, 0)
+    wm = dequantize_matrix(q)
+    _check(quant_matmul(x, prepare(q)), dequant_matmul_ref(x, wm), x, wm)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b", [1, 16])
+def test_gather_matmul_on_gpu(b):
+    x, q = _case("phi5u8:sort=true", 512, 256, b, 0)
+    wm = dequantize_matrix(q)
+    _check(gather_matmul(x, prepare(q)), dequant_matmul_ref(x, wm), x, wm)
