@@ -276,7 +276,7 @@ def main(argv=None):
 
     torch, tdev = torch_status()
     fla, fla_msg = fla_fn()
-    print(fla_msg if fla is None else f"{fla_msg} found")
+    print(fla_msg if fla is None else f"{fla_msg} found" + ("" if tdev == "cuda" else ", skipped: needs torch with CUDA"))
     torch_ok = torch is not None and (tdev == "cuda" or small)
     print(f"torch: {tdev if torch is not None else 'not installed'}" + ("" if torch_ok else " (skipping torch SDPA: needs CUDA)"))
 
