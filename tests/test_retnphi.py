@@ -202,3 +202,15 @@ def test_lora_on_retnphi_trains_only_adapters_norms_and_byte_tables():
     assert losses[-1] < losses[0]
     for k, v in nnx.to_flat_state(nnx.state(model, frozen_filter(filt))):
         np.testing.assert_array_equal(np.asarray(v.get_value()), frozen[k], err_msg=str(k))
+
+
+def test_remat_gives_identical_gradients():
+    toks = _bytes(t=9)
+
+    def grads(remat):
+        model = RetNPhi.from_decoder(_decoder(), RetNPhiConfig(byte_init="random", chunk_size=4, remat=remat))
+        loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(toks), toks).mean()  # noqa: E731
+        return jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model)))
+
+    for a, b in zip(grads(False), grads(True)):
+        np.testing.assert_array_equal(a, b)

@@ -64,6 +64,7 @@ class RetNPhiConfig:
     gate: str = "none"
     byte_init: str = "tokens"  # random | tokens (needs the folder's tokenizer)
     byte_init_std: float | None = None  # random init std (None: std of the token embedding)
+    remat: bool = False  # recompute each block in the backward pass (nnx.remat): keeps only block inputs
     seed: int = 0
 
     def __post_init__(self):
@@ -179,6 +180,10 @@ class RetNPhiLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), state
 
 
+def _run_layer(layer: RetNPhiLayer, x, state, form: str):
+    return layer(x, state, form)
+
+
 class RetNPhi(nnx.Module):
     """Byte-level retention LM built from a pretrained decoder (see the module docstring)."""
 
@@ -235,8 +240,11 @@ class RetNPhi(nnx.Module):
         x = self.byte_embed(tokens)
         states = state if state is not None else (None,) * len(self.layers)
         new_states = []
+        run = _run_layer
+        if self.rcfg.remat and form != "recurrent":
+            run = nnx.remat(_run_layer, static_argnums=(3,))
         for layer, s in zip(self.layers, states):
-            x, s = layer(x, s, form)
+            x, s = run(layer, x, s, form)
             new_states.append(s)
         logits = self.byte_head(self.norm(x)).astype(jnp.float32)
         chex.assert_shape(logits, (*tokens.shape, BYTE_VOCAB_SIZE))
