@@ -214,3 +214,19 @@ def test_remat_gives_identical_gradients():
 
     for a, b in zip(grads(False), grads(True)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_build_from_config(tmp_path):
+    import importlib
+
+    cfg = importlib.import_module("configs.retnphi_tiny").get_config()
+    from hqf_jax.nn.retnphi import build_retnphi
+
+    mcfg = cfg.model.to_dict()
+    mcfg["checkpoint"] = str(_byte_bpe_folder(tmp_path))
+    model, filt = build_retnphi(mcfg, progress=False)
+    names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, filt))}
+    assert "layers.1.mlp.up_proj.lora_A" in names and "byte_embed.weight" in names
+    assert model.rcfg.chunk_size == 32 and model.layers[0].self_attn.cfg.family == "llama"
+    with pytest.raises(RetNPhiConfigError, match="valid"):
+        build_retnphi({**mcfg, "lora_rank": 4})

@@ -342,3 +342,34 @@ def abstract_retnphi(cfg: DecoderConfig, rcfg: RetNPhiConfig, lora=None) -> RetN
         return model
 
     return nnx.eval_shape(build)
+
+
+TRAIN_MODES = ("lora", "full")
+
+
+def build_retnphi(model_cfg: Mapping[str, Any], progress: bool = True):
+    """(model, trainable filter) from a config's model part (see configs/retnphi_tiny.py).
+
+    model_cfg: checkpoint (HF folder: config.json + safetensors [+ tokenizer]), dtype, param_dtype,
+    train_mode ("lora": frozen base + adapters/norms/byte tables; "full": every Param), retnphi (RetNPhiConfig
+    fields), lora (LoRAConfig fields). The filter goes to nnx.Optimizer(wrt=...) and nnx.grad's DiffState.
+    """
+    from hqf_jax.nn.lora import LoRAConfig, apply_lora
+
+    m = dict(model_cfg)
+    valid = {"checkpoint", "dtype", "param_dtype", "train_mode", "retnphi", "lora"}
+    bad = set(m) - valid
+    if bad:
+        raise RetNPhiConfigError(f"unknown model keys {sorted(bad)}; valid: {sorted(valid)}")
+    mode = m.get("train_mode", "lora")
+    if mode not in TRAIN_MODES:
+        raise RetNPhiConfigError(f"model.train_mode {mode!r} is not one of {TRAIN_MODES}")
+    if not m.get("checkpoint"):
+        raise RetNPhiConfigError("model.checkpoint is empty; point it at an HF folder (python -m train.token_lm writes one)")
+    rcfg = RetNPhiConfig.from_dict(dict(m.get("retnphi", {})))
+    model = RetNPhi.from_pretrained(m["checkpoint"], rcfg, dtype=m.get("dtype", "float32"),
+                                    param_dtype=m.get("param_dtype"), progress=progress)
+    if mode == "full":
+        return model, nnx.Param
+    apply_lora(model, LoRAConfig.from_dict(dict(m.get("lora", {}))), nnx.Rngs(rcfg.seed + 1))
+    return model, rcfg.trainable_filter()

@@ -1,0 +1,29 @@
+"""RetNPhi on the framework's own token model: the model part of the bootstrap study (issue 3).
+
+The checkpoint is the HF folder that `python -m train.token_lm` writes (config.json + safetensors +
+tokenizer.json); it goes through exactly the import path of hqf_jax.nn.hf_loading. The model part is
+read by hqf_jax.nn.retnphi.build_retnphi, which returns the model and the trainable filter.
+Data/train parts follow configs/lm_tiny.py so bpb is comparable with the byte LM from scratch.
+"""
+
+import ml_collections
+
+from configs import lm_tiny
+
+
+def get_config():
+    c = lm_tiny.get_config()
+    c.workdir = "runs/retnphi_tiny"
+    c.model = ml_collections.ConfigDict(dict(
+        checkpoint="runs/token_lm_tiny/hf",
+        dtype="float32",  # compute dtype; bfloat16 on GPU
+        param_dtype="float32",  # frozen base storage; bfloat16 halves it
+        train_mode="lora",  # lora: frozen base + adapters, norms, byte tables | full: every parameter
+        retnphi=dict(
+            form="chunkwise", chunk_size=32, position="hf", rope_context=None, gamma_exp_first=-5.0,
+            gamma_exp_last=-12.0, group_norm=True, gate="none", byte_init="tokens", remat=False, seed=0,
+        ),
+        lora=dict(targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                  rank=8, alpha=16.0, dropout=0.0, dora=False),
+    ))
+    return c
