@@ -126,11 +126,11 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def check(shape, interpret, chunk):
+def check(shape, interpret, chunk, tiling):
     """Pallas (bf16 in) vs the float32 reference on the same bf16 values: max error / max |ref|."""
     b, h, t, d = shape
     q, k, v, g, do = jax_inputs(b, h, t, d, seed=1)
-    _, fb_p = jax_fns(pallas_fn(Tiling(), interpret, chunk))
+    _, fb_p = jax_fns(pallas_fn(tiling, interpret, chunk))
     _, fb_r = jax_fns(reference_fn(chunk))
     o_p, grads_p = fb_p(q, k, v, g, do)
     up = lambda x: x.astype(jnp.float32)  # noqa: E731
@@ -249,6 +249,7 @@ def main(argv=None):
     ap.add_argument("--small", action="store_true", help="tiny shapes, Pallas in interpret mode, on CPU")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 20; 2 with --small)")
     ap.add_argument("--no-tune", action="store_true", help="skip the tiling sweep, use Tiling() defaults")
+    ap.add_argument("--t", type=int, nargs="*", default=None, help="only these sequence lengths (default: all)")
     args = ap.parse_args(argv)
 
     small = args.small
@@ -258,13 +259,20 @@ def main(argv=None):
     warmup = 1 if small else 3
     d, h = (16, 2) if small else (128, 16)
     sizes = [(1, 64), (1, 100)] if small else [(8, 2048), (8, 8192), (2, 32768)]
+    sizes = [(b, t) for b, t in sizes if args.t is None or t in args.t]
     check_shape = (1, 2, 50, 16) if small else (2, 4, 1000, 128)
     tune_shape = (1, h, 64, d) if small else (8, h, 8192, d)
 
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, chunk {chunk}, bf16 inputs")
-    ok, errs = check(check_shape, interpret, chunk)
-    print(f"check Pallas vs jnp reference at (B,H,T,d)={check_shape}: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()) + (" OK" if ok else " MISMATCH"))
+
+    def report_check(tiling):
+        ok, errs = check(check_shape, interpret, chunk, tiling)
+        line = ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
+        print(f"check Pallas vs jnp reference at (B,H,T,d)={check_shape}: {line} {'OK' if ok else 'MISMATCH'}")
+        return ok
+
+    ok = report_check(Tiling())
 
     if args.no_tune:
         tiling, log = Tiling(), ["  (sweep skipped)"]
@@ -273,6 +281,8 @@ def main(argv=None):
     print(f"tiling sweep at (B,H,T,d)={tune_shape}:")
     print("\n".join(log))
     print(f"chosen: {tiling}")
+    if tiling != Tiling():
+        ok = report_check(tiling) and ok
 
     torch, tdev = torch_status()
     fla, fla_msg = fla_fn()
