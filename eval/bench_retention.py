@@ -201,9 +201,9 @@ def fla_fn():
 
 def torch_variant(name, torch, device, b, h, t, d, reps, warmup):
     """(fwd seconds, fwd+bwd seconds) of fla chunk_retention or torch causal SDPA."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
     layout = (b, t, h, d) if name == "fla" else (b, h, t, d)  # fla wants [B, T, H, D]
-    q, k, v, do = (torch.randn(layout, generator=gen).to(device=device, dtype=torch.bfloat16) for _ in range(4))
+    q, k, v, do = (torch.randn(layout, device=device, dtype=torch.bfloat16) for _ in range(4))
     q, k, v = (x.requires_grad_(True) for x in (q, k, v))
     cuda = device == "cuda"
     if name == "fla":
@@ -267,7 +267,11 @@ def main(argv=None):
     print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, chunk {chunk}, bf16 inputs")
 
     def report_check(tiling):
-        ok, errs = check(check_shape, interpret, chunk, tiling)
+        try:
+            ok, errs = check(check_shape, interpret, chunk, tiling)
+        except Exception as e:  # keep going: the peers' numbers are still worth printing
+            print(f"check Pallas with {tiling}: failed ({type(e).__name__}: {str(e).splitlines()[0][:300]})")
+            return False
         line = ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
         print(f"check Pallas vs jnp reference at (B,H,T,d)={check_shape}: {line} {'OK' if ok else 'MISMATCH'}")
         return ok
