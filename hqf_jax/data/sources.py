@@ -94,8 +94,11 @@ def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], 
         st = f.stat()
         entries.append((str(f), st.st_size, st.st_mtime_ns))
     features = datasets.Features({"name": datasets.Value("string"), "data": datasets.Value("binary")})
-    ds = datasets.Dataset.from_generator(gen, gen_kwargs={"entries": entries}, features=features, keep_in_memory=True)
-    docs = [(row["name"], row["data"]) for row in ds]
+    try:
+        ds = datasets.Dataset.from_generator(gen, gen_kwargs={"entries": entries}, features=features, keep_in_memory=True)
+        docs = [(row["name"], row["data"]) for row in ds]
+    except ValueError:  # datasets refuses a generator that yields no rows
+        docs = []
     skipped = len(files) - len(docs)
     if not docs:
         raise DataError(f"every one of the {len(files)} files under the data paths is empty or unreadable; "

@@ -80,8 +80,6 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if config_json is not None and jax.process_index() == 0:
-        (workdir / "config.json").write_text(config_json)
 
     mesh = shd.make_mesh(mesh_cfg)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -101,9 +99,11 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(start, abstract_like(state))
-        writer.event(start, "restore", step=start)
+        writer.event(start, "restore", from_step=start)
         print(f"[train] resumed from step {start} in {ckpt.dir}")
     start = int(state["step"])
+    if config_json is not None and jax.process_index() == 0:  # only once the checkpoint is known to fit
+        (workdir / "config.json").write_text(config_json)
 
     def step_fn(state, rest, batch):
         rng = jax.random.fold_in(jax.random.PRNGKey(train_cfg.seed), state["step"])
@@ -128,50 +128,52 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
                unit="step", dynamic_ncols=True)
     t_window, n_window = time.perf_counter(), 0
-    with _Stopper() as stopper, mesh:
-        step = start
-        while step < total:
-            batch = task.batch_fn(step)
-            first = next(iter(batch.values()))
-            if first.shape[0] % n_batch_shards:
-                raise ConfigError(f"batch size {first.shape[0]} must be a multiple of mesh data*fsdp = {n_batch_shards}")
-            state, metrics = jit_step(state, rest, shd.put_batch(batch, mesh))
-            step += 1
-            n_window += 1
-            for hook in task.interventions:
-                state = hook(step, state, writer, last) or state
-            if step % train_cfg.log_every == 0 or step == total:
-                metrics = jax.device_get(metrics)
-                dt = time.perf_counter() - t_window
-                rate = task.units_per_step * n_window / dt if dt > 0 else 0.0
-                metrics = {k: float(v) for k, v in metrics.items()}
-                metrics[f"{task.unit_name}_per_s"] = rate
-                if task.flops_per_step:
-                    metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
-                if not np.isfinite(metrics["loss"]):
-                    writer.event(step, "non_finite_loss", loss=metrics["loss"])
-                writer.scalars(step, metrics)
-                last.update(metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
-                t_window, n_window = time.perf_counter(), 0
-            if task.eval_fn and (step % train_cfg.eval_every == 0 or step == total):
-                ev = task.eval_fn(current_model())
-                writer.scalars(step, ev)
-                last.update(ev)
-                bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
-                t_window, n_window = time.perf_counter(), 0
-            if task.sample_fn and (step % train_cfg.sample_every == 0 or step == total):
-                writer.text(step, "sample", task.sample_fn(current_model(), step))
-            if step % train_cfg.ckpt_every == 0 or step == total or stopper.signal:
-                ckpt.save(step, state, force=True)
-            bar.update(1)
-            if stopper.signal:
-                writer.event(step, "signal", name=stopper.signal)
-                bar.write(f"[train] {stopper.signal}: saved step {step}, exiting; re-run the same command to resume")
-                break
-    bar.close()
-    ckpt.close()
-    writer.close()
+    step = start
+    try:
+        with _Stopper() as stopper, mesh:
+            while step < total:
+                batch = task.batch_fn(step)
+                first = next(iter(batch.values()))
+                if first.shape[0] % n_batch_shards:
+                    raise ConfigError(f"batch size {first.shape[0]} must be a multiple of mesh data*fsdp = {n_batch_shards}")
+                state, metrics = jit_step(state, rest, shd.put_batch(batch, mesh))
+                step += 1
+                n_window += 1
+                for hook in task.interventions:
+                    state = hook(step, state, writer, last) or state
+                if step % train_cfg.log_every == 0 or step == total:
+                    metrics = jax.device_get(metrics)
+                    dt = time.perf_counter() - t_window
+                    rate = task.units_per_step * n_window / dt if dt > 0 else 0.0
+                    metrics = {k: float(v) for k, v in metrics.items()}
+                    metrics[f"{task.unit_name}_per_s"] = rate
+                    if task.flops_per_step:
+                        metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
+                    if not np.isfinite(metrics["loss"]):
+                        writer.event(step, "non_finite_loss", loss=metrics["loss"])
+                    writer.scalars(step, metrics)
+                    last.update(metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
+                    t_window, n_window = time.perf_counter(), 0
+                if task.eval_fn and (step % train_cfg.eval_every == 0 or step == total):
+                    ev = task.eval_fn(current_model())
+                    writer.scalars(step, ev)
+                    last.update(ev)
+                    bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+                    t_window, n_window = time.perf_counter(), 0
+                if task.sample_fn and (step % train_cfg.sample_every == 0 or step == total):
+                    writer.text(step, "sample", task.sample_fn(current_model(), step))
+                if step % train_cfg.ckpt_every == 0 or step == total or stopper.signal:
+                    ckpt.save(step, state, force=True)
+                bar.update(1)
+                if stopper.signal:
+                    writer.event(step, "signal", name=stopper.signal)
+                    bar.write(f"[train] {stopper.signal}: saved step {step}, exiting; re-run the same command to resume")
+                    break
+    finally:
+        bar.close()
+        ckpt.close()  # waits for an async save in flight: no saved step is lost on the way out
+        writer.close()
     task.model = current_model()
     last["step"] = step
     return last

@@ -35,9 +35,9 @@ class MetricWriter:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "time": time.time(), tag: text}) + "\n")
 
-    def event(self, step: int, name: str, **info) -> None:
+    def event(self, step: int, event: str, /, **info) -> None:
         """A one-off event (restore, intervention, signal) in metrics.jsonl and tensorboard text."""
-        self.text(step, "event", json.dumps({"event": name, **info}))
+        self.text(step, "event", json.dumps({"event": event, **info}))
 
     def flush(self) -> None:
         if self._tb is not None:
