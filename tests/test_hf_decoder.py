@@ -227,3 +227,22 @@ def test_apply_rope_partial_keeps_tail():
     np.testing.assert_allclose(
         np.linalg.norm(y[..., :4], axis=-1), np.linalg.norm(x[..., :4], axis=-1), rtol=1e-5
     )
+
+
+def test_kv_cache_decode_matches_full_forward(tmp_path):
+    model = _save(transformers.MistralForCausalLM, MistralConfig(
+        **COMMON, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, sliding_window=5),
+        tmp_path / "m")
+    jm = load_hf_decoder(str(tmp_path / "m"), progress=False)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, V, (2, 10)), jnp.int32)
+    full = jm(ids)
+    logits, cache = jm.decode(ids[:, :6], jm.init_cache(2, 16))  # prefill
+    steps = [logits]
+    for i in range(6, 10):
+        lg, cache = jm.decode(ids[:, i:i + 1], cache)
+        steps.append(lg)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+    assert int(cache.length) == 10
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.asarray(ids, np.int64))).logits.numpy()
+    assert np.abs(np.asarray(full) - ref).max() < TOL

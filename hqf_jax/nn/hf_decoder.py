@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -31,6 +31,13 @@ from hqf_jax.ops import rope as rope_ops
 FAMILIES = ("phi3", "llama", "mistral", "qwen2")
 _ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "gelu": jax.nn.gelu, "gelu_new": jax.nn.gelu}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class KVCache(NamedTuple):
+    """Per layer (k, v) of shape (B, KV, capacity, hd) in compute dtype; length: tokens written so far."""
+
+    layers: tuple
+    length: jax.Array
 
 
 class HFConfigError(ValueError):
@@ -263,24 +270,37 @@ class Attention(nnx.Module):
 
         return heads(q, c.num_heads), heads(k, c.num_kv_heads), heads(v, c.num_kv_heads)
 
-    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    def attend(self, q, k, v, q_pos, k_pos) -> jnp.ndarray:
+        """Causal (optionally banded) softmax attention: q (B,H,Tq,hd), k/v (B,KV,Tk,hd) -> (B,Tq,H*hd)."""
         c = self.cfg
-        b, t, _ = x.shape
-        q, k, v = self.project_qkv(x)
-        q, k = rope_ops.apply_rope(q, cos, sin), rope_ops.apply_rope(k, cos, sin)
+        b, _, tq, _ = q.shape
         rep = c.num_heads // c.num_kv_heads
         k, v = jnp.repeat(k, rep, axis=1), jnp.repeat(v, rep, axis=1)
         scores = jnp.einsum("bhqd,bhkd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
         scores = scores * (c.head_dim**-0.5)
-        qi, ki = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+        qi, ki = q_pos[:, None], k_pos[None, :]
         allowed = ki <= qi
         if self.window is not None:
             allowed = allowed & (ki > qi - self.window)
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", probs, v.astype(c.compute_dtype))
-        out = out.transpose(0, 2, 1, 3).reshape(b, t, c.num_heads * c.head_dim)
-        return self.o_proj(out)
+        return out.transpose(0, 2, 1, 3).reshape(b, tq, c.num_heads * c.head_dim)
+
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, cache=None, length=None):
+        """Without cache: x (B,T,D) -> (B,T,D). With cache (k, v of shape (B,KV,S,hd)) and `length` (tokens
+        already in it): writes this call's keys/values at [length, length+T) and returns (out, cache)."""
+        t = x.shape[1]
+        q, k, v = self.project_qkv(x)
+        q, k = rope_ops.apply_rope(q, cos, sin), rope_ops.apply_rope(k, cos, sin)
+        if cache is None:
+            pos = jnp.arange(t)
+            return self.o_proj(self.attend(q, k, v, pos, pos))
+        ck, cv = cache
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, 0, length, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, 0, length, 0))
+        out = self.attend(q, ck, cv, length + jnp.arange(t), jnp.arange(ck.shape[2]))
+        return self.o_proj(out), (ck, cv)
 
 
 class MLP(nnx.Module):
@@ -312,9 +332,13 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, cache=None, length=None):
+        if cache is None:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        y, cache = self.self_attn(self.input_layernorm(x), cos, sin, cache, length)
+        x = x + y
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class DecoderBody(nnx.Module):
@@ -359,3 +383,28 @@ class HFDecoderLM(nnx.Module):
         logits = self.head(self.hidden_states(tokens)).astype(jnp.float32)
         chex.assert_shape(logits, (*tokens.shape, self.cfg.vocab_size))
         return logits
+
+    # ------------------------------------------------------------------ KV-cache decoding
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.cfg
+        shape = (batch, c.num_kv_heads, max_len, c.head_dim)
+        zeros = tuple((jnp.zeros(shape, c.compute_dtype), jnp.zeros(shape, c.compute_dtype)) for _ in range(c.num_layers))
+        return KVCache(zeros, jnp.zeros((), jnp.int32))
+
+    def decode(self, tokens: jnp.ndarray, cache: KVCache) -> tuple[jnp.ndarray, KVCache]:
+        """Prefill or step with a KV cache: tokens (B,T) at positions cache.length + [0, T) -> logits, cache.
+
+        RoPE frequencies are chosen once for the cache's capacity (longrope: long factors iff it exceeds the
+        original context), so a decode run uses one frequency set throughout.
+        """
+        c = self.cfg
+        t, capacity = tokens.shape[1], cache.layers[0][0].shape[2]
+        inv_freq, scale = rope_ops.rope_frequencies(c.rope, c.head_dim, capacity, c.max_position_embeddings)
+        cos, sin = rope_ops.rope_cos_sin(cache.length + jnp.arange(t), inv_freq, scale)
+        x = self.model.embed_tokens(tokens)
+        layers = []
+        for layer, kv in zip(self.model.layers, cache.layers):
+            x, kv = layer(x, cos, sin, kv, cache.length)
+            layers.append(kv)
+        logits = self.head(self.model.norm(x)).astype(jnp.float32)
+        return logits, KVCache(tuple(layers), cache.length + t)
