@@ -43,6 +43,7 @@ class GatherBlockConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    levels: str = "exp2"  # phi-grid levels: "exp2" or "table" (see quant_matmul.BlockConfig)
 
 
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
@@ -63,7 +64,7 @@ def gather_matmul(x: jax.Array, pw: PackedWeight, *, blocks: GatherBlockConfig |
     kspan = k // split
     nk = kspan // bk
     perm_bits = pw.bits_dict["perm"]
-    tables = tables_for(pw.cfg)
+    tables = tables_for(pw.cfg, blocks.levels)
     elem_names, group_names, table_names, arrays = _flatten(pw, tables)
     n_elem = sum(len(pw.elem[n]) for n in elem_names)
 

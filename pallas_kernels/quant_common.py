@@ -158,7 +158,12 @@ def decode_tile(pw_meta: PackedWeight, elem_refs: dict, group_refs: dict, table_
     if isinstance(cfg, PhiGridConfig):
         ratio = qg.resolve_ratio(cfg.ratio)
         s = expand_groups(scale_value(grp("scale"), cfg.scale_dtype), bk)
-        val = geometric_value(read_elem(elem_refs["idx"], bits["idx"], k0, bk), ratio, cfg.index_bits) * s
+        def level(codes, nbits, table):
+            if table in table_refs:  # gather load from a 2**bits-entry signed level table
+                return table_refs[table][codes.astype(jnp.int32)]
+            return geometric_value(codes, ratio, nbits)
+
+        val = level(read_elem(elem_refs["idx"], bits["idx"], k0, bk), cfg.index_bits, "grid") * s
         for j in range(1, cfg.depth + 1):
             t = expand_groups(scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype), bk)
             dc = read_elem(elem_refs[f"dev{j}"], bits[f"dev{j}"], k0, bk)
@@ -166,7 +171,7 @@ def decode_tile(pw_meta: PackedWeight, elem_refs: dict, group_refs: dict, table_
                 q = 2 ** (cfg.dev_bits - 1) - 1
                 val = val + (dc.astype(jnp.float32) - q) * (t * (1.0 / q))
             else:
-                val = val + geometric_value(dc, ratio, cfg.dev_bits) * t
+                val = val + level(dc, cfg.dev_bits, "devgrid") * t
         return val
     if isinstance(cfg, IntConfig):
         s = expand_groups(scale_value(grp("scale"), cfg.scale_dtype), bk)
@@ -188,8 +193,15 @@ def decode_tile(pw_meta: PackedWeight, elem_refs: dict, group_refs: dict, table_
     raise KernelLayoutError(f"no kernel decode for {cfg.name}")
 
 
-def tables_for(cfg: QuantConfig) -> dict[str, jnp.ndarray]:
-    """Small lookup tables a kernel reads with gather loads (NF4 levels, the double-quant dynamic map)."""
+def tables_for(cfg: QuantConfig, levels: str = "exp2") -> dict[str, jnp.ndarray]:
+    """Small lookup tables a kernel reads with gather loads (NF4 levels, the double-quant dynamic map, and with
+    levels="table" the signed geometric levels instead of computing them with exp2)."""
+    if isinstance(cfg, PhiGridConfig) and levels == "table":
+        r = qg.resolve_ratio(cfg.ratio)
+        t = {"grid": jnp.asarray(qg.geometric_levels(r, cfg.index_bits))}
+        if cfg.depth and cfg.dev_kind == "grid":
+            t["devgrid"] = jnp.asarray(qg.geometric_levels(r, cfg.dev_bits))
+        return t
     if isinstance(cfg, NF4Config):
         t = {"nf4": jnp.asarray(qg.NF4_LEVELS)}
         if cfg.double_quant:
@@ -220,3 +232,24 @@ def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int) -> 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
+
+
+def placeholder(cfg: QuantConfig, rows: int, cols: int) -> PackedWeight:
+    """An all-zero PackedWeight of the right shapes (no quantization work): for lowering/compile checks."""
+    from hqf_jax.quant.qtensor import field_bits_per_element
+
+    g = getattr(cfg, "group_size", None) or cols
+    n_groups = rows * (cols // g)
+    bits = field_bits_per_element(cfg, cols)
+    numel = {name: rows * cols for name in bits if name in ELEM_FIELDS}
+    if isinstance(cfg, NF4Config) and cfg.double_quant:
+        numel.update(absmax_q=n_groups, absmax2=-(-n_groups // cfg.dq_block), offset=1)
+    elem, group = {}, {}
+    for name, b in bits.items():
+        for w, _ in qp.split_widths(b):
+            if name in ELEM_FIELDS:
+                elem.setdefault(name, []).append(jnp.zeros((rows, cols * w // 32), jnp.uint32))
+            else:
+                group.setdefault(name, []).append(jnp.zeros((qp.part_words(numel.get(name, n_groups), w),), jnp.uint32))
+    return PackedWeight(elem={k: tuple(v) for k, v in elem.items()}, group={k: tuple(v) for k, v in group.items()},
+                        bits=tuple(sorted(bits.items())), cfg=cfg, rows=rows, cols=cols)

@@ -5,9 +5,10 @@ format and for the int / NF4 baselines, as a Pallas kernel for the GPU (Triton b
 
 Each program owns block_n output features and a 1/split_k share of K; it walks K in block_k steps, reads the
 packed words of a (block_n, block_k) tile, decodes them in registers (shift/mask, exp2 for grid levels, gather
-loads for the NF4 table and group scales) and feeds a bf16 tl.dot with float32 accumulation. The dequantized
-weight never goes to HBM. Batch is padded to a power of two >= 16 (tl.dot needs >= 16 rows). split_k partial
-sums are added by XLA afterwards (one small (split_k, B, N) f32 array).
+loads for the NF4 table and group scales) and feeds a bf16 tl.dot with float32 accumulation (mode "dot": batch
+padded to a power of two >= 16, since tl.dot needs >= 16 rows) or, for batch 1-2, a broadcast multiply and row
+sum without padding (mode "fma"). The dequantized weight never goes to HBM. split_k partial sums are added by
+XLA afterwards (one small (split_k, B, N) f32 array).
 
 Reference: hqf_jax.ops.quant_matmul.dequant_matmul_ref(x, dequantize_matrix(q)).
 """
@@ -40,10 +41,19 @@ __all__ = ["BlockConfig", "default_blocks", "quant_matmul", "prepare", "KernelLa
 class BlockConfig:
     block_n: int = 64
     block_k: int = 128
-    block_b: int | None = None  # None: the padded batch, at most 64
+    block_b: int | None = None  # None: the padded batch (dot: >= 16, at most 64; fma: next power of two)
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    mode: str = "auto"  # "dot" (tl.dot, batch padded to 16), "fma" (broadcast multiply + row sums), "auto"
+    levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
+
+    def resolved_mode(self, batch: int) -> str:
+        if self.mode not in ("auto", "dot", "fma") or self.levels not in ("exp2", "table"):
+            raise KernelLayoutError(f"mode={self.mode!r} levels={self.levels!r}: use mode auto|dot|fma, levels exp2|table")
+        if self.mode == "auto":
+            return "fma" if batch <= 2 else "dot"
+        return self.mode
 
 
 def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
@@ -93,14 +103,18 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
     if k != pw.cols:
         raise KernelLayoutError(f"x has {k} features but the weight expects {pw.cols}")
     blocks = blocks or default_blocks(pw, b)
+    mode = blocks.resolved_mode(b)
     check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k)
     bn, bk, split = blocks.block_n, blocks.block_k, blocks.split_k
-    bb = blocks.block_b or min(max(16, next_pow2(b)), 64)
+    if mode == "dot":
+        bb = blocks.block_b or min(max(16, next_pow2(b)), 64)
+    else:
+        bb = blocks.block_b or min(next_pow2(b), 8)
     bp = -(-b // bb) * bb
     xp = jnp.zeros((bp, k), jnp.bfloat16).at[:b].set(x.astype(jnp.bfloat16))
     kspan = k // split
     nk = kspan // bk
-    tables = tables_for(pw.cfg)
+    tables = tables_for(pw.cfg, blocks.levels)
     elem_names, group_names, table_names, arrays = _flatten(pw, tables)
     n_elem = sum(len(pw.elem[n]) for n in elem_names)
 
@@ -114,6 +128,9 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
             k0 = t * bk
             xt = x_ref[:, pl.ds(pl.multiple_of(k0, bk), bk)]
             w = decode_tile(pw, elem, group, tabs, i * bn, k0, s * kspan + k0, bn, bk)
+            if mode == "fma":  # small batch: no padding to 16 rows, no tensor core
+                wf = w.astype(jnp.bfloat16).astype(jnp.float32)
+                return acc + jnp.sum(xt.astype(jnp.float32)[:, None, :] * wf[None, :, :], axis=2)
             return acc + lax.dot_general(
                 xt, w.astype(jnp.bfloat16), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
             )
@@ -132,7 +149,7 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
         out_shape=jax.ShapeDtypeStruct((split, bp, pw.rows), jnp.float32),
         compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages),
         interpret=interpret,
-        name=f"quant_matmul_{pw.cfg.method}",
+        name=f"quant_matmul_{pw.cfg.method}_{mode}",
     )(xp, *arrays)
     y = out[0] if split == 1 else jnp.sum(out, axis=0)
     return y[:b].astype(x.dtype)

@@ -45,9 +45,10 @@ def _check(y, ref, x, wm):
     st.sampled_from([16, 48]),
     st.sampled_from([1, 5, 20]),
     st.sampled_from([(16, 32, 1), (16, 64, 2), (16, 32, 2)]),
+    st.sampled_from([("auto", "exp2"), ("dot", "table"), ("fma", "table"), ("fma", "exp2")]),
     st.integers(0, 1000),
 )
-def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, seed):
+def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, variant, seed):
     x, q = _case(spec, k, n, b, seed)
     g = q.cfg.group_size or k
     bn, bk, split = blk
@@ -55,7 +56,8 @@ def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, seed):
         bk = 32
     if k % (bk * split):
         split = 1
-    y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=bn, block_k=bk, split_k=split), interpret=True)
+    blocks = BlockConfig(block_n=bn, block_k=bk, split_k=split, mode=variant[0], levels=variant[1])
+    y = quant_matmul(x, prepare(q), blocks=blocks, interpret=True)
     wm = dequantize_matrix(q)
     _check(y, dequant_matmul_ref(x, wm), x, wm)
 
@@ -76,7 +78,8 @@ def test_gather_matmul_matches_reference_interpret(spec, k, b, seed):
     x, q = _case(spec, k, 32, b, seed)
     s_sorted = phi_stages(q)
     s_sorted = sum(s_sorted[1:], s_sorted[0])
-    y = gather_matmul(x, prepare(q), blocks=GatherBlockConfig(split_k=2), interpret=True)
+    y = gather_matmul(x, prepare(q), blocks=GatherBlockConfig(split_k=2, levels="table" if b > 1 else "exp2"),
+                      interpret=True)
     ref = gather_matmul_ref(x, s_sorted, q.codes["perm"])
     _check(y, ref, x, s_sorted)
     # and the sorted form keeps the function of the unsorted weight
@@ -88,6 +91,8 @@ def test_layout_errors_name_the_fix():
     x, q = _case("int4", 64, 16, 2, 0)
     with pytest.raises(KernelLayoutError, match="row-sorted"):
         gather_matmul(x, prepare(q), interpret=True)
+    with pytest.raises(KernelLayoutError, match="mode"):
+        quant_matmul(x, prepare(q), blocks=BlockConfig(mode="wmma"), interpret=True)
     with pytest.raises(KernelLayoutError, match="block_n"):
         quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=24), interpret=True)
     with pytest.raises(KernelLayoutError, match="multiple of 32"):
@@ -101,7 +106,8 @@ def test_kernels_lower_to_triton_for_cuda(spec):
     """The Pallas -> Triton IR lowering runs on CPU: it catches unsupported ops and non-power-of-two shapes."""
     x, q = _case(spec, 256, 64, 1, 0)
     pw = prepare(q)
-    jax.jit(lambda x, pw: quant_matmul(x, pw)).trace(x, pw).lower(lowering_platforms=("cuda",))
+    for blocks in (BlockConfig(mode="fma", levels="table"), BlockConfig(mode="dot", levels="exp2")):
+        jax.jit(lambda x, pw: quant_matmul(x, pw, blocks=blocks)).trace(x, pw).lower(lowering_platforms=("cuda",))
     if spec.startswith("phi"):
         qs = Q.quantize(jax.random.normal(jax.random.key(1), (256, 64)), spec + ":sort=true")
         jax.jit(lambda x, pw: gather_matmul(x, pw)).trace(x, prepare(qs)).lower(lowering_platforms=("cuda",))
@@ -110,10 +116,12 @@ def test_kernels_lower_to_triton_for_cuda(spec):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
 @pytest.mark.parametrize("b", [1, 16, 100])
-def test_quant_matmul_on_gpu(spec, b):
+@pytest.mark.parametrize("mode,levels", [("auto", "exp2"), ("dot", "table"), ("fma", "table")])
+def test_quant_matmul_on_gpu(spec, b, mode, levels):
     x, q = _case(spec, 512, 256, b, 0)
     wm = dequantize_matrix(q)
-    _check(quant_matmul(x, prepare(q)), dequant_matmul_ref(x, wm), x, wm)
+    blocks = BlockConfig(block_n=32, block_k=128, split_k=2, mode=mode, levels=levels)
+    _check(quant_matmul(x, prepare(q), blocks=blocks), dequant_matmul_ref(x, wm), x, wm)
 
 
 @pytest.mark.gpu
