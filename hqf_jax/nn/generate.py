@@ -23,29 +23,30 @@ def _sampler(temperature, top_k, top_p, allow_eos):
     return lambda key, logits: sample_token(key, logits, temperature, top_k, top_p, vocab_limit=limit)
 
 
+@nnx.jit(static_argnames=("num_steps", "temperature", "top_k", "top_p", "allow_eos"))
+def _sample_jit(model, prompts, key, num_steps, temperature, top_k, top_p, allow_eos):
+    pick = _sampler(temperature, top_k, top_p, allow_eos)
+    logits, state = model(prompts, model.init_state(prompts.shape[0]), return_state=True)
+    first = pick(jax.random.fold_in(key, 0), logits[:, -1])
+
+    def body(carry, i):
+        token, state = carry
+        logits, state = model.step(token, state)
+        nxt = pick(jax.random.fold_in(key, i + 1), logits)
+        return (nxt, state), token
+
+    _, tokens = jax.lax.scan(body, (first, state), jnp.arange(num_steps))
+    return tokens.T
+
+
 def sample(model: nnx.Module, prompts: jax.Array, num_steps: int, key: jax.Array, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, allow_eos: bool = False) -> jax.Array:
     """Batched sampling in one jitted scan: prompts (B, P) int32 (same length) -> (B, num_steps) ids.
 
     The prompt is prefilled in the model's training form; every new byte costs one recurrent step.
     """
-    pick = _sampler(temperature, top_k, top_p, allow_eos)
-
-    @nnx.jit
-    def run(model, prompts, key):
-        logits, state = model(prompts, model.init_state(prompts.shape[0]), return_state=True)
-        first = pick(jax.random.fold_in(key, 0), logits[:, -1])
-
-        def body(carry, i):
-            token, state = carry
-            logits, state = model.step(token, state)
-            nxt = pick(jax.random.fold_in(key, i + 1), logits)
-            return (nxt, state), token
-
-        _, tokens = jax.lax.scan(body, (first, state), jnp.arange(num_steps))
-        return tokens.T
-
-    return run(model, jnp.asarray(prompts, jnp.int32), key)
+    return _sample_jit(model, jnp.asarray(prompts, jnp.int32), key, num_steps, float(temperature), int(top_k),
+                       float(top_p), bool(allow_eos))
 
 
 def stream(model: nnx.Module, prompt: bytes, max_bytes: int, seed: int = 0, temperature: float = 1.0,

@@ -75,6 +75,25 @@ def _train_state(params, opt_state, step):
     return {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
 
 
+def make_train_step(loss_fn: LossFn, graphdef, tx, schedule, seed: int):
+    """The pure train step (state, rest, batch) -> (state, metrics) that ``train`` jits; benchmarks
+    time this same function."""
+
+    def step_fn(state, rest, batch):
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
+
+        def loss_of(p):
+            return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": _global_norm(grads), "lr": schedule(state["step"])}
+        return _train_state(params, opt_state, state["step"] + 1), metrics
+
+    return step_fn
+
+
 def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str | None = None,
           progress: bool = True) -> dict[str, float]:
     """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``."""
@@ -105,18 +124,7 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     if config_json is not None and jax.process_index() == 0:  # only once the checkpoint is known to fit
         (workdir / "config.json").write_text(config_json)
 
-    def step_fn(state, rest, batch):
-        rng = jax.random.fold_in(jax.random.PRNGKey(train_cfg.seed), state["step"])
-
-        def loss_of(p):
-            return task.loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": _global_norm(grads), "lr": schedule(state["step"])}
-        return _train_state(params, opt_state, state["step"] + 1), metrics
-
+    step_fn = make_train_step(task.loss_fn, graphdef, tx, schedule, train_cfg.seed)
     jit_step = jax.jit(step_fn, in_shardings=(state_sh, rest_sh, shd.batch_sharding(mesh)),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
 
