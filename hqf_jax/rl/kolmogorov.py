@@ -184,6 +184,7 @@ class Episode(NamedTuple):
     d: Rollout
     d_owner: np.ndarray  # (rows of d,) int
     rewards: np.ndarray  # (rows of c,) float32
+    scores: dict  # per C row: fidelity, ratio, gate, signal, used, banned, reward ((rows of c,) arrays)
     metrics: dict
     samples: list  # (source, code, reconstruction-or-answer) byte triples, one per C row
 
@@ -212,7 +213,7 @@ def score(sources: Sequence[bytes], codes: Sequence[bytes], recons: Sequence[byt
 
 
 def _metrics(sc: dict, c_roll: Rollout, d_roll: Rollout) -> dict:
-    m = {k: float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for k, v in sc.items()}
+    m = {k: float(np.nanmean(v)) for k, v in sc.items() if not np.all(np.isnan(v))}  # no signal: no items
     m["reward_std"] = float(np.std(sc["reward"]))
     for name, roll in (("c", c_roll), ("d", d_roll)):
         mk = np.asarray(roll.mask)
@@ -274,7 +275,7 @@ def run_episode(policy: nnx.Module, sources: Sequence[bytes], key: jax.Array, cf
             fid = verifier(src_r, recons)
         sc = score(src_r, codes, recons, c_roll, cons_r, cfg, fid=fid)
         samples = list(zip(src_r, codes, recons))
-    return Episode(c_roll, d_roll, owner, sc["reward"], _metrics(sc, c_roll, d_roll), samples)
+    return Episode(c_roll, d_roll, owner, sc["reward"], sc, _metrics(sc, c_roll, d_roll), samples)
 
 
 def ccv_sources(history: HistoryBuffer, n: int) -> list[bytes]:
