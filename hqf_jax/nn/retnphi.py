@@ -184,6 +184,23 @@ def _run_layer(layer: RetNPhiLayer, x, state, form: str):
     return layer(x, state, form)
 
 
+def _remat_layer(layer: RetNPhiLayer, x, state, form: str):
+    """layer(x, state, form) under jax.checkpoint on the layer's split state (works under plain jax.grad of an
+    nnx.merge'd model as well as under nnx transforms); RNG counters (LoRA dropout) are written back."""
+    graphdef, variables = nnx.split(layer)
+
+    def pure(variables, x, state):
+        m = nnx.merge(graphdef, variables, copy=True)
+        out = m(x, state, form)
+        return out, nnx.state(m, nnx.RngState)
+
+    out, rng_state = jax.checkpoint(pure)(variables, x, state)
+    active = any(isinstance(m, nnx.Dropout) and not m.deterministic for _, m in nnx.iter_modules(layer))
+    if active:  # only active dropout advances RNG counters
+        nnx.update(layer, rng_state)
+    return out
+
+
 class RetNPhi(nnx.Module):
     """Byte-level retention LM built from a pretrained decoder (see the module docstring)."""
 
@@ -240,9 +257,7 @@ class RetNPhi(nnx.Module):
         x = self.byte_embed(tokens)
         states = state if state is not None else (None,) * len(self.layers)
         new_states = []
-        run = _run_layer
-        if self.rcfg.remat and form != "recurrent":
-            run = nnx.remat(_run_layer, static_argnums=(3,))
+        run = _remat_layer if (self.rcfg.remat and form != "recurrent") else _run_layer
         for layer, s in zip(self.layers, states):
             x, s = run(layer, x, s, form)
             new_states.append(s)
