@@ -15,7 +15,7 @@ def get_config():
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=600, seed=0, lr=2e-3, warmup_steps=60, min_lr_ratio=0.1, weight_decay=0.1,
+        steps=400, seed=0, lr=2e-3, warmup_steps=40, min_lr_ratio=0.1, weight_decay=0.1,
         b1=0.9, b2=0.98, grad_clip=1.0,
         log_every=10, eval_every=200, eval_max_bytes=65536, ckpt_every=100, keep=3,
         sample_every=200, sample_len=200, sample_prompt="def ",
