@@ -216,3 +216,10 @@ def test_vorticity_weighted_score():
     np.testing.assert_allclose(np.asarray(jnp.diagonal(s)), 1.0 + PHI_INV, rtol=1e-5)
     s0 = gr.vorticity_weighted_score(c[:4], c, weight=0.0)
     assert float(jnp.abs(s0).max()) <= 1.0 + 1e-5
+
+
+def test_blade_major_product_matches():
+    a, b = jax.random.normal(jax.random.key(4), (2, 7, 16))
+    np.testing.assert_allclose(
+        np.asarray(cl.geometric_product_blade_major(a.T, b.T).T), np.asarray(cl.geometric_product(a, b)), atol=1e-5
+    )
