@@ -130,3 +130,22 @@ def test_gather_matmul_on_gpu(b):
     x, q = _case("phi5u8:sort=true", 512, 256, b, 0)
     wm = dequantize_matrix(q)
     _check(gather_matmul(x, prepare(q)), dequant_matmul_ref(x, wm), x, wm)
+
+
+def test_qlinear_impls_agree_with_leading_dims():
+    from hqf_jax.quant.linear import prepare_for, qlinear
+
+    w = jax.random.normal(jax.random.key(5), (64, 32)) * 0.1
+    x = jax.random.normal(jax.random.key(6), (2, 3, 64)).astype(jnp.bfloat16)
+    q = Q.quantize(w, "phi5u8")
+    y_ref = qlinear(x, prepare_for(q, "reference"), "reference")
+    y_pal = qlinear(x, prepare_for(q, "pallas"), "pallas", interpret=True,
+                    blocks=BlockConfig(block_n=16, block_k=64, split_k=1))
+    assert y_ref.shape == y_pal.shape == (2, 3, 32) and y_ref.dtype == jnp.bfloat16
+    wm = dequantize_matrix(q)
+    _check(y_pal.reshape(6, 32), y_ref.reshape(6, 32), x.reshape(6, 64), wm)
+    # and the reference equals x @ dequantized kernel
+    np.testing.assert_allclose(np.asarray(y_ref, np.float32), np.asarray(x.astype(jnp.float32) @ Q.dequantize(q)),
+                               rtol=0.02, atol=0.02)
+    with pytest.raises(Q.QuantConfigError, match="impl"):
+        prepare_for(q, "cuda")
