@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from hqf_jax.errors import HqfError
 from hqf_jax.ops.clifford import NUM_BLADES, PARTNER, SIGN_BY_OUT
 
 _TERMS = tuple(
@@ -39,7 +40,7 @@ _TERMS = tuple(
 )
 
 
-class KernelShapeError(ValueError):
+class KernelShapeError(HqfError, ValueError):
     """Bad kernel inputs; the message names the expected shapes."""
 
 

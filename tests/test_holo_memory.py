@@ -175,3 +175,17 @@ def test_vorticity_score_mode_recalls_single_pair():
     ctx, tgt = _pairs(1, 64, 4, 9)
     state = hm.store(hm.init_memory(cfg), ctx, tgt, config=cfg)
     assert int(hm.predict(state, ctx, config=cfg)[0]) == int(tgt[0])
+
+
+def test_prototype_weights_and_dream_with_episodes_accumulates():
+    pt, pc = top_k_per_bucket(jnp.array([0, 0, 1]), jnp.array([3, 4, 5]), jnp.ones(3, bool), 2, 8, 2, weights=jnp.array([1, 5, 2]))
+    np.testing.assert_array_equal(np.asarray(pt), [[4, 3], [5, -1]])
+    np.testing.assert_array_equal(np.asarray(pc), [[5, 1], [2, 0]])
+    cfg = hm.HoloConfig(vocab_size=16, context_len=2, levels=1, cache_capacity=0, proto_depth=1, proto_k=2)
+    ctx = jnp.array([[1, 2]] * 3 + [[1, 2]], jnp.int32)
+    tgt = jnp.array([7, 7, 7, 3], jnp.int32)
+    state = hm.dream(hm.init_memory(cfg), (ctx, tgt), config=cfg)
+    state = hm.dream(state, (ctx[:1], tgt[:1]), config=cfg)
+    out = hm.retrieve(state, ctx[:1], config=cfg)
+    p = np.asarray(out["proto_p"][0])
+    np.testing.assert_allclose([p[7], p[3]], [0.8, 0.2], rtol=1e-6)  # counts 4 and 1 after two dreams

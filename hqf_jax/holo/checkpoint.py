@@ -7,6 +7,7 @@ import os
 
 import orbax.checkpoint as ocp
 
+from hqf_jax.errors import CheckpointError
 from hqf_jax.holo import episodic
 from hqf_jax.holo.memory import HoloConfig, HoloState, abstract_state
 
@@ -14,7 +15,7 @@ CONFIG_FILE = "holo_config.json"
 STATE_DIR = "state"
 
 
-class HoloCheckpointError(FileNotFoundError):
+class HoloCheckpointError(CheckpointError, FileNotFoundError):
     """A memory checkpoint is missing or incomplete; the message names the path."""
 
 

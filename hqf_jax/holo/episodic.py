@@ -24,12 +24,13 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from hqf_jax.errors import HqfError
 from hqf_jax.holo.hashing import hash_rows
 
 EMPTY = -1
 
 
-class CacheConfigError(ValueError):
+class CacheConfigError(HqfError, ValueError):
     """Raised for an invalid cache size."""
 
 

@@ -30,13 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hqf_jax.errors import HqfError
 from hqf_jax.holo import episodic, tower
 from hqf_jax.holo.prototypes import top_k_per_bucket
 from hqf_jax.ops import clifford, grace, so4
 from hqf_jax.ops.constants import BYTE_VOCAB_SIZE, PHI, PHI_INV
 
 
-class HoloConfigError(ValueError):
+class HoloConfigError(HqfError, ValueError):
     """A bad memory configuration; the message names the valid choices."""
 
 
@@ -196,21 +197,56 @@ def store(state: HoloState, contexts: jnp.ndarray, targets: jnp.ndarray, valid=N
 
 
 @partial(jax.jit, static_argnames=("config", "forget"))
-def dream(state: HoloState, *, config: HoloConfig, forget: bool = False) -> HoloState:
-    """Consolidation: refresh the coarse tower levels from the leaves and rebuild prototypes from
-    the episodic cache; ``forget`` then empties the cache (its content survives as prototypes)."""
+def dream(
+    state: HoloState,
+    episodes: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+    *,
+    config: HoloConfig,
+    forget: bool = False,
+) -> HoloState:
+    """Consolidation pass.
+
+    1. Coarse tower levels are refreshed as sums of their leaves (store writes leaves only).
+    2. Prototypes: (bucket at ``proto_depth``, target) pairs are counted over the previous
+       prototypes (with their counts), the episodic cache (one per distinct context, its last
+       target) and ``episodes`` = (contexts (N, L), targets (N,)) if given (a replay of raw
+       episodes, every occurrence counted); each bucket keeps its ``proto_k`` most frequent
+       targets, so repeated dreaming accumulates truncated counts (a heavy-hitters sketch).
+    3. ``forget`` empties the episodic cache afterwards (its content survives as prototypes).
+    """
     levels = config.levels
     leaf_start = tower.level_offsets(levels)[levels]
     new_tower = tower.aggregate_levels(state.tower[leaf_start:], levels)
     new_counts = tower.aggregate_levels(state.counts[leaf_start:], levels)
     pt, pc = state.proto_targets, state.proto_counts
     cache = state.cache
-    if config.proto_k and config.cache_capacity:
-        keys, vals = cache.keys, cache.values
-        ok = keys[:, 0] != episodic.EMPTY
-        c = context_matrices(state.emb, jnp.maximum(keys, 0))
-        pb = tower.level_bucket(leaf_of(config, c), levels, config.proto_depth)
-        pt, pc = top_k_per_bucket(pb, jnp.maximum(vals, 0), ok, 16**config.proto_depth, config.vocab_size, config.proto_k)
+    if config.proto_k:
+        nb = 16**config.proto_depth
+        b_list = [jnp.repeat(jnp.arange(nb, dtype=jnp.int32), pt.shape[1])]
+        t_list, v_list, w_list = [pt.reshape(-1)], [pt.reshape(-1) >= 0], [pc.reshape(-1)]
+
+        def bucket_of(ctx):
+            c = context_matrices(state.emb, jnp.maximum(ctx, 0))
+            return tower.level_bucket(leaf_of(config, c), levels, config.proto_depth)
+
+        if config.cache_capacity:
+            ok = cache.keys[:, 0] != episodic.EMPTY
+            b_list.append(bucket_of(cache.keys))
+            t_list.append(cache.values)
+            v_list.append(ok)
+            w_list.append(jnp.ones_like(cache.values))
+        if episodes is not None:
+            ctx, tgt = episodes
+            _check_batch(config, ctx, tgt)
+            b_list.append(bucket_of(ctx))
+            t_list.append(tgt.astype(jnp.int32))
+            v_list.append(jnp.ones(tgt.shape, bool))
+            w_list.append(jnp.ones(tgt.shape, jnp.int32))
+        tt = jnp.concatenate(t_list)
+        pt, pc = top_k_per_bucket(
+            jnp.concatenate(b_list), jnp.maximum(tt, 0), jnp.concatenate(v_list), nb, config.vocab_size,
+            config.proto_k, weights=jnp.concatenate(w_list),
+        )
     if forget and config.cache_capacity:
         cache = episodic.episodic_init(config.cache_capacity, config.context_len)
     return state._replace(tower=new_tower, counts=new_counts, proto_targets=pt, proto_counts=pc, cache=cache)

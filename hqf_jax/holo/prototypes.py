@@ -13,8 +13,9 @@ def _first_of_runs(x: jnp.ndarray) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("n_buckets", "vocab_size", "k"))
-def top_k_per_bucket(buckets, targets, valid, n_buckets: int, vocab_size: int, k: int):
-    """Count (bucket, target) pairs and keep each bucket's k most frequent targets.
+def top_k_per_bucket(buckets, targets, valid, n_buckets: int, vocab_size: int, k: int, weights=None):
+    """Count (bucket, target) pairs (each weighted by ``weights``, default 1) and keep each
+    bucket's k most frequent targets.
 
     Returns ``(proto_targets, proto_counts)`` of shape (n_buckets, k): targets sorted by count
     (descending, ties by smaller id), -1 / 0 where a bucket has fewer than k distinct targets.
@@ -27,10 +28,12 @@ def top_k_per_bucket(buckets, targets, valid, n_buckets: int, vocab_size: int, k
     n = buckets.shape[0]
     big = jnp.int32(2**31 - 1)
     combo = jnp.where(valid, buckets.astype(jnp.int32) * vocab_size + targets.astype(jnp.int32), big)
-    s = jnp.sort(combo)
+    order0 = jnp.argsort(combo)
+    s = combo[order0]
     start = _first_of_runs(s)
     run = jnp.cumsum(start.astype(jnp.int32)) - 1
-    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), run, num_segments=n)
+    w = jnp.ones((n,), jnp.int32) if weights is None else weights.astype(jnp.int32)
+    counts = jax.ops.segment_sum(w[order0], run, num_segments=n)
     uniq = jnp.full((n,), big, jnp.int32).at[run].set(s)
     ok = uniq != big
     p = jnp.where(ok, uniq // vocab_size, n_buckets)

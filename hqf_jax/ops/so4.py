@@ -21,12 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hqf_jax.errors import HqfError
+
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 _DUAL = np.array([5, 4, 3, 2, 1, 0])  # index of the complementary pair
 _DUAL_SIGN = np.array([1.0, -1.0, 1.0, 1.0, -1.0, 1.0])  # Levi-Civita sign of (pair, dual pair)
 
 
-class NotSO4Error(ValueError):
+class NotSO4Error(HqfError, ValueError):
     """Raised when matrices that must be rotations are not (orthogonality or determinant)."""
 
 
