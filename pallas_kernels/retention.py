@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from hqf_jax.ops.retention import RetentionState, _check, _row_norm, init_state
+from hqf_jax.ops.retention import RetentionState, check_inputs as _check, init_state, row_norm as _row_norm
 
 F32 = jnp.float32
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

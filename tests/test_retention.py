@@ -98,3 +98,24 @@ def test_bad_shapes_and_modes_are_refused():
         R.retention(q, k, v, R.default_gammas(2), mode="fast")
     with pytest.raises(ValueError, match="gammas"):
         R.retention(q, k, v, R.default_gammas(3))
+
+
+def test_many_heads_with_gamma_rounding_to_one_stay_finite_and_exact():
+    """With 32 heads, 1 - 2^(-5-h) rounds to exactly 1.0 in float32 for h >= 20: no decay, c_n = n + 1."""
+    g = R.default_gammas(32)
+    assert float(g[-1]) == 1.0
+    q, k, v = _inputs(7, 1, 32, 9, 4, 4)
+    ref = _naive(q, k, v, np.where(np.asarray(g) < 1, np.asarray(g, np.float64), 1 - 1e-12))
+    for mode in R.MODES:
+        o, _ = R.retention(q, k, v, g, mode=mode, chunk_size=4)
+        assert np.isfinite(np.asarray(o)).all(), mode
+        np.testing.assert_allclose(np.asarray(o), ref, rtol=2e-5, atol=2e-5, err_msg=mode)
+
+
+def test_row_norm_is_accurate_for_slow_decays():
+    """c_n for gamma = 1 - 2^-20 at n = 1000, against float64: the cancellation-free form keeps ~1e-6."""
+    g = jnp.asarray([1 - 2.0**-20], jnp.float32)
+    got = float(R.row_norm(jnp.asarray([1000]), g)[0, 0])
+    gd = 1 - 2.0**-20
+    want = 1 / np.sqrt((1 - gd**1001) / (1 - gd))
+    assert abs(got - want) / want < 1e-6

@@ -103,11 +103,17 @@ def rotate_qk(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _row_norm(positions: jax.Array, gammas: jax.Array) -> jax.Array:
-    """1 / sqrt(c_n) for (H, T); c_n clamped at 1 so padded (negative) positions stay finite."""
-    n = positions.astype(jnp.float32)[None, :]
-    g = gammas.astype(jnp.float32)[:, None]
-    c = (1.0 - g ** (n + 1.0)) / (1.0 - g)
+def row_norm(positions: jax.Array, gammas: jax.Array) -> jax.Array:
+    """1 / sqrt(c_n) for (H, T), c_n = sum_{i<=n} gamma^i, clamped at 1.
+
+    Written as -expm1((n+1) log1p(-(1-gamma))) / (1-gamma) so heads with gamma near 1 keep full
+    float32 precision (the direct (1 - gamma^(n+1)) / (1 - gamma) loses digits to cancellation),
+    and gamma == 1 (no decay, e.g. 1 - 2^-30 rounded in float32) gives c_n = n + 1, not 0/0.
+    """
+    n1 = positions.astype(jnp.float32)[None, :] + 1.0
+    eps = 1.0 - gammas.astype(jnp.float32)[:, None]  # exact in float32 for gamma in [0.5, 1]
+    safe = jnp.where(eps > 0, eps, 1.0)
+    c = jnp.where(eps > 0, -jnp.expm1(n1 * jnp.log1p(-safe)) / safe, n1)
     return jax.lax.rsqrt(jnp.maximum(c, 1.0))
 
 
@@ -122,7 +128,7 @@ def _einsum(spec: str, *xs: jax.Array) -> jax.Array:
     return jnp.einsum(spec, *xs, preferred_element_type=jnp.float32)
 
 
-def _check(q, k, v, gammas):
+def check_inputs(q, k, v, gammas):
     if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"retention expects q, k (B,H,T,Dk) and v (B,H,T,Dv); got {q.shape}, {k.shape}, {v.shape}")
     if gammas.shape != (q.shape[1],):
@@ -147,7 +153,7 @@ def retention_parallel(q, k, v, gammas, state: RetentionState | None = None):
     num = _einsum("bhts,bhsv->bhtv", scores, v) + _einsum("bhtd,bhdv->bhtv", q, state.kv) * carry[None, :, :, None]
     rowsum = scores.sum(-1) + _einsum("bhtd,bhd->bht", q, state.ksum) * carry[None]
     positions = state.offset + idx
-    o = _finish(num, rowsum, _row_norm(positions, g))
+    o = _finish(num, rowsum, row_norm(positions, g))
     # state after the last position
     w = g[:, None] ** (t - 1.0 - idx[None, :])  # (H, T)
     gt = (g**t)[None, :, None]
@@ -169,7 +175,7 @@ def retention_recurrent(q, k, v, gammas, state: RetentionState | None = None):
         ksum = carry.ksum * g[None, :, None] + kt.astype(jnp.float32)
         num = _einsum("bhd,bhdv->bhv", qt, kv)
         rowsum = _einsum("bhd,bhd->bh", qt, ksum)
-        o = _finish(num[:, :, None], rowsum[:, :, None], _row_norm(carry.offset[None], g))[:, :, 0]
+        o = _finish(num[:, :, None], rowsum[:, :, None], row_norm(carry.offset[None], g))[:, :, 0]
         return RetentionState(kv, ksum, carry.offset + 1), o
 
     xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v))
@@ -232,7 +238,7 @@ def retention_chunkwise(q, k, v, gammas, state: RetentionState | None = None, ch
     num = (inner + cross).reshape(b, h, tp, dv)
     rowsum = (inner_rowsum + cross_rowsum).reshape(b, h, tp)
     positions = state.offset + jnp.arange(tp)
-    o = _finish(num, rowsum, _row_norm(positions, g))[:, :, :t]
+    o = _finish(num, rowsum, row_norm(positions, g))[:, :, :t]
     if pad:  # state after the last real step: the last chunk's first c - pad steps only
         r = c - pad
         wr = jnp.where(i < r, g[:, None] ** jnp.maximum(r - 1.0 - i[None, :], 0.0), 0.0)  # (H, C)
@@ -245,7 +251,7 @@ def retention_chunkwise(q, k, v, gammas, state: RetentionState | None = None, ch
 
 def retention(q, k, v, gammas, *, mode: str = "chunkwise", chunk_size: int = 64, state: RetentionState | None = None):
     """Multi-scale retention in the chosen form; see the module docstring for the function."""
-    _check(q, k, v, gammas)
+    check_inputs(q, k, v, gammas)
     if mode == "parallel":
         return retention_parallel(q, k, v, gammas, state)
     if mode == "chunkwise":
