@@ -20,8 +20,13 @@ from hqf_jax.data.sources import load_corpus, load_files
 from hqf_jax.trainer import lm_task
 
 
-def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | None = None, batch_size: int = 16):
+def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | None = None, batch_size: int = 16,
+            quant: str | None = None, quant_impl: str = "reference"):
     model, cfg, step = lm_task.load_run(run, step)
+    if quant:
+        from hqf_jax.quant.model import quantize_model
+
+        model, _ = quantize_model(model, quant, impl=quant_impl)
     corpus = load_files([data], valid_fraction=1.0) if data else load_corpus(cfg.data)
     stream = corpus.stream("valid")[:max_bytes]
     seq_len = min(cfg.data.seq_len, len(stream))
@@ -40,12 +45,14 @@ def main(argv=None):
     p.add_argument("--max-bytes", type=int, default=1 << 18)
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    p.add_argument("--quant", default=None, help="score with the dense layers quantized by this method (e.g. nf4, int4, phi5+u8)")
+    p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
     a = p.parse_args(argv)
-    r = measure(a.run, a.data, a.max_bytes, a.step)
+    r = measure(a.run, a.data, a.max_bytes, a.step, quant=a.quant, quant_impl=a.quant_impl)
     if a.json:
         print(json.dumps(r))
         return
-    print(f"held-out bytes: {r['bytes']:,} (run {r['run']}, step {r['step']})")
+    print(f"held-out bytes: {r['bytes']:,} (run {r['run']}, step {r['step']}" + (f", dense layers {a.quant})" if a.quant else ")"))
     print(f"{'method':<12} {'bits/byte':>10}")
     for name in ["model_bpb", *BASELINES]:
         label = "model" if name == "model_bpb" else name

@@ -24,10 +24,16 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
+    p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
     a = p.parse_args(argv)
     if a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0:
         raise cli.ConfigError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
     model, _, _ = lm_task.load_run(a.run, a.step)
+    if a.quant:
+        from hqf_jax.quant.model import quantize_model
+
+        model, _ = quantize_model(model, a.quant, impl=a.quant_impl)
     out = sys.stdout.buffer
     out.write(a.prompt.encode())
     for b in stream(model, a.prompt.encode(), a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p):

@@ -1,0 +1,61 @@
+"""Quantized dense layers inside a model: swap every chosen ``nnx.Linear`` for a ``QuantLinear`` that keeps
+its kernel packed and multiplies through ``qlinear`` (XLA dequantize-then-matmul, or the fused Pallas kernel).
+
+    model = quantize_model(model, "nf4", impl="pallas")     # in place; returns the model and its accounting
+
+Selectable from the command line: ``python -m eval.bpb --run RUN --quant nf4 --quant-impl pallas``.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from hqf_jax.quant.config import QuantConfigError
+from hqf_jax.quant.linear import IMPLS, prepare_for, qlinear
+from hqf_jax.quant.qtensor import QTensor, accounting, quantize
+
+
+class QuantLinear(nnx.Module):
+    """Drop-in for a bias-free ``nnx.Linear``: y = x @ dequant(W) with W stored packed."""
+
+    def __init__(self, q: QTensor, impl: str = "reference", interpret: bool | None = None):
+        if impl not in IMPLS:
+            raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
+        self.weight = nnx.Variable(prepare_for(q, impl))
+        self.impl = impl
+        self.interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+        self.in_features, self.out_features = q.shape
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return qlinear(x, self.weight.get_value(), self.impl, interpret=self.interpret)
+
+
+def _linears(model: nnx.Module):
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Linear) and path:
+            yield path, node
+
+
+def quantize_model(model: nnx.Module, method, impl: str = "reference", min_size: int = 4096,
+                   skip: tuple[str, ...] = ("head",), interpret: bool | None = None):
+    """Replace every bias-free ``nnx.Linear`` whose kernel has >= ``min_size`` weights (and whose path
+    names none of ``skip``) by a ``QuantLinear``. Returns (model, {path: accounting dict})."""
+    report = {}
+    for path, lin in list(_linears(model)):
+        name = "/".join(str(p) for p in path)
+        if lin.bias is not None or lin.kernel.size < min_size or any(s in name for s in skip):
+            continue
+        q = quantize(lin.kernel.get_value(), method)
+        parent = model
+        for p in path[:-1]:
+            parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+        new = QuantLinear(q, impl, interpret)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = new
+        else:
+            setattr(parent, path[-1], new)
+        report[name] = accounting(q)
+    if not report:
+        raise QuantConfigError(f"no dense layer with >= {min_size} weights to quantize; lower min_size")
+    return model, report
