@@ -12,7 +12,8 @@ vorticity-weighted score of ops/grace.py). Prototypes (``dream``: the K most fre
 each bucket at ``proto_depth``, counted over the episodic cache) restrict the arg-max to their
 candidates when a bucket has any.
 
-Probabilities (for bits per byte and sampling), all weights are config fields:
+Probabilities (for bits per byte and sampling; the prototype mask narrows only the arg-max,
+a masked softmax would give unseen targets zero mass), all weights are config fields:
 ``p_rest = mix_proto * p_proto + (1 - mix_proto) * softmax(scores / temperature)`` where the
 bucket has prototypes (``p_rest = softmax`` otherwise), ``p = mix_episodic * onehot(hit) +
 (1 - mix_episodic) * p_rest`` on an episodic hit, then ``(1 - floor) p + floor / V``.
@@ -302,24 +303,34 @@ def retrieve(state: HoloState, contexts: jnp.ndarray, *, config: HoloConfig) -> 
     return dict(scores=scores, candidates=cand, proto_p=proto_p, has_proto=has, hit=hit, episodic=ep, depth=depth)
 
 
-@partial(jax.jit, static_argnames=("config",))
-def predict(state: HoloState, contexts: jnp.ndarray, *, config: HoloConfig) -> jnp.ndarray:
-    """Top-1 target (B,): the episodic target on a hit, else the best prototype-allowed score."""
-    out = retrieve(state, contexts, config=config)
+def top1_from(out: dict) -> jnp.ndarray:
+    """Top-1 target (B,) from ``retrieve`` output: episodic target on a hit, else the best
+    prototype-allowed score."""
     best = jnp.argmax(jnp.where(out["candidates"], out["scores"], -jnp.inf), axis=1).astype(jnp.int32)
     return jnp.where(out["hit"], out["episodic"], best)
+
+
+def mixture_log_probs(out: dict, config: HoloConfig, temperature=None, mix_proto=None, mix_episodic=None) -> jnp.ndarray:
+    """(B, V) log-probabilities from ``retrieve`` output (the mixture of the module doc); the
+    three weights default to the config's and may be traced values (tuning without recompiling)."""
+    temp = config.temperature if temperature is None else temperature
+    mp = config.mix_proto if mix_proto is None else mix_proto
+    me = config.mix_episodic if mix_episodic is None else mix_episodic
+    p = jax.nn.softmax(out["scores"] / temp, axis=1)  # unmasked: prototypes narrow only the arg-max
+    p = jnp.where(out["has_proto"][:, None], mp * out["proto_p"] + (1 - mp) * p, p)
+    onehot = jax.nn.one_hot(jnp.maximum(out["episodic"], 0), config.vocab_size, dtype=jnp.float32)
+    p = jnp.where(out["hit"][:, None], me * onehot + (1 - me) * p, p)
+    p = (1 - config.floor) * p + config.floor / config.vocab_size
+    return jnp.log(p)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def predict(state: HoloState, contexts: jnp.ndarray, *, config: HoloConfig) -> jnp.ndarray:
+    """Top-1 target (B,) for contexts (B, L)."""
+    return top1_from(retrieve(state, contexts, config=config))
 
 
 @partial(jax.jit, static_argnames=("config",))
 def log_probs(state: HoloState, contexts: jnp.ndarray, *, config: HoloConfig, temperature=None) -> jnp.ndarray:
     """(B, V) natural-log next-token probabilities (the mixture described in the module doc)."""
-    out = retrieve(state, contexts, config=config)
-    temp = config.temperature if temperature is None else temperature
-    logits = jnp.where(out["candidates"], out["scores"] / temp, -jnp.inf)
-    p = jax.nn.softmax(logits, axis=1)
-    has = out["has_proto"][:, None]
-    p = jnp.where(has, config.mix_proto * out["proto_p"] + (1 - config.mix_proto) * p, p)
-    onehot = jax.nn.one_hot(jnp.maximum(out["episodic"], 0), config.vocab_size, dtype=jnp.float32)
-    p = jnp.where(out["hit"][:, None], config.mix_episodic * onehot + (1 - config.mix_episodic) * p, p)
-    p = (1 - config.floor) * p + config.floor / config.vocab_size
-    return jnp.log(p)
+    return mixture_log_probs(retrieve(state, contexts, config=config), config, temperature)
