@@ -13,9 +13,10 @@ against the number N of stored random (context of L tokens, target) pairs, for
     d floats (hash routing), d = 16 (the tower's bucket size) and d = 256.
 language: next-byte top-1 accuracy, bits per byte and next-word exact-match accuracy on
 held-out python standard-library files (split by file), beside interpolated Kneser-Ney
-n-grams trained on the same bytes. The memory's temperature and mixture weights are picked
-on the first half of the held-out bytes (27-setting grid) and every number is reported on the
-second half.
+n-grams trained on the same bytes. Train bytes are 64 KiB chunks spread evenly over the
+training files, held-out bytes 4 KiB chunks spread over the held-out files, alternating
+between a tune half and a test half: the memory's temperature and mixture weights are picked
+on the tune half (27-setting grid) and every number is reported on the test half.
 
 Writes results.json and PNG plots into --out and prints a table last.
 """
@@ -192,10 +193,10 @@ def run_language(args) -> dict:
     from hqf_jax.data.sources import load_stdlib
 
     corpus = load_stdlib(args.valid_fraction, args.max_files or None)
-    train = corpus.stream("train")[: args.train_bytes]
-    valid = corpus.stream("valid")[: args.valid_bytes]
-    half = len(valid) // 2
-    tune, test = valid[:half], valid[half:]
+    train = language.spread(corpus.stream("train"), args.train_bytes, chunk=1 << 16)
+    valid = corpus.stream("valid")
+    tune = language.spread(valid, args.valid_bytes // 2, chunk=4096, parity=0)
+    test = language.spread(valid, args.valid_bytes // 2, chunk=4096, parity=1)
     print(f"[language] {corpus.summary()}; using {len(train):,} train bytes, {len(tune):,} tune + {len(test):,} test bytes")
     rows = {}
     starts = language.word_starts(test, max(args.context_len, max(args.kn_orders)), args.words, args.seed)

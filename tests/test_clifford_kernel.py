@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hqf_jax.ops import clifford as cl
 from pallas_kernels import geometric_product as K
 
-SHAPES = settings(max_examples=6, deadline=None)
+SHAPES = settings(max_examples=4, deadline=None)
 
 
 def _mv(seed, shape, scale=1.0):

@@ -120,3 +120,12 @@ def test_capacity_eval_runs_tiny():
     assert res["points"] == [1000]
     assert res["curves"]["holo-tower+cache (4096 slots)"][0] == 1.0
     assert res["curves"]["holo-1 (one 4x4)"][0] < 0.1
+
+
+def test_spread_takes_disjoint_evenly_spaced_chunks():
+    s = np.arange(100_000) % 251
+    a = language.spread(s.astype(np.uint8), 20_000, chunk=1000, parity=0)
+    b = language.spread(s.astype(np.uint8), 20_000, chunk=1000, parity=1)
+    assert len(a) == len(b) == 20_000
+    full = language.spread(s.astype(np.uint8), 30_000, chunk=1000)
+    assert len(full) == 30_000 and full[-1] == s[-1]  # reaches the end of the stream

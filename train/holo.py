@@ -29,8 +29,10 @@ def main(argv=None):
     mcfg = hm.HoloConfig.from_dict(cfg.memory.to_dict())
     corpus = load_corpus(cfg.data)
     print(f"[holo] {corpus.summary()}")
-    train = corpus.stream("train")[: cfg.train.max_train_bytes or None]
-    valid = corpus.stream("valid")[: cfg.train.eval_bytes or None]
+    train = corpus.stream("train")
+    train = language.spread(train, cfg.train.max_train_bytes, chunk=1 << 16) if cfg.train.max_train_bytes else train
+    valid = corpus.stream("valid")
+    valid = language.spread(valid, cfg.train.eval_bytes, chunk=4096) if cfg.train.eval_bytes else valid
     vectors = jnp.asarray(language.cooccurrence_vectors(train, mcfg.vocab_size)) if mcfg.embedding == "grounded" else None
     state = hm.init_memory(mcfg, vectors)
     state = language.train_memory(state, mcfg, train, cfg.train.batch_size, cfg.train.dream_every)

@@ -23,6 +23,21 @@ def windows(stream: np.ndarray, context_len: int, positions: np.ndarray) -> tupl
     return ctx.astype(np.int32), stream[positions].astype(np.int32)
 
 
+def spread(stream: np.ndarray, n_bytes: int, chunk: int = 4096, parity: int | None = None) -> np.ndarray:
+    """``n_bytes`` taken as evenly spaced chunks across the whole stream (not a prefix, which in a
+    name-ordered corpus is a few alphabetically-first files). ``parity`` 0/1 keeps every other
+    chunk of a twice-as-large selection (disjoint tune / test halves)."""
+    if n_bytes >= len(stream) and parity is None:
+        return stream
+    chunk = max(1, min(chunk, n_bytes))
+    k = max(1, n_bytes // chunk) * (2 if parity is not None else 1)
+    k = min(k, max(1, len(stream) // chunk))
+    starts = np.linspace(0, len(stream) - chunk, k).astype(np.int64) if len(stream) > chunk else np.zeros(1, np.int64)
+    if parity is not None:
+        starts = starts[parity::2]
+    return np.concatenate([stream[s : s + chunk] for s in starts])
+
+
 def cooccurrence_vectors(stream: np.ndarray, vocab: int) -> np.ndarray:
     """(vocab, 2 vocab) grounding table: log(1 + counts) of the next and the previous byte."""
     s = np.asarray(stream, np.int64)
