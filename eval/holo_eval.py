@@ -4,7 +4,9 @@
     python -m eval.holo_eval language [--train-bytes 1000000] [--valid-bytes 100000]
     python -m eval.holo_eval all --small          # quick CPU smoke run of both
 
-capacity: recall accuracy (top-1 of the stored target, over a sample of the stored pairs)
+capacity: first, inside ONE bucket (no routing), recall against stored pairs per 16 floats
+for the 4x4 superposition, HRR and FHRR (where each superposition breaks); then recall
+accuracy (top-1 of the stored target, over a sample of the stored pairs)
 against the number N of stored random (context of L tokens, target) pairs, for
   * holo-1: the whole memory in one 4x4 matrix (16 floats, no tower, no cache),
   * holo-tower: 16^levels leaf satellites of 16 floats (basin-key routing, no cache),
@@ -39,6 +41,7 @@ from hqf_jax.holo import language
 from hqf_jax.holo import memory as hm
 from hqf_jax.holo.episodic import episodic_bytes
 from hqf_jax.holo.ngram import KneserNey
+from hqf_jax.ops import so4
 from hqf_jax.ops.constants import NUM_BYTES, PHI_INV
 
 
@@ -154,6 +157,75 @@ def run_capacity(args) -> dict:
     )
 
 
+def run_bucket_capacity(args) -> dict:
+    """Accuracy against pairs per 16 stored floats inside ONE bucket (no routing, no hashing):
+    where each superposition breaks, independent of the bucket count. ``trials`` independent
+    buckets are filled with n random pairs each and every pair is queried."""
+    vocab, L, trials = args.vocab, args.context_len, args.bucket_trials
+    rng = np.random.default_rng(args.seed + 7)
+    emb = so4.haar_so4(jax.random.key(args.seed), (vocab,))
+    hrr16, hrr256 = bl.hrr_codebook(jax.random.key(1), vocab, 16), bl.hrr_codebook(jax.random.key(2), vocab, 256)
+    fh16, fh256 = bl.fhrr_codebook(jax.random.key(3), vocab, 16), bl.fhrr_codebook(jax.random.key(4), vocab, 256)
+
+    def holo_acc(ctx, tgt):  # ctx (trials, n, L), tgt (trials, n)
+        c = so4.context_product(emb[ctx], axis=2)  # (trials, n, 4, 4)
+        m = jnp.sum(c @ emb[tgt], axis=1, keepdims=True)  # one 4x4 superposition per trial
+        r = so4.unbind(m, c).reshape(ctx.shape[0], ctx.shape[1], 16)
+        return jnp.mean(jnp.argmax(r @ emb.reshape(vocab, 16).T, axis=-1) == tgt)
+
+    def vsa_acc(kind, book, ctx, tgt):
+        t, n = ctx.shape[:2]
+        flat_c, flat_t = ctx.reshape(t * n, L), tgt.reshape(t * n)
+        dim = book.shape[1] * (2 if kind == "fhrr" else 1)
+        init, store, scores = (bl.hrr_init, bl.hrr_store, bl.hrr_scores) if kind == "hrr" else (bl.fhrr_init, bl.fhrr_store, bl.fhrr_scores)
+        bucket = jnp.repeat(jnp.arange(t, dtype=jnp.int32), n)  # trial i -> trace i (no hash routing)
+        tr = store(init(t, dim), book, flat_c, flat_t, bucket)
+        return jnp.mean(jnp.argmax(scores(tr, book, flat_c, bucket), axis=1) == flat_t)
+
+    per16 = [0.0625, 0.125, 0.25, 0.5, 1, 2, 3, 4, 6, 8]
+    curves = {"holo 4x4 (16 floats)": [], "HRR d=16": [], "FHRR d=16": [], "HRR d=256": [], "FHRR d=256": []}
+    xs = {k: [] for k in curves}
+    for p in tqdm(per16, desc="bucket"):
+        for name, floats in (("holo 4x4 (16 floats)", 16), ("HRR d=16", 16), ("FHRR d=16", 16), ("HRR d=256", 256), ("FHRR d=256", 256)):
+            n = int(round(p * floats / 16))
+            if n < 1:
+                continue
+            t = max(8, min(trials, (trials * 4) // n))
+            if name.endswith("256"):
+                t = max(4, t // 16)
+            ctx = jnp.asarray(rng.integers(0, vocab, (t, n, L)), jnp.int32)
+            tgt = jnp.asarray(rng.integers(0, vocab, (t, n)), jnp.int32)
+            if name.startswith("holo"):
+                acc = holo_acc(ctx, tgt)
+            else:
+                kind = "hrr" if name.startswith("HRR") else "fhrr"
+                book = {"HRR d=16": hrr16, "HRR d=256": hrr256, "FHRR d=16": fh16, "FHRR d=256": fh256}[name]
+                acc = vsa_acc(kind, book, ctx, tgt)
+            curves[name].append(float(acc))
+            xs[name].append(n * 16 / floats)
+    return dict(curves=curves, x=xs, vocab=vocab, context_len=L)
+
+
+def plot_bucket(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, ys in res["curves"].items():
+        ax.plot(res["x"][name], ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("stored pairs per 16 floats (one bucket, no routing)")
+    ax.set_ylabel("recall top-1 accuracy")
+    ax.set_title(f"one superposition: vocab {res['vocab']}, context {res['context_len']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_capacity(res: dict, path: str) -> None:
     import matplotlib
 
@@ -257,6 +329,11 @@ def plot_language(res: dict, path: str) -> None:
 
 # ---------------------------------------------------------------- main
 def _print_tables(results: dict) -> None:
+    if "bucket" in results:
+        r = results["bucket"]
+        print(f"\none bucket (recall top-1 against stored pairs per 16 floats, vocab {r['vocab']})")
+        for name, ys in r["curves"].items():
+            print(f"{name:22s} " + " ".join(f"{x:g}:{y:.3f}" for x, y in zip(r["x"][name], ys)))
     if "capacity" in results:
         r = results["capacity"]
         print(f"\ncapacity (recall top-1, vocab {r['vocab']}, context {r['context_len']}, {r['test_pairs']} test pairs)")
@@ -268,9 +345,10 @@ def _print_tables(results: dict) -> None:
     if "language" in results:
         r = results["language"]
         print(f"\nlanguage (held-out {r['test_bytes']:,} bytes, {r['words']} word starts)")
-        print(f"{'model':34s} {'top1':>7s} {'bpb':>7s} {'word':>7s} {'hit':>6s}")
+        print(f"{'model':34s} {'top1':>7s} {'top1mix':>7s} {'bpb':>7s} {'word':>7s} {'hit':>6s}")
         for name, row in r["rows"].items():
             top1 = f"{row['top1']:7.3f}" if "top1" in row else "      -"
+            top1 += f" {row['top1_mixture']:7.3f}" if "top1_mixture" in row else "       -"
             word = f"{row['word_acc']:7.3f}" if "word_acc" in row and not math.isnan(row["word_acc"]) else "      -"
             hit = f"{row['episodic_hit_rate']:6.2f}" if "episodic_hit_rate" in row else "     -"
             print(f"{name:34s} {top1} {row['bpb']:7.3f} {word} {hit}")
@@ -278,7 +356,7 @@ def _print_tables(results: dict) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["capacity", "language", "all"])
+    p.add_argument("part", choices=["capacity", "bucket", "language", "all"], help="capacity includes bucket")
     p.add_argument("--out", default="runs/holo_eval")
     p.add_argument("--small", action="store_true", help="tiny CPU smoke sizes")
     p.add_argument("--seed", type=int, default=0)
@@ -288,6 +366,7 @@ def main(argv=None):
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--cache-slots", type=int, default=1 << 20)
     p.add_argument("--test-pairs", type=int, default=8192)
+    p.add_argument("--bucket-trials", type=int, default=256)
     p.add_argument("--batch", type=int, default=1 << 16)
     p.add_argument("--train-bytes", type=int, default=1_000_000)
     p.add_argument("--valid-bytes", type=int, default=200_000)
@@ -296,7 +375,7 @@ def main(argv=None):
     p.add_argument("--kn-orders", type=int, nargs="+", default=[3, 5, 6])
     p.add_argument("--lang-levels", type=int, default=4)
     p.add_argument("--lang-cache-slots", type=int, default=1 << 20)
-    p.add_argument("--proto-depth", type=int, default=3)
+    p.add_argument("--proto-depth", type=int, default=4)
     p.add_argument("--dream-every", type=int, default=16)
     p.add_argument("--batch-lang", type=int, default=8192)
     p.add_argument("--words", type=int, default=2000)
@@ -304,11 +383,15 @@ def main(argv=None):
     if args.small:
         args.max_pairs = min(args.max_pairs, 30_000)
         args.levels, args.cache_slots, args.test_pairs, args.batch = 2, 1 << 14, 1024, 4096
+        args.bucket_trials = 32
         args.train_bytes, args.valid_bytes, args.max_files = 60_000, 20_000, args.max_files or 40
         args.kn_orders, args.lang_levels, args.lang_cache_slots, args.proto_depth = [3, 5], 2, 1 << 16, 2
         args.batch_lang, args.words = 2048, 200
     os.makedirs(args.out, exist_ok=True)
     results = {"device": str(jax.devices()[0]), "args": vars(args)}
+    if args.part in ("capacity", "bucket", "all"):
+        results["bucket"] = run_bucket_capacity(args)
+        plot_bucket(results["bucket"], os.path.join(args.out, "bucket_capacity.png"))
     if args.part in ("capacity", "all"):
         results["capacity"] = run_capacity(args)
         plot_capacity(results["capacity"], os.path.join(args.out, "capacity.png"))

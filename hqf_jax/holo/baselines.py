@@ -12,7 +12,7 @@
 
 Both route a context to one of ``n_buckets`` traces by a hash of its token ids, so a
 comparison at equal storage is: n_buckets * d floats here vs 16 floats per tower bucket.
-All functions are pure and jit-friendly.
+``buckets`` (B,) overrides the hash routing. All functions are pure and jit-friendly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from hqf_jax.holo.hashing import hash_rows
 
 def _bucket(contexts: jnp.ndarray, n_buckets: int) -> jnp.ndarray:
     return (hash_rows(contexts, seed=12345) % jnp.uint32(n_buckets)).astype(jnp.int32)
+
+
+def _route(contexts, n_buckets, buckets):
+    """Explicit bucket ids when given (experiments on one superposition), else the hash."""
+    return _bucket(contexts, n_buckets) if buckets is None else buckets
 
 
 # ---------------------------------------------------------------- HRR
@@ -46,18 +51,18 @@ def hrr_init(n_buckets: int, dim: int) -> jnp.ndarray:
     return jnp.zeros((n_buckets, dim), jnp.float32)
 
 
-def hrr_store(traces, codebook, contexts, targets):
+def hrr_store(traces, codebook, contexts, targets, buckets=None):
     dim = codebook.shape[1]
     k = _hrr_key_spectrum(codebook, contexts)
     v = jnp.fft.rfft(codebook[targets], axis=-1)
     bound = jnp.fft.irfft(k * v, n=dim, axis=-1)
-    return traces.at[_bucket(contexts, traces.shape[0])].add(bound)
+    return traces.at[_route(contexts, traces.shape[0], buckets)].add(bound)
 
 
-def hrr_scores(traces, codebook, contexts):
+def hrr_scores(traces, codebook, contexts, buckets=None):
     dim = codebook.shape[1]
     k = _hrr_key_spectrum(codebook, contexts)
-    m = jnp.fft.rfft(traces[_bucket(contexts, traces.shape[0])], axis=-1)
+    m = jnp.fft.rfft(traces[_route(contexts, traces.shape[0], buckets)], axis=-1)
     r = jnp.fft.irfft(m * jnp.conj(k), n=dim, axis=-1)  # correlation = convolution with the involution
     return r @ codebook.T
 
@@ -79,15 +84,15 @@ def fhrr_init(n_buckets: int, dim: int) -> jnp.ndarray:
     return jnp.zeros((n_buckets, 2, dim // 2), jnp.float32)
 
 
-def fhrr_store(traces, phases, contexts, targets):
+def fhrr_store(traces, phases, contexts, targets, buckets=None):
     ph = _fhrr_key_phase(phases, contexts) + phases[targets]
     bound = jnp.stack([jnp.cos(ph), jnp.sin(ph)], axis=1)
-    return traces.at[_bucket(contexts, traces.shape[0])].add(bound)
+    return traces.at[_route(contexts, traces.shape[0], buckets)].add(bound)
 
 
-def fhrr_scores(traces, phases, contexts):
+def fhrr_scores(traces, phases, contexts, buckets=None):
     k = _fhrr_key_phase(phases, contexts)
-    t = traces[_bucket(contexts, traces.shape[0])]
+    t = traces[_route(contexts, traces.shape[0], buckets)]
     re, im = t[:, 0], t[:, 1]
     c, s = jnp.cos(k), jnp.sin(k)
     rr, ri = re * c + im * s, im * c - re * s  # (re + i im) * exp(-i k)

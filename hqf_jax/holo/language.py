@@ -80,15 +80,20 @@ def _dream(state, config, cs, ts):
 
 @partial(jax.jit, static_argnames=("config",))
 def _target_bits(out, targets, temperature, mix_proto, mix_episodic, *, config):
-    """Bits of each target under the mixture renormalised over the 256 byte values."""
+    """Bits of each target under the mixture renormalised over the 256 byte values, and
+    whether the mixture's arg-max is the target."""
     lp = hm.mixture_log_probs(out, config, temperature, mix_proto, mix_episodic)[:, :256]
     lp = lp - jax.nn.logsumexp(lp, axis=1, keepdims=True)
-    return -jnp.take_along_axis(lp, targets[:, None], axis=1)[:, 0] / jnp.log(2.0)
+    bits = -jnp.take_along_axis(lp, targets[:, None], axis=1)[:, 0] / jnp.log(2.0)
+    return bits, jnp.argmax(lp, axis=1) == targets
 
 
 def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size: int = 4096,
                     grid: list[tuple[float, float, float]] | None = None, progress: bool = False) -> dict:
     """Top-1 accuracy and bits per byte over every position of the stream.
+
+    ``top1`` follows ``predict`` (an episodic hit wins, else the prototype-narrowed arg-max of
+    the holographic scores); ``top1_mixture`` is the arg-max of the mixture distribution.
 
     ``grid`` lists (temperature, mix_proto, mix_episodic) settings; bits are computed for each
     (one retrieval per batch serves them all) and the result reports the best setting with the
@@ -98,6 +103,7 @@ def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size
     L = config.context_len
     correct, n_all, hits, protos = 0, 0, 0, 0
     bits = np.zeros(len(grid))
+    mix_correct = np.zeros(len(grid))
     positions = np.arange(L, len(stream))
     for s in tqdm(range(0, len(positions), batch_size), desc="eval", disable=not progress, unit="batch"):
         pos = positions[s : s + batch_size]
@@ -110,14 +116,17 @@ def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size
         top = np.asarray(hm.top1_from(out))[:n]
         t = jnp.asarray(tgt)
         for g, (temp, mp, me) in enumerate(grid):
-            bits[g] += float(np.sum(np.asarray(_target_bits(out, t, temp, mp, me, config=config))[:n]))
+            b, ok = _target_bits(out, t, temp, mp, me, config=config)
+            bits[g] += float(np.sum(np.asarray(b)[:n]))
+            mix_correct[g] += float(np.sum(np.asarray(ok)[:n]))
         correct += int(np.sum(top == tgt[:n]))
         hits += int(np.sum(np.asarray(out["hit"])[:n]))
         protos += int(np.sum(np.asarray(out["has_proto"])[:n]))
         n_all += n
     bpb = bits / n_all
     best = int(np.argmin(bpb))
-    return dict(top1=correct / n_all, bpb=float(bpb[best]), setting=grid[best], bpb_grid=bpb.tolist(), n=n_all,
+    return dict(top1=correct / n_all, top1_mixture=float(mix_correct[best] / n_all), bpb=float(bpb[best]), setting=grid[best],
+                bpb_grid=bpb.tolist(), n=n_all,
                 episodic_hit_rate=hits / n_all, proto_rate=protos / n_all)
 
 
