@@ -66,6 +66,28 @@ def test_kernel_shape_errors_name_the_fix():
         K.geometric_product_pallas(jnp.zeros((16, 8)), jnp.zeros((16, 8)), block=24, interpret=True)
 
 
+def test_kernels_lower_to_triton_for_cuda():
+    """Every kernel (both layouts, bf16 too) lowers to a Triton custom call for CUDA, on any machine."""
+    from functools import partial
+
+    from jax import export
+
+    sd = jax.ShapeDtypeStruct
+    n = 1 << 14
+    cases = {
+        "cl31_gp_soa": (partial(K.geometric_product_pallas, layout="soa"), (sd((16, n), jnp.float32),) * 2),
+        "cl31_gp_aos": (partial(K.geometric_product_pallas, layout="aos"), (sd((n, 16), jnp.bfloat16),) * 2),
+        "cl31_chain_soa": (partial(K.product_chain_pallas, layout="soa"), (sd((4, 16, n), jnp.float32),)),
+        "cl31_chain_aos": (partial(K.product_chain_pallas, layout="aos"), (sd((n, 4, 16), jnp.float32),)),
+        "cl31_gather_chain": (K.gather_chain_pallas, (sd((16, 259), jnp.float32), sd((4, n), jnp.int32))),
+    }
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    for name, (fn, args) in cases.items():
+        text = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*args).mlir_module()
+        calls = [line.split('name = "')[1].split('"')[0] for line in text.splitlines() if "xla.gpu.triton" in line]
+        assert calls == [name]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["soa", "aos"])
 def test_kernels_on_gpu(layout):
