@@ -70,3 +70,16 @@ def test_bad_model_config_is_refused():
         RetNetLM(RetNetConfig(**{**SMALL, "qk_dim": 33}), nnx.Rngs(0))
     with pytest.raises(ValueError, match="model.form"):
         RetNetLM(RetNetConfig(**SMALL, form="fast"), nnx.Rngs(0))
+
+
+def test_attention_baseline_is_causal_and_equal_in_size():
+    ret_model = RetNetLM(RetNetConfig(**SMALL), nnx.Rngs(0))
+    att_model = RetNetLM(RetNetConfig(**SMALL, mixer="attention"), nnx.Rngs(0))
+    from hqf_jax.nn.retnet import count_params
+
+    assert count_params(ret_model) == count_params(att_model)
+    tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 10), 0, 256)
+    full, prefix = att_model(tokens), att_model(tokens[:, :6])
+    np.testing.assert_allclose(full[:, :6], prefix, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="no recurrent state"):
+        att_model.step(tokens[:, 0], att_model.init_state(2))

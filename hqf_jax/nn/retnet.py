@@ -42,6 +42,10 @@ class RetNetConfig:
     chunk_size: int = 64
     norm_eps: float = 1e-6
     compute_dtype: str = "float32"  # float32 | bfloat16; parameters stay float32
+    # "retention" (this model) or "attention": causal softmax attention in the same slot with the same
+    # projections, GroupNorm and gate -- an equal-size baseline for cost-vs-length studies, not a RetNet.
+    mixer: str = "retention"
+    attention_impl: str = "xla"  # xla | cudnn (jax.nn.dot_product_attention implementation)
 
     @classmethod
     def from_dict(cls, d: Any) -> "RetNetConfig":
@@ -56,6 +60,8 @@ class RetNetConfig:
             raise ValueError(f"model.form {self.form!r} is not one of {TRAIN_FORMS}")
         if self.position not in ret.POSITION_KINDS:
             raise ValueError(f"model.position {self.position!r} is not one of {ret.POSITION_KINDS}")
+        if self.mixer not in ("retention", "attention"):
+            raise ValueError(f"model.mixer {self.mixer!r} is not one of ('retention', 'attention')")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
 
@@ -83,6 +89,19 @@ class MultiScaleRetention(nnx.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.cfg.num_heads, -1).transpose(0, 2, 1, 3)
 
+    def _attention(self, q, k, v):
+        """Causal softmax attention (B,H,T,D) -> (B,H,T,Dv); when Dv = m*Dk the value heads are split in m
+        parts that share their head's weights, which is exactly attention with value width Dv."""
+        if self.cfg.mixer == "attention" and v.shape[-1] % q.shape[-1]:
+            raise ValueError("the attention mixer needs v_dim/num_heads to be a multiple of qk_dim/num_heads")
+        m = v.shape[-1] // q.shape[-1]
+        b, h, t, d = q.shape
+        to_bthd = lambda x: x.transpose(0, 2, 1, 3)
+        qq, kk = (jnp.repeat(to_bthd(x), m, axis=2) for x in (q, k))
+        vv = to_bthd(v).reshape(b, t, h * m, d)
+        y = jax.nn.dot_product_attention(qq, kk, vv, is_causal=True, implementation=self.cfg.attention_impl)
+        return y.reshape(b, t, h, m * d).transpose(0, 2, 1, 3)
+
     def __call__(self, x: jax.Array, state: ret.RetentionState | None, form: str):
         cfg = self.cfg
         b, t, _ = x.shape
@@ -90,7 +109,11 @@ class MultiScaleRetention(nnx.Module):
         offset = jnp.zeros((), jnp.int32) if state is None else state.offset
         q, k = ret.rotate_qk(q, k, offset + jnp.arange(t), cfg.position, cfg.rope_theta)
         gammas = self.gammas[...]
-        if form == "pallas":
+        if cfg.mixer == "attention":
+            if state is not None:
+                raise ValueError("the attention mixer keeps no recurrent state: it is a training-cost baseline only")
+            y = self._attention(q, k, v)
+        elif form == "pallas":
             from pallas_kernels.retention import chunk_retention
 
             y, state = chunk_retention(q, k, v, gammas, state=state, chunk_size=cfg.chunk_size,
