@@ -3,7 +3,7 @@
 import ml_collections
 
 from hqf_jax.holo.memory import HoloConfig
-from hqf_jax.ops.constants import NUM_BYTES
+from hqf_jax.ops.constants import NUM_BYTES, PHI_INV
 
 
 def get_config():
@@ -12,8 +12,9 @@ def get_config():
     # memory: every field of hqf_jax.holo.memory.HoloConfig (unknown keys fail naming the valid ones)
     c.memory = ml_collections.ConfigDict(
         HoloConfig(
-            vocab_size=NUM_BYTES, context_len=4, levels=4, cache_capacity=1 << 20, proto_depth=3, proto_k=8,
-            mix_episodic=0.3, mix_proto=0.9, embedding="grounded",
+            # mixture weights and temperature: the values eval.holo_eval language picked on held-out bytes
+            vocab_size=NUM_BYTES, context_len=4, levels=4, cache_capacity=1 << 20, proto_depth=4, proto_k=8,
+            mix_episodic=0.1, mix_proto=0.9, temperature=PHI_INV**3, embedding="grounded",
         ).to_dict()
     )
     c.data = ml_collections.ConfigDict(dict(source="stdlib", valid_fraction=0.05, max_files=0, paths=""))

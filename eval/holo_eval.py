@@ -13,7 +13,9 @@ against the number N of stored random (context of L tokens, target) pairs, for
   * holo-tower+cache: the same plus an episodic cache of --cache-slots exact slots,
   * HRR and FHRR with the same number of stored floats as the tower's leaves, in buckets of
     d floats (hash routing), d = 16 (the tower's bucket size) and d = 256.
-language: next-byte top-1 accuracy, bits per byte and next-word exact-match accuracy on
+language: next-byte top-1 accuracy (the memory's ``predict`` rule, an episodic hit first, and
+the arg-max of its tuned mixture, "top1mix"), bits per byte and next-word exact-match
+accuracy (greedy, mixture arg-max for the memory) on
 held-out python standard-library files (split by file), beside interpolated Kneser-Ney
 n-grams trained on the same bytes. Train bytes are 64 KiB chunks spread evenly over the
 training files, held-out bytes 4 KiB chunks spread over the held-out files, alternating
@@ -292,8 +294,12 @@ def run_language(args) -> dict:
         r = language.evaluate_memory(state, cfg, test, args.batch_lang, grid=[tuned["setting"]])
         r.pop("bpb_grid")
         r["cache_dropped"] = int(state.cache.dropped)
-        r["word_acc"] = language.greedy_word_accuracy(
+        r["word_acc_cache_first"] = language.greedy_word_accuracy(
             lambda c, s=state, cfg=cfg: hm.predict(s, jnp.asarray(c, jnp.int32), config=cfg), test, cfg.context_len, starts
+        )
+        r["word_acc"] = language.greedy_word_accuracy(
+            lambda c, s=state, cfg=cfg, st=r["setting"]: language.mixture_top1(s, jnp.asarray(c, jnp.int32), *st, config=cfg),
+            test, cfg.context_len, starts,
         )
         r["seconds"] = time.perf_counter() - t0
         rows[name] = r

@@ -26,13 +26,15 @@ def windows(stream: np.ndarray, context_len: int, positions: np.ndarray) -> tupl
 def spread(stream: np.ndarray, n_bytes: int, chunk: int = 4096, parity: int | None = None) -> np.ndarray:
     """``n_bytes`` taken as evenly spaced chunks across the whole stream (not a prefix, which in a
     name-ordered corpus is a few alphabetically-first files). ``parity`` 0/1 keeps every other
-    chunk of a twice-as-large selection (disjoint tune / test halves)."""
+    chunk of a twice-as-large selection (disjoint tune / test halves); chunks shrink when the
+    stream is too short for the request."""
     if n_bytes >= len(stream) and parity is None:
         return stream
     chunk = max(1, min(chunk, n_bytes))
     k = max(1, n_bytes // chunk) * (2 if parity is not None else 1)
-    k = min(k, max(1, len(stream) // chunk))
-    starts = np.linspace(0, len(stream) - chunk, k).astype(np.int64) if len(stream) > chunk else np.zeros(1, np.int64)
+    if k * chunk > len(stream):
+        chunk = max(1, len(stream) // k)
+    starts = np.linspace(0, len(stream) - chunk, k).astype(np.int64)
     if parity is not None:
         starts = starts[parity::2]
     return np.concatenate([stream[s : s + chunk] for s in starts])
@@ -86,6 +88,13 @@ def _target_bits(out, targets, temperature, mix_proto, mix_episodic, *, config):
     lp = lp - jax.nn.logsumexp(lp, axis=1, keepdims=True)
     bits = -jnp.take_along_axis(lp, targets[:, None], axis=1)[:, 0] / jnp.log(2.0)
     return bits, jnp.argmax(lp, axis=1) == targets
+
+
+@partial(jax.jit, static_argnames=("config",))
+def mixture_top1(state, contexts, temperature, mix_proto, mix_episodic, *, config):
+    """Arg-max byte of the mixture distribution (the better top-1 rule for language)."""
+    out = hm.retrieve(state, contexts, config=config)
+    return jnp.argmax(hm.mixture_log_probs(out, config, temperature, mix_proto, mix_episodic)[:, :256], axis=1)
 
 
 def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size: int = 4096,
