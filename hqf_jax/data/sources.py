@@ -163,6 +163,7 @@ def _files_source(cfg) -> ByteCorpus:
 
 def load_corpus(cfg) -> ByteCorpus:
     """Build the corpus a data config names (``cfg.source`` in SOURCES)."""
+    from hqf_jax.data import research_sources  # noqa: F401
     if cfg.source not in SOURCES:
         raise DataError(f"unknown data.source {cfg.source!r}; valid sources: {sorted(SOURCES)}")
     return SOURCES[cfg.source](cfg)
