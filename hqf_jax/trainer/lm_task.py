@@ -91,6 +91,10 @@ def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]
         units_per_step=bytes_per_step,
         flops_per_step=model_flops_per_byte(model.cfg, cfg.data.seq_len) * bytes_per_step,
     )
+    if "chamber" in cfg:  # the training chamber's interventions (hqf_jax/trainer/interventions.py)
+        from hqf_jax.trainer import interventions
+
+        task.interventions = interventions.from_config(cfg, task, build_model)
     print(f"[lm] {count_params(model):,} parameters; {corpus.summary()}")
     return task, corpus
 
