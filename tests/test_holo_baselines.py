@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hqf_jax.holo import baselines as bl
 from hqf_jax.holo import language
@@ -25,6 +26,7 @@ def test_hrr_and_fhrr_recall_few_pairs_and_degrade():
         (bl.fhrr_init, bl.fhrr_codebook, bl.fhrr_store, bl.fhrr_scores),
     ):
         cb = book(jax.random.key(0), 512, 256)
+        store, scores = jax.jit(store), jax.jit(scores)
         accs = []
         for n in (1, 8, 400):
             ctx, tgt = _pairs(n, 512, n)
@@ -111,6 +113,7 @@ def test_memory_language_training_and_evaluation_smoke():
     assert r["bpb"] == min(r["bpb_grid"]) and math.isfinite(r["bpb"])
 
 
+@pytest.mark.slow
 def test_capacity_eval_runs_tiny():
     from eval import holo_eval
 

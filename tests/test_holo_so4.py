@@ -56,7 +56,7 @@ def test_grounded_embeddings_are_rotations_and_respect_similarity():
     np.testing.assert_array_equal(np.asarray(so4.grounded_so4(table)), np.asarray(e))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(st.sampled_from([1, 2, 3, 7, 64, 1000, 4097]), st.integers(0, 2**31 - 1))
 def test_context_product_stays_so4_and_matches_fold(length, seed):
     mats = so4.haar_so4_raw(jax.random.key(seed), (length,))
@@ -70,7 +70,7 @@ def test_context_product_stays_so4_and_matches_fold(length, seed):
     np.testing.assert_allclose(np.linalg.det(np.asarray(prod, np.float64)), 1.0, atol=tol * 10)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(st.sampled_from([1, 4, 16, 256, 4096]), st.integers(0, 2**31 - 1))
 def test_unbinding_exact_for_single_pair(length, seed):
     k1, k2 = jax.random.split(jax.random.key(seed))

@@ -12,6 +12,7 @@ from hqf_jax.holo.checkpoint import restore_memory
 from train import holo as train_holo
 
 
+@pytest.mark.slow
 def test_train_save_restore_generate(tmp_path, capsys):
     wd = tmp_path / "run"
     argv = ["--config", "configs/holo_tiny.py", "--workdir", str(wd), "train.max_train_bytes=8000", "data.max_files=6",
