@@ -180,7 +180,9 @@ def bench_memory(batch: int, vocab: int, levels: int, cache_slots: int, reps: in
                 cfg.bind_weight * hm.context_matrices(state.emb, ctx) @ state.emb[tgt])
             err = _err(first.tower, want)
             t = _time(f, state, ctx, tgt, reps=reps)
-            _row("memory", f"{name}, L={levels}, batch {batch}", t, items=batch, unit="patterns/s", err=err)
+            nb = batch * (4 * 5 + 2 * 64 + (2 * 5 * 4 if cache else 0))
+            _row("memory", f"{name}, L={levels}, batch {batch}", t, items=batch, unit="patterns/s", err=err, nbytes=nb,
+                 note="bytes: ids+target read, 64-B bucket read-modify-write" + (", 20-B cache slot RMW" if cache else ""))
         except Exception as e:  # noqa: BLE001
             _failed("memory", name, e)
     try:  # retrieve against a large vocabulary: unbind + (B,16)x(16,V) scores + arg-max
