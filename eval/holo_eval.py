@@ -320,8 +320,10 @@ def plot_language(res: dict, path: str) -> None:
 
     names = [n for n in res["rows"] if "top1" in res["rows"][n]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].barh(names, [res["rows"][n]["top1"] for n in names], color="tab:blue")
-    axes[0].set_xlabel("next-byte top-1 accuracy")
+    axes[0].barh(names, [res["rows"][n].get("top1_mixture", res["rows"][n]["top1"]) for n in names], color="tab:blue")
+    axes[0].barh(names, [res["rows"][n]["top1"] for n in names], color="tab:cyan", height=0.4, label="memory: cache-first rule")
+    axes[0].set_xlabel("next-byte top-1 accuracy (memory: mixture arg-max)")
+    axes[0].legend(fontsize=7, loc="lower right")
     axes[1].barh(names, [res["rows"][n]["bpb"] for n in names], color="tab:orange")
     axes[1].set_xlabel("bits per byte (lower is better)")
     for ax in axes:
