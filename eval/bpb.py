@@ -2,9 +2,9 @@
 
     python -m eval.bpb --run runs/lm [--data PATH] [--max-bytes N] [--step S]
 
-Without --data the run's own validation split is scored. The model scores the bytes as
-non-overlapping windows of the run's seq_len (each window starts from BOS, no carried context),
-the compressors see the same bytes as one stream.
+Without --data the run's own validation split is scored. The model scores --max-bytes of it as
+non-overlapping windows of the run's seq_len spread evenly over the split (each window starts from
+BOS, no carried context); the compressors see the same windows concatenated as one stream.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 
 from eval.compressors import BASELINES
 from hqf_jax import cli
+from hqf_jax.data.batching import eval_windows
 from hqf_jax.data.sources import load_corpus, load_files
 from hqf_jax.trainer import lm_task
 
@@ -28,10 +29,10 @@ def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: i
 
         model, _ = quantize_model(model, quant, impl=quant_impl)
     corpus = load_files([data], valid_fraction=1.0) if data else load_corpus(cfg.data)
-    stream = corpus.stream("valid")[:max_bytes]
+    stream = corpus.stream("valid")
     seq_len = min(cfg.data.seq_len, len(stream))
     evaluate = lm_task.make_eval_fn(stream, seq_len, batch_size, max_bytes)
-    scored = stream[: (len(stream) // seq_len) * seq_len].tobytes()
+    scored = eval_windows(stream, seq_len, max_bytes).tobytes()  # the very bytes the model scores
     result = {"run": run, "step": step, "bytes": len(scored), "model_bpb": evaluate(model)["valid_bpb"]}
     for name, fn in BASELINES.items():
         result[name] = fn(scored)

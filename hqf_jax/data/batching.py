@@ -48,12 +48,13 @@ class WindowSampler:
 
 
 def eval_windows(stream: np.ndarray, seq_len: int, max_bytes: int | None = None) -> np.ndarray:
-    """Non-overlapping windows covering the first ``max_bytes`` of a split (the tail shorter than
-    one window is dropped)."""
-    if max_bytes:
-        stream = stream[:max_bytes]
-    n = len(stream) // seq_len
-    if n == 0:
+    """Non-overlapping windows of a split; with ``max_bytes`` below its size, that many bytes' worth of
+    windows spread evenly over the whole split (a prefix of a name-ordered split is one or two files,
+    which can be unlike the rest, e.g. the stdlib's codec tables)."""
+    total = len(stream) // seq_len
+    if total == 0:
         raise DataError(f"the validation split holds {len(stream)} bytes, fewer than one window of {seq_len}; "
                         "use more data, a larger data.valid_fraction or a shorter data.seq_len")
-    return stream[: n * seq_len].reshape(n, seq_len)
+    n = total if not max_bytes else max(1, min(total, max_bytes // seq_len))
+    starts = np.linspace(0, total - 1, n).round().astype(np.int64) * seq_len
+    return stream[starts[:, None] + np.arange(seq_len)[None, :]]
