@@ -13,7 +13,9 @@ lack a meter/key/body, are skipped and counted (``ByteCorpus.skipped``, printed 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import re
 import warnings
 from dataclasses import dataclass
@@ -132,7 +134,7 @@ def parse_tune(text: str):
     """The music21 score of a tune's text; raises on text music21 cannot parse."""
     from music21 import converter
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # music21 prints its warnings
         warnings.simplefilter("ignore")
         return converter.parse(text, format="abc")
 
