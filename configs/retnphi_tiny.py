@@ -1,5 +1,8 @@
 """RetNPhi on the framework's own token model: the model part of the bootstrap study (issue 3).
 
+    python -m train.token_lm --config configs/token_lm_tiny.py      # writes runs/token_lm_tiny/hf
+    python -m train.retnphi --config configs/retnphi_tiny.py [model.train_mode=full]
+
 The checkpoint is the HF folder that `python -m train.token_lm` writes (config.json + safetensors +
 tokenizer.json); it goes through exactly the import path of hqf_jax.nn.hf_loading. The model part is
 read by hqf_jax.nn.retnphi.build_retnphi, which returns the model and the trainable filter.
@@ -13,6 +16,7 @@ from configs import lm_tiny
 
 def get_config():
     c = lm_tiny.get_config()
+    c.task = "retnphi"  # lm_task.load_run rebuilds the model with hqf_jax.trainer.retnphi_task (eval.bpb, eval.generate)
     c.workdir = "runs/retnphi_tiny"
     c.model = ml_collections.ConfigDict(dict(
         checkpoint="runs/token_lm_tiny/hf",

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hqf_jax import cli
 from hqf_jax.data.sources import stdlib_root
 from hqf_jax.errors import ConfigError
 from hqf_jax.nn.hf_loading import load_hf_decoder
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 from hqf_jax.trainer import token_task
 from hqf_jax.trainer.metrics import read_metrics
+from tests.helpers import ROOT
 
 TEXTS = ["def add(x, y):\n    return x + y\n", "class Foo:\n    \"\"\"héllo wörld — ünïcode ✓\"\"\"\n    pass\n",
          "for i in range(10):\n\tprint(i, end='')\r\n"] * 30
@@ -105,7 +107,8 @@ TINY = ["--config", "configs/token_lm_tiny.py", "tokenizer.vocab_size=384", "mod
         "train.eval_max_tokens=2048", "data.source=files", "data.valid_fraction=0.2"]
 
 
-def test_train_token_lm_learns_exports_resumes_and_converts(tmp_path, capsys):
+def test_train_token_lm_learns_exports_and_converts(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
     from train import token_lm
 
     data = tmp_path / "data"
@@ -123,11 +126,13 @@ def test_train_token_lm_learns_exports_resumes_and_converts(tmp_path, capsys):
     info = json.loads((work / "hf" / "training.json").read_text())
     assert info["steps"] == 40 and info["tokens"] == 40 * 32 * 8 and abs(info["valid_bpb"] - evals[-1]["valid_bpb"]) < 1e-9
 
-    # resume: same tokenizer and token ids (not retrained), training continues from the checkpoint
-    train_ids = np.load(work / "tokens_train.npy")
-    token_lm.main([*args, "train.steps=50"])
-    assert "resumed from step 40" in capsys.readouterr().out
-    np.testing.assert_array_equal(np.load(work / "tokens_train.npy"), train_ids)
+    # a re-run (resume) reuses the tokenizer and the token ids instead of retraining them
+    stamp = (work / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    cfg = cli.apply_overrides(cli.load_config_file("configs/token_lm_tiny.py"), [*TINY[2:], f"data.paths={data}"])
+    tok2, train_ids, _ = token_task.prepare_data(cfg, work)
+    np.testing.assert_array_equal(train_ids, np.load(work / "tokens_train.npy"))
+    assert (work / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == stamp and len(tok2) == info["vocab"]
+    assert (work / "checkpoints" / "40").exists()
 
     # the export is what the trainer ended with, and RetNPhi converts it through the HF import path
     hf = str(work / "hf")

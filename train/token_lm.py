@@ -23,7 +23,7 @@ def main(argv=None):
     task, hf_config, tokenizer = token_task.build_task(cfg, workdir)
     final = train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg))
     info = {"steps": int(final["step"]), "tokens": int(final["step"]) * task.units_per_step,
-            "train_flops": float(final["step"]) * task.flops_per_step, "params": token_task.count_params(task.model),
+            "train_flops": float(final["step"]) * task.flops_per_step, "params": token_task.count_params(task.model), "vocab": len(tokenizer),
             **{k: float(final[k]) for k in ("loss", "valid_loss", "valid_bpb", "valid_bytes_per_token") if k in final}}
     out = token_task.save_hf(task.model, hf_config, tokenizer, workdir / "hf", info)
     summary = ", ".join(f"{k}={final[k]:.4f}" for k in ("loss", "valid_bpb") if k in final)
