@@ -6,6 +6,7 @@ newest (or a given) checkpoint, for eval and generation.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import jax
@@ -106,11 +107,26 @@ def read_run_config(workdir: str | Path):
     return cli.config_from_json(path.read_text())
 
 
-def load_run(workdir: str | Path, step: int | None = None, build=build_model):
-    """(model with restored params, config, step) of a run folder."""
+# run config's `task` key -> "module:function" that rebuilds its model from the config, returning the model
+# or (model, trainable filter) when only part of it trains (the checkpoint holds that part)
+BUILDERS = {"lm": "hqf_jax.trainer.lm_task:build_model", "retnphi": "hqf_jax.trainer.retnphi_task:build_model"}
+
+
+def builder_for(cfg):
+    """The model builder a run's config names (``task``, default "lm")."""
+    kind = cfg.get("task", "lm")
+    if kind not in BUILDERS:
+        raise CheckpointError(f"run task {kind!r} is not a byte LM; eval.bpb and eval.generate take runs of {sorted(BUILDERS)}")
+    module, name = BUILDERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_run(workdir: str | Path, step: int | None = None, build=None):
+    """(model with restored params, config, step) of a run folder; ``build`` defaults to the config's builder."""
     cfg = read_run_config(workdir)
-    model = build(cfg)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    built = (build or builder_for(cfg))(cfg)
+    model, trainable = built if isinstance(built, tuple) else (built, nnx.Param)
+    graphdef, params, rest = nnx.split(model, trainable, ...)
     ckpt = Checkpointer(workdir, async_save=False)
     step = step if step is not None else ckpt.latest_step()
     if step is None:
