@@ -126,6 +126,14 @@ def test_full_mode_trains_every_parameter_and_reloads(setup, tmp_path):
 
 
 def test_run_kinds_and_config_errors(setup, tmp_path):
+    from hqf_jax.nn.lora import LoRAConfig
+    from hqf_jax.nn.retnphi import RetNPhiConfig
+
+    for name in ("retnphi_tiny", "retnphi", "retnphi_phi35"):  # every shipped config is a valid RetNPhi run
+        c = cli.load_config_file(str(ROOT / f"configs/{name}.py"))
+        assert c.task == "retnphi" and lm_task.builder_for(c) is retnphi_task.build_model
+        RetNPhiConfig.from_dict(c.model.retnphi.to_dict())
+        LoRAConfig.from_dict(c.model.lora.to_dict())
     lm_cfg = cli.load_config_file(str(ROOT / "configs/lm_tiny.py"))
     assert lm_task.builder_for(lm_cfg) is lm_task.build_model
     token_cfg = cli.load_config_file(str(ROOT / "configs/token_lm_tiny.py"))
@@ -139,3 +147,17 @@ def test_run_kinds_and_config_errors(setup, tmp_path):
                               [f"model.checkpoint={setup[2]}", "model.train_mode=half"])
     with pytest.raises(ConfigError, match="train_mode"):
         retnphi_task.build_model(cfg)
+
+
+def test_flops_per_byte_counts_weight_gradients_of_trainable_matmuls_only(setup):
+    cfg = cli.apply_overrides(cli.load_config_file(str(ROOT / "configs/retnphi_tiny.py")),
+                              [f"model.checkpoint={setup[2]}", "model.retnphi.chunk_size=16", "model.lora.rank=4"])
+    lora_model, lora_filt = retnphi_task.build_model(cfg)
+    full_model, full_filt = retnphi_task.build_model(cli.apply_overrides(cfg, ["model.train_mode=full"]))
+    # hand count (D=32, 2 layers, 4 heads of 8, 2 kv heads, MLP 48, byte head 259 x 32)
+    dense = 2 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 48) + 259 * 32
+    adapters = 2 * 1856
+    retention = 2 * 4 * (16 * 2 * 8 + 3 * 8 * 8)  # per position: chunk (16) x (dk + dv) + 3 dk dv, per layer and head
+    assert retnphi_task.flops_per_byte(full_model, full_filt, 32) == 6 * dense + 6 * retention
+    assert retnphi_task.flops_per_byte(lora_model, lora_filt, 32) == (
+        4 * (dense + adapters) + 2 * (adapters + 259 * 32) + 6 * retention)  # weight grads: adapters + byte head
