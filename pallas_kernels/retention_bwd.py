@@ -107,7 +107,11 @@ def _grad_kernel(
     dt = q.dtype
     dmat = _decay_matrix(lg, c) * cfg.scale
     carry_w = jnp.exp(lg * (_positions(c) + 1.0))
-    length = jnp.where(n == cfg.n_chunks - 1, cfg.last_len, c).astype(F32)
+    # real steps in this chunk, by arithmetic: jnp.where(pred, python_int, python_int) mis-lowers on
+    # the Triton backend (the int literals take the predicate's i1 type: 64 -> false -> 0, so w was 0
+    # on the GPU while interpret mode was exact); see docs/retention_kernel.md, "GPU bug".
+    is_last = (n == cfg.n_chunks - 1).astype(F32)
+    length = c + (cfg.last_len - c) * is_last
     w = _state_weights(lg, c, length) * cfg.scale  # weight of step j in the state after this chunk
     a = (_dot(q, k, trans_b=True) * dmat).astype(dt)
     kw = (k.astype(F32) * w[:, None]).astype(dt)
@@ -186,7 +190,7 @@ def backward(cfg: _Cfg, res, do, dht, dzt):
     dz0 = dz0[:, 0]
 
     pos = jnp.arange(tp, dtype=F32)
-    exps = (qdq - kdk) @ pos
+    exps = jnp.sum((qdq - kdk) * pos, axis=-1)  # elementwise: an f32 matmul here may run in TF32 on GPU
     exps += (cfg.t - 1.0) * (jnp.sum(dht * ht, axis=(1, 2)) + jnp.sum(dzt * zt, axis=1))
     exps += jnp.sum(dh0 * h0, axis=(1, 2)) + jnp.sum(dz0 * z0, axis=1)
     dlg = exps.reshape(nb, nh).sum(0)
