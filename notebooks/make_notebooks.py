@@ -337,7 +337,8 @@ params = lm_adapter.params_of(model)
 name, w = max(((jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
                if "kernel" in jax.tree_util.keystr(p)), key=lambda item: item[1].size)  # the largest dense kernel
 print("matrix", name, w.shape)
-for spec in ["bf16", "int8", "phi5u8", "phi5u4", "phi5", "int4", "nf4", "nf4dq"]:
+SPECS = ["bf16", "int8", "phi5u8", "phi5", "int4", "nf4"] + ([] if SMALL else ["e5u8", "phi5u4", "int4z", "nf4dq"])
+for spec in SPECS:
     q = Q.quantize(w, spec)
     acc = Q.accounting(q)
     err = np.asarray(Q.dequantize(q), np.float64) - np.asarray(w, np.float64)
@@ -357,8 +358,7 @@ stream = corpus.stream("valid")
 loss_fn = lm_adapter.make_bpb_fn(model, stream, cfg.data.seq_len, 16, 4096 if SMALL else 1 << 15)
 prompts = lm_adapter.prompts_from(stream, 4 if SMALL else 16, 32)
 gen_fn = lm_adapter.make_greedy_fn(model, prompts, 16 if SMALL else 48)
-methods = (["bf16", "int8", "phi5u8", "phi5", "int4", "nf4"] if SMALL else
-           ["bf16", "int8", "phi5u8", "e5u8", "phi5u4", "int:bits=5", "phi5", "int4", "int4z", "nf4", "nf4dq", "int:bits=3"])
+methods = SPECS + ([] if SMALL else ["int:bits=5", "int:bits=3"])
 rows = evaluate_methods(params, methods, loss_fn, gen_fn)
 print_table(rows)'''),
     new_code_cell('''\
@@ -607,33 +607,35 @@ cfg = cli.apply_overrides(cfg, [f"train.steps={STEPS}", f"train.ckpt_every={STEP
                                 "data.batch_size=8", f"train.eval_every={STEPS}", f"train.sample_every={10 * STEPS}",
                                 "train.eval_max_bytes=8192", "train.keep=5", "mesh.data=-1", "mesh.fsdp=1"])
 task, corpus = lm_task.build_task(cfg)
+task.eval_fn = task.sample_fn = None  # evaluated below, from the checkpoint
 final = train(task, cfg.train, cfg.mesh, RUN, cli.config_to_json(cfg))  # mesh data=-1: data parallel over every device
 print(f"trained on {jax.device_count()} device(s), parameters replicated on each")
 print("checkpoints:", sorted(int(s) for s in os.listdir(os.path.join(RUN, "checkpoints"))), "| files:", sorted(os.listdir(RUN)))'''),
     new_markdown_cell("## Restore for evaluation\n\n`load_run` rebuilds the model from `config.json` and restores "
                       "the newest (or a given) step."),
     new_code_cell('''\
+from flax import nnx
+
+def max_difference(m1, m2) -> float:
+    a, b = jax.tree.leaves(nnx.state(m1, nnx.Param)), jax.tree.leaves(nnx.state(m2, nnx.Param))
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(a, b, strict=True))
+
 model, run_cfg, step = lm_task.load_run(RUN)
+print(f"restored step {step}; max |parameter difference| to the model in memory: {max_difference(model, task.model)}")
 evaluate = lm_task.make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes)
-print(f"restored step {step}: held-out {evaluate(model)['valid_bpb']:.4f} bits/byte "
-      f"(logged at the end of training: {final['valid_bpb']:.4f})")
 half, _, half_step = lm_task.load_run(RUN, step=STEPS // 2)
-print(f"step {half_step}: {evaluate(half)['valid_bpb']:.4f} bits/byte")'''),
+print(f"held-out bits/byte: step {half_step} {evaluate(half)['valid_bpb']:.4f}, step {step} {evaluate(model)['valid_bpb']:.4f}")'''),
     new_markdown_cell("## Resume is exact\n\nCopy the run, drop its last checkpoint, and train the copy again to the "
                       "same step: it resumes from the middle checkpoint and must land on the same parameters."),
     new_code_cell('''\
-import jax.numpy as jnp
-from flax import nnx
-
 COPY = RUN + "_copy"
 shutil.rmtree(COPY, ignore_errors=True)
 shutil.copytree(RUN, COPY)
 shutil.rmtree(os.path.join(COPY, "checkpoints", str(STEPS)))
 task2, _ = lm_task.build_task(cfg, corpus)
+task2.eval_fn = task2.sample_fn = None
 train(task2, cfg.train, cfg.mesh, COPY, progress=False)
-a, b = nnx.state(task.model, nnx.Param), nnx.state(task2.model, nnx.Param)
-diff = max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-print(f"max |param difference| between the uninterrupted run and the resumed copy: {diff}")'''),
+print(f"max |param difference| between the uninterrupted run and the resumed copy: {max_difference(task.model, task2.model)}")'''),
     new_markdown_cell("## Continue on another mesh\n\nThe mesh has axes (data, fsdp, tensor). The checkpoint "
                       "was written by a data-parallel run; here it is restored straight into shards over an "
                       "fsdp axis (each parameter's sharding comes from the logical-axis rules of "
@@ -641,6 +643,8 @@ print(f"max |param difference| between the uninterrupted run and the resumed cop
                       "`train.steps` also stretches the cosine schedule, so the continued steps see a new "
                       "learning-rate curve."),
     new_code_cell('''\
+import jax.numpy as jnp
+
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.checkpoint import Checkpointer
 from hqf_jax.trainer.optim import make_optimizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import resource
 import time
 from pathlib import Path
 
@@ -24,12 +25,12 @@ EXPECT = {
                       r"\['40', '80'\] <- orbax checkpoint steps": 1},
     "02_retnphi_bootstrap": {r"layer 0 q_proj reused: True": 1, r"loaded adapter reproduces the trained model: True": 1,
                              r"adapter: [\d,]+ params in \d+ tensors": 1},
-    "03_quantize": {r"within the codec's bound: True": 8, r"data section ([\d,]+) bytes = accounted \1 bytes": 1,
+    "03_quantize": {r"within the codec's bound: True": 6, r"data section ([\d,]+) bytes = accounted \1 bytes": 1,
                     r"phi5\+u8/g64 +13\.500": 1},
     "04_holographic_memory": {r"e_i\^2 = \[1\.0, 1\.0, 1\.0, -1\.0\]": 1, r"recalled token 42 \(stored 42\)": 3,
                               r"Kneser-Ney order 5: top-1": 1},
     "05_kolmogorov_grpo": {r"mean reward: first \d+ steps": 1, r"zlib -9 raw, per source": 1},
-    "06_restore": {r"between the uninterrupted run and the resumed copy: 0\.0\n": 1,
+    "06_restore": {r"max \|parameter difference\| to the model in memory: 0\.0\n": 1, r"between the uninterrupted run and the resumed copy: 0\.0\n": 1,
                    r"resumed from step 20 ": 1, r"continued to step 60 on mesh": 1, r"P\('fsdp', None\)": 1},
 }
 
@@ -95,17 +96,18 @@ def runs_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_in_small_mode(name, runs_dir, tmp_path_factory, monkeypatch):
     for key, value in dict(JAX_PLATFORMS="cpu", HQF_NB_SMALL="1", HQF_NB_RUNS=str(runs_dir), HF_HUB_OFFLINE="1",
-                           HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg").items():
+                           HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false").items():
         monkeypatch.setenv(key, value)  # the kernel inherits this environment
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name=_kernel_name(tmp_path_factory),
                             resources={"metadata": {"path": str(ROOT)}})
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         client.execute()
     except CellExecutionError as e:
         pytest.fail(f"{name} failed in small mode:\n{str(e)[-3000:]}", pytrace=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu1 = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime  # the kernel's CPU seconds
     code = _code_cells(nb)
     assert all(c.execution_count is not None for c in code)
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
@@ -114,4 +116,4 @@ def test_notebook_runs_in_small_mode(name, runs_dir, tmp_path_factory, monkeypat
         assert len(re.findall(pattern, text)) >= count, f"{name}: expected {count}x {pattern!r} in its output"
     figures = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
     assert figures >= (0 if name in ("02_retnphi_bootstrap", "06_restore") else 1), f"{name}: its plot is missing"
-    print(f"{name}: {elapsed:.1f} s, {len(code)} code cells, {figures} figure(s)")
+    print(f"{name}: {elapsed:.1f} s wall, {cpu:.1f} s kernel CPU, {len(code)} code cells, {figures} figure(s)")
