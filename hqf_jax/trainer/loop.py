@@ -95,12 +95,14 @@ def make_train_step(loss_fn: LossFn, graphdef, tx, schedule, seed: int):
 
 
 def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str | None = None,
-          progress: bool = True) -> dict[str, float]:
-    """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``."""
+          progress: bool = True, devices=None) -> dict[str, float]:
+    """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``.
+
+    The mesh spans ``devices`` (default: every device of every process)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    mesh = shd.make_mesh(mesh_cfg)
+    mesh = shd.make_mesh(mesh_cfg, devices)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     graphdef, params, rest = nnx.split(task.model, task.trainable, ...)
     tx, schedule = make_optimizer(train_cfg)
@@ -109,9 +111,16 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     rest_sh = shd.tree_shardings(rest, mesh)
     params = jax.device_put(params, params_sh)
     rest = jax.device_put(rest, rest_sh)
-    opt_state = jax.jit(tx.init)(params)
+    # Adam's mu/nu carry their parameter's path as a suffix: the same rules give them its sharding
+    opt_state = jax.jit(tx.init, out_shardings=shd.tree_shardings(jax.eval_shape(tx.init, params), mesh))(params)
     state = _train_state(params, opt_state, 0)
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    state_sh = shd.tree_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)  # the step counter (a scalar) replicated over the mesh
+    if jax.process_index() == 0 and mesh.size > 1:
+        info = shd.describe(state)
+        print(f"[train] mesh {dict(mesh.shape)} over {jax.process_count()} process(es): state "
+              f"{info['bytes'] / 2**20:.1f} MiB, {info['bytes_per_device'] / 2**20:.1f} MiB per device, "
+              f"{int(info['sharded_leaves'])}/{int(info['leaves'])} arrays sharded")
 
     ckpt = Checkpointer(workdir, keep=train_cfg.keep)
     writer = MetricWriter(workdir)
@@ -138,7 +147,7 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     t_window, n_window = time.perf_counter(), 0
     step = start
     try:
-        with _Stopper() as stopper, mesh:
+        with _Stopper() as stopper, jax.set_mesh(mesh):
             while step < total:
                 batch = task.batch_fn(step)
                 first = next(iter(batch.values()))
