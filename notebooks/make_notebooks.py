@@ -118,7 +118,7 @@ plt.show()'''),
     new_code_cell('''\
 from eval.bpb import measure
 
-result = measure(WORKDIR, max_bytes=16384 if SMALL else 1 << 18)
+result = measure(WORKDIR, max_bytes=16384 if SMALL else 1 << 18, batch_size=cfg.data.batch_size)
 print(f"held-out bytes: {result['bytes']:,} (step {result['step']})")
 for name in ("model_bpb", "gzip -9", "xz -9e"):
     print(f"  {name.replace('model_bpb', 'byte LM'):<10} {result[name]:6.3f} bits/byte")'''),
@@ -150,148 +150,111 @@ decoder's own q/k/v/o projections, the token embedding and head become byte tabl
 tokens that start with each byte), and LoRA/DoRA adapters plus norms and byte tables are trained on bytes.
 The trained delta is exported as one small safetensors file.
 
-Here the token model is built in the notebook: a byte-level BPE tokenizer and a 2-layer Llama-family decoder
-trained briefly on the same standard-library text, saved as a Hugging Face folder (`config.json`,
-`model.safetensors`, tokenizer files). For a real checkpoint put its folder in `model.checkpoint`.
+The base here is the framework's own token model (`train.token_lm`: a byte-level BPE and a Llama-style
+decoder trained on the standard library, exported as a Hugging Face folder). For a real checkpoint, point
+`model.checkpoint` at its folder. The cells below do, step by step, what the two entry points do:
+
+    python -m train.token_lm --config configs/token_lm_tiny.py
+    python -m train.retnphi --config configs/retnphi_tiny.py
+
 See docs/retnphi.md.""") + [
     new_code_cell(setup()),
-    new_markdown_cell("## 1. A tiny token model in Hugging Face format"),
-    new_code_cell('''\
-import json, shutil
-
-import jax.numpy as jnp
-import numpy as np
-import optax
-import transformers
-from flax import nnx
-from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    new_markdown_cell("## 1. The token model, in Hugging Face format\n\n"
+                      "What `python -m train.token_lm` does, step by step: train the tokenizer and the decoder on the "
+                      "shared loop, then write the Hugging Face folder."),
+    new_code_cell('''
+import shutil
 
 from hqf_jax import cli
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.trainer import token_task
+from hqf_jax.trainer.loop import train
 
 WORKDIR = os.path.join(RUNS, "02_retnphi")
-HF_DIR = os.path.join(WORKDIR, "token_model")
+TOKEN_RUN, RUN = os.path.join(WORKDIR, "token_lm"), os.path.join(WORKDIR, "retnphi")
+HF_DIR = os.path.join(TOKEN_RUN, "hf")
 shutil.rmtree(WORKDIR, ignore_errors=True)
-cfg = cli.load_config_file(os.path.join(CONFIGS, "retnphi_tiny.py"))
-corpus = load_corpus(cfg.data)
-train_bytes, valid_bytes = corpus.stream("train"), corpus.stream("valid")
-print(corpus.summary())
+tcfg = cli.load_config_file(os.path.join(CONFIGS, "token_lm_tiny.py"))
+if SMALL:
+    tcfg = cli.apply_overrides(tcfg, ["tokenizer.vocab_size=512", "model.hidden_size=64", "model.intermediate_size=128",
+                                      "model.num_hidden_layers=2", "data.seq_len=64", "train.steps=30", "train.warmup_steps=5",
+                                      "train.eval_every=30", "train.ckpt_every=30", "train.eval_max_tokens=2048"])
+task, hf_config, tokenizer = token_task.build_task(tcfg, TOKEN_RUN)
+task.sample_fn = None  # no text sample at the end of this short run
+final = train(task, tcfg.train, tcfg.mesh, TOKEN_RUN, cli.config_to_json(tcfg))
+token_task.save_hf(task.model, hf_config, tokenizer, HF_DIR, {"steps": int(final["step"]), "valid_bpb": final["valid_bpb"]})
+token_bpb = final["valid_bpb"]
+print(sorted(os.listdir(HF_DIR)), f"token model: {token_bpb:.3f} bits/byte on held-out files")'''),
+    new_markdown_cell("## 2. Convert to a byte-level retention LM\n\n`configs/retnphi_tiny.py`'s model part names the "
+                      "checkpoint folder, the retention settings (decays, GroupNorm, position, byte-table init) and the "
+                      "LoRA config; `retnphi_task.build_task` converts the checkpoint with `build_retnphi` and gives the "
+                      "loop the filter of what trains (adapters, norms, byte tables). The base stays frozen."),
+    new_code_cell('''
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
 
-text = train_bytes[: 200_000 if SMALL else 2_000_000].tobytes().decode("utf-8", "replace")
-bpe = Tokenizer(models.BPE())
-bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-bpe.decoder = decoders.ByteLevel()
-bpe.train_from_iterator(text.splitlines(keepends=True), trainers.BpeTrainer(
-    vocab_size=512 if SMALL else 4096, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    special_tokens=["<|bos|>", "<|eos|>"], show_progress=False))
-tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|bos|>", eos_token="<|eos|>")
-token_ids = np.asarray(tokenizer(text)["input_ids"], np.int32)
-print(f"tokenizer: {len(tokenizer)} tokens, {len(text.encode()) / len(token_ids):.2f} bytes per token")'''),
-    new_code_cell('''\
-from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.trainer import lm_task, retnphi_task
 
-hf_config = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=len(tokenizer),
-                 hidden_size=64 if SMALL else 256, intermediate_size=128 if SMALL else 768, num_hidden_layers=2 if SMALL else 4,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0,
-                 rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                 eos_token_id=tokenizer.eos_token_id, torch_dtype="float32")
-decoder = HFDecoderLM(DecoderConfig.from_hf(hf_config), rngs=nnx.Rngs(0))
-opt = nnx.Optimizer(decoder, optax.adam(3e-3), wrt=nnx.Param)
-
-@nnx.jit
-def token_step(model, opt, batch):
-    def loss_fn(m):
-        return optax.softmax_cross_entropy_with_integer_labels(m(batch[:, :-1]), batch[:, 1:]).mean()
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    opt.update(model, grads)
-    return loss
-
-rng = np.random.default_rng(0)
-T, B, STEPS = 64, 8, 30 if SMALL else 600
-for step in range(STEPS):
-    starts = rng.integers(0, len(token_ids) - T - 1, B)
-    loss = token_step(decoder, opt, jnp.asarray(np.stack([token_ids[s:s + T + 1] for s in starts])))
-    if step % 10 == 0 or step == STEPS - 1:
-        print(f"token model step {step}: loss {float(loss):.3f} nats/token")
-
-# save in Hugging Face layout: the module tree uses HF names and PyTorch (out, in) weights, so the keys map 1:1
-os.makedirs(HF_DIR, exist_ok=True)
-weights = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(decoder, nnx.Param))}
-save_file(weights, os.path.join(HF_DIR, "model.safetensors"), metadata={"format": "pt"})
-with open(os.path.join(HF_DIR, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=1)
-tokenizer.save_pretrained(HF_DIR)
-print(sorted(os.listdir(HF_DIR)), f"{sum(w.size for w in weights.values()):,} parameters")'''),
-    new_markdown_cell("## 2. Convert to a byte-level retention LM\n\n`build_retnphi` reads the model part of "
-                      "`configs/retnphi_tiny.py`: the checkpoint folder, the retention settings (decays, GroupNorm, "
-                      "position, byte-table init) and the LoRA config. It returns the model and the filter of what "
-                      "trains (adapters, norms, byte tables); the base stays frozen."),
-    new_code_cell('''\
-from hqf_jax.nn.lora import count_params
-from hqf_jax.nn.retnphi import build_retnphi
-
-cfg = cli.apply_overrides(cfg, [f"model.checkpoint={HF_DIR}", "data.batch_size=8", "train.log_every=10",
-                                f"train.steps={40 if SMALL else 600}", "train.warmup_steps=5", "train.eval_max_bytes=8192",
-                                "train.eval_every=1000", "train.ckpt_every=1000", "train.sample_every=1000"])
-model, trainable = build_retnphi(cfg.model, progress=False)
-n_all, n_train = count_params(model, nnx.Param), count_params(model, trainable)
-print(f"RetNPhi: {n_all:,} parameters, {n_train:,} trainable ({100 * n_train / n_all:.1f}%)")
-print("retention config:", dict(cfg.model.retnphi))
-print("LoRA on:", list(cfg.model.lora.targets), "rank", cfg.model.lora.rank)
-# the converted attention holds the decoder's own projection (same values, now wrapped by LoRA)
-q = model.layers[0].self_attn.q_proj.weight.get_value()
-print("layer 0 q_proj reused:", bool(np.array_equal(np.asarray(q), weights["model.layers.0.self_attn.q_proj.weight"])))'''),
-    new_markdown_cell("## 3. Train the adapters on bytes with the shared trainer\n\n"
-                      "The byte-LM task pieces (`next_byte_loss`, deterministic `WindowSampler`, bpb evaluation) "
-                      "work unchanged: RetNPhi has the byte-LM interface. `Task.trainable` restricts the optimizer "
-                      "(and the checkpoints) to the adapter filter."),
-    new_code_cell('''\
-from hqf_jax.data.batching import WindowSampler
-from hqf_jax.trainer import lm_task
-from hqf_jax.trainer.loop import Task, train
-
-evaluate = lm_task.make_eval_fn(valid_bytes, cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes)
-before = evaluate(model)["valid_bpb"]
-task = Task(model=model, loss_fn=lm_task.next_byte_loss, eval_fn=evaluate, trainable=trainable,
-            batch_fn=WindowSampler(train_bytes, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed),
-            units_per_step=cfg.data.seq_len * cfg.data.batch_size)
-final = train(task, cfg.train, cfg.mesh, os.path.join(WORKDIR, "adapter_run"), cli.config_to_json(cfg))
+overrides = [f"model.checkpoint={HF_DIR}"] + (["data.batch_size=8", "train.steps=40", "train.warmup_steps=5",
+                                                "train.ckpt_every=40", "train.eval_max_bytes=8192"] if SMALL else [])
+cfg = cli.apply_overrides(cli.load_config_file(os.path.join(CONFIGS, "retnphi_tiny.py")), overrides)
+with cfg.unlocked():
+    cfg.base_sha256 = retnphi_task.base_sha256(cfg)  # recorded in config.json: reloading refuses a changed base
+task, corpus = retnphi_task.build_task(cfg)
+task.eval_fn = task.sample_fn = None  # scored below
 model = task.model
-
+print("retention:", dict(cfg.model.retnphi))
+print("LoRA on", list(cfg.model.lora.targets), "rank", cfg.model.lora.rank, "(at this toy size the byte tables dominate the trainable count)")
+base = load_file(os.path.join(HF_DIR, "model.safetensors"))
+q = np.asarray(model.layers[0].self_attn.q_proj.weight.get_value())
+print("layer 0 q_proj reused:", bool(np.array_equal(q, base["model.layers.0.self_attn.q_proj.weight"])))
+evaluate = lm_task.make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes)
+untrained_bpb = evaluate(model)["valid_bpb"]
+print(f"converted, before any byte training: {untrained_bpb:.3f} bits/byte on held-out files")'''),
+    new_markdown_cell("## 3. Train the adapters on bytes, export the delta\n\nThe shared loop with the byte-LM task "
+                      "pieces (RetNPhi has the byte-LM interface); only the trainable filter is in the optimizer state "
+                      "and the checkpoints. `export_adapter` writes the delta (`python -m train.retnphi` does both)."),
+    new_code_cell('''
 from eval.compressors import BASELINES
+from hqf_jax.nn.adapters_io import export_adapter
+from hqf_jax.nn.lora import LoRAConfig
 
-scored = lm_task.eval_windows(valid_bytes, cfg.data.seq_len, cfg.train.eval_max_bytes).tobytes()
-print(f"held-out bits/byte: converted, untrained {before:.3f} -> after {int(final['step'])} adapter steps "
-      f"{final['valid_bpb']:.3f}; " + ", ".join(f"{k} {f(scored):.3f}" for k, f in BASELINES.items()))'''),
-    new_markdown_cell("## 4. Export the delta, load it onto a fresh base, merge\n\n"
+final = train(task, cfg.train, cfg.mesh, RUN, cli.config_to_json(cfg))
+ADAPTER = os.path.join(RUN, "adapter")
+manifest = export_adapter(task.model, ADAPTER, LoRAConfig.from_dict(cfg.model.lora.to_dict()), trainable=task.trainable,
+                          base_sha256=cfg.base_sha256, config=cfg.model.to_dict())
+print(f"delta {manifest['bytes'] / 1024:.0f} KiB vs base checkpoint {os.path.getsize(os.path.join(HF_DIR, 'model.safetensors')) / 1024:.0f} KiB")
+
+trained, _, step = lm_task.load_run(RUN)  # rebuilt from config.json (task=retnphi) + the newest checkpoint
+scored = lm_task.eval_windows(corpus.stream("valid"), cfg.data.seq_len, cfg.train.eval_max_bytes).tobytes()
+print(f"held-out bits/byte ({len(scored):,} bytes): RetNPhi {evaluate(trained)['valid_bpb']:.3f} after {step} adapter steps "
+      f"(converted, untrained {untrained_bpb:.3f}); token model {token_bpb:.3f}; "
+      + "; ".join(f"{k} {f(scored):.3f}" for k, f in BASELINES.items()))'''),
+    new_markdown_cell("## 4. The exported delta: load it onto a fresh base, merge\n\n"
                       "`adapter.safetensors` holds every trainable tensor; `adapter.json` the LoRA config, the "
                       "wrapped targets and the sha256 of the base checkpoint (a mismatched base is refused)."),
     new_code_cell('''\
-from hqf_jax.nn.adapters_io import export_adapter, load_adapter
+import json
+
+import jax.numpy as jnp
+
+from hqf_jax.nn.adapters_io import load_adapter
 from hqf_jax.nn.hf_loading import checkpoint_sha256
-from hqf_jax.nn.lora import LoRAConfig, merge
+from hqf_jax.nn.lora import merge
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 
-ADAPTER = os.path.join(WORKDIR, "adapter")
-base_hash = checkpoint_sha256(HF_DIR)
-manifest = export_adapter(model, ADAPTER, LoRAConfig.from_dict(dict(cfg.model.lora)), trainable=trainable,
-                          base_sha256=base_hash)
-base_size = os.path.getsize(os.path.join(HF_DIR, "model.safetensors"))
-print(f"delta {manifest['bytes'] / 1024:.0f} KiB vs base checkpoint {base_size / 1024:.0f} KiB")
-
+print(json.dumps({k: manifest[k] for k in ("format", "targets", "lora", "num_params", "bytes")})[:400], "...")
 fresh = RetNPhi.from_pretrained(HF_DIR, RetNPhiConfig.from_dict(dict(cfg.model.retnphi)), progress=False)
-load_adapter(fresh, ADAPTER, base_sha256=base_hash)
-probe = jnp.asarray(valid_bytes[:64][None].astype(np.int32))
-trained_logits = np.asarray(model(probe))
-print("loaded adapter reproduces the trained model:", bool(np.array_equal(np.asarray(fresh(probe)), trained_logits)))
-print("merged", merge(fresh), "adapters; max |logit change| after merge:",
-      float(np.abs(np.asarray(fresh(probe)) - trained_logits).max()))'''),
+load_adapter(fresh, ADAPTER, base_sha256=checkpoint_sha256(HF_DIR))
+logits = nnx.jit(lambda m, x: m(x))
+probe = jnp.asarray(corpus.stream("valid")[:64][None].astype(np.int32))
+want = np.asarray(logits(trained, probe))
+print("fresh base + adapter file == trained checkpoint:", bool(np.array_equal(np.asarray(logits(fresh, probe)), want)))
+print("merged", merge(fresh), "adapters into the base; max |logit change|:", float(np.abs(np.asarray(logits(fresh, probe)) - want).max()))'''),
     new_code_cell('''\
 from hqf_jax.nn import generate
 
-out = bytes(generate.stream(fresh, b"def ", 120, seed=0, temperature=0.8, top_p=0.95))
-print("def " + out.decode("utf-8", "replace"))'''),
+print("def " + bytes(generate.stream(fresh, b"def ", 160, seed=0, temperature=0.8, top_p=0.95)).decode("utf-8", "replace"))'''),
 ]
 
 # ------------------------------------------------------------------------------------------ 03 quantize
@@ -321,6 +284,7 @@ cfg = cli.apply_overrides(cfg, ["train.steps=80", "train.warmup_steps=10", "data
                                 "train.ckpt_every=80", "train.sample_every=80", "train.eval_max_bytes=8192"]
                           if SMALL else ["train.steps=600"])
 task, corpus = lm_task.build_task(cfg)
+task.eval_fn = task.sample_fn = None  # every method is scored below, the unquantized model first
 final = train(task, cfg.train, cfg.mesh, WORKDIR, cli.config_to_json(cfg))
 model = task.model'''),
     new_markdown_cell("## One matrix\n\n`Q.quantize(w, spec)` returns a `QTensor`; `Q.accounting` counts its packed "

@@ -23,8 +23,10 @@ NAMES = ["01_quickstart", "02_retnphi_bootstrap", "03_quantize", "04_holographic
 EXPECT = {
     "01_quickstart": {r"byte LM +\d\.\d{3} bits/byte": 1, r"gzip -9 +\d\.\d{3} bits/byte": 1, r"xz -9e +\d\.\d{3}": 1,
                       r"\['40', '80'\] <- orbax checkpoint steps": 1},
-    "02_retnphi_bootstrap": {r"layer 0 q_proj reused: True": 1, r"loaded adapter reproduces the trained model: True": 1,
-                             r"adapter: [\d,]+ params in \d+ tensors": 1},
+    "02_retnphi_bootstrap": {r"layer 0 q_proj reused: True": 1, r"fresh base \+ adapter file == trained checkpoint: True": 1,
+                             r"adapter: [\d,]+ params in \d+ tensors": 1, r"merged 14 adapters": 1,
+                             r"held-out bits/byte \([\d,]+ bytes\): RetNPhi \d\.\d{3}": 1,
+                             r"delta \d+ KiB vs base checkpoint": 1},
     "03_quantize": {r"within the codec's bound: True": 6, r"data section ([\d,]+) bytes = accounted \1 bytes": 1,
                     r"phi5\+u8/g64 +13\.500": 1},
     "04_holographic_memory": {r"e_i\^2 = \[1\.0, 1\.0, 1\.0, -1\.0\]": 1, r"recalled token 42 \(stored 42\)": 3,
