@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from hqf_jax.errors import CheckpointError
 from hqf_jax.trainer.sharding import path_str
@@ -58,8 +59,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state):
-        """Restore ``step`` into the structure/shardings of ``abstract_state`` (ShapeDtypeStructs)."""
+        """Restore ``step`` into the structure/shardings of ``abstract_state`` (ShapeDtypeStructs).
+
+        The saving mesh does not matter: each array is read into the sharding asked for (leaves
+        without one, e.g. from jax.eval_shape, are replicated like the others or put on device 0)."""
         step_dir = self.dir / str(step)
+        abstract_state = _fill_shardings(abstract_state)
         try:
             meta = self.manager.item_metadata(step)
         except Exception as e:
@@ -81,6 +86,21 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _fill_shardings(abstract):
+    """Give sharding-less ShapeDtypeStructs a sharding: replicated on the mesh the others use, else
+    device 0 (orbax would otherwise reuse the saving topology and fail on another one)."""
+    leaves = jax.tree.leaves(abstract)
+    named = next((x.sharding for x in leaves if isinstance(getattr(x, "sharding", None), NamedSharding)), None)
+    default = NamedSharding(named.mesh, P()) if named is not None else SingleDeviceSharding(jax.devices()[0])
+
+    def fill(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=default)
+        return x
+
+    return jax.tree.map(fill, abstract)
 
 
 def abstract_like(tree):
