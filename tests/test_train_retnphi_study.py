@@ -26,7 +26,7 @@ def test_bootstrap_study_runs_all_methods_with_equal_compute_bookkeeping(tmp_pat
     hf_config = token_task.llama_config(dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
                                         tok)
-    pretrain = 1.5e9
+    pretrain = 1.0e8  # ~2.4 steps of the toy model
     hf = token_task.save_hf(token_task.build_decoder(hf_config, seed=0), hf_config, tok, tmp_path / "tok" / "hf",
                             {"train_flops": pretrain, "steps": 7, "params": 1})
     out = tmp_path / "study"
@@ -36,8 +36,8 @@ def test_bootstrap_study_runs_all_methods_with_equal_compute_bookkeeping(tmp_pat
         "train.eval_max_bytes=512", "train.warmup_steps=1", "model.retnphi.chunk_size=16"])
     runs = report["runs"]
     assert set(runs) == {"scratch", "lora", "full", "scratch_eq"}
-    assert runs["scratch"]["params"] == runs["full"]["params"] == runs["lora"]["params"]  # same size
-    assert runs["scratch"]["flops_per_step"] == runs["full"]["flops_per_step"] > runs["lora"]["flops_per_step"]
+    assert runs["scratch"]["params"] == runs["full"]["params"]  # same size (lora adds its adapters, below)
+    assert runs["scratch"]["flops_per_step"] == runs["full"]["flops_per_step"]
     assert runs["scratch"]["trainable"] == runs["full"]["trainable"] > runs["lora"]["trainable"]
     assert runs["scratch_eq"]["steps"] == 4 + math.ceil(pretrain / runs["full"]["flops_per_step"])
     for name, r in runs.items():
@@ -52,7 +52,7 @@ def test_bootstrap_study_runs_all_methods_with_equal_compute_bookkeeping(tmp_pat
     assert cfg.model.checkpoint == str(out / "random_base") and step == 4
     lora, _, _ = lm_task.load_run(out / "lora")
     adapters = sum(v.size for p, v in params(lora) if p[-1] in ("lora_A", "lora_B"))
-    assert adapters == 2 * 7424  # rank 8 on q,k,v,o,gate,up,down: 8 x (in + out) each, 2 layers
+    assert adapters == 2 * 3712  # rank 8 on q,k,v,o,gate,up,down: 8 x (in + out) each, 3712 per layer
     assert sum(v.size for _, v in params(lora)) - adapters == sum(v.size for _, v in params(model))
 
 
