@@ -299,7 +299,7 @@ from hqf_jax.ops.quant_codecs import to_matrix
 
 params = lm_adapter.params_of(model)
 name, w = max(((jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-               if "kernel" in jax.tree_util.keystr(p)), key=lambda item: item[1].size)  # the largest dense kernel
+               if "blocks" in jax.tree_util.keystr(p) and x.ndim == 2), key=lambda item: item[1].size)  # a block's largest matrix
 print("matrix", name, w.shape)
 SPECS = ["bf16", "int8", "phi5u8", "phi5", "int4", "nf4"] + ([] if SMALL else ["e5u8", "phi5u4", "int4z", "nf4dq"])
 for spec in SPECS:
@@ -461,6 +461,8 @@ from hqf_jax.holo import language, memory as hm
 from hqf_jax.holo.ngram import KneserNey
 
 hcfg = cli.load_config_file(os.path.join(CONFIGS, "holo_tiny.py" if SMALL else "holo.py"))
+if SMALL:  # 256 leaves, 16K cache slots: a toy memory (docs/holo.md has the full-size numbers)
+    hcfg = cli.apply_overrides(hcfg, ["train.max_train_bytes=200000", "train.eval_bytes=8000"])
 mcfg = hm.HoloConfig.from_dict(hcfg.memory.to_dict())
 corpus = load_corpus(hcfg.data)
 train_stream = language.spread(corpus.stream("train"), hcfg.train.max_train_bytes, chunk=1 << 16)
@@ -501,6 +503,7 @@ if SMALL:
     cfg = cli.apply_overrides(cfg, ["train.steps=120", "train.ckpt_every=60", "train.eval_every=1000", "train.sample_every=60"])
 print("grpo:", cfg.grpo.variant, "| rl:", {k: cfg.rl[k] for k in ("source", "source_len", "group_size", "lam", "code_budget")})
 task, driver = build_grpo_task(cfg, WORKDIR)
+task.eval_fn = None  # held-out evaluation below (eval.kolmogorov_eval)
 final = train(task, cfg.train, cfg.mesh, WORKDIR, cli.config_to_json(cfg))
 print({k: round(v, 3) for k, v in final.items() if k.startswith("rl/") and k in ("rl/reward", "rl/fidelity", "rl/ratio")})'''),
     new_markdown_cell("## Reward curves\n\n`metrics.jsonl` holds the `rl/*` metrics the task logs every step "
@@ -635,6 +638,7 @@ for path, x in jax.tree_util.tree_flatten_with_path(state["params"])[0][:8]:
 more = cli.apply_overrides(cfg, [f"train.steps={STEPS + STEPS // 2}", f"train.eval_every={STEPS // 2}",
                                  "mesh.data=1", f"mesh.fsdp={n}"])
 task3, _ = lm_task.build_task(more, corpus)
+task3.sample_fn = None
 final3 = train(task3, more.train, more.mesh, RUN, cli.config_to_json(more))
 print(f"continued to step {final3['step']} on mesh {mesh_cfg}: held-out {final3['valid_bpb']:.4f} bits/byte")'''),
 ]
