@@ -148,6 +148,10 @@ def test_indivisible_dimensions_stay_replicated_and_axes_are_used_once():
     assert shd.spec_for("unknown/thing", (96, 96), mesh) == P()
     # a logical table that maps both dims to one mesh axis uses it once
     assert shd.spec_for("a/up/kernel", (6, 6), mesh, logical={"embed": "fsdp", "mlp": "fsdp"}) == P("fsdp", None)
+    # a logical axis may name several mesh axes: their product, or the longest prefix that divides
+    two = _abstract((1, 4, 2))
+    assert shd.spec_for("a/up/kernel", (8, 16), two, logical={"embed": ("fsdp", "tensor")}) == P(("fsdp", "tensor"), None)
+    assert shd.spec_for("a/up/kernel", (4, 16), two, logical={"embed": ("fsdp", "tensor")}) == P("fsdp", None)
     # rules anchor on path segments: 'blocks/0/ffn/down' is row-parallel even though 'blocks' holds a 'k'
     assert shd.spec_for("blocks/0/ffn/down/kernel", (96, 48), _abstract((1, 3, 2))) == P("tensor", "fsdp")
 

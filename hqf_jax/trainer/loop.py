@@ -128,7 +128,8 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     if start is not None:
         state = ckpt.restore(start, abstract_like(state))
         writer.event(start, "restore", from_step=start)
-        print(f"[train] resumed from step {start} in {ckpt.dir}")
+        if jax.process_index() == 0:
+            print(f"[train] resumed from step {start} in {ckpt.dir}")
     start = int(state["step"])
     if config_json is not None and jax.process_index() == 0:  # only once the checkpoint is known to fit
         (workdir / "config.json").write_text(config_json)
@@ -176,7 +177,8 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
                     ev = task.eval_fn(current_model())
                     writer.scalars(step, ev)
                     last.update(ev)
-                    bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+                    if jax.process_index() == 0:
+                        bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
                     t_window, n_window = time.perf_counter(), 0
                 if task.sample_fn and (step % train_cfg.sample_every == 0 or step == total):
                     writer.text(step, "sample", task.sample_fn(current_model(), step))

@@ -40,10 +40,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # tested (docs/scale.md has the 10-line reproduction; tests/test_sharding.py guards it).
 BATCH_AXES = ("fsdp", "data")
 
-# logical axis -> mesh axis (None: replicated). "embed" is the model width: sharding it over fsdp
-# is ZeRO-3 (each device keeps 1/fsdp of every matrix and XLA all-gathers it for the matmul);
+# logical axis -> mesh axis (None: replicated; a tuple of mesh axes splits over their product, or
+# over the longest prefix that divides the dimension). "embed" is the model width: sharding it over
+# fsdp is ZeRO-3 (each device keeps 1/fsdp of every matrix and XLA all-gathers it for the matmul);
 # heads / mlp / vocab over tensor is Megatron's column/row split.
-LOGICAL_AXIS_RULES: dict[str, str | None] = {
+LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
     "embed": "fsdp",
     "heads": "tensor",
     "mlp": "tensor",
