@@ -6,9 +6,10 @@
 Each arm trains configs/music_chamber.py for the same number of steps (overrides after the options
 apply to every arm, e.g. train.steps=300), in ``<out>/<arm>``; the run is the same as
 ``python -m train.lm --config configs/music_chamber.py --workdir <out>/<arm> <arm's overrides>``.
-Then, per arm, the final checkpoint is scored with eval.music_eval (held-out bpb over the same
-held-out bytes, generated tunes parsed by music21, bars against the meter, copying), and the plain
-arm (``none``) is also scored at its best logged validation step: that is early stopping.
+Then, per arm, the final checkpoint is scored with eval.music_eval (test bpb on the held-out tunes
+past the validation window, i.e. bytes that neither the plateau triggers nor early stopping looked
+at; generated tunes parsed by music21, bars against the meter, copying), and the plain arm
+(``none``) is also scored at its best logged validation step: that is early stopping.
 
 "Past the plateau" means: the arm's best validation bpb after its first intervention is lower than
 its best before it (a plateau event marks the point; the plain arm logs it too). The table, a JSON
@@ -118,9 +119,12 @@ def main(argv=None):
             train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg))
         vals, events = curve(workdir)
         r = {"command": cmd, "curve": vals, "events": events, **plateau_summary(vals, events)}
-        r["final"] = music_eval.measure(str(workdir), samples=a.samples, temperature=a.temperature)
+        # test bytes: the held-out tunes past the validation window that triggers and early stopping saw
+        skip = int(cfg.train.eval_max_bytes)
+        r["final"] = music_eval.measure(str(workdir), samples=a.samples, temperature=a.temperature, skip_bytes=skip)
         if arm == "none":
-            r["early_stop"] = music_eval.measure(str(workdir), best=True, samples=a.samples, temperature=a.temperature)
+            r["early_stop"] = music_eval.measure(str(workdir), best=True, samples=a.samples, temperature=a.temperature,
+                                                 skip_bytes=skip)
         results[arm] = r
     out.mkdir(parents=True, exist_ok=True)
     (out / "chamber_study.json").write_text(json.dumps(results, indent=2, default=str))
@@ -130,8 +134,8 @@ def main(argv=None):
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'arm':<20} {'step':>5} {'held-out':>9} {'best val':>9} {'plateau':>8} {'#iv':>4} {'past?':>6} "
-          f"{'parse':>6} {'meter':>6} {'copies':>7} {'LCS':>5}")
+    print(f"\n{'arm':<20} {'step':>5} {'test bpb':>9} {'best val':>9} {'plateau':>8} {'#iv':>4} {'past?':>6} "
+          f"{'parse':>6} {'meter':>6} {'bars ok':>7} {'copies':>7} {'LCS':>5}")
     rows = []
     for arm, r in results.items():
         if "early_stop" in r:
@@ -141,9 +145,11 @@ def print_table(results: dict) -> None:
         past = {True: "yes", False: "no"}.get(r.get("past_plateau"), "-") if "early" not in label else "-"
         print(f"{label:<20} {m['step']:>5} {m['model_bpb']:>9.4f} {r['best_valid_bpb']:>9.4f} "
               f"{str(r['first_plateau_step'] or '-'):>8} {r['interventions']:>4} {past:>6} {m['sample_parse']:>6.1%} "
-              f"{m['sample_meter']:>6.1%} {m['sample_copies']:>7.1%} {m['sample_lcs_median']:>5.0f}")
+              f"{m['sample_meter']:>6.1%} {m['sample_good_bars']:>7.1%} {m['sample_copies']:>7.1%} "
+              f"{m['sample_lcs_median']:>5.0f}")
     any_r = next(iter(results.values()))["final"]
     print(f"(real held-out tunes: parse {any_r['real_parse']:.1%}, meter {any_r['real_meter']:.1%}, "
+          f"bars ok {any_r['real_good_bars']:.1%}, "
           f"LCS median {any_r['real_lcs_median']:.0f}; gzip {any_r['gzip -9']:.4f}, xz {any_r['xz -9e']:.4f}, "
           f"xz | train {any_r['xz | train']:.4f} bits/byte)")
 

@@ -6,8 +6,9 @@ Measures, on the run's held-out tunes (tunes of the collection it never trained 
   * bits per byte of the model, of gzip -9 and xz -9e on the same bytes, and of xz given the
     training tunes (bits of xz(train + held-out) minus xz(train)): a compressor with the same prior;
   * for ``--samples`` tunes generated from ``X:1\\nT:``: the share music21 parses, the share whose
-    bars add up to the meter (``hqf_jax.data.music.check_meter``), beside the same shares for as
-    many real held-out tunes (the ceiling the check gives real music);
+    bars add up to the meter (``hqf_jax.data.music.check_meter``), the share of bars that fit in
+    the tunes that parse, beside the same for as many real held-out tunes (the ceiling the check
+    gives real music);
   * MIDI files of every parseable sample (``<out>/midi``) and the samples as text (``<out>/samples.abc``);
   * copying: the longest common substring of each sample's body (after the K: line) with the
     training tunes, beside the same for real held-out tunes (what unrelated real tunes share by chance).
@@ -231,7 +232,10 @@ def tune_body(text: str) -> str:
 def validity(tunes: list[str]) -> dict[str, float]:
     checks = [music.check_meter(t) for t in tqdm(tunes, desc="music21", leave=False)]
     n = max(len(checks), 1)
-    return {"parse": sum(c.parsed for c in checks) / n, "meter": sum(c.valid for c in checks) / n, "checks": checks}
+    parsed = [c for c in checks if c.parsed and c.bars]
+    good = float(np.mean([1.0 - c.bad_bars / c.bars for c in parsed])) if parsed else 0.0
+    return {"parse": sum(c.parsed for c in checks) / n, "meter": sum(c.valid for c in checks) / n,
+            "good_bars": good, "checks": checks}
 
 
 def copying(sam: SuffixAutomaton, tunes: list[str]) -> dict[str, float]:
@@ -244,16 +248,20 @@ def copying(sam: SuffixAutomaton, tunes: list[str]) -> dict[str, float]:
 
 def measure(run: str, step: int | None = None, best: bool = False, samples: int = 32, length: int = 500,
             temperature: float = 0.8, seed: int = 0, max_bytes: int = 1 << 16, out: str | None = None,
-            model=None, cfg=None) -> dict:
+            model=None, cfg=None, skip_bytes: int = 0) -> dict:
     if model is None:
         if best:
             step = best_step(run)
         model, cfg, step = lm_task.load_run(run, step)
     corpus = load_corpus(cfg.data)
-    held = corpus.stream("valid")[:max_bytes]
+    held = corpus.stream("valid")[skip_bytes:skip_bytes + max_bytes]
+    if not len(held):
+        raise cli.ConfigError(f"--skip-bytes {skip_bytes} leaves no held-out bytes (there are "
+                              f"{len(corpus.stream('valid')):,}); lower it")
     bits = per_byte_bits(model, held, cfg.data.seq_len)
     train_bytes = corpus.stream("train").tobytes()
-    r: dict = {"run": run, "step": step, "held_out_bytes": int(len(held)), "model_bpb": float(bits.mean())}
+    r: dict = {"run": run, "step": step, "held_out_bytes": int(len(held)), "skip_bytes": skip_bytes,
+               "model_bpb": float(bits.mean())}
     for name, fn in BASELINES.items():
         r[name] = fn(held.tobytes())
     r["xz | train"] = 8.0 * (len(_xz(train_bytes + held.tobytes())) - len(_xz(train_bytes))) / len(held)
@@ -264,6 +272,7 @@ def measure(run: str, step: int | None = None, best: bool = False, samples: int 
     v_gen, v_real = validity(tunes), validity(real)
     r.update({"samples": len(tunes), "temperature": temperature, "sample_parse": v_gen["parse"],
               "sample_meter": v_gen["meter"], "real_parse": v_real["parse"], "real_meter": v_real["meter"],
+              "sample_good_bars": v_gen["good_bars"], "real_good_bars": v_real["good_bars"],
               "sample_ended": float(np.mean([t.endswith("\n\n") for t in tunes]))})
     sam = SuffixAutomaton(b"\x00".join(tune_body(d.decode("latin-1")).encode() for _, d in corpus.train))
     r.update({f"sample_{k}": v for k, v in copying(sam, tunes).items()})
@@ -294,13 +303,15 @@ def _xz(data: bytes) -> bytes:
 
 
 def print_report(r: dict) -> None:
-    print(f"held-out tunes: {r['held_out_bytes']:,} bytes (run {r['run']}, step {r['step']})")
+    skip = f", from byte {r['skip_bytes']:,} of the held-out stream" if r["skip_bytes"] else ""
+    print(f"held-out tunes: {r['held_out_bytes']:,} bytes (run {r['run']}, step {r['step']}{skip})")
     print(f"{'method':<14} {'bits/byte':>10}")
     for k in ["model_bpb", *BASELINES, "xz | train"]:
         print(f"{'model' if k == 'model_bpb' else k:<14} {r[k]:>10.4f}")
     print(f"\n{r['samples']} samples at temperature {r['temperature']}:   generated   real held-out")
     print(f"  music21 parses                  {r['sample_parse']:>8.1%}   {r['real_parse']:>8.1%}")
     print(f"  bars add up to the meter        {r['sample_meter']:>8.1%}   {r['real_meter']:>8.1%}")
+    print(f"  bars that fit (parsed tunes)    {r['sample_good_bars']:>8.1%}   {r['real_good_bars']:>8.1%}")
     print(f"  LCS with training (median)      {r['sample_lcs_median']:>8.0f}   {r['real_lcs_median']:>8.0f}  bytes")
     print(f"  LCS / body length (median)      {r['sample_lcs_frac_median']:>8.1%}   {r['real_lcs_frac_median']:>8.1%}")
     print(f"  copies (LCS >= half the body)   {r['sample_copies']:>8.1%}   {r['real_copies']:>8.1%}")
@@ -320,11 +331,15 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", type=int, default=1 << 16)
-    p.add_argument("--out", default=None, help="folder for samples.abc, midi/ and music_eval.json (default <run>/music_eval)")
+    p.add_argument("--skip-bytes", type=int, default=0,
+                   help="score held-out bytes from here on (e.g. the run's train.eval_max_bytes: bytes that "
+                        "early stopping and plateau triggers never looked at)")
+    p.add_argument("--out", default=None,
+                   help="folder for samples.abc, midi/ and music_eval.json (default <run>/music_eval)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     r = measure(a.run, a.step, a.best, a.samples, a.length, a.temperature, a.seed, a.max_bytes,
-                a.out or str(Path(a.run) / "music_eval"))
+                a.out or str(Path(a.run) / "music_eval"), skip_bytes=a.skip_bytes)
     if a.json:
         print(json.dumps({k: v for k, v in r.items() if k != "example"}))
     else:

@@ -104,13 +104,13 @@ def measure(run: str, raw_run: str | None = None, step: int | None = None, sampl
     model, cfg, step = lm_task.load_run(run, step)
     fmt, flush = cfg.data.format, int(cfg.data.get("flush_every", 0))
     streams, texts = z.load_zipspace(cfg.data)
-    # whole held-out documents up to max_bytes of stream
+    # whole held-out documents up to max_bytes of *text*, so every format scores the same text
     docs, total = [], 0
     for (n, s), (_, t) in zip(streams.valid, texts.valid):
-        if total + len(s) > max_bytes and docs:
+        if total + len(t) > max_bytes and docs:
             break
         docs.append((s, t))
-        total += len(s)
+        total += len(t)
     stream = np.frombuffer(b"".join(s for s, _ in docs), np.uint8)
     text = b"".join(t for _, t in docs)
     bits = per_byte_bits(model, stream, cfg.data.seq_len)
@@ -189,7 +189,7 @@ def main(argv=None):
     p.add_argument("--cont-length", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-bytes", type=int, default=1 << 16)
+    p.add_argument("--max-bytes", type=int, default=1 << 16, help="held-out text bytes to score (whole documents)")
     p.add_argument("--out", default=None, help="folder for zip_eval.json (default <run>/zip_eval)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
