@@ -94,6 +94,13 @@ def make_train_step(loss_fn: LossFn, graphdef, tx, schedule, seed: int):
     return step_fn
 
 
+def _device_memory() -> dict[str, float]:
+    """Peak memory of the first local device in GiB, where the backend reports it (GPU/TPU; not CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {"device_mem_gib": peak / 2**30} if peak else {}
+
+
 def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str | None = None,
           progress: bool = True, devices=None) -> dict[str, float]:
     """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``.
@@ -167,6 +174,7 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
                     metrics[f"{task.unit_name}_per_s"] = rate
                     if task.flops_per_step:
                         metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
+                    metrics.update(_device_memory())
                     if not np.isfinite(metrics["loss"]):
                         writer.event(step, "non_finite_loss", loss=metrics["loss"])
                     writer.scalars(step, metrics)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
+#   LOG_DIR=/tmp/logs bash eval/gpu_benches.sh lm long_context quant holo rollout retnphi retention gpu_tests
+# Each benchmark's table is its log's last lines; a group never stops at a failed member.
+set -uo pipefail
+LOG_DIR=${LOG_DIR:-runs/gpu_benches}
+LIMIT=${LIMIT:-240}
+mkdir -p "$LOG_DIR"
+export PYTHONUNBUFFERED=1
+for b in "$@"; do
+  case $b in
+    lm) cmd="python -m eval.bench_lm --forms chunkwise,pallas" ;;
+    long_context) cmd="python -m eval.bench_long_context --forms chunkwise,pallas --attention-impls cudnn,xla" ;;
+    quant) cmd="python -m eval.bench_quant_kernels" ;;
+    holo) cmd="python -m eval.bench_holo" ;;
+    rollout) cmd="python -m eval.bench_rollout --budget-s 20" ;;
+    retnphi) cmd="python -m eval.bench_retnphi --sizes 125m,1b" ;;
+    retention) cmd="python -m eval.bench_retention" ;;
+    gpu_tests) cmd="python -m pytest -m gpu -q -p no:cacheprovider" ;;
+    *) echo "unknown benchmark $b"; continue ;;
+  esac
+  echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"
+  start=$SECONDS
+  timeout "$LIMIT" $cmd > "$LOG_DIR/$b.log" 2>&1
+  echo "=== $b: rc=$? in $((SECONDS - start)) s"
+  tail -n 25 "$LOG_DIR/$b.log"
+done
