@@ -28,7 +28,13 @@ def _run(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_run(name, config, workdir, steps, mesh, env, timeout, extra=()):
+def train_run(*args, **kw):
+    row = _train_run(*args, **kw)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _train_run(name, config, workdir, steps, mesh, env, timeout, extra=()):
     args = ["train.lm", "--config", config, "--workdir", str(workdir), f"train.steps={steps}",
             f"train.ckpt_every={steps}", *COMMON, *mesh, *extra]
     p = _run(args, env, timeout)

@@ -198,6 +198,8 @@ def main(argv=None):
                 continue
             t, traw, cfg, ok, rel = best
             rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw))
+            tqdm.write(f"  {label} {k}x{n} b={b}: kernel {t * 1e6:.1f} us, bf16 {t16 * 1e6:.1f} us, "
+                       f"speed-up {t16 / t:.2f} (ideal {16 / bpw:.2f}), {'ok' if ok else 'FAIL'} {_cfg_str(cfg)}")
 
     print("\nTiming: on device, fori_loop in one jit, L2-defeating weight copies, null-loop overhead subtracted.")
     if interpret:

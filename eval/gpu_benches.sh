@@ -11,12 +11,12 @@ for b in "$@"; do
   case $b in
     lm) cmd="python -m eval.bench_lm --forms chunkwise,pallas" ;;
     long_context) cmd="python -m eval.bench_long_context --forms chunkwise,pallas --attention-impls cudnn,xla" ;;
-    quant) cmd="python -m eval.bench_quant_kernels" ;;
+    quant) cmd="python -m eval.bench_quant_kernels --shapes 4096x4096,4096x11008 --target-s 0.1" ;;
     holo) cmd="python -m eval.bench_holo" ;;
-    rollout) cmd="python -m eval.bench_rollout --budget-s 20" ;;
+    rollout) cmd="python -m eval.bench_rollout --budget-s 15" ;;
     retnphi) cmd="python -m eval.bench_retnphi --sizes 125m,1b" ;;
     retention) cmd="python -m eval.bench_retention" ;;
-    gpu_tests) cmd="python -m pytest -m gpu -q -p no:cacheprovider" ;;
+    gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac
   echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"
