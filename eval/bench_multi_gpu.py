@@ -97,7 +97,7 @@ def main(argv=None):
         ]
         restore = {"1 GPU": bpb_of(root / "fsdp", one_gpu, a.timeout), "CPU": bpb_of(root / "fsdp", cpu, a.timeout)}
     if "1b" in parts:
-        steps_1b = max(a.steps // 2, 10)
+        steps_1b = max(a.steps // 2, 20)  # >= 2 log windows: the last one is after compilation
         rows += [train_run(f"~1B, {n} GPUs FSDP", a.config_1b, root / "1b", steps_1b, fsdp, all_gpus, a.timeout),
                  train_run("~1B, 1 GPU", a.config_1b, root / "1b_one", steps_1b, ["mesh.data=1", "mesh.fsdp=1"],
                            one_gpu, a.timeout)]

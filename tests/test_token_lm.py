@@ -113,18 +113,18 @@ def test_train_token_lm_learns_exports_and_converts(tmp_path, monkeypatch):
 
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("textwrap.py", "string.py", "bisect.py", "heapq.py", "keyword.py", "colorsys.py"):
+    for name in ("textwrap.py", "string.py", "heapq.py", "shlex.py", "sched.py", "calendar.py"):  # 2 land in valid
         shutil.copy(f"{stdlib_root()}/{name}", data / name)
     work = tmp_path / "run"
     args = ["--workdir", str(work), *TINY, f"data.paths={data}"]
-    token_lm.main([*args, "train.steps=40"])
+    token_lm.main([*args, "train.steps=200", "train.eval_every=100", "train.ckpt_every=100"])
     evals = [m for m in read_metrics(work) if "valid_bpb" in m]
-    assert [m["step"] for m in evals] == [20, 40]
+    assert [m["step"] for m in evals] == [100, 200]
     # it learns: validation loss falls and ends > 1 nat below the uniform distribution over the vocabulary
     assert evals[-1]["valid_loss"] < evals[0]["valid_loss"] < np.log(384), evals
     assert evals[-1]["valid_loss"] < np.log(384) - 1.0, evals
     info = json.loads((work / "hf" / "training.json").read_text())
-    assert info["steps"] == 40 and info["tokens"] == 40 * 32 * 8 and abs(info["valid_bpb"] - evals[-1]["valid_bpb"]) < 1e-9
+    assert info["steps"] == 200 and info["tokens"] == 200 * 32 * 8 and abs(info["valid_bpb"] - evals[-1]["valid_bpb"]) < 1e-9
 
     # a re-run (resume) reuses the tokenizer and the token ids instead of retraining them
     stamp = (work / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
@@ -132,7 +132,7 @@ def test_train_token_lm_learns_exports_and_converts(tmp_path, monkeypatch):
     tok2, train_ids, _ = token_task.prepare_data(cfg, work)
     np.testing.assert_array_equal(train_ids, np.load(work / "tokens_train.npy"))
     assert (work / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == stamp and len(tok2) == info["vocab"]
-    assert (work / "checkpoints" / "40").exists()
+    assert (work / "checkpoints" / "200").exists()
 
     # the export is what the trainer ended with, and RetNPhi converts it through the HF import path
     hf = str(work / "hf")

@@ -57,16 +57,23 @@ def split_documents(docs: Iterable[tuple[str, bytes]], valid_fraction: float, de
     return ByteCorpus(train, valid, description, skipped)
 
 
-def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[Path]:
+def _list_files(paths: list[str], suffixes: tuple[str, ...] | None, names: dict[str, str] | None = None) -> list[Path]:
+    """Files under the paths; ``names`` (if given) receives each file's name relative to the path it was
+    found under (a file given directly: its base name), the key of the split, so a moved corpus splits alike."""
     files: list[Path] = []
     for p in paths:
         path = Path(os.path.expanduser(p))
         if not path.exists():
             raise DataError(f"data path {p!r} does not exist; pass an existing file or folder (data.paths=/path/to/text)")
         if path.is_file():
-            files.append(path)
+            found = [path]
+            rel = {str(path): path.name}
         else:
-            files.extend(f for f in sorted(path.rglob("*")) if f.is_file() and (suffixes is None or f.suffix in suffixes))
+            found = [f for f in sorted(path.rglob("*")) if f.is_file() and (suffixes is None or f.suffix in suffixes)]
+            rel = {str(f): f.relative_to(path).as_posix() for f in found}
+        files.extend(found)
+        if names is not None:
+            names.update(rel)
     if not files:
         raise DataError(f"no files found under {paths}" + (f" with suffixes {suffixes}" if suffixes else "")
                         + "; point data.paths at a folder that holds files")
@@ -111,8 +118,10 @@ def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], 
 def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None) -> ByteCorpus:
     """Bytes of any local files or folders (any file type)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
-    files = _list_files(paths, suffixes)
+    names: dict[str, str] = {}
+    files = _list_files(paths, suffixes, names)
     docs, skipped = _read_through_datasets(files)
+    docs = [(names[n], d) for n, d in docs]
     return split_documents(docs, valid_fraction, f"files {paths}", skipped)
 
 
