@@ -36,7 +36,7 @@ from hqf_jax.ops import quant_codecs as qc
 from hqf_jax.ops import quant_grids as qg
 from hqf_jax.ops import quant_stats as qs
 from hqf_jax.quant.qtensor import check_fits, dequantize_matrix, phi_stages
-from hqf_jax.quant.tree import path_str
+from hqf_jax.pytree import path_str
 
 RECURSION_SPECS = [
     "phi5", "phi5u4", "phi:depth=2:dev_bits=4", "phi:depth=3:dev_bits=4", "phi5u8", "phi:depth=2:dev_bits=8",

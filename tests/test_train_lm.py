@@ -157,6 +157,18 @@ def test_config_value_errors_name_the_key():
     assert cli.apply_overrides(cfg, ["train.lr=1", "train.profile=true"]).train.lr == 1.0
 
 
+def test_schedule_for_very_short_runs_and_bad_step_counts():
+    from hqf_jax.trainer.optim import lr_schedule
+
+    cfg = tiny_config()
+    with pytest.raises(ConfigError, match="train.steps=0"):
+        lr_schedule(cli.apply_overrides(cfg, ["train.steps=0"]).train)
+    one = lr_schedule(cli.apply_overrides(cfg, ["train.steps=1"]).train)
+    assert float(one(0)) == pytest.approx(cfg.train.lr)  # a one-step run still learns
+    two = lr_schedule(cli.apply_overrides(cfg, ["train.steps=2", "train.warmup_steps=50"]).train)
+    assert float(two(0)) == 0.0 and float(two(1)) == pytest.approx(cfg.train.lr)  # warmup clipped to the run
+
+
 def _short_run(workdir, **over):
     args = {"model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
             "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 100,

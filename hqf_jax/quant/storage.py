@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from hqf_jax.quant.qtensor import QTensor, manifest_entry, pack, unpack
-from hqf_jax.quant.tree import path_str
+from hqf_jax.pytree import path_str
 
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"

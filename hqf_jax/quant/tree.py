@@ -16,22 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hqf_jax.pytree import path_str
 from hqf_jax.quant.config import QuantConfig, QuantConfigError, parse_method
 from hqf_jax.quant.qtensor import QTensor, check_fits, dequantize, field_bits, quantize
 
 Rule = Callable[[str, Any], Union[bool, QuantConfig, str, None]]
-
-
-def path_str(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def matrices(min_size: int = 0) -> Rule:

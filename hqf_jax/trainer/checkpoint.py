@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from hqf_jax.errors import CheckpointError
-from hqf_jax.trainer.sharding import path_str
+from hqf_jax.pytree import path_str
 
 
 def _describe_mismatch(abstract, saved_meta) -> str | None:

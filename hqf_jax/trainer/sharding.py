@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hqf_jax.errors import ConfigError
+from hqf_jax.pytree import path_str
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch is split over fsdp x data, fsdp-major. Which rows land on which device is immaterial to
@@ -127,11 +128,6 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {len(devices)} are "
                           "present; set mesh.data=-1 to use all of them")
     return Mesh(np.array(devices, dtype=object).reshape(shape), MESH_AXES)
-
-
-def path_str(path) -> str:
-    """'a/b/0/kernel' for a jax key path (dict keys, sequence indices and attributes alike)."""
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
 
 
 def _param_path(path: str) -> str:
