@@ -6,8 +6,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+# The longest modules first (measured on 2 cores), so that `pytest -n 2 --dist loadfile` does not end with one
+# worker running a long module alone; the order of tests inside a module is kept.
+LONG_MODULES = ["test_notebooks.py", "test_sharding.py", "test_train_lm.py", "test_retention.py",
+                "test_multiprocess.py", "test_train_retnphi_study.py", "test_grpo_train.py", "test_retnet_model.py"]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu need a GPU backend: run them with `JAX_PLATFORMS=cuda python -m pytest -m gpu`."""
+    """Long modules first; tests marked gpu need a GPU backend: `JAX_PLATFORMS=cuda python -m pytest -m gpu`."""
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: keeps the order within
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
