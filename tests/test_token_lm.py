@@ -145,3 +145,13 @@ def test_train_token_lm_learns_exports_and_converts(tmp_path, monkeypatch):
     logits = byte_model(jnp.asarray([list(b"def f(x):")], jnp.int32))
     assert logits.shape == (1, 9, 259) and bool(jnp.isfinite(logits).all())
     assert "def " in token_task.sample_text(decoder, tok, "def ", 6, seed=0)
+
+
+def test_bytes_per_token_counts_utf8_bytes_over_tokens(tokenizer):
+    from eval.bytes_per_token import bytes_per_token
+
+    docs = [("a.py", TEXTS[0].encode()), ("b.py", TEXTS[1].encode())]
+    n_tokens = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in TEXTS[:2])
+    n_bytes = len(TEXTS[0].encode()) + len(TEXTS[1].encode())  # the non-ASCII text counts its UTF-8 bytes
+    assert bytes_per_token(tokenizer, docs) == pytest.approx(n_bytes / n_tokens)
+    assert bytes_per_token(tokenizer, docs) > 1.0  # the BPE merged something on text it was trained on
