@@ -205,3 +205,16 @@ def test_batches_depend_only_on_seed_and_step():
     ex = a.batch_fn(5)
     np.testing.assert_array_equal(ex["inputs"][:, 1:], ex["targets"][:, :-1])
     assert math.isclose(float((ex["inputs"][:, 0] == 256).mean()), 1.0)
+
+
+def test_eval_pads_the_last_batch_and_compiles_once(monkeypatch):
+    cfg = tiny_config(**{"model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64})
+    model = lm_task.build_model(cfg)
+    stream = np.random.default_rng(0).integers(0, 256, 7 * 33 + 5).astype(np.uint8)  # 7 windows of 32 (+1)
+    one = lm_task.make_eval_fn(stream, 32, 1, None)(model)["valid_bpb"]
+    traces = []
+    call = type(model).__call__
+    monkeypatch.setattr(type(model), "__call__", lambda self, *a, **k: traces.append(1) or call(self, *a, **k))
+    three = lm_task.make_eval_fn(stream, 32, 3, None)(model)["valid_bpb"]  # batches of 3, 3 and a padded 1
+    assert three == pytest.approx(one, rel=1e-5)  # padded rows count for nothing
+    assert len(traces) == 1  # one shape, one trace (the unpadded last batch used to compile a second program)

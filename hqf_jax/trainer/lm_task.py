@@ -55,15 +55,20 @@ def make_eval_fn(stream: np.ndarray, seq_len: int, batch_size: int, max_bytes: i
     windows = eval_windows(stream, seq_len, max_bytes)
 
     @nnx.jit
-    def nll_sum(model, inputs, targets):
+    def nll_sum(model, inputs, targets, rows):
         logits = model(inputs)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum(-1)
+        return jnp.where(rows, nll, 0.0).sum()
 
     def evaluate(model) -> dict[str, float]:
         total = 0.0
         for i in range(0, len(windows), batch_size):
-            ex = to_example(windows[i:i + batch_size])
-            total += float(nll_sum(model, jnp.asarray(ex["inputs"]), jnp.asarray(ex["targets"])))
+            chunk = windows[i:i + batch_size]
+            rows = np.arange(batch_size) < len(chunk)
+            if len(chunk) < batch_size:  # pad the last batch (rows masked out) so the eval compiles once
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), axis=0)])
+            ex = to_example(chunk)
+            total += float(nll_sum(model, jnp.asarray(ex["inputs"]), jnp.asarray(ex["targets"]), jnp.asarray(rows)))
         return {"valid_bpb": total / windows.size / LN2}
 
     return evaluate
