@@ -28,13 +28,15 @@ def _run(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train_run(*args, **kw):
-    row = _train_run(*args, **kw)
+def train_run(name, gpus, config, workdir, steps, mesh, env, timeout, extra=()):
+    """One `python -m train.lm` process; its row (printed at once, so a cut-off run keeps what it measured)."""
+    row = _train_run(name, config, workdir, steps, mesh, env, timeout, extra)
+    row["gpus"] = gpus
     print(json.dumps(row), flush=True)
     return row
 
 
-def _train_run(name, config, workdir, steps, mesh, env, timeout, extra=()):
+def _train_run(name, config, workdir, steps, mesh, env, timeout, extra):
     args = ["train.lm", "--config", config, "--workdir", str(workdir), f"train.steps={steps}",
             f"train.ckpt_every={steps}", *COMMON, *mesh, *extra]
     p = _run(args, env, timeout)
@@ -63,7 +65,6 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--gpus", type=int, default=0, help="GPUs to use (default: all visible)")
     ap.add_argument("--timeout", type=int, default=240)
-    ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--config", default="configs/lm_125m.py")
     ap.add_argument("--config-1b", default="configs/lm_1b.py")
     ap.add_argument("--small", action="store_true", help="CPU check: lm_tiny on 2 virtual CPU devices")
@@ -89,20 +90,20 @@ def main(argv=None):
     dp, fsdp = [f"mesh.data={n}"], ["mesh.data=1", f"mesh.fsdp={n}"]
     if "125m" in parts:
         rows += [
-            train_run("125M, 1 GPU", a.config, root / "one", a.steps, ["mesh.data=1"], one_gpu, a.timeout),
-            train_run(f"125M, {n} GPUs data parallel", a.config, root / "dp", a.steps, dp, all_gpus, a.timeout),
-            train_run(f"125M, {n} GPUs FSDP", a.config, root / "fsdp", a.steps, fsdp, all_gpus, a.timeout),
-            train_run(f"125M, {n} GPUs data parallel, {n}x global batch", a.config, root / "dp_weak", a.steps, dp,
+            train_run("125M, 1 GPU", 1, a.config, root / "one", a.steps, ["mesh.data=1"], one_gpu, a.timeout),
+            train_run(f"125M, {n} GPUs data parallel", n, a.config, root / "dp", a.steps, dp, all_gpus, a.timeout),
+            train_run(f"125M, {n} GPUs FSDP", n, a.config, root / "fsdp", a.steps, fsdp, all_gpus, a.timeout),
+            train_run(f"125M, {n} GPUs data parallel, {n}x global batch", n, a.config, root / "dp_weak", a.steps, dp,
                       all_gpus, a.timeout, extra=[f"data.batch_size={n * _batch(a.config)}"]),
         ]
         restore = {"1 GPU": bpb_of(root / "fsdp", one_gpu, a.timeout), "CPU": bpb_of(root / "fsdp", cpu, a.timeout)}
     if "1b" in parts:
         steps_1b = max(a.steps // 2, 20)  # >= 2 log windows: the last one is after compilation
-        rows += [train_run(f"~1B, {n} GPUs FSDP", a.config_1b, root / "1b", steps_1b, fsdp, all_gpus, a.timeout),
-                 train_run("~1B, 1 GPU", a.config_1b, root / "1b_one", steps_1b, ["mesh.data=1", "mesh.fsdp=1"],
+        rows += [train_run(f"~1B, {n} GPUs FSDP", n, a.config_1b, root / "1b", steps_1b, fsdp, all_gpus, a.timeout),
+                 train_run("~1B, 1 GPU", 1, a.config_1b, root / "1b_one", steps_1b, ["mesh.data=1", "mesh.fsdp=1"],
                            one_gpu, a.timeout)]
     print(json.dumps({"rows": rows, "restore": restore}, indent=1))
-    one = next((r.get("bytes_per_s") for r in rows if r["name"] == "125M, 1 GPU"), None)
+    one = rows[0].get("bytes_per_s") if "125m" in parts else None  # the 125M one-GPU baseline
     print()
     print("| run | global batch x T | step ms | bytes/s | bytes/s per GPU | scaling efficiency vs 1 GPU | peak memory GiB (GPU 0) |")
     print("|---|---|---|---|---|---|---|")
@@ -110,8 +111,8 @@ def main(argv=None):
         if "error" in r:
             print(f"| {r['name']} | error: {r['error']} | | | | | |")
             continue
-        g = 1 if "1 GPU" in r["name"] else n
-        eff = f"{100 * r['bytes_per_s'] / g / one:.0f}%" if one and "125M" in r["name"] else "-"
+        g = r["gpus"]
+        eff = f"{100 * r['bytes_per_s'] / g / one:.0f}%" if one and r["name"].startswith("125M") else "-"
         print(f"| {r['name']} | {r['batch']} x {r['seq_len']} | {1e3 * r['batch'] * r['seq_len'] / r['bytes_per_s']:.0f} | "
               f"{r['bytes_per_s']:,.0f} | {r['bytes_per_s'] / g:,.0f} | {eff} | {r['mem_gib']:.1f} |")
     for k, v in restore.items():
@@ -126,6 +127,7 @@ def _load(config: str):
     from hqf_jax.cli import load_config_file
 
     return load_config_file(config)
+
 
 if __name__ == "__main__":
     main()

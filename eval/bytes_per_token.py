@@ -18,9 +18,8 @@ from hqf_jax.trainer import token_task
 
 
 def bytes_per_token(tokenizer, docs) -> float:
-    n_bytes = sum(len(d) for _, d in docs)
-    n_tokens = sum(len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(token_task._texts(docs)))
-    return n_bytes / max(n_tokens, 1)
+    n_tokens = len(token_task.encode_docs(tokenizer, docs)) - len(docs)  # encode_docs ends each document with EOS
+    return sum(len(d) for _, d in docs) / max(n_tokens, 1)
 
 
 def main(argv=None):

@@ -57,23 +57,20 @@ def split_documents(docs: Iterable[tuple[str, bytes]], valid_fraction: float, de
     return ByteCorpus(train, valid, description, skipped)
 
 
-def _list_files(paths: list[str], suffixes: tuple[str, ...] | None, names: dict[str, str] | None = None) -> list[Path]:
-    """Files under the paths; ``names`` (if given) receives each file's name relative to the path it was
-    found under (a file given directly: its base name), the key of the split, so a moved corpus splits alike."""
-    files: list[Path] = []
+def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[tuple[Path, str]]:
+    """(file, name) of the files under the paths. The name, the key of the split, is the file's path
+    relative to the folder it was found under (a file given directly: its base name), so a moved
+    corpus splits alike."""
+    files: list[tuple[Path, str]] = []
     for p in paths:
         path = Path(os.path.expanduser(p))
         if not path.exists():
             raise DataError(f"data path {p!r} does not exist; pass an existing file or folder (data.paths=/path/to/text)")
         if path.is_file():
-            found = [path]
-            rel = {str(path): path.name}
+            files.append((path, path.name))
         else:
-            found = [f for f in sorted(path.rglob("*")) if f.is_file() and (suffixes is None or f.suffix in suffixes)]
-            rel = {str(f): f.relative_to(path).as_posix() for f in found}
-        files.extend(found)
-        if names is not None:
-            names.update(rel)
+            files.extend((f, f.relative_to(path).as_posix()) for f in sorted(path.rglob("*"))
+                         if f.is_file() and (suffixes is None or f.suffix in suffixes))
     if not files:
         raise DataError(f"no files found under {paths}" + (f" with suffixes {suffixes}" if suffixes else "")
                         + "; point data.paths at a folder that holds files")
@@ -118,9 +115,9 @@ def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], 
 def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None) -> ByteCorpus:
     """Bytes of any local files or folders (any file type)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
-    names: dict[str, str] = {}
-    files = _list_files(paths, suffixes, names)
-    docs, skipped = _read_through_datasets(files)
+    files = _list_files(paths, suffixes)
+    names = {str(f): name for f, name in files}
+    docs, skipped = _read_through_datasets([f for f, _ in files])
     docs = [(names[n], d) for n, d in docs]
     return split_documents(docs, valid_fraction, f"files {paths}", skipped)
 

@@ -23,7 +23,6 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from hqf_jax.errors import ConfigError
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
 from hqf_jax.trainer.metrics import MetricWriter
@@ -110,7 +109,6 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     workdir.mkdir(parents=True, exist_ok=True)
 
     mesh = shd.make_mesh(mesh_cfg, devices)
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     graphdef, params, rest = nnx.split(task.model, task.trainable, ...)
     tx, schedule = make_optimizer(train_cfg)
 
@@ -157,11 +155,7 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     try:
         with _Stopper() as stopper, jax.set_mesh(mesh):
             while step < total:
-                batch = task.batch_fn(step)
-                first = next(iter(batch.values()))
-                if first.shape[0] % n_batch_shards:
-                    raise ConfigError(f"batch size {first.shape[0]} must be a multiple of mesh data*fsdp = {n_batch_shards}")
-                state, metrics = jit_step(state, rest, shd.put_batch(batch, mesh))
+                state, metrics = jit_step(state, rest, shd.put_batch(task.batch_fn(step), mesh))
                 step += 1
                 n_window += 1
                 for hook in task.interventions:
