@@ -34,6 +34,7 @@ from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.gather_matmul import GatherBlockConfig, gather_matmul
 from pallas_kernels.quant_common import KernelLayoutError, check_blocks, placeholder
+from pallas_kernels.quant_gemv import MAX_VEC_BATCH, vec_layout
 from pallas_kernels.quant_matmul import BlockConfig, default_blocks, prepare, quant_matmul
 
 L2_BYTES = 50 * 2**20
@@ -45,6 +46,12 @@ METHODS = {  # label -> (quant spec, kernel)
     "int8": ("int8", "fused"),
     "gather-phi5u8": ("phi5u8:sort=true", "gather"),
 }
+
+
+VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, split_k=sp, num_warps=nw, num_stages=st, mode="vec")
+               for bn, bk, sp, nw, st in [(8, 512, 1, 4, 3), (4, 1024, 1, 4, 3), (16, 512, 1, 4, 3), (8, 1024, 1, 8, 3),
+                                          (16, 1024, 1, 8, 3), (32, 256, 1, 4, 3), (8, 512, 1, 4, 4), (4, 512, 1, 2, 4),
+                                          (16, 512, 2, 4, 3), (8, 256, 1, 2, 3)]]
 
 
 def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
@@ -62,9 +69,11 @@ def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
             BlockConfig(block_n=32, block_k=256, split_k=2, num_warps=4, num_stages=3),
         ]
         if batch <= 2:
-            cfgs += [dataclasses.replace(c, mode="dot") for c in cfgs[:2]]  # auto is fma at batch <= 2
+            cfgs = [dataclasses.replace(c, mode="fma") for c in cfgs[:2]] + [dataclasses.replace(cfgs[1], mode="dot")]
+        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant_gemv.py)
+            cfgs = VEC_CONFIGS + cfgs
         if level == "full":
-            cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs[:4]] + [
+            cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs[-4:]] + [
                 BlockConfig(block_n=64, block_k=64, split_k=8, num_warps=4, num_stages=4),
                 BlockConfig(block_n=16, block_k=256, split_k=4, num_warps=4, num_stages=4)]
     else:
@@ -115,6 +124,17 @@ def time_op(op, x, weights: list, reps: int, n_out: int) -> tuple[float, float]:
     return max(raw - base, 1e-9), raw
 
 
+def _time_floor(x, ws, n_out, target_s, interpret) -> float:
+    def op(x, w):
+        v = (jnp.sum(w) & jnp.uint32(1)).astype(x.dtype)  # every word is read; the result feeds the output
+        return jnp.broadcast_to(x[:, :1] + v, (x.shape[0], n_out))
+
+    if interpret:
+        return time_op(op, x, ws, 1, n_out)[0]
+    est, _ = time_op(op, x, ws, 3, n_out)
+    return time_op(op, x, ws, int(np.clip(target_s / max(est * len(ws), 1e-7), 3, 2000)), n_out)[0]
+
+
 def check(y, ref, x, wm) -> tuple[bool, float]:
     y = np.asarray(y, np.float32)
     ref = np.asarray(ref, np.float32)
@@ -161,6 +181,8 @@ def main(argv=None):
         copies = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / pw.nbytes))))
         copies16 = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / (k * n * 2)))))
         pws = [pw] + [_copy_tree(pw) for _ in range(copies - 1)]
+        # the read floor: one XLA reduction over a random buffer of the packed weight's bytes (same copies)
+        floor_ws = [jax.random.bits(jax.random.key(100 + c), (pw.nbytes // 4,), jnp.uint32) for c in range(copies)]
         w16s = [w16] + [_copy_tree(w16) for _ in range(copies16 - 1)]
         for b in batches:
             x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
@@ -171,6 +193,7 @@ def main(argv=None):
                 est, _ = time_op(bf16_matmul, x, w16s, 3, n)
                 reps = int(np.clip(args.target_s / max(est * copies16, 1e-7), 3, 2000))
                 t16, t16raw = time_op(bf16_matmul, x, w16s, reps, n)
+            tfloor = _time_floor(x, floor_ws, n, args.target_s, interpret)
             best = None
             cfgs = [c for c in sweep_configs(kind, b, args.sweep, spec.startswith(("phi", "e5"))) if _fits(pw, c)]
             if not cfgs:
@@ -194,26 +217,31 @@ def main(argv=None):
                 if best is None or t < best[0]:
                     best = (t, traw, cfg, ok, rel)
             if best is None:
-                rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, float("nan"), float("nan"), "-", False, float("nan")))
+                rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, float("nan"), float("nan"), "-", False, float("nan"),
+                             t16, tfloor))
                 continue
             t, traw, cfg, ok, rel = best
-            rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw))
+            rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw, tfloor))
             tqdm.write(f"  {label} {k}x{n} b={b}: kernel {t * 1e6:.1f} us, bf16 {t16 * 1e6:.1f} us, "
                        f"speed-up {t16 / t:.2f} (ideal {16 / bpw:.2f}), {'ok' if ok else 'FAIL'} {_cfg_str(cfg)}")
 
     print("\nTiming: on device, fori_loop in one jit, L2-defeating weight copies, null-loop overhead subtracted.")
+    print("floor = one XLA reduction over a random buffer of the packed weight's bytes: the time to stream them in "
+          "one kernel at this size; kern/floor = kernel us / floor us (1.0 = as fast as reading the bytes).")
     if interpret:
         print("INTERPRET MODE (CPU): the checks are real, the times only exercise the timing code.")
     hdr = (f"{'KxN':>11} {'B':>4} {'method':>14} {'bits':>6} {'MB':>7} {'bf16 us':>8} {'kern us':>8} {'raw us':>7} "
-           f"{'speedup':>7} {'ideal':>6} {'ach/ideal':>9} {'GB/s':>6} {'check':>6} {'rel err':>8}  best blocks")
+           f"{'speedup':>7} {'ideal':>6} {'ach/ideal':>9} {'GB/s':>6} {'floor us':>8} {'k/floor':>7} {'check':>6} "
+           f"{'rel err':>8}  best blocks")
     print(hdr)
     for r in rows:
-        shape, b, label, bpw, nbytes, t16, t, traw, cfg, ok, rel = r[:11]
+        shape, b, label, bpw, nbytes, t16, t, traw, cfg, ok, rel, _, tfloor = r
         sp = t16 / t if t and not math.isnan(t) else float("nan")
         ideal = 16.0 / bpw
         gbs = nbytes / t / 1e9 if t and not math.isnan(t) else float("nan")
         print(f"{shape:>11} {b:>4} {label:>14} {bpw:6.2f} {nbytes / 2**20:7.2f} {t16 * 1e6:8.1f} {t * 1e6:8.1f} "
-              f"{traw * 1e6:7.1f} {sp:7.2f} {ideal:6.2f} {sp / ideal:9.2f} {gbs:6.0f} {'ok' if ok else 'FAIL':>6} "
+              f"{traw * 1e6:7.1f} {sp:7.2f} {ideal:6.2f} {sp / ideal:9.2f} {gbs:6.0f} {tfloor * 1e6:8.1f} {t / tfloor:7.2f} "
+              f"{'ok' if ok else 'FAIL':>6} "
               f"{rel:8.1e}  {cfg}")
 
 
@@ -250,7 +278,10 @@ def qc_matrix_bf16(w):
 
 def _fits(pw, c) -> bool:
     try:
-        check_blocks(pw, c.block_n, c.block_k, c.split_k)
+        vec = getattr(c, "mode", None) == "vec"
+        check_blocks(pw, c.block_n, c.block_k, c.split_k, min_block_n=1 if vec else 16)
+        if vec:
+            vec_layout(pw, c.block_k)
         return True
     except KernelLayoutError:
         return False

@@ -210,14 +210,14 @@ def tables_for(cfg: QuantConfig, levels: str = "exp2") -> dict[str, jnp.ndarray]
     return {}
 
 
-def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int) -> None:
+def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int, min_block_n: int = 16) -> None:
     def pow2(v):
         return v > 0 and v & (v - 1) == 0
 
     g = pw.cfg.group_size or pw.cols
     problems = []
-    if not pow2(block_n) or block_n < 16:
-        problems.append(f"block_n={block_n} must be a power of two >= 16")
+    if not pow2(block_n) or block_n < min_block_n:
+        problems.append(f"block_n={block_n} must be a power of two >= {min_block_n}")
     if not pow2(block_k) or block_k < 32:
         problems.append(f"block_k={block_k} must be a power of two >= 32")
     if pw.rows % block_n:

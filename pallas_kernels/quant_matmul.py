@@ -33,8 +33,12 @@ from pallas_kernels.quant_common import (
     prepare,
     tables_for,
 )
+from pallas_kernels.quant_gemv import supports_vec, vec_matmul
 
 __all__ = ["BlockConfig", "default_blocks", "quant_matmul", "prepare", "KernelLayoutError"]
+
+
+MODES = ("auto", "dot", "fma", "vec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +49,17 @@ class BlockConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
-    mode: str = "auto"  # "dot" (tl.dot, batch padded to 16), "fma" (broadcast multiply + row sums), "auto"
+    mode: str = "auto"  # "dot" (tl.dot, batch padded to 16), "fma" (broadcast multiply + row sums),
+    #                     "vec" (batch <= 8: pallas_kernels/quant_gemv.py), "auto" (vec if it fits, else fma, for
+    #                     batch <= 2; dot above)
     levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
 
-    def resolved_mode(self, batch: int) -> str:
-        if self.mode not in ("auto", "dot", "fma") or self.levels not in ("exp2", "table"):
-            raise KernelLayoutError(f"mode={self.mode!r} levels={self.levels!r}: use mode auto|dot|fma, levels exp2|table")
+    def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
+        if self.mode not in MODES or self.levels not in ("exp2", "table"):
+            raise KernelLayoutError(
+                f"mode={self.mode!r} levels={self.levels!r}: use mode {'|'.join(MODES)}, levels exp2|table")
         if self.mode == "auto":
-            return "fma" if batch <= 2 else "dot"
+            return ("vec" if vec_ok else "fma") if batch <= 2 else "dot"
         return self.mode
 
 
@@ -103,9 +110,13 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
     if k != pw.cols:
         raise KernelLayoutError(f"x has {k} features but the weight expects {pw.cols}")
     blocks = blocks or default_blocks(pw, b)
-    mode = blocks.resolved_mode(b)
-    check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k)
+    mode = blocks.resolved_mode(b, supports_vec(pw, blocks.block_k))
+    check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, min_block_n=1 if mode == "vec" else 16)
     bn, bk, split = blocks.block_n, blocks.block_k, blocks.split_k
+    tables = tables_for(pw.cfg, blocks.levels)
+    elem_names, group_names, table_names, arrays = _flatten(pw, tables)
+    if mode == "vec":
+        return vec_matmul(x, pw, blocks, tables, arrays, (elem_names, group_names, table_names), interpret)
     if mode == "dot":
         bb = blocks.block_b or min(max(16, next_pow2(b)), 64)
     else:
@@ -114,8 +125,6 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
     xp = jnp.zeros((bp, k), jnp.bfloat16).at[:b].set(x.astype(jnp.bfloat16))
     kspan = k // split
     nk = kspan // bk
-    tables = tables_for(pw.cfg, blocks.levels)
-    elem_names, group_names, table_names, arrays = _flatten(pw, tables)
     n_elem = sum(len(pw.elem[n]) for n in elem_names)
 
     def kernel(x_ref, *refs):

@@ -45,7 +45,8 @@ def _check(y, ref, x, wm):
     st.sampled_from([16, 48]),
     st.sampled_from([1, 5, 20]),
     st.sampled_from([(16, 32, 1), (16, 64, 2), (16, 32, 2)]),
-    st.sampled_from([("auto", "exp2"), ("dot", "table"), ("fma", "table"), ("fma", "exp2")]),
+    st.sampled_from([("auto", "exp2"), ("dot", "table"), ("fma", "table"), ("fma", "exp2"), ("vec", "exp2"),
+                     ("vec", "table")]),
     st.integers(0, 1000),
 )
 def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, variant, seed):
@@ -56,6 +57,8 @@ def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, variant, s
         bk = 32
     if k % (bk * split):
         split = 1
+    if variant[0] == "vec" and min(g, bk) % 32:
+        bk = 64  # the vec layout needs min(group, block_k) to hold whole words of every field
     blocks = BlockConfig(block_n=bn, block_k=bk, split_k=split, mode=variant[0], levels=variant[1])
     y = quant_matmul(x, prepare(q), blocks=blocks, interpret=True)
     wm = dequantize_matrix(q)
@@ -68,6 +71,29 @@ def test_quant_matmul_default_blocks_and_batch_blocks(spec):
     wm = dequantize_matrix(q)
     y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=16, block_k=64, block_b=32), interpret=True)
     _check(y, dequant_matmul_ref(x, wm), x, wm)
+
+
+@pytest.mark.parametrize("spec", KERNEL_SPECS)
+def test_vec_mode_every_spec(spec):
+    """The GEMV form (no reshapes, exponent-trick conversion, per-group scales) on every spec, batch 1 and 5,
+    with and without split-k, block_n below the tensor-core minimum of 16."""
+    for b, split, levels in ((1, 1, "exp2"), (5, 2, "table")):
+        x, q = _case(spec, 256, 32, b, 3)
+        wm = dequantize_matrix(q)
+        blocks = BlockConfig(block_n=8, block_k=64, split_k=split, mode="vec", levels=levels)
+        _check(quant_matmul(x, prepare(q), blocks=blocks, interpret=True), dequant_matmul_ref(x, wm), x, wm)
+
+
+def test_vec_mode_refuses_layouts_it_cannot_tile():
+    x, q = _case("phi5u8:group_size=16", 64, 16, 1, 0)  # 1-bit index part: 32 codes per word > 16 per group
+    with pytest.raises(KernelLayoutError, match="mode='fma'"):
+        quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=16, block_k=32, mode="vec"), interpret=True)
+    wm = dequantize_matrix(q)  # auto falls back to the fma form
+    y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=16, block_k=32), interpret=True)
+    _check(y, dequant_matmul_ref(x, wm), x, wm)
+    with pytest.raises(KernelLayoutError, match="at most 8"):
+        quant_matmul(jnp.ones((16, 64), jnp.bfloat16), prepare(_case("int4", 64, 16, 1, 0)[1]),
+                     blocks=BlockConfig(block_n=16, block_k=64, block_b=16, mode="vec"), interpret=True)
 
 
 @settings(max_examples=3, deadline=None)
@@ -106,7 +132,8 @@ def test_kernels_lower_to_triton_for_cuda(spec):
     """The Pallas -> Triton IR lowering runs on CPU: it catches unsupported ops and non-power-of-two shapes."""
     x, q = _case(spec, 256, 64, 1, 0)
     pw = prepare(q)
-    for blocks in (BlockConfig(mode="fma", levels="table"), BlockConfig(mode="dot", levels="exp2")):
+    for blocks in (BlockConfig(mode="fma", levels="table"), BlockConfig(mode="dot", levels="exp2"),
+                   BlockConfig(block_n=8, block_k=256, mode="vec", levels="exp2")):
         jax.jit(lambda x, pw: quant_matmul(x, pw, blocks=blocks)).trace(x, pw).lower(lowering_platforms=("cuda",))
     if spec.startswith("phi"):
         qs = Q.quantize(jax.random.normal(jax.random.key(1), (256, 64)), spec + ":sort=true")
@@ -116,8 +143,11 @@ def test_kernels_lower_to_triton_for_cuda(spec):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
 @pytest.mark.parametrize("b", [1, 16, 100])
-@pytest.mark.parametrize("mode,levels", [("auto", "exp2"), ("dot", "table"), ("fma", "table")])
+@pytest.mark.parametrize("mode,levels", [("auto", "exp2"), ("dot", "table"), ("fma", "table"), ("vec", "exp2"),
+                                         ("vec", "table")])
 def test_quant_matmul_on_gpu(spec, b, mode, levels):
+    if mode == "vec" and b > 8:
+        pytest.skip("mode vec is for batch <= 8")
     x, q = _case(spec, 512, 256, b, 0)
     wm = dequantize_matrix(q)
     blocks = BlockConfig(block_n=32, block_k=128, split_k=2, mode=mode, levels=levels)

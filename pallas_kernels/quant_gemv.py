@@ -1,0 +1,272 @@
+"""Small-batch (GEMV) form of the fused dequantize-matmul: `quant_matmul(..., blocks=BlockConfig(mode="vec"))`.
+
+At batch 1-8 the product is bound by reading the packed weight, so this form avoids every step that costs more
+than the bytes: no tensor core (no padding of the batch to 16 rows), no reshape of a decoded tile (a reshape in
+Triton can go through shared memory), no int->float conversion instruction, and group scales applied once per
+group instead of once per weight.
+
+Tile layout. Let E be the largest number of codes per uint32 word over the weight's fields (int4 / NF4: 8;
+phi5u8 = 4+1-bit index and 8-bit deviation: 32) and split E into mixed-radix digits, one per field width
+(32 = 4 x 2 x 4 for code widths 1, 4, 8). A column inside a block of E columns is then a digit tuple, and a
+field of 32/p codes per word has its word given by the leading digits and its shift by the trailing ones. Each
+packed field is viewed in HBM (a free reshape) as (R, C/U, U/E, *leading digits), U = min(group size, block_k),
+and loaded as one contiguous tile; shifting it by an iota over the trailing digits broadcasts it to the full
+(block_n, block_k/U, U/E, *digits) tile, which has the same shape for every field and for x (viewed the same
+way). Codes become floats exactly by the exponent trick: bitcast(code | 0x4B000000) - (2^23 + zero).
+
+Per step a program adds, per batch row b and output row r,  sum_groups s[r, g] * sum_{cols in g} v[r, c] x[b, c]
+(plus one such term per deviation stage with its own scale), so scales cost one multiply per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from hqf_jax.ops import quant_grids as qg
+from hqf_jax.ops import quant_pack as qp
+from hqf_jax.quant.config import IntConfig, NF4Config, PhiGridConfig
+from pallas_kernels.quant_common import KernelLayoutError, PackedWeight, read_group, scale_value
+
+MAGIC = 0x4B000000  # float32 bit pattern of 2**23: (MAGIC | c) as float32 is 2**23 + c for c < 2**23
+MAX_VEC_BATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class VecLayout:
+    e: int  # codes per word of the narrowest field (the largest count), columns per digit block
+    digits: tuple[int, ...]  # mixed radix of a column inside a block of e columns, most significant first
+    u: int  # columns sharing one group scale inside a tile: min(group size, block_k)
+
+    def lead(self, w: int) -> int:
+        """Number of leading digits that select the word of a field part of width w (the rest select the shift)."""
+        per = 32 // w
+        prod = 1
+        for m in range(len(self.digits) + 1):
+            if prod * per == self.e:
+                return m
+            if m < len(self.digits):
+                prod *= self.digits[m]
+        raise AssertionError((self, w))
+
+
+def vec_layout(pw: PackedWeight, block_k: int) -> VecLayout:
+    per = sorted({32 // w for name in pw.elem for w, _ in qp.split_widths(pw.bits_dict[name])}, reverse=True)
+    e = per[0]
+    digits = tuple(a // b for a, b in zip(per, per[1:])) + (per[-1],)
+    g = pw.cfg.group_size or pw.cols
+    u = min(g, block_k)
+    if u % e:
+        fix = "raise block_k" if block_k < g else "the group is too small for this form"
+        raise KernelLayoutError(
+            f"mode='vec' needs min(group_size, block_k) = {u} to be a multiple of {e} (codes per word of the "
+            f"narrowest field of {pw.cfg.name}): {fix}; or use mode='fma'")
+    return VecLayout(e=e, digits=digits, u=u)
+
+
+def supports_vec(pw: PackedWeight, block_k: int) -> bool:
+    try:
+        vec_layout(pw, block_k)
+        return True
+    except KernelLayoutError:
+        return False
+
+
+def view_elem(a: jax.Array, lay: VecLayout, w: int, rows: int, cols: int) -> jax.Array:
+    """(R, C*w/32) packed words -> (R, C/U, U/E, *leading digits): a row-major reshape, no data movement."""
+    return a.reshape(rows, cols // lay.u, lay.u // lay.e, *lay.digits[: lay.lead(w)])
+
+
+def view_x(x: jax.Array, lay: VecLayout) -> jax.Array:
+    b, c = x.shape
+    return x.reshape(b, c // lay.u, lay.u // lay.e, *lay.digits)
+
+
+def _u2f(codes: jax.Array, zero: float = 0.0) -> jax.Array:
+    """Exact float32 of (codes - zero) for codes < 2**23, without an int->float conversion instruction."""
+    f = lax.bitcast_convert_type(codes | jnp.uint32(MAGIC), jnp.float32)
+    return f - jnp.float32(2.0**23 + zero)
+
+
+def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Array:
+    """(bn, nu, U/E, *digits) uint32 codes of a per-weight field for this step's nu scale units."""
+    nd = len(lay.digits)
+    full = (bn, nu, lay.u // lay.e, *lay.digits)
+    out = None
+    for (w, o), ref in zip(qp.split_widths(bits), refs, strict=True):
+        m = lay.lead(w)
+        words = ref[(slice(None), pl.ds(u0, nu)) + (slice(None),) * (1 + m)]
+        words = lax.broadcast_in_dim(words, full, tuple(range(3 + m)))
+        shift = None
+        stride = 1
+        for d in reversed(range(m, nd)):  # slot index over the trailing digits, row-major
+            term = lax.broadcasted_iota(jnp.uint32, full, 3 + d) * jnp.uint32(stride)
+            shift = term if shift is None else shift + term
+            stride *= lay.digits[d]
+        vals = words if shift is None else lax.shift_right_logical(words, shift * jnp.uint32(w))
+        if w < 32:
+            vals = vals & jnp.uint32((1 << w) - 1)
+        if o:
+            vals = lax.shift_left(vals, jnp.uint32(o))
+        out = vals if out is None else out | vals
+    return out
+
+
+def _inner_sum(v: jax.Array) -> jax.Array:
+    """(bn, nu, ...) -> (bn, nu): sum the trailing axes one at a time."""
+    while v.ndim > 2:
+        v = jnp.sum(v, axis=-1)
+    return v
+
+
+def _level(codes, nbits: int, ratio: float, table_ref):
+    if table_ref is not None:
+        return table_ref[codes.astype(jnp.int32)]
+    half = 1 << (nbits - 1)
+    mag = jnp.exp2(_u2f(codes & jnp.uint32(half - 1)) * jnp.float32(-math.log2(ratio)))
+    return jnp.where(codes >= jnp.uint32(half), -mag, mag)
+
+
+def vec_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, xs: list,
+             row0, u0, kglob, nu: int, bn: int) -> list:
+    """This step's (bn,) float32 contribution for each batch row; xs: per batch row (nu, U/E, *digits) f32."""
+    cfg = pw.cfg
+    bits = pw.bits_dict
+    g = cfg.group_size or pw.cols
+    ng = pw.cols // g
+    rows = row0 + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    gcol = (kglob + lax.broadcasted_iota(jnp.int32, (1, nu), 1) * lay.u) // g
+    flat = rows * ng + gcol  # (bn, nu)
+
+    def codes(name):
+        return _read_codes(elem[name], bits[name], lay, u0, nu, bn)
+
+    def grp(name):
+        return read_group(group[name], bits[name], flat)
+
+    terms = []  # (values (bn, nu, ...), per-group multiplier (bn, nu)) pairs; y = sum s * sum v x
+    if isinstance(cfg, PhiGridConfig):
+        ratio = qg.resolve_ratio(cfg.ratio)
+        terms.append((_level(codes("idx"), cfg.index_bits, ratio, tables.get("grid")),
+                      scale_value(grp("scale"), cfg.scale_dtype)))
+        for j in range(1, cfg.depth + 1):
+            t = scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype)
+            dc = codes(f"dev{j}")
+            if cfg.dev_kind == "uniform":
+                q = 2 ** (cfg.dev_bits - 1) - 1
+                terms.append((_u2f(dc, q), t * (1.0 / q)))
+            else:
+                terms.append((_level(dc, cfg.dev_bits, ratio, tables.get("devgrid")), t))
+        zero = None
+    elif isinstance(cfg, IntConfig):
+        s = scale_value(grp("scale"), cfg.scale_dtype)
+        if cfg.symmetric:
+            terms.append((_u2f(codes("q"), 2 ** (cfg.bits - 1) - 1), s))
+            zero = None
+        else:
+            terms.append((_u2f(codes("q")), s))
+            zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
+    elif isinstance(cfg, NF4Config):
+        if cfg.double_quant:
+            aq = grp("absmax_q").astype(jnp.int32)
+            a2 = lax.bitcast_convert_type(read_group(group["absmax2"], 32, flat // cfg.dq_block), jnp.float32)
+            off = lax.bitcast_convert_type(read_group(group["offset"], 32, flat * 0), jnp.float32)
+            s = jnp.maximum(tables["dmap"][aq] * a2 + off, 0.0)
+        else:
+            s = lax.bitcast_convert_type(grp("absmax"), jnp.float32)
+        terms.append((tables["nf4"][codes("q").astype(jnp.int32)], s))
+        zero = None
+    else:
+        raise KernelLayoutError(f"no kernel decode for {cfg.name}")
+
+    out = []
+    for x in xs:
+        acc = None
+        for v, mult in terms:
+            part = _inner_sum(v * x[None]) * mult
+            acc = part if acc is None else acc + part
+        if zero is not None:
+            acc = acc - zero * _inner_sum(x[None])
+        out.append(jnp.sum(acc, axis=1))
+    return out
+
+
+def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays, names, interpret: bool):
+    """The pallas_call of mode="vec" (called by quant_matmul after its checks). x (B, C), B <= 8 per program."""
+    from pallas_kernels.quant_matmul import _unflatten
+
+    elem_names, group_names, table_names = names
+    b, k = x.shape
+    bn, bk, split = blocks.block_n, blocks.block_k, blocks.split_k
+    lay = vec_layout(pw, bk)
+    bb = blocks.block_b or min(b, MAX_VEC_BATCH)
+    if bb > MAX_VEC_BATCH:
+        raise KernelLayoutError(f"mode='vec' takes at most {MAX_VEC_BATCH} batch rows per program, got block_b={bb}")
+    bp = -(-b // bb) * bb
+    xp = x.astype(jnp.bfloat16)
+    if bp != b:
+        xp = jnp.zeros((bp, k), jnp.bfloat16).at[:b].set(xp)
+    xv = view_x(xp, lay)
+    kspan = k // split
+    nu = bk // lay.u
+    nk = kspan // bk
+    n_elem = sum(len(pw.elem[n]) for n in elem_names)
+    widths = [w for n in elem_names for w, _ in qp.split_widths(pw.bits_dict[n])]
+    arrays = [view_elem(a, lay, w, pw.rows, pw.cols) for a, w in zip(flat_arrays[:n_elem], widths, strict=True)]
+    arrays += list(flat_arrays[n_elem:])
+    vdims = (lay.u // lay.e, *lay.digits)
+    out_dtype = x.dtype if split == 1 else jnp.float32
+
+    def kernel(x_ref, *refs):
+        o_ref = refs[-1]
+        elem, group, tabs = _unflatten(refs[:-1], pw, elem_names, group_names, table_names)
+        i = pl.program_id(0)
+        s = pl.program_id(1)
+        rest = (slice(None),) * len(vdims)
+
+        def body(t, acc):
+            u0 = pl.multiple_of(t * nu, nu)
+            xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
+            step = vec_step(pw, lay, elem, group, tabs, xs, i * bn, u0, s * kspan + t * bk, nu, bn)
+            return tuple(a + d for a, d in zip(acc, step, strict=True))
+
+        acc = lax.fori_loop(0, nk, body, tuple(jnp.zeros((bn,), jnp.float32) for _ in range(bb)))
+        for r in range(bb):
+            if split == 1:
+                o_ref[r, :] = acc[r].astype(o_ref.dtype)
+            else:
+                o_ref[0, r, :] = acc[r]
+
+    zeros = (0,) * len(vdims)
+    in_specs = [pl.BlockSpec((bb, kspan // lay.u, *vdims), lambda i, s, j: (j, s, *zeros))]
+    for a in arrays[:n_elem]:
+        tail = a.shape[2:]
+        in_specs.append(pl.BlockSpec((bn, kspan // lay.u, *tail), lambda i, s, j, n=len(tail): (i, s) + (0,) * n))
+    in_specs += [pl.no_block_spec] * (len(arrays) - n_elem)
+    if split == 1:
+        out_spec = pl.BlockSpec((bb, bn), lambda i, s, j: (j, i))
+        out_shape = jax.ShapeDtypeStruct((bp, pw.rows), out_dtype)
+    else:
+        out_spec = pl.BlockSpec((1, bb, bn), lambda i, s, j: (s, j, i))
+        out_shape = jax.ShapeDtypeStruct((split, bp, pw.rows), out_dtype)
+    out = pl.pallas_call(
+        kernel,
+        grid=(pw.rows // bn, split, bp // bb),
+        in_specs=in_specs,
+        out_specs=out_spec,
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages),
+        interpret=interpret,
+        name=f"quant_gemv_{pw.cfg.method}",
+    )(xv, *arrays)
+    if split > 1:
+        out = jnp.sum(out, axis=0)
+    if bp != b:
+        out = out[:b]
+    return out.astype(x.dtype)
