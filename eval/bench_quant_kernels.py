@@ -214,6 +214,7 @@ def main(argv=None):
                     if args.small:
                         traceback.print_exc()
                     continue
+                tqdm.write(f"    {label} {k}x{n} b={b} {_cfg_str(cfg)}: {t * 1e6:.1f} us{'' if ok else ' FAIL'}")
                 if best is None or t < best[0]:
                     best = (t, traw, cfg, ok, rel)
             if best is None:
@@ -289,8 +290,9 @@ def _fits(pw, c) -> bool:
 
 def _cfg_str(c) -> str:
     mode = getattr(c, "mode", "gather")
+    acc = f" {c.acc}" if mode == "vec" else ""
     return (f"n{c.block_n} k{c.block_k} b{c.block_b or '-'} s{c.split_k} w{c.num_warps} st{c.num_stages} "
-            f"{mode} {c.levels}")
+            f"{mode}{acc} {c.levels}")
 
 
 if __name__ == "__main__":

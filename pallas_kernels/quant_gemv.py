@@ -133,9 +133,10 @@ def _level(codes, nbits: int, ratio: float, table_ref):
     return jnp.where(codes >= jnp.uint32(half), -mag, mag)
 
 
-def vec_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, xs: list,
-             row0, u0, kglob, nu: int, bn: int) -> list:
-    """This step's (bn,) float32 contribution for each batch row; xs: per batch row (nu, U/E, *digits) f32."""
+def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, row0, u0, kglob, nu: int,
+              bn: int):
+    """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero):
+    the weight is sum_terms values * multiplier - zero (zero: (bn, nu) or None)."""
     cfg = pw.cfg
     bits = pw.bits_dict
     g = cfg.group_size or pw.cols
@@ -184,7 +185,15 @@ def vec_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: 
         zero = None
     else:
         raise KernelLayoutError(f"no kernel decode for {cfg.name}")
+    return terms, zero
 
+
+def _expand(m: jax.Array, ndim: int) -> jax.Array:
+    return lax.broadcast_in_dim(m, (*m.shape, *([1] * (ndim - 2))), (0, 1))
+
+
+def step_sums(terms, zero, xs: list) -> list:
+    """acc="step": reduce the tile every step; (bn,) per batch row. Scales cost one multiply per group."""
     out = []
     for x in xs:
         acc = None
@@ -195,6 +204,18 @@ def vec_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: 
             acc = acc - zero * _inner_sum(x[None])
         out.append(jnp.sum(acc, axis=1))
     return out
+
+
+def tile_products(terms, zero, xs: list) -> list:
+    """acc="tile": the full (bn, nu, U/E, *digits) products per batch row, reduced once after the K loop."""
+    nd = terms[0][0].ndim
+    w = None
+    for v, mult in terms:
+        part = v * _expand(mult, nd)
+        w = part if w is None else w + part
+    if zero is not None:
+        w = w - _expand(zero, nd)
+    return [w * x[None] for x in xs]
 
 
 def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays, names, interpret: bool):
@@ -221,6 +242,9 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     arrays = [view_elem(a, lay, w, pw.rows, pw.cols) for a, w in zip(flat_arrays[:n_elem], widths, strict=True)]
     arrays += list(flat_arrays[n_elem:])
     vdims = (lay.u // lay.e, *lay.digits)
+    if blocks.acc not in ("step", "tile"):
+        raise KernelLayoutError(f"acc={blocks.acc!r}: use 'step' (reduce every block_k step) or 'tile'")
+    tile_acc = blocks.acc == "tile"
     out_dtype = x.dtype if split == 1 else jnp.float32
 
     def kernel(x_ref, *refs):
@@ -233,10 +257,14 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
         def body(t, acc):
             u0 = pl.multiple_of(t * nu, nu)
             xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
-            step = vec_step(pw, lay, elem, group, tabs, xs, i * bn, u0, s * kspan + t * bk, nu, bn)
+            terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, s * kspan + t * bk, nu, bn)
+            step = (tile_products if tile_acc else step_sums)(terms, zero, xs)
             return tuple(a + d for a, d in zip(acc, step, strict=True))
 
-        acc = lax.fori_loop(0, nk, body, tuple(jnp.zeros((bn,), jnp.float32) for _ in range(bb)))
+        acc_shape = (bn, nu, *vdims) if tile_acc else (bn,)
+        acc = lax.fori_loop(0, nk, body, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(bb)))
+        if tile_acc:
+            acc = tuple(jnp.sum(_inner_sum(a), axis=1) for a in acc)
         for r in range(bb):
             if split == 1:
                 o_ref[r, :] = acc[r].astype(o_ref.dtype)
