@@ -6,6 +6,7 @@ Per (shape, method, block config), batch 1, timed exactly like eval.bench_quant_
 copies, null loop subtracted), beside the bf16 XLA matmul and the read floor (one XLA reduction over the bytes):
   load    the program loads its packed tiles (same BlockSpecs, same loop) and xors them into a register tile;
   unpack  + shift/mask every code and convert it to float (exponent trick), accumulated elementwise;
+  slot    the full kernel, one column slot at a time in the words' own shape (acc="slot", the default);
   step    the full kernel, reducing every block_k step (acc="step");
   tile    the full kernel, accumulating the product tile and reducing once (acc="tile").
 Differences between rows price the stages (H200.md: "time variants that leave one stage out").
@@ -78,6 +79,7 @@ def stage_kernel(x, pw, blocks: BlockConfig, stage: str, interpret: bool = False
     )(*arrays) + x[:, :1] * 0
 
 
+STAGES = ("load", "unpack", "slot", "step", "tile")
 CONFIGS = [(8, 512, 4, 3), (4, 1024, 4, 3), (16, 512, 4, 3), (4, 512, 2, 4), (32, 256, 4, 3), (16, 1024, 8, 3)]
 
 
@@ -115,7 +117,7 @@ def main(argv=None):
             for bn, bk, nw, st in configs:
                 cfg = BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, mode="vec")
                 row = []
-                for stage in ("load", "unpack", "step", "tile"):
+                for stage in STAGES:
                     if stage in ("load", "unpack"):
                         fn = (lambda x, p, cfg=cfg, stage=stage: stage_kernel(x, p, cfg, stage, interpret))
                     else:
@@ -130,7 +132,7 @@ def main(argv=None):
                         + " ".join(f"{v:7.1f}" for v in row))
                 print(line, flush=True)
                 lines.append(line)
-    print("\nus per call, batch 1 (load / unpack / step / tile):")
+    print(f"\nus per call, batch 1 ({' / '.join(STAGES)}):")
     print("\n".join(lines))
 
 

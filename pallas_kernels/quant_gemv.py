@@ -36,6 +36,7 @@ from pallas_kernels.quant_common import KernelLayoutError, PackedWeight, read_gr
 
 MAGIC = 0x4B000000  # float32 bit pattern of 2**23: (MAGIC | c) as float32 is 2**23 + c for c < 2**23
 MAX_VEC_BATCH = 8
+ACCS = ("slot", "step", "tile")  # see BlockConfig.acc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,47 +134,40 @@ def _level(codes, nbits: int, ratio: float, table_ref):
     return jnp.where(codes >= jnp.uint32(half), -mag, mag)
 
 
-def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, row0, u0, kglob, nu: int,
-              bn: int):
-    """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero):
-    the weight is sum_terms values * multiplier - zero (zero: (bn, nu) or None)."""
+def vec_format(pw: PackedWeight, group: dict, tables: dict, flat):
+    """The format's per-group multipliers [(bn, nu)], its zero term ((bn, nu) or None) and values(code), which maps
+    a reader of per-weight codes (field name -> uint32 codes of any shape) to one value tensor per multiplier:
+    weight = sum_t values[t] * multipliers[t] - zero."""
     cfg = pw.cfg
     bits = pw.bits_dict
-    g = cfg.group_size or pw.cols
-    ng = pw.cols // g
-    rows = row0 + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
-    gcol = (kglob + lax.broadcasted_iota(jnp.int32, (1, nu), 1) * lay.u) // g
-    flat = rows * ng + gcol  # (bn, nu)
-
-    def codes(name):
-        return _read_codes(elem[name], bits[name], lay, u0, nu, bn)
 
     def grp(name):
         return read_group(group[name], bits[name], flat)
 
-    terms = []  # (values (bn, nu, ...), per-group multiplier (bn, nu)) pairs; y = sum s * sum v x
     if isinstance(cfg, PhiGridConfig):
         ratio = qg.resolve_ratio(cfg.ratio)
-        terms.append((_level(codes("idx"), cfg.index_bits, ratio, tables.get("grid")),
-                      scale_value(grp("scale"), cfg.scale_dtype)))
+        q = 2 ** (cfg.dev_bits - 1) - 1
+        mults = [scale_value(grp("scale"), cfg.scale_dtype)]
         for j in range(1, cfg.depth + 1):
             t = scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype)
-            dc = codes(f"dev{j}")
-            if cfg.dev_kind == "uniform":
-                q = 2 ** (cfg.dev_bits - 1) - 1
-                terms.append((_u2f(dc, q), t * (1.0 / q)))
-            else:
-                terms.append((_level(dc, cfg.dev_bits, ratio, tables.get("devgrid")), t))
-        zero = None
-    elif isinstance(cfg, IntConfig):
+            mults.append(t * (1.0 / q) if cfg.dev_kind == "uniform" else t)
+
+        def values(code):
+            vs = [_level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
+            for j in range(1, cfg.depth + 1):
+                dc = code(f"dev{j}")
+                vs.append(_u2f(dc, q) if cfg.dev_kind == "uniform"
+                          else _level(dc, cfg.dev_bits, ratio, tables.get("devgrid")))
+            return vs
+
+        return mults, None, values
+    if isinstance(cfg, IntConfig):
         s = scale_value(grp("scale"), cfg.scale_dtype)
         if cfg.symmetric:
-            terms.append((_u2f(codes("q"), 2 ** (cfg.bits - 1) - 1), s))
-            zero = None
-        else:
-            terms.append((_u2f(codes("q")), s))
-            zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
-    elif isinstance(cfg, NF4Config):
+            return [s], None, lambda code: [_u2f(code("q"), 2 ** (cfg.bits - 1) - 1)]
+        zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
+        return [s], zero, lambda code: [_u2f(code("q"))]
+    if isinstance(cfg, NF4Config):
         if cfg.double_quant:
             aq = grp("absmax_q").astype(jnp.int32)
             a2 = lax.bitcast_convert_type(read_group(group["absmax2"], 32, flat // cfg.dq_block), jnp.float32)
@@ -181,11 +175,83 @@ def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
             s = jnp.maximum(tables["dmap"][aq] * a2 + off, 0.0)
         else:
             s = lax.bitcast_convert_type(grp("absmax"), jnp.float32)
-        terms.append((tables["nf4"][codes("q").astype(jnp.int32)], s))
-        zero = None
-    else:
-        raise KernelLayoutError(f"no kernel decode for {cfg.name}")
-    return terms, zero
+        return [s], None, lambda code: [tables["nf4"][code("q").astype(jnp.int32)]]
+    raise KernelLayoutError(f"no kernel decode for {cfg.name}")
+
+
+def group_index(pw: PackedWeight, lay: VecLayout, row0, kglob, nu: int, bn: int):
+    """(bn, nu) flat (row * n_groups + group) index of the scale of each scale unit of this step's tile."""
+    g = pw.cfg.group_size or pw.cols
+    rows = row0 + lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
+    gcol = (kglob + lax.broadcasted_iota(jnp.int32, (1, nu), 1) * lay.u) // g
+    return rows * (pw.cols // g) + gcol
+
+
+def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, row0, u0, kglob, nu: int,
+              bn: int):
+    """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero)."""
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
+    vs = values(lambda name: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
+    return list(zip(vs, mults, strict=True)), zero
+
+
+def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, x_ref, bb: int,
+              row0, u0, kglob, nu: int, bn: int) -> list:
+    """acc="slot": this step's (bn, nu, U/E) contribution per batch row, one column slot at a time.
+
+    Every tensor has the packed words' own (bn, nu, U/E) shape: for each digit tuple (a column inside each block
+    of E columns) the code is a constant shift of one word per field part, and x of that column is a strided
+    load, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA per weight and the
+    group multipliers apply once per step."""
+    import itertools
+
+    bits = pw.bits_dict
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
+    words: dict = {}
+
+    def word(name, p, ref, lead):
+        key = (name, p, lead)
+        if key not in words:
+            words[key] = ref[(slice(None), pl.ds(u0, nu), slice(None)) + lead]
+        return words[key]
+
+    sums = [[None] * len(mults) for _ in range(bb)]
+    xsum = [None] * bb
+    for slot in itertools.product(*(range(d) for d in lay.digits)):
+        def code(name, slot=slot):
+            out = None
+            for p, ((w, o), ref) in enumerate(zip(qp.split_widths(bits[name]), elem[name], strict=True)):
+                m = lay.lead(w)
+                pos = 0
+                for d, v in zip(lay.digits[m:], slot[m:]):
+                    pos = pos * d + v
+                vals = word(name, p, ref, slot[:m])
+                if pos:
+                    vals = lax.shift_right_logical(vals, jnp.uint32(pos * w))
+                if w < 32:
+                    vals = vals & jnp.uint32((1 << w) - 1)
+                if o:
+                    vals = lax.shift_left(vals, jnp.uint32(o))
+                out = vals if out is None else out | vals
+            return out
+
+        vs = values(code)
+        for r in range(bb):
+            x = x_ref[(r, pl.ds(u0, nu), slice(None)) + slot].astype(jnp.float32)[None]  # (1, nu, U/E)
+            for t, v in enumerate(vs):
+                sums[r][t] = v * x if sums[r][t] is None else sums[r][t] + v * x
+            if zero is not None:
+                xsum[r] = x if xsum[r] is None else xsum[r] + x
+    out = []
+    for r in range(bb):
+        acc = None
+        for t, m in enumerate(mults):
+            part = sums[r][t] * _expand(m, 3)
+            acc = part if acc is None else acc + part
+        if zero is not None:
+            acc = acc - _expand(zero, 3) * xsum[r]
+        out.append(acc)
+    return out
 
 
 def _expand(m: jax.Array, ndim: int) -> jax.Array:
@@ -242,9 +308,8 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     arrays = [view_elem(a, lay, w, pw.rows, pw.cols) for a, w in zip(flat_arrays[:n_elem], widths, strict=True)]
     arrays += list(flat_arrays[n_elem:])
     vdims = (lay.u // lay.e, *lay.digits)
-    if blocks.acc not in ("step", "tile"):
-        raise KernelLayoutError(f"acc={blocks.acc!r}: use 'step' (reduce every block_k step) or 'tile'")
-    tile_acc = blocks.acc == "tile"
+    if blocks.acc not in ACCS:
+        raise KernelLayoutError(f"acc={blocks.acc!r}: use one of {ACCS}")
     out_dtype = x.dtype if split == 1 else jnp.float32
 
     def kernel(x_ref, *refs):
@@ -256,14 +321,18 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
 
         def body(t, acc):
             u0 = pl.multiple_of(t * nu, nu)
-            xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
-            terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, s * kspan + t * bk, nu, bn)
-            step = (tile_products if tile_acc else step_sums)(terms, zero, xs)
+            kglob = s * kspan + t * bk
+            if blocks.acc == "slot":
+                step = slot_step(pw, lay, elem, group, tabs, x_ref, bb, i * bn, u0, kglob, nu, bn)
+            else:
+                xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
+                terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, kglob, nu, bn)
+                step = (tile_products if blocks.acc == "tile" else step_sums)(terms, zero, xs)
             return tuple(a + d for a, d in zip(acc, step, strict=True))
 
-        acc_shape = (bn, nu, *vdims) if tile_acc else (bn,)
+        acc_shape = {"step": (bn,), "tile": (bn, nu, *vdims), "slot": (bn, nu, vdims[0])}[blocks.acc]
         acc = lax.fori_loop(0, nk, body, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(bb)))
-        if tile_acc:
+        if blocks.acc != "step":
             acc = tuple(jnp.sum(_inner_sum(a), axis=1) for a in acc)
         for r in range(bb):
             if split == 1:

@@ -53,7 +53,8 @@ class BlockConfig:
     #                     "vec" (batch <= 8: pallas_kernels/quant_gemv.py), "auto" (vec if it fits, else fma, for
     #                     batch <= 2; dot above)
     levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
-    acc: str = "step"  # mode vec only: "step" reduces each block_k step, "tile" accumulates the tile, reduces once
+    acc: str = "slot"  # mode vec only: "slot" one column slot at a time in the packed words' shape (quant_gemv),
+    #                    "step" reduces the decoded tile each block_k step, "tile" accumulates it, reduces once
 
     def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
         if self.mode not in MODES or self.levels not in ("exp2", "table"):

@@ -77,7 +77,8 @@ def test_quant_matmul_default_blocks_and_batch_blocks(spec):
 def test_vec_mode_every_spec(spec):
     """The GEMV form (no reshapes, exponent-trick conversion, per-group scales) on every spec, batch 1 and 5,
     with and without split-k, block_n below the tensor-core minimum of 16."""
-    for b, split, levels, acc in ((1, 1, "exp2", "step"), (5, 2, "table", "tile"), (2, 1, "exp2", "tile")):
+    for b, split, levels, acc in ((1, 1, "exp2", "slot"), (5, 2, "table", "slot"), (3, 1, "exp2", "step"),
+                                  (2, 2, "table", "tile")):
         x, q = _case(spec, 256, 32, b, 3)
         wm = dequantize_matrix(q)
         blocks = BlockConfig(block_n=8, block_k=64, split_k=split, mode="vec", levels=levels, acc=acc)
