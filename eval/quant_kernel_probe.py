@@ -80,7 +80,8 @@ def stage_kernel(x, pw, blocks: BlockConfig, stage: str, interpret: bool = False
 
 
 STAGES = ("load", "unpack", "slot", "step", "tile")
-CONFIGS = [(8, 512, 4, 3), (4, 1024, 4, 3), (16, 512, 4, 3), (4, 512, 2, 4), (32, 256, 4, 3), (16, 1024, 8, 3)]
+CONFIGS = [(4, 1024, 4, 3), (2, 2048, 4, 3), (4, 2048, 4, 3), (2, 1024, 2, 4), (8, 1024, 4, 3), (4, 512, 2, 4),
+           (1, 2048, 2, 3), (16, 512, 4, 3)]
 
 
 def main(argv=None):
@@ -89,6 +90,7 @@ def main(argv=None):
     ap.add_argument("--methods", default="int4,phi5u8")
     ap.add_argument("--target-s", type=float, default=0.03)
     ap.add_argument("--small", action="store_true", help="CPU: 256x256 in interpret mode (runs the code only)")
+    ap.add_argument("--stages", default=",".join(STAGES))
     args = ap.parse_args(argv)
     interpret = args.small
     shapes = [(256, 256)] if args.small else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -117,7 +119,7 @@ def main(argv=None):
             for bn, bk, nw, st in configs:
                 cfg = BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, mode="vec")
                 row = []
-                for stage in STAGES:
+                for stage in args.stages.split(","):
                     if stage in ("load", "unpack"):
                         fn = (lambda x, p, cfg=cfg, stage=stage: stage_kernel(x, p, cfg, stage, interpret))
                     else:
@@ -132,7 +134,7 @@ def main(argv=None):
                         + " ".join(f"{v:7.1f}" for v in row))
                 print(line, flush=True)
                 lines.append(line)
-    print(f"\nus per call, batch 1 ({' / '.join(STAGES)}):")
+    print(f"\nus per call, batch 1 ({args.stages.replace(',', ' / ')}):")
     print("\n".join(lines))
 
 

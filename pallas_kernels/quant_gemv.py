@@ -84,9 +84,15 @@ def view_elem(a: jax.Array, lay: VecLayout, w: int, rows: int, cols: int) -> jax
     return a.reshape(rows, cols // lay.u, lay.u // lay.e, *lay.digits[: lay.lead(w)])
 
 
-def view_x(x: jax.Array, lay: VecLayout) -> jax.Array:
+def view_x(x: jax.Array, lay: VecLayout, slot_major: bool = False) -> jax.Array:
+    """x (B, C) as (B, C/U, U/E, *digits), or slot-major (B, *digits, C/U, U/E) for acc="slot" so that the x of one
+    column slot is a contiguous load (XLA fuses the transpose into whatever produced x)."""
     b, c = x.shape
-    return x.reshape(b, c // lay.u, lay.u // lay.e, *lay.digits)
+    v = x.reshape(b, c // lay.u, lay.u // lay.e, *lay.digits)
+    if slot_major:
+        nd = len(lay.digits)
+        v = v.transpose(0, *range(3, 3 + nd), 1, 2)
+    return v
 
 
 def _u2f(codes: jax.Array, zero: float = 0.0) -> jax.Array:
@@ -201,7 +207,7 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
 
     Every tensor has the packed words' own (bn, nu, U/E) shape: for each digit tuple (a column inside each block
     of E columns) the code is a constant shift of one word per field part, and x of that column is a strided
-    load, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA per weight and the
+    load from the slot-major x, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA per weight and the
     group multipliers apply once per step."""
     import itertools
 
@@ -237,7 +243,7 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
 
         vs = values(code)
         for r in range(bb):
-            x = x_ref[(r, pl.ds(u0, nu), slice(None)) + slot].astype(jnp.float32)[None]  # (1, nu, U/E)
+            x = x_ref[(r, *slot, pl.ds(u0, nu), slice(None))].astype(jnp.float32)[None]  # (1, nu, U/E)
             for t, v in enumerate(vs):
                 sums[r][t] = v * x if sums[r][t] is None else sums[r][t] + v * x
             if zero is not None:
@@ -299,7 +305,8 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     xp = x.astype(jnp.bfloat16)
     if bp != b:
         xp = jnp.zeros((bp, k), jnp.bfloat16).at[:b].set(xp)
-    xv = view_x(xp, lay)
+    slot_major = blocks.acc == "slot"
+    xv = view_x(xp, lay, slot_major)
     kspan = k // split
     nu = bk // lay.u
     nk = kspan // bk
@@ -341,7 +348,12 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
                 o_ref[0, r, :] = acc[r]
 
     zeros = (0,) * len(vdims)
-    in_specs = [pl.BlockSpec((bb, kspan // lay.u, *vdims), lambda i, s, j: (j, s, *zeros))]
+    if slot_major:
+        nd = len(lay.digits)
+        in_specs = [pl.BlockSpec((bb, *lay.digits, kspan // lay.u, vdims[0]),
+                                 lambda i, s, j: (j, *zeros[:nd], s, 0))]
+    else:
+        in_specs = [pl.BlockSpec((bb, kspan // lay.u, *vdims), lambda i, s, j: (j, s, *zeros))]
     for a in arrays[:n_elem]:
         tail = a.shape[2:]
         in_specs.append(pl.BlockSpec((bn, kspan // lay.u, *tail), lambda i, s, j, n=len(tail): (i, s) + (0,) * n))
