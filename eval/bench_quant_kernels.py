@@ -49,8 +49,9 @@ METHODS = {  # label -> (quant spec, kernel)
 
 
 VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, split_k=sp, num_warps=nw, num_stages=st, mode="vec")
-               for bn, bk, sp, nw, st in [(8, 512, 1, 4, 3), (16, 512, 1, 4, 3), (16, 1024, 1, 8, 3), (32, 256, 1, 4, 3),
-                                          (32, 512, 1, 8, 3), (4, 512, 1, 2, 4), (64, 256, 1, 8, 3), (16, 512, 2, 4, 3)]]
+               for bn, bk, sp, nw, st in [(1, 2048, 1, 2, 3), (4, 2048, 1, 4, 3), (4, 1024, 1, 4, 3), (8, 1024, 1, 4, 3),
+                                          (2, 1024, 1, 2, 4), (4, 512, 1, 2, 4), (16, 512, 1, 4, 3), (2, 4096, 1, 4, 1),
+                                          (1, 1024, 1, 1, 4)]]
 
 
 def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
