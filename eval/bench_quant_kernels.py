@@ -48,10 +48,10 @@ METHODS = {  # label -> (quant spec, kernel)
 }
 
 
-VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, split_k=sp, num_warps=nw, num_stages=st, mode="vec")
-               for bn, bk, sp, nw, st in [(1, 2048, 1, 2, 3), (4, 2048, 1, 4, 3), (4, 1024, 1, 4, 3), (8, 1024, 1, 4, 3),
-                                          (2, 1024, 1, 2, 4), (4, 512, 1, 2, 4), (16, 512, 1, 4, 3), (2, 4096, 1, 4, 1),
-                                          (1, 1024, 1, 1, 4)]]
+VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, mode="vec")
+               for bn, bk, nw, st in [(1, 1024, 1, 4), (2, 4096, 4, 1), (1, 2048, 1, 3), (1, 4096, 1, 1), (1, 512, 1, 4),
+                                      (2, 2048, 2, 3), (2, 1024, 1, 4), (1, 1024, 2, 4), (4, 4096, 4, 1), (1, 2048, 2, 3),
+                                      (4, 1024, 4, 3), (2, 4096, 2, 1)]]
 
 
 def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):

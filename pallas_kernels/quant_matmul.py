@@ -66,7 +66,14 @@ class BlockConfig:
 
 
 def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
-    """A reasonable starting point; eval/bench_quant_kernels.py sweeps around it."""
+    """A reasonable starting point; eval/bench_quant_kernels.py sweeps around it. Batch <= 2: the GEMV form with
+    one-warp programs of one output row (the H200 bench's best at 4096 x 4096-11008), when the layout allows."""
+    if batch <= 2:
+        bk = 1024
+        while bk > 32 and (pw.cols % bk or not supports_vec(pw, bk)):
+            bk //= 2
+        if pw.cols % bk == 0 and supports_vec(pw, bk):
+            return BlockConfig(block_n=1, block_k=bk, num_warps=1, num_stages=4, mode="vec")
     g = pw.cfg.group_size or pw.cols
     bk = 128 if (g % 128 == 0 or 128 % g == 0) else 64
     bn = 32 if batch <= 16 else 64
