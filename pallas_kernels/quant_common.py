@@ -181,16 +181,21 @@ def decode_tile(pw_meta: PackedWeight, elem_refs: dict, group_refs: dict, table_
         z = expand_groups(grp("zero").astype(jnp.float32), bk)
         return (code - z) * s
     if isinstance(cfg, NF4Config):
-        if cfg.double_quant:
-            aq = grp("absmax_q").astype(jnp.int32)
-            a2 = lax.bitcast_convert_type(read_group(group_refs["absmax2"], 32, flat // cfg.dq_block), jnp.float32)
-            off = lax.bitcast_convert_type(read_group(group_refs["offset"], 32, flat * 0), jnp.float32)
-            s = jnp.maximum(table_refs["dmap"][aq] * a2 + off, 0.0)
-        else:
-            s = lax.bitcast_convert_type(grp("absmax"), jnp.float32)
+        s = nf4_scale(cfg, grp, group_refs, table_refs, flat)
         code = read_elem(elem_refs["q"], bits["q"], k0, bk).astype(jnp.int32)
         return table_refs["nf4"][code] * expand_groups(s, bk)
     raise KernelLayoutError(f"no kernel decode for {cfg.name}")
+
+
+def nf4_scale(cfg: NF4Config, grp, group_refs: dict, table_refs: dict, flat) -> jnp.ndarray:
+    """float32 NF4 absmax per group at the flat group indices (double quant: 8-bit code through the dynamic map
+    times its second-level fp32 scale plus the offset; grp(name) reads a per-group field at `flat`)."""
+    if not cfg.double_quant:
+        return lax.bitcast_convert_type(grp("absmax"), jnp.float32)
+    aq = grp("absmax_q").astype(jnp.int32)
+    a2 = lax.bitcast_convert_type(read_group(group_refs["absmax2"], 32, flat // cfg.dq_block), jnp.float32)
+    off = lax.bitcast_convert_type(read_group(group_refs["offset"], 32, flat * 0), jnp.float32)
+    return jnp.maximum(table_refs["dmap"][aq] * a2 + off, 0.0)
 
 
 def tables_for(cfg: QuantConfig, levels: str = "exp2") -> dict[str, jnp.ndarray]:

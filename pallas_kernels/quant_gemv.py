@@ -32,7 +32,7 @@ from jax.experimental.pallas import triton as plgpu
 from hqf_jax.ops import quant_grids as qg
 from hqf_jax.ops import quant_pack as qp
 from hqf_jax.quant.config import IntConfig, NF4Config, PhiGridConfig
-from pallas_kernels.quant_common import KernelLayoutError, PackedWeight, read_group, scale_value
+from pallas_kernels.quant_common import KernelLayoutError, PackedWeight, nf4_scale, read_group, scale_value
 
 MAGIC = 0x4B000000  # float32 bit pattern of 2**23: (MAGIC | c) as float32 is 2**23 + c for c < 2**23
 MAX_VEC_BATCH = 8
@@ -95,13 +95,28 @@ def view_x(x: jax.Array, lay: VecLayout, slot_major: bool = False) -> jax.Array:
     return v
 
 
+def _field(words, shift, w: int, at: int):
+    """The w-bit field starting at bit `shift` (int or uint32 tensor) of words, placed at bit `at`. A constant
+    shift folds the two shifts into one (then one shift and one mask per field)."""
+    mask = jnp.uint32(((1 << w) - 1) << at) if w + at < 32 else jnp.uint32((0xFFFFFFFF << at) & 0xFFFFFFFF)
+    if isinstance(shift, int):
+        r = shift - at
+        vals = words if r == 0 else (lax.shift_right_logical(words, jnp.uint32(r)) if r > 0
+                                     else lax.shift_left(words, jnp.uint32(-r)))
+        return vals & mask
+    vals = lax.shift_right_logical(words, shift)
+    if w < 32:
+        vals = vals & jnp.uint32((1 << w) - 1)
+    return lax.shift_left(vals, jnp.uint32(at)) if at else vals
+
+
 def _u2f(codes: jax.Array, zero: float = 0.0) -> jax.Array:
     """Exact float32 of (codes - zero) for codes < 2**23, without an int->float conversion instruction."""
     f = lax.bitcast_convert_type(codes | jnp.uint32(MAGIC), jnp.float32)
     return f - jnp.float32(2.0**23 + zero)
 
 
-def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Array:
+def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int, lsb: int = 0) -> jax.Array:
     """(bn, nu, U/E, *digits) uint32 codes of a per-weight field for this step's nu scale units."""
     nd = len(lay.digits)
     full = (bn, nu, lay.u // lay.e, *lay.digits)
@@ -116,13 +131,14 @@ def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Ar
             term = lax.broadcasted_iota(jnp.uint32, full, 3 + d) * jnp.uint32(stride)
             shift = term if shift is None else shift + term
             stride *= lay.digits[d]
-        vals = words if shift is None else lax.shift_right_logical(words, shift * jnp.uint32(w))
-        if w < 32:
-            vals = vals & jnp.uint32((1 << w) - 1)
-        if o:
-            vals = lax.shift_left(vals, jnp.uint32(o))
-        out = vals if out is None else out | vals
-    return out
+        out_p = _field(words, 0 if shift is None else shift * jnp.uint32(w), w, o)
+        out = out_p if out is None else out | out_p
+    return lax.shift_left(out, jnp.uint32(lsb)) if lsb else out
+
+
+def _mant(codes: jax.Array) -> jax.Array:
+    """float32 1 + codes * 2**-23 (codes placed at the top of the 23-bit mantissa by the reader: 1 + c / 2**b)."""
+    return lax.bitcast_convert_type(codes | jnp.uint32(0x3F800000), jnp.float32)
 
 
 def _inner_sum(v: jax.Array) -> jax.Array:
@@ -140,47 +156,60 @@ def _level(codes, nbits: int, ratio: float, table_ref):
     return jnp.where(codes >= jnp.uint32(half), -mag, mag)
 
 
-def vec_format(pw: PackedWeight, group: dict, tables: dict, flat):
+def vec_format(pw: PackedWeight, group: dict, tables: dict, flat, mantissa: bool = False):
     """The format's per-group multipliers [(bn, nu)], its zero term ((bn, nu) or None) and values(code), which maps
-    a reader of per-weight codes (field name -> uint32 codes of any shape) to one value tensor per multiplier:
-    weight = sum_t values[t] * multipliers[t] - zero."""
+    a reader of per-weight codes (code(field name, lsb) -> uint32 codes of any shape, placed at bit lsb) to one
+    value tensor per multiplier: weight = sum_t values[t] * multipliers[t] - zero (the zero term multiplies the sum
+    of x over the group).
+
+    Uniform integer codes c of b bits become floats either by the exponent trick (mantissa=False: 2**23 + c minus
+    2**23 + offset, one subtraction per weight) or as the mantissa of 1.0 (mantissa=True: 1 + c / 2**b, no
+    arithmetic per weight; the offset 2**b + zero moves into the per-group zero term)."""
     cfg = pw.cfg
     bits = pw.bits_dict
 
     def grp(name):
         return read_group(group[name], bits[name], flat)
 
+    def uniform(name, nbits, offset, mult):
+        """(value reader, multiplier, zero term) of codes meaning (c - offset) * mult."""
+        if mantissa:
+            two = float(2**nbits)
+            return (lambda code: _mant(code(name, 23 - nbits))), mult * two, mult * (two + offset)
+        return (lambda code: _u2f(code(name), offset)), mult, None
+
+    def add(a, b):
+        return b if a is None else (a if b is None else a + b)
+
     if isinstance(cfg, PhiGridConfig):
         ratio = qg.resolve_ratio(cfg.ratio)
         q = 2 ** (cfg.dev_bits - 1) - 1
         mults = [scale_value(grp("scale"), cfg.scale_dtype)]
+        readers = [lambda code: _level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
+        zero = None
         for j in range(1, cfg.depth + 1):
             t = scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype)
-            mults.append(t * (1.0 / q) if cfg.dev_kind == "uniform" else t)
-
-        def values(code):
-            vs = [_level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
-            for j in range(1, cfg.depth + 1):
-                dc = code(f"dev{j}")
-                vs.append(_u2f(dc, q) if cfg.dev_kind == "uniform"
-                          else _level(dc, cfg.dev_bits, ratio, tables.get("devgrid")))
-            return vs
-
-        return mults, None, values
+            if cfg.dev_kind == "uniform":
+                r, m, z = uniform(f"dev{j}", cfg.dev_bits, q, t * (1.0 / q))
+                zero = add(zero, z)
+            else:
+                r = (lambda code, j=j: _level(code(f"dev{j}"), cfg.dev_bits, ratio, tables.get("devgrid")))
+                m = t
+            readers.append(r)
+            mults.append(m)
+        return mults, zero, lambda code: [r(code) for r in readers]
     if isinstance(cfg, IntConfig):
         s = scale_value(grp("scale"), cfg.scale_dtype)
         if cfg.symmetric:
-            return [s], None, lambda code: [_u2f(code("q"), 2 ** (cfg.bits - 1) - 1)]
-        zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
-        return [s], zero, lambda code: [_u2f(code("q"))]
+            r, m, z = uniform("q", cfg.bits, 2 ** (cfg.bits - 1) - 1, s)
+            return [m], z, lambda code: [r(code)]
+        zero = grp("zero").astype(jnp.float32)
+        if mantissa:
+            two = float(2**cfg.bits)
+            return [s * two], s * (two + zero), lambda code: [_mant(code("q", 23 - cfg.bits))]
+        return [s], zero * s, lambda code: [_u2f(code("q"))]  # y -= s * z * sum(x over the group)
     if isinstance(cfg, NF4Config):
-        if cfg.double_quant:
-            aq = grp("absmax_q").astype(jnp.int32)
-            a2 = lax.bitcast_convert_type(read_group(group["absmax2"], 32, flat // cfg.dq_block), jnp.float32)
-            off = lax.bitcast_convert_type(read_group(group["offset"], 32, flat * 0), jnp.float32)
-            s = jnp.maximum(tables["dmap"][aq] * a2 + off, 0.0)
-        else:
-            s = lax.bitcast_convert_type(grp("absmax"), jnp.float32)
+        s = nf4_scale(cfg, grp, group, tables, flat)
         return [s], None, lambda code: [tables["nf4"][code("q").astype(jnp.int32)]]
     raise KernelLayoutError(f"no kernel decode for {cfg.name}")
 
@@ -194,15 +223,15 @@ def group_index(pw: PackedWeight, lay: VecLayout, row0, kglob, nu: int, bn: int)
 
 
 def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, row0, u0, kglob, nu: int,
-              bn: int):
+              bn: int, mantissa: bool = False):
     """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero)."""
-    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
-    vs = values(lambda name: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn), mantissa)
+    vs = values(lambda name, lsb=0: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn, lsb))
     return list(zip(vs, mults, strict=True)), zero
 
 
 def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, x_ref, bb: int,
-              row0, u0, kglob, nu: int, bn: int) -> list:
+              row0, u0, kglob, nu: int, bn: int, mantissa: bool = False) -> list:
     """acc="slot": this step's (bn, nu, U/E) contribution per batch row, one column slot at a time.
 
     Every tensor has the packed words' own (bn, nu, U/E) shape: for each digit tuple (a column inside each block
@@ -212,7 +241,7 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     import itertools
 
     bits = pw.bits_dict
-    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn), mantissa)
     words: dict = {}
 
     def word(name, p, ref, lead):
@@ -224,20 +253,14 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     sums = [[None] * len(mults) for _ in range(bb)]
     xsum = [None] * bb
     for slot in itertools.product(*(range(d) for d in lay.digits)):
-        def code(name, slot=slot):
+        def code(name, lsb=0, slot=slot):
             out = None
             for p, ((w, o), ref) in enumerate(zip(qp.split_widths(bits[name]), elem[name], strict=True)):
                 m = lay.lead(w)
                 pos = 0
                 for d, v in zip(lay.digits[m:], slot[m:]):
                     pos = pos * d + v
-                vals = word(name, p, ref, slot[:m])
-                if pos:
-                    vals = lax.shift_right_logical(vals, jnp.uint32(pos * w))
-                if w < 32:
-                    vals = vals & jnp.uint32((1 << w) - 1)
-                if o:
-                    vals = lax.shift_left(vals, jnp.uint32(o))
+                vals = _field(word(name, p, ref, slot[:m]), pos * w, w, o + lsb)
                 out = vals if out is None else out | vals
             return out
 
@@ -317,6 +340,9 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     vdims = (lay.u // lay.e, *lay.digits)
     if blocks.acc not in ACCS:
         raise KernelLayoutError(f"acc={blocks.acc!r}: use one of {ACCS}")
+    if blocks.ints not in ("offset", "mantissa"):
+        raise KernelLayoutError(f"ints={blocks.ints!r}: use 'offset' or 'mantissa'")
+    mantissa = blocks.ints == "mantissa"
     out_dtype = x.dtype if split == 1 else jnp.float32
 
     def kernel(x_ref, *refs):
@@ -330,10 +356,10 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
             u0 = pl.multiple_of(t * nu, nu)
             kglob = s * kspan + t * bk
             if blocks.acc == "slot":
-                step = slot_step(pw, lay, elem, group, tabs, x_ref, bb, i * bn, u0, kglob, nu, bn)
+                step = slot_step(pw, lay, elem, group, tabs, x_ref, bb, i * bn, u0, kglob, nu, bn, mantissa)
             else:
                 xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
-                terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, kglob, nu, bn)
+                terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, kglob, nu, bn, mantissa)
                 step = (tile_products if blocks.acc == "tile" else step_sums)(terms, zero, xs)
             return tuple(a + d for a, d in zip(acc, step, strict=True))
 
