@@ -54,7 +54,7 @@ VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, 
                                       (4, 1024, 4, 3), (2, 4096, 2, 1)]]
 
 
-def sweep_configs(kind: str, batch: int, level: str, phi: bool = False, ints: bool = False):
+def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
     """Block configs tried per (kernel, batch); the fastest that passes its check is reported."""
     if kind == "gather":
         cfgs = [GatherBlockConfig(block_n=16, block_k=32, split_k=4), GatherBlockConfig(block_n=32, block_k=32, split_k=2)]
@@ -71,8 +71,7 @@ def sweep_configs(kind: str, batch: int, level: str, phi: bool = False, ints: bo
         if batch <= 2:
             cfgs = [dataclasses.replace(c, mode="fma") for c in cfgs[:2]] + [dataclasses.replace(cfgs[1], mode="dot")]
         if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant_gemv.py)
-            mant = [dataclasses.replace(c, ints="mantissa") for c in VEC_CONFIGS[:4]] if ints else []
-            cfgs = VEC_CONFIGS + mant + cfgs
+            cfgs = VEC_CONFIGS + cfgs
         if level == "full":
             cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs[-4:]] + [
                 BlockConfig(block_n=64, block_k=64, split_k=8, num_warps=4, num_stages=4),
@@ -196,7 +195,7 @@ def main(argv=None):
                 t16, t16raw = time_op(bf16_matmul, x, w16s, reps, n)
             tfloor = _time_floor(x, floor_ws, n, args.target_s, interpret)
             best = None
-            cfgs = [c for c in sweep_configs(kind, b, args.sweep, *_families(spec)) if _fits(pw, c)]
+            cfgs = [c for c in sweep_configs(kind, b, args.sweep, spec.startswith(("phi", "e5"))) if _fits(pw, c)]
             if not cfgs:
                 cfgs = [default_blocks(pw, b) if kind == "fused" else GatherBlockConfig(split_k=1)]
             for cfg in cfgs:
@@ -258,7 +257,7 @@ def lower_only(args) -> None:
             pw = placeholder(Q.parse_method(spec), n, k)
             for b in batches:
                 x = jax.ShapeDtypeStruct((b, k), jnp.bfloat16)
-                for cfg in sweep_configs(kind, b, args.sweep, *_families(spec)):
+                for cfg in sweep_configs(kind, b, args.sweep, spec.startswith(("phi", "e5"))):
                     if not _fits(pw, cfg):
                         n_skip += 1
                         continue
@@ -278,11 +277,6 @@ def qc_matrix_bf16(w):
     return jnp.asarray(w).T.astype(jnp.bfloat16)
 
 
-def _families(spec: str) -> tuple[bool, bool]:
-    """(φ/e-grid spec, spec with uniform integer codes: the sweep adds level tables / mantissa decoding)."""
-    return spec.startswith(("phi", "e5")), spec.startswith(("phi", "e5", "int"))
-
-
 def _fits(pw, c) -> bool:
     try:
         vec = getattr(c, "mode", None) == "vec"
@@ -296,7 +290,7 @@ def _fits(pw, c) -> bool:
 
 def _cfg_str(c) -> str:
     mode = getattr(c, "mode", "gather")
-    acc = f" {c.acc}{' mantissa' if c.ints == 'mantissa' else ''}" if mode == "vec" else ""
+    acc = f" {c.acc}" if mode == "vec" else ""
     return (f"n{c.block_n} k{c.block_k} b{c.block_b or '-'} s{c.split_k} w{c.num_warps} st{c.num_stages} "
             f"{mode}{acc} {c.levels}")
 

@@ -116,7 +116,7 @@ def _u2f(codes: jax.Array, zero: float = 0.0) -> jax.Array:
     return f - jnp.float32(2.0**23 + zero)
 
 
-def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int, lsb: int = 0) -> jax.Array:
+def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Array:
     """(bn, nu, U/E, *digits) uint32 codes of a per-weight field for this step's nu scale units."""
     nd = len(lay.digits)
     full = (bn, nu, lay.u // lay.e, *lay.digits)
@@ -133,12 +133,7 @@ def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int, lsb: int 
             stride *= lay.digits[d]
         out_p = _field(words, 0 if shift is None else shift * jnp.uint32(w), w, o)
         out = out_p if out is None else out | out_p
-    return lax.shift_left(out, jnp.uint32(lsb)) if lsb else out
-
-
-def _mant(codes: jax.Array) -> jax.Array:
-    """float32 1 + codes * 2**-23 (codes placed at the top of the 23-bit mantissa by the reader: 1 + c / 2**b)."""
-    return lax.bitcast_convert_type(codes | jnp.uint32(0x3F800000), jnp.float32)
+    return out
 
 
 def _inner_sum(v: jax.Array) -> jax.Array:
@@ -156,58 +151,39 @@ def _level(codes, nbits: int, ratio: float, table_ref):
     return jnp.where(codes >= jnp.uint32(half), -mag, mag)
 
 
-def vec_format(pw: PackedWeight, group: dict, tables: dict, flat, mantissa: bool = False):
+def vec_format(pw: PackedWeight, group: dict, tables: dict, flat):
     """The format's per-group multipliers [(bn, nu)], its zero term ((bn, nu) or None) and values(code), which maps
-    a reader of per-weight codes (code(field name, lsb) -> uint32 codes of any shape, placed at bit lsb) to one
-    value tensor per multiplier: weight = sum_t values[t] * multipliers[t] - zero (the zero term multiplies the sum
-    of x over the group).
-
-    Uniform integer codes c of b bits become floats either by the exponent trick (mantissa=False: 2**23 + c minus
-    2**23 + offset, one subtraction per weight) or as the mantissa of 1.0 (mantissa=True: 1 + c / 2**b, no
-    arithmetic per weight; the offset 2**b + zero moves into the per-group zero term)."""
+    a reader of per-weight codes (field name -> uint32 codes of any shape) to one value tensor per multiplier:
+    weight = sum_t values[t] * multipliers[t] - zero (the zero term multiplies the sum of x over the group)."""
     cfg = pw.cfg
     bits = pw.bits_dict
 
     def grp(name):
         return read_group(group[name], bits[name], flat)
 
-    def uniform(name, nbits, offset, mult):
-        """(value reader, multiplier, zero term) of codes meaning (c - offset) * mult."""
-        if mantissa:
-            two = float(2**nbits)
-            return (lambda code: _mant(code(name, 23 - nbits))), mult * two, mult * (two + offset)
-        return (lambda code: _u2f(code(name), offset)), mult, None
-
-    def add(a, b):
-        return b if a is None else (a if b is None else a + b)
-
     if isinstance(cfg, PhiGridConfig):
         ratio = qg.resolve_ratio(cfg.ratio)
         q = 2 ** (cfg.dev_bits - 1) - 1
         mults = [scale_value(grp("scale"), cfg.scale_dtype)]
-        readers = [lambda code: _level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
-        zero = None
         for j in range(1, cfg.depth + 1):
             t = scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype)
-            if cfg.dev_kind == "uniform":
-                r, m, z = uniform(f"dev{j}", cfg.dev_bits, q, t * (1.0 / q))
-                zero = add(zero, z)
-            else:
-                r = (lambda code, j=j: _level(code(f"dev{j}"), cfg.dev_bits, ratio, tables.get("devgrid")))
-                m = t
-            readers.append(r)
-            mults.append(m)
-        return mults, zero, lambda code: [r(code) for r in readers]
+            mults.append(t * (1.0 / q) if cfg.dev_kind == "uniform" else t)
+
+        def values(code):
+            vs = [_level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
+            for j in range(1, cfg.depth + 1):
+                dc = code(f"dev{j}")
+                vs.append(_u2f(dc, q) if cfg.dev_kind == "uniform"
+                          else _level(dc, cfg.dev_bits, ratio, tables.get("devgrid")))
+            return vs
+
+        return mults, None, values
     if isinstance(cfg, IntConfig):
         s = scale_value(grp("scale"), cfg.scale_dtype)
         if cfg.symmetric:
-            r, m, z = uniform("q", cfg.bits, 2 ** (cfg.bits - 1) - 1, s)
-            return [m], z, lambda code: [r(code)]
-        zero = grp("zero").astype(jnp.float32)
-        if mantissa:
-            two = float(2**cfg.bits)
-            return [s * two], s * (two + zero), lambda code: [_mant(code("q", 23 - cfg.bits))]
-        return [s], zero * s, lambda code: [_u2f(code("q"))]  # y -= s * z * sum(x over the group)
+            return [s], None, lambda code: [_u2f(code("q"), 2 ** (cfg.bits - 1) - 1)]
+        zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
+        return [s], zero, lambda code: [_u2f(code("q"))]
     if isinstance(cfg, NF4Config):
         s = nf4_scale(cfg, grp, group, tables, flat)
         return [s], None, lambda code: [tables["nf4"][code("q").astype(jnp.int32)]]
@@ -223,15 +199,15 @@ def group_index(pw: PackedWeight, lay: VecLayout, row0, kglob, nu: int, bn: int)
 
 
 def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, row0, u0, kglob, nu: int,
-              bn: int, mantissa: bool = False):
+              bn: int):
     """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero)."""
-    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn), mantissa)
-    vs = values(lambda name, lsb=0: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn, lsb))
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
+    vs = values(lambda name: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
     return list(zip(vs, mults, strict=True)), zero
 
 
 def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables: dict, x_ref, bb: int,
-              row0, u0, kglob, nu: int, bn: int, mantissa: bool = False) -> list:
+              row0, u0, kglob, nu: int, bn: int) -> list:
     """acc="slot": this step's (bn, nu, U/E) contribution per batch row, one column slot at a time.
 
     Every tensor has the packed words' own (bn, nu, U/E) shape: for each digit tuple (a column inside each block
@@ -241,7 +217,7 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     import itertools
 
     bits = pw.bits_dict
-    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn), mantissa)
+    mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
     words: dict = {}
 
     def word(name, p, ref, lead):
@@ -253,14 +229,14 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     sums = [[None] * len(mults) for _ in range(bb)]
     xsum = [None] * bb
     for slot in itertools.product(*(range(d) for d in lay.digits)):
-        def code(name, lsb=0, slot=slot):
+        def code(name, slot=slot):
             out = None
             for p, ((w, o), ref) in enumerate(zip(qp.split_widths(bits[name]), elem[name], strict=True)):
                 m = lay.lead(w)
                 pos = 0
                 for d, v in zip(lay.digits[m:], slot[m:]):
                     pos = pos * d + v
-                vals = _field(word(name, p, ref, slot[:m]), pos * w, w, o + lsb)
+                vals = _field(word(name, p, ref, slot[:m]), pos * w, w, o)
                 out = vals if out is None else out | vals
             return out
 
@@ -340,9 +316,6 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     vdims = (lay.u // lay.e, *lay.digits)
     if blocks.acc not in ACCS:
         raise KernelLayoutError(f"acc={blocks.acc!r}: use one of {ACCS}")
-    if blocks.ints not in ("offset", "mantissa"):
-        raise KernelLayoutError(f"ints={blocks.ints!r}: use 'offset' or 'mantissa'")
-    mantissa = blocks.ints == "mantissa"
     out_dtype = x.dtype if split == 1 else jnp.float32
 
     def kernel(x_ref, *refs):
@@ -356,10 +329,10 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
             u0 = pl.multiple_of(t * nu, nu)
             kglob = s * kspan + t * bk
             if blocks.acc == "slot":
-                step = slot_step(pw, lay, elem, group, tabs, x_ref, bb, i * bn, u0, kglob, nu, bn, mantissa)
+                step = slot_step(pw, lay, elem, group, tabs, x_ref, bb, i * bn, u0, kglob, nu, bn)
             else:
                 xs = [x_ref[(r, pl.ds(u0, nu)) + rest].astype(jnp.float32) for r in range(bb)]
-                terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, kglob, nu, bn, mantissa)
+                terms, zero = vec_terms(pw, lay, elem, group, tabs, i * bn, u0, kglob, nu, bn)
                 step = (tile_products if blocks.acc == "tile" else step_sums)(terms, zero, xs)
             return tuple(a + d for a, d in zip(acc, step, strict=True))
 

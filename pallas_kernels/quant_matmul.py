@@ -55,8 +55,6 @@ class BlockConfig:
     levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
     acc: str = "slot"  # mode vec only: "slot" one column slot at a time in the packed words' shape (quant_gemv),
     #                    "step" reduces the decoded tile each block_k step, "tile" accumulates it, reduces once
-    ints: str = "offset"  # mode vec only, uniform int codes: "offset" (2**23 + c - offset per weight) or "mantissa"
-    #                       (1 + c / 2**b per weight, the offset once per group from the sum of x); quant_gemv
 
     def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
         if self.mode not in MODES or self.levels not in ("exp2", "table"):
