@@ -22,4 +22,5 @@ def test_probe_small_times_each_stage(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("256x256")]
     assert lines, "no probe rows"
     times = [float(v) for v in lines[-1].split("|")[-1].split()]
-    assert len(times) == 3 and all(math.isfinite(t) and t > 0 for t in times)
+    # a stage that fails prints nan; interpret-mode times themselves are noise (overhead-subtracted, may be 0)
+    assert len(times) == 3 and all(math.isfinite(t) and t >= 0 for t in times)
