@@ -70,12 +70,12 @@ def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
         ]
         if batch <= 2:
             cfgs = [dataclasses.replace(c, mode="fma") for c in cfgs[:2]] + [dataclasses.replace(cfgs[1], mode="dot")]
-        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant_gemv.py)
-            cfgs = VEC_CONFIGS + cfgs
         if level == "full":
-            cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs[-4:]] + [
+            cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs] + [
                 BlockConfig(block_n=64, block_k=64, split_k=8, num_warps=4, num_stages=4),
                 BlockConfig(block_n=16, block_k=256, split_k=4, num_warps=4, num_stages=4)]
+        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant_gemv.py) first; φ specs also try it
+            cfgs = VEC_CONFIGS + cfgs  # with level tables (the first three configs below)
     else:
         cfgs = [
             BlockConfig(block_n=64, block_k=64, block_b=64, split_k=1, num_warps=4, num_stages=3),

@@ -216,9 +216,9 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     """acc="slot": this step's (bn, nu, U/E) contribution per batch row, one column slot at a time.
 
     Every tensor has the packed words' own (bn, nu, U/E) shape: for each digit tuple (a column inside each block
-    of E columns) the code is a constant shift of one word per field part, and x of that column is a strided
-    load from the slot-major x, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA per weight and the
-    group multipliers apply once per step."""
+    of E columns) the code is a constant shift of one word per field part, and x of that column is a contiguous
+    load from the slot-major x, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA
+    per weight and the group multipliers apply once per step."""
     import itertools
 
     bits = pw.bits_dict
@@ -294,8 +294,9 @@ def tile_products(terms, zero, xs: list) -> list:
     return [w * x[None] for x in xs]
 
 
-def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays, names, interpret: bool):
-    """The pallas_call of mode="vec" (called by quant_matmul after its checks). x (B, C), B <= 8 per program."""
+def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, flat_arrays, names, interpret: bool):
+    """The pallas_call of mode="vec" (called by quant_matmul after its checks; flat_arrays = the packed fields, then
+    the group fields and lookup tables). x (B, C), at most MAX_VEC_BATCH rows per program."""
     from pallas_kernels.quant_matmul import _unflatten
 
     elem_names, group_names, table_names = names
@@ -304,7 +305,8 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, tables: dict, flat_arrays
     lay = vec_layout(pw, bk)
     bb = blocks.block_b or min(b, MAX_VEC_BATCH)
     if bb > MAX_VEC_BATCH:
-        raise KernelLayoutError(f"mode='vec' takes at most {MAX_VEC_BATCH} batch rows per program, got block_b={bb}")
+        raise KernelLayoutError(f"mode='vec' takes at most {MAX_VEC_BATCH} batch rows per program, got block_b={bb}: "
+                                f"use block_b <= {MAX_VEC_BATCH}, or mode='dot' for large batches")
     bp = -(-b // bb) * bb
     xp = x.astype(jnp.bfloat16)
     if bp != b:

@@ -7,8 +7,10 @@ Each program owns block_n output features and a 1/split_k share of K; it walks K
 packed words of a (block_n, block_k) tile, decodes them in registers (shift/mask, exp2 for grid levels, gather
 loads for the NF4 table and group scales) and feeds a bf16 tl.dot with float32 accumulation (mode "dot": batch
 padded to a power of two >= 16, since tl.dot needs >= 16 rows) or, for batch 1-2, a broadcast multiply and row
-sum without padding (mode "fma"). The dequantized weight never goes to HBM. split_k partial sums are added by
-XLA afterwards (one small (split_k, B, N) f32 array).
+sum without padding (mode "fma"), or the GEMV form for small batches (mode "vec", at most 8 rows per program,
+the default at batch <= 2: pallas_kernels/quant_gemv.py). The dequantized weight never goes to HBM. split_k
+partial sums are added by XLA afterwards (one small (split_k, B, N) f32 array). Row-sorted weights (sort=true)
+need gather_matmul.
 
 Reference: hqf_jax.ops.quant_matmul.dequant_matmul_ref(x, dequantize_matrix(q)).
 """
@@ -33,7 +35,7 @@ from pallas_kernels.quant_common import (
     prepare,
     tables_for,
 )
-from pallas_kernels.quant_gemv import supports_vec, vec_matmul
+from pallas_kernels.quant_gemv import ACCS, MAX_VEC_BATCH, supports_vec, vec_layout, vec_matmul
 
 __all__ = ["BlockConfig", "default_blocks", "quant_matmul", "prepare", "KernelLayoutError"]
 
@@ -50,17 +52,18 @@ class BlockConfig:
     num_warps: int = 4
     num_stages: int = 3
     mode: str = "auto"  # "dot" (tl.dot, batch padded to 16), "fma" (broadcast multiply + row sums),
-    #                     "vec" (batch <= 8: pallas_kernels/quant_gemv.py), "auto" (vec if it fits, else fma, for
-    #                     batch <= 2; dot above)
+    #                     "vec" (GEMV form, block_b <= 8 rows per program: pallas_kernels/quant_gemv.py),
+    #                     "auto" (vec if the layout fits, else fma, for batch <= 2; dot above)
     levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
     acc: str = "slot"  # mode vec only: "slot" one column slot at a time in the packed words' shape (quant_gemv),
     #                    "step" reduces the decoded tile each block_k step, "tile" accumulates it, reduces once
 
     def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
-        if self.mode not in MODES or self.levels not in ("exp2", "table"):
-            raise KernelLayoutError(
-                f"mode={self.mode!r} levels={self.levels!r}: use mode {'|'.join(MODES)}, levels exp2|table")
+        if self.mode not in MODES or self.levels not in ("exp2", "table") or self.acc not in ACCS:
+            raise KernelLayoutError(f"mode={self.mode!r} levels={self.levels!r} acc={self.acc!r}: use mode "
+                                    f"{'|'.join(MODES)}, levels exp2|table, acc {'|'.join(ACCS)}")
         if self.mode == "auto":
+            vec_ok = vec_ok and (self.block_b or 1) <= MAX_VEC_BATCH
             return ("vec" if vec_ok else "fma") if batch <= 2 else "dot"
         return self.mode
 
@@ -69,13 +72,16 @@ def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
     """A reasonable starting point; eval/bench_quant_kernels.py sweeps around it. Batch <= 2: the GEMV form with
     one-warp programs of one output row (the H200 bench's best at 4096 x 4096-11008), when the layout allows."""
     if batch <= 2:
-        bk = 1024
-        while bk > 32 and (pw.cols % bk or not supports_vec(pw, bk)):
-            bk //= 2
-        if pw.cols % bk == 0 and supports_vec(pw, bk):
-            return BlockConfig(block_n=1, block_k=bk, num_warps=1, num_stages=4, mode="vec")
+        for bk in (1024, 512, 256, 128, 64, 32):
+            cfg = BlockConfig(block_n=1, block_k=bk, num_warps=1, num_stages=4, mode="vec")
+            try:
+                check_blocks(pw, 1, bk, 1, min_block_n=1)
+                vec_layout(pw, bk)
+                return cfg
+            except KernelLayoutError:
+                continue
     g = pw.cfg.group_size or pw.cols
-    bk = 128 if (g % 128 == 0 or 128 % g == 0) else 64
+    bk = next((c for c in (128, 64, 32) if pw.cols % c == 0 and (g % c == 0 or c % g == 0)), 32)
     bn = 32 if batch <= 16 else 64
     while pw.rows % bn:
         bn //= 2
@@ -118,6 +124,9 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
     b, k = x.shape
     if k != pw.cols:
         raise KernelLayoutError(f"x has {k} features but the weight expects {pw.cols}")
+    if "perm" in pw.elem:
+        raise KernelLayoutError(f"{pw.cfg.name} is row-sorted (sort=true): use gather_matmul, which applies the "
+                                "stored permutation")
     blocks = blocks or default_blocks(pw, b)
     mode = blocks.resolved_mode(b, supports_vec(pw, blocks.block_k))
     check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, min_block_n=1 if mode == "vec" else 16)
@@ -125,7 +134,7 @@ def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None =
     tables = tables_for(pw.cfg, blocks.levels)
     elem_names, group_names, table_names, arrays = _flatten(pw, tables)
     if mode == "vec":
-        return vec_matmul(x, pw, blocks, tables, arrays, (elem_names, group_names, table_names), interpret)
+        return vec_matmul(x, pw, blocks, arrays, (elem_names, group_names, table_names), interpret)
     if mode == "dot":
         bb = blocks.block_b or min(max(16, next_pow2(b)), 64)
     else:

@@ -57,8 +57,6 @@ def test_quant_matmul_matches_reference_interpret(spec, k, n, b, blk, variant, s
         bk = 32
     if k % (bk * split):
         split = 1
-    if variant[0] == "vec" and min(g, bk) % 32:
-        bk = 64  # the vec layout needs min(group, block_k) to hold whole words of every field
     blocks = BlockConfig(block_n=bn, block_k=bk, split_k=split, mode=variant[0], levels=variant[1])
     y = quant_matmul(x, prepare(q), blocks=blocks, interpret=True)
     wm = dequantize_matrix(q)
@@ -95,6 +93,39 @@ def test_vec_mode_refuses_layouts_it_cannot_tile():
     with pytest.raises(KernelLayoutError, match="at most 8"):
         quant_matmul(jnp.ones((16, 64), jnp.bfloat16), prepare(_case("int4", 64, 16, 1, 0)[1]),
                      blocks=BlockConfig(block_n=16, block_k=64, block_b=16, mode="vec"), interpret=True)
+    with pytest.raises(KernelLayoutError, match="acc"):
+        quant_matmul(x, prepare(q), blocks=BlockConfig(mode="fma", acc="rows"), interpret=True)
+
+
+def test_vec_mode_batch_blocks_and_padding():
+    """More rows than one program takes (block_b 2 of batch 3: padded) and batch 12 in programs of 8 rows; auto
+    with block_b > 8 at batch 1 falls back to fma instead of failing."""
+    for b, bb in ((3, 2), (12, None)):
+        x, q = _case("phi5u8", 128, 32, b, 7)
+        wm = dequantize_matrix(q)
+        y = quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=4, block_k=64, block_b=bb, mode="vec"),
+                         interpret=True)
+        _check(y, dequant_matmul_ref(x, wm), x, wm)
+    x, q = _case("int4", 128, 32, 1, 7)
+    wm = dequantize_matrix(q)
+    _check(quant_matmul(x, prepare(q), blocks=BlockConfig(block_n=16, block_b=16), interpret=True),
+           dequant_matmul_ref(x, wm), x, wm)
+
+
+@pytest.mark.parametrize("spec,k", [("int4:group_size=192", 384), ("nf4dq:group_size=192", 384),
+                                    ("int4:group_size=None", 96), ("phi5u8", 64)])
+def test_default_blocks_fit_any_group(spec, k):
+    """quant_matmul with no blocks picks a config that fits the group size (non-power-of-two groups too)."""
+    for b in (1, 2, 5):
+        x, q = _case(spec, k, 16, b, 2)
+        wm = dequantize_matrix(q)
+        _check(quant_matmul(x, prepare(q), interpret=True), dequant_matmul_ref(x, wm), x, wm)
+
+
+def test_sorted_weights_are_refused_by_the_fused_kernel():
+    x, q = _case("phi5u8:sort=true:group_size=32", 64, 16, 1, 0)
+    with pytest.raises(KernelLayoutError, match="gather_matmul"):
+        quant_matmul(x, prepare(q), interpret=True)
 
 
 @settings(max_examples=3, deadline=None)
@@ -147,8 +178,6 @@ def test_kernels_lower_to_triton_for_cuda(spec):
 @pytest.mark.parametrize("mode,levels", [("auto", "exp2"), ("dot", "table"), ("fma", "table"), ("vec", "exp2"),
                                          ("vec", "table")])
 def test_quant_matmul_on_gpu(spec, b, mode, levels):
-    if mode == "vec" and b > 8:
-        pytest.skip("mode vec is for batch <= 8")
     x, q = _case(spec, 512, 256, b, 0)
     wm = dequantize_matrix(q)
     blocks = BlockConfig(block_n=32, block_k=128, split_k=2, mode=mode, levels=levels)

@@ -2,7 +2,9 @@
 
 Weights are in the (R, C) matrix view of quant_codecs: R output features, C = K input features, so a Flax
 kernel (K, N) is the matrix W^T and y = x @ kernel = x @ W^T. Activations are bf16; the dequantized weight is
-rounded to bf16 and the products accumulate in float32, which is exactly what the kernels do.
+rounded to bf16 and the products accumulate in float32, which is what the dot/fma kernels do. The GEMV form
+(mode "vec") keeps decoded values in float32 and applies group scales once per group, so it differs from this
+reference by at most the bf16 rounding of the weight (the tests' tolerance allows it).
 """
 
 from __future__ import annotations
