@@ -33,7 +33,7 @@ def main(argv=None):
     if a.tokenizer:
         tokenizers = [(a.tokenizer, token_task.load_tokenizer(a.tokenizer))]
     else:
-        texts = token_task._texts(corpus.train)
+        texts = token_task.doc_texts(corpus.train)
         tokenizers = [(f"BPE {v}", token_task.train_tokenizer(texts, int(v))) for v in a.vocab.split(",")]
     valid_bytes = sum(len(d) for _, d in corpus.valid)
     print(f"held-out text: {len(corpus.valid)} documents, {valid_bytes:,} bytes ({corpus.description})")

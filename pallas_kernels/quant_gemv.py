@@ -26,6 +26,7 @@ accumulates in the words' own (block_n, nu, U/E) shape. acc="step"/"tile" build 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import jax
@@ -219,8 +220,6 @@ def slot_step(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
     of E columns) the code is a constant shift of one word per field part, and x of that column is a contiguous
     load from the slot-major x, so nothing is broadcast or reshaped; sum_slots value * x accumulates with one FMA
     per weight and the group multipliers apply once per step."""
-    import itertools
-
     bits = pw.bits_dict
     mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
     words: dict = {}
@@ -321,8 +320,6 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, flat_arrays, names, inter
     arrays = [view_elem(a, lay, w, pw.rows, pw.cols) for a, w in zip(flat_arrays[:n_elem], widths, strict=True)]
     arrays += list(flat_arrays[n_elem:])
     vdims = (lay.u // lay.e, *lay.digits)
-    if blocks.acc not in ACCS:
-        raise KernelLayoutError(f"acc={blocks.acc!r}: use one of {ACCS}")
     out_dtype = x.dtype if split == 1 else jnp.float32
 
     def kernel(x_ref, *refs):

@@ -73,13 +73,12 @@ def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
     one-warp programs of one output row (the H200 bench's best at 4096 x 4096-11008), when the layout allows."""
     if batch <= 2:
         for bk in (1024, 512, 256, 128, 64, 32):
-            cfg = BlockConfig(block_n=1, block_k=bk, num_warps=1, num_stages=4, mode="vec")
             try:
                 check_blocks(pw, 1, bk, 1, min_block_n=1)
                 vec_layout(pw, bk)
-                return cfg
             except KernelLayoutError:
                 continue
+            return BlockConfig(block_n=1, block_k=bk, num_warps=1, num_stages=4, mode="vec")
     g = pw.cfg.group_size or pw.cols
     bk = next((c for c in (128, 64, 32) if pw.cols % c == 0 and (g % c == 0 or c % g == 0)), 32)
     bn = 32 if batch <= 16 else 64

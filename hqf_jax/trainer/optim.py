@@ -13,9 +13,9 @@ def lr_schedule(train_cfg) -> optax.Schedule:
         raise ConfigError(f"train.steps={train_cfg.steps}: give a positive number of steps")
     if steps == 1:  # nothing to warm up or decay: the one step runs at the peak rate
         return optax.constant_schedule(train_cfg.lr)
-    warmup = min(int(train_cfg.warmup_steps), steps - 1) if steps > 1 else 0
+    warmup = min(int(train_cfg.warmup_steps), steps - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train_cfg.lr, warmup_steps=max(warmup, 1) if warmup else 1,
+        init_value=0.0, peak_value=train_cfg.lr, warmup_steps=max(warmup, 1),
         decay_steps=steps, end_value=train_cfg.lr * train_cfg.min_lr_ratio,
     )
 

@@ -78,14 +78,15 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     return np.array([len(b) if b else 0 for b in token_bytes(tokenizer)], np.int32)
 
 
-def _texts(docs: list[tuple[str, bytes]]) -> list[str]:
+def doc_texts(docs: list[tuple[str, bytes]]) -> list[str]:
+    """The text of (name, bytes) documents, undecodable bytes replaced (what the tokenizer trains on and reads)."""
     return [d.decode("utf-8", "replace") for _, d in docs]
 
 
 def encode_docs(tokenizer, docs: list[tuple[str, bytes]]) -> np.ndarray:
     """Every document's tokens followed by EOS, concatenated (int32)."""
     eos = tokenizer.eos_token_id
-    parts = [np.asarray(e.ids + [eos], np.int32) for e in tokenizer.backend_tokenizer.encode_batch(_texts(docs))]
+    parts = [np.asarray(e.ids + [eos], np.int32) for e in tokenizer.backend_tokenizer.encode_batch(doc_texts(docs))]
     return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
@@ -249,7 +250,7 @@ def prepare_data(cfg, workdir: str | Path, corpus: ByteCorpus | None = None):
         return load_tokenizer(tok_dir), np.load(paths["train"]), np.load(paths["valid"])
     corpus = corpus or load_corpus(cfg.data)
     print(f"[token_lm] {corpus.summary()}; training a {cfg.tokenizer.vocab_size}-token byte-level BPE")
-    tokenizer = train_tokenizer(_texts(corpus.train), int(cfg.tokenizer.vocab_size), int(cfg.tokenizer.min_frequency))
+    tokenizer = train_tokenizer(doc_texts(corpus.train), int(cfg.tokenizer.vocab_size), int(cfg.tokenizer.min_frequency))
     workdir.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, tok_dir)
     tokenizer = load_tokenizer(tok_dir)
