@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from eval.compressors import BASELINES
+from hqf_jax.scoring.compressors import BASELINES
 from hqf_jax import cli
 from hqf_jax.data.batching import eval_windows
 from hqf_jax.data.sources import load_corpus, load_files

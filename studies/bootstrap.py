@@ -1,7 +1,7 @@
 """The experiment RetNPhi stands on (issue 3, point 5): does a pretrained token model make byte-level
 learning faster than starting from scratch?
 
-    python -m eval.bootstrap_study [--config configs/retnphi_tiny.py] [--out runs/bootstrap_study] [--steps N]
+    python -m studies.bootstrap [--config configs/retnphi_tiny.py] [--out runs/bootstrap_study] [--steps N]
                                    [--token-config configs/token_lm_tiny.py] [key=value ...]
 
 Runs, all on the same byte data, batch, seq_len, optimizer and learning-rate schedule, through the shared
