@@ -226,6 +226,7 @@ class RetNPhi(nnx.Module):
         if rcfg.byte_init == "tokens":
             if tokenizer is None:
                 raise RetNPhiConfigError("byte_init='tokens' needs the checkpoint's tokenizer; pass tokenizer= or set byte_init='random'")
+            check_tokenizer(tokenizer, "the tokenizer given")
             emb, head = byte_rows_from_tokens(decoder, tokenizer, rcfg)
         else:
             emb, head = random_byte_rows(decoder, rcfg)
@@ -238,11 +239,7 @@ class RetNPhi(nnx.Module):
         from hqf_jax.nn.hf_loading import load_hf_decoder
 
         decoder = load_hf_decoder(folder, dtype=dtype, param_dtype=param_dtype, progress=progress)
-        tokenizer = None
-        if rcfg.byte_init == "tokens":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder) if rcfg.byte_init == "tokens" else None
         return cls.from_decoder(decoder, rcfg, tokenizer)
 
     # ------------------------------------------------------------------ byte-LM interface
@@ -273,6 +270,41 @@ class RetNPhi(nnx.Module):
 
 
 # ---------------------------------------------------------------------- byte rows from the token model
+
+# files that hold a vocabulary (tokenizer_config.json alone does not: transformers then builds an empty one)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
+_NO_TOKENIZER_FIX = "or set model.retnphi.byte_init=random"
+
+
+def load_tokenizer(folder: str):
+    """The checkpoint folder's tokenizer for byte_init='tokens'; RetNPhiConfigError (one line) when the folder
+    has none, it does not load, or it maps no token to bytes (the 'token' init would silently be random)."""
+    import os
+
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise RetNPhiConfigError(f"byte_init='tokens' needs the checkpoint's tokenizer and {folder} has none (no "
+                                 f"{', '.join(TOKENIZER_FILES[:3])}); save it there with tokenizer.save_pretrained "
+                                 f"{_NO_TOKENIZER_FIX}")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # transformers' messages span lines
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RetNPhiConfigError(f"the tokenizer in {folder} does not load ({type(e).__name__}: {first}); "
+                                 f"re-save it with tokenizer.save_pretrained {_NO_TOKENIZER_FIX}") from None
+    check_tokenizer(tokenizer, folder)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, where: str = "the checkpoint folder") -> None:
+    """Refuse a tokenizer none of whose tokens map to bytes (empty vocabulary, specials only)."""
+    mapped = sum(1 for b in token_bytes(tokenizer) if b)
+    if mapped == 0:
+        raise RetNPhiConfigError(f"the tokenizer in {where} is empty (vocabulary {len(tokenizer)}, no token maps to "
+                                 f"bytes), so byte_init='tokens' would be random; save the real tokenizer there "
+                                 f"{_NO_TOKENIZER_FIX}")
+
 
 
 def _bytes_to_unicode() -> dict[int, str]:
