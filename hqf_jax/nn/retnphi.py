@@ -25,6 +25,7 @@ return_state=False) -> logits (B,T,V) [, state]; init_state(batch); step(token (
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -226,7 +227,7 @@ class RetNPhi(nnx.Module):
         if rcfg.byte_init == "tokens":
             if tokenizer is None:
                 raise RetNPhiConfigError("byte_init='tokens' needs the checkpoint's tokenizer; pass tokenizer= or set byte_init='random'")
-            check_tokenizer(tokenizer, "the tokenizer given")
+            check_tokenizer(tokenizer)
             emb, head = byte_rows_from_tokens(decoder, tokenizer, rcfg)
         else:
             emb, head = random_byte_rows(decoder, rcfg)
@@ -279,8 +280,6 @@ _NO_TOKENIZER_FIX = "or set model.retnphi.byte_init=random"
 def load_tokenizer(folder: str):
     """The checkpoint folder's tokenizer for byte_init='tokens'; RetNPhiConfigError (one line) when the folder
     has none, it does not load, or it maps no token to bytes (the 'token' init would silently be random)."""
-    import os
-
     if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
         raise RetNPhiConfigError(f"byte_init='tokens' needs the checkpoint's tokenizer and {folder} has none (no "
                                  f"{', '.join(TOKENIZER_FILES[:3])}); save it there with tokenizer.save_pretrained "
@@ -297,14 +296,13 @@ def load_tokenizer(folder: str):
     return tokenizer
 
 
-def check_tokenizer(tokenizer, where: str = "the checkpoint folder") -> None:
+def check_tokenizer(tokenizer, folder: str | None = None) -> None:
     """Refuse a tokenizer none of whose tokens map to bytes (empty vocabulary, specials only)."""
-    mapped = sum(1 for b in token_bytes(tokenizer) if b)
-    if mapped == 0:
-        raise RetNPhiConfigError(f"the tokenizer in {where} is empty (vocabulary {len(tokenizer)}, no token maps to "
-                                 f"bytes), so byte_init='tokens' would be random; save the real tokenizer there "
+    if not any(token_bytes(tokenizer)):
+        where = f" in {folder}" if folder else ""
+        raise RetNPhiConfigError(f"the tokenizer{where} is empty (vocabulary {len(tokenizer)}, no token maps to bytes), "
+                                 f"so byte_init='tokens' would be random; save the real tokenizer beside the weights "
                                  f"{_NO_TOKENIZER_FIX}")
-
 
 
 def _bytes_to_unicode() -> dict[int, str]:
