@@ -115,7 +115,8 @@ def _check_retnet(cfg) -> None:
     model = _get(cfg, "model")
     if model is _MISSING or "qk_dim" not in model or "num_heads" not in model:
         return
-    from hqf_jax.nn.retnet import RetNetConfig
+    from hqf_jax.nn.retnet import RetNetConfig  # here, not at the top: cli imports this module, and --help
+                                                # or a bad key should not wait seconds for jax and flax
 
     mcfg = RetNetConfig.from_dict(model)
     try:
