@@ -5,7 +5,8 @@ each rule applies to the keys the config has, so one table serves the byte LM, G
 and the token LM. A violation is one ``ConfigError`` line naming the key, its value and the fix,
 before anything is built (no ZeroDivisionError ten steps into a run).
 
-The model's own shape rules stay with the model (``RetNetConfig.validate``); they are run from here
+The mesh is checked where it is built (``trainer.sharding.make_mesh``: its rules depend on the devices
+present). The model's own shape rules stay with the model (``RetNetConfig.validate``); they are run from here
 so a bad ``model.num_heads`` is caught at load, and the message lists values that would pass.
 """
 
@@ -46,8 +47,6 @@ FRACTIONS = {
     "rl.c_top_p": (0.0, 1.0, False, True),
     "rl.ccv_fraction": (0.0, 1.0, True, True),
 }
-# mesh axes: -1 (take the remaining devices) or a positive size
-MESH_AXES = ("mesh.data", "mesh.fsdp", "mesh.tensor")
 
 _MISSING = object()
 
@@ -102,10 +101,6 @@ def check(cfg) -> None:
         ok = _is_number(v) and (lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)
         if not ok:
             raise ConfigError(f"{key}={v!r}: must lie in {_interval(lo, hi, lo_in, hi_in)}")
-    for key in MESH_AXES:
-        v = _get(cfg, key)
-        if v is not _MISSING and (not _is_int(v) or not (v == -1 or v >= 1)):
-            raise ConfigError(f"{key}={v!r}: a mesh axis is -1 (the remaining devices) or a size >= 1")
     _check_retnet(cfg)
     _check_hf_decoder(cfg)
 

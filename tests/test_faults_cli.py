@@ -94,7 +94,6 @@ def test_train_lm_takes_overrides_after_an_option_and_validates_them(tmp_path):
     ("train.lr=0.0", ["train.lr=0.0", "> 0"]),
     ("train.b2=1.0", ["train.b2=1.0", "[0, 1)"]),
     ("data.valid_fraction=1.5", ["data.valid_fraction=1.5", "[0, 1]"]),
-    ("mesh.data=0", ["mesh.data=0", "-1"]),
     # qk_dim 64, v_dim 128 (lm_tiny): 3 heads divide neither; the message lists head counts that fit
     ("model.num_heads=3", ["model.num_heads=3", "multiples of num_heads", "[1, 2, 4, 8, 16, 32]"]),
     ("model.num_heads=0", ["model.num_heads=0", ">= 1"]),
@@ -135,7 +134,7 @@ def test_rules_name_only_keys_some_config_has():
         if path.name != "__init__.py":
             known |= set(keys(cli.load_config_file(str(path)).to_dict()))
     rules = (config_checks.POSITIVE_INTS + config_checks.NON_NEGATIVE_INTS + config_checks.POSITIVE_NUMBERS
-             + config_checks.NON_NEGATIVE_NUMBERS + tuple(config_checks.FRACTIONS) + config_checks.MESH_AXES)
+             + config_checks.NON_NEGATIVE_NUMBERS + tuple(config_checks.FRACTIONS))
     assert sorted(set(rules) - known) == []
 
 
