@@ -44,7 +44,7 @@ INTERVENTION_EVENTS = ("shrink_perturb", "rewarm", "weight_noise", "ema_swap")
 def arm_config(arm: str, common: list[str]):
     if arm not in ARMS:
         raise cli.ConfigError(f"unknown arm {arm!r}; arms: {sorted(ARMS)}")
-    return cli.apply_overrides(cli.load_config_file(CONFIG), ARMS[arm] + list(common))
+    return cli.load_config(CONFIG, ARMS[arm] + list(common))
 
 
 def curve(workdir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, str]]]:
@@ -104,8 +104,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--skip-train", action="store_true", help="score existing runs in --out")
-    p.add_argument("overrides", nargs="*", help="config overrides for every arm (key=value)")
-    a = p.parse_args(argv)
+    cli.add_overrides(p, help="config overrides for every arm (key=value)")
+    a = cli.parse(p, argv)
     out = Path(a.out)
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     results: dict = {}
