@@ -76,12 +76,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--out", default="runs/studies/mesh_precision")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (every run)")
-    a = p.parse_args(argv)
+    cli.add_overrides(p, "config overrides key.sub=value (every run)")
+    a = cli.parse(p, argv)
     if jax.device_count() < 2:
         raise cli.ConfigError("this study needs 2+ devices; on a CPU set "
                               "XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu")
-    base = cli.apply_overrides(cli.load_config_file(a.config), [
+    base = cli.load_config(a.config, [
         f"train.steps={a.steps}", "train.log_every=1", f"train.ckpt_every={a.steps}", f"train.warmup_steps={max(1, a.steps // 10)}",
         f"train.eval_every={a.steps * 10}", f"train.sample_every={a.steps * 10}", *a.overrides])
     corpus = load_corpus(base.data)
