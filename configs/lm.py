@@ -7,15 +7,17 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.workdir = "runs/lm"
     c.model = ml_collections.ConfigDict(dict(
-        d_model=256, num_layers=6, num_heads=4, qk_dim=256, v_dim=512, ffn_dim=1280,
-        position="xpos", rope_theta=10000.0, gamma_base=-5.0, form="chunkwise", chunk_size=64,
-        norm_eps=1e-6, compute_dtype="float32",
+        # arch: retnet | transformer (the standard decoder baseline, sized to the RetNet's parameters)
+        arch="retnet", d_model=256, num_layers=6, num_heads=4, qk_dim=256, v_dim=512, ffn_dim=1280,
+        # form: auto = the Pallas kernel on a GPU, chunkwise elsewhere; attention_impl: auto = cuDNN on GPU in bf16
+        position="xpos", rope_theta=10000.0, gamma_base=-5.0, form="auto", chunk_size=64,
+        norm_eps=1e-6, compute_dtype="float32", attention_impl="auto",
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=400, seed=0, lr=2e-3, warmup_steps=40, min_lr_ratio=0.1, weight_decay=0.1,
+        steps=400, seed=0, grad_accum=1, lr=2e-3, warmup_steps=40, min_lr_ratio=0.1, weight_decay=0.1,
         b1=0.9, b2=0.98, grad_clip=1.0,
         log_every=10, eval_every=200, eval_max_bytes=65536, ckpt_every=100, keep=3,
         sample_every=200, sample_len=200, sample_prompt="def ",

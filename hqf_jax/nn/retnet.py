@@ -5,8 +5,8 @@
 MSR is multi-scale retention (hqf_jax.ops.retention) with per-head GroupNorm and a swish
 gate, as in Sun et al. (2023). The same weights run in three forms:
 
-- ``model(tokens)``: training/scoring, in the configured form (parallel, chunkwise, or the
-  Pallas chunkwise kernel); ``model(tokens, state=s, return_state=True)`` prefills;
+- ``model(tokens)``: training/scoring, in the configured form (parallel, chunkwise, the
+  Pallas chunkwise kernel, or "auto": Pallas on a GPU, chunkwise elsewhere); ``model(tokens, state=s, return_state=True)`` prefills;
 - ``model.step(token, state)``: one byte at a time with O(1) state per layer.
 """
 
@@ -21,10 +21,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hqf_jax.mesh_axes import BATCH_AXES, HEAD_AXIS
+from hqf_jax.ops import attention as attn
 from hqf_jax.ops import retention as ret
 from hqf_jax.ops.constants import BYTE_VOCAB_SIZE
 
-TRAIN_FORMS = ("parallel", "chunkwise", "pallas")
+TRAIN_FORMS = ("auto", "parallel", "chunkwise", "pallas")
+
+
+def resolve_form(form: str) -> str:
+    """"auto" -> "pallas" on a GPU (under a mesh the kernel runs per device: sharded_chunk_retention),
+    "chunkwise" elsewhere (CPU, TPU); explicit forms pass through."""
+    if form != "auto":
+        return form
+    return "pallas" if jax.default_backend() == "gpu" else "chunkwise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +48,15 @@ class RetNetConfig:
     position: str = "xpos"  # rope | xpos | none
     rope_theta: float = 10000.0
     gamma_base: float = -5.0  # gamma_h = 1 - 2^(gamma_base - h)
-    form: str = "chunkwise"  # parallel | chunkwise | pallas (training/scoring form)
+    form: str = "auto"  # auto | parallel | chunkwise | pallas (training/scoring form; auto: resolve_form)
     chunk_size: int = 64
     norm_eps: float = 1e-6
     compute_dtype: str = "float32"  # float32 | bfloat16; parameters stay float32
     # "retention" (this model) or "attention": causal softmax attention in the same slot with the same
-    # projections, GroupNorm and gate -- an equal-size baseline for cost-vs-length studies, not a RetNet.
+    # projections, GroupNorm and gate (q/k repeated per value half: ~1.33x a standard layer's FLOPs).
+    # The standard decoder baseline is hqf_jax.nn.transformer (model.arch=transformer).
     mixer: str = "retention"
-    attention_impl: str = "xla"  # xla | cudnn (jax.nn.dot_product_attention implementation)
+    attention_impl: str = "auto"  # auto | xla | cudnn (hqf_jax.ops.attention.resolve_impl)
 
     @classmethod
     def from_dict(cls, d: Any) -> "RetNetConfig":
@@ -65,6 +75,8 @@ class RetNetConfig:
             raise ValueError(f"model.mixer {self.mixer!r} is not one of ('retention', 'attention')")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
+        if self.attention_impl not in attn.ATTENTION_IMPLS:
+            raise ValueError(f"model.attention_impl {self.attention_impl!r} is not one of {attn.ATTENTION_IMPLS}")
 
 
 def _dense(cfg: RetNetConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -100,7 +112,7 @@ class MultiScaleRetention(nnx.Module):
         to_bthd = lambda x: x.transpose(0, 2, 1, 3)
         qq, kk = (jnp.repeat(to_bthd(x), m, axis=2) for x in (q, k))
         vv = to_bthd(v).reshape(b, t, h * m, d)
-        y = jax.nn.dot_product_attention(qq, kk, vv, is_causal=True, implementation=self.cfg.attention_impl)
+        y = attn.causal_attention(qq, kk, vv, self.cfg.attention_impl)
         return y.reshape(b, t, h, m * d).transpose(0, 2, 1, 3)
 
     def __call__(self, x: jax.Array, state: ret.RetentionState | None, form: str):
@@ -174,7 +186,7 @@ class RetNetLM(nnx.Module):
     def __call__(self, tokens: jax.Array, state=None, *, form: str | None = None, return_state: bool = False):
         """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token]."""
         chex.assert_rank(tokens, 2)
-        form = form or self.cfg.form
+        form = resolve_form(form or self.cfg.form)
         x = self.embed(tokens).astype(jnp.dtype(self.cfg.compute_dtype))
         states = state if state is not None else (None,) * self.cfg.num_layers
         new_states = []

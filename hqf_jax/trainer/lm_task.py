@@ -18,25 +18,49 @@ from flax import nnx
 from hqf_jax import cli
 from hqf_jax.data.batching import WindowSampler, eval_windows, to_example
 from hqf_jax.data.sources import ByteCorpus, load_corpus
-from hqf_jax.errors import CheckpointError
 from hqf_jax.nn import generate
+from hqf_jax.errors import CheckpointError, ConfigError
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM, count_params
+from hqf_jax.nn.transformer import TransformerConfig, TransformerLM
+from hqf_jax.ops.attention import causal_attention_macs_per_position
 from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
 from hqf_jax.trainer.loop import Task
 
 LN2 = float(np.log(2.0))
 
 
-def build_model(cfg) -> RetNetLM:
-    return RetNetLM(RetNetConfig.from_dict(cfg.model), nnx.Rngs(cfg.train.seed))
+ARCHS = ("retnet", "transformer")  # model.arch: the RetNet byte LM, or the standard decoder baseline
 
 
-def model_flops_per_byte(mcfg: RetNetConfig, seq_len: int) -> float:
-    """Training FLOPs per byte (forward + backward = 3x forward): 6 x matmul params plus the
-    chunkwise retention terms (intra-chunk scores and values, cross-chunk state read and write)."""
+def model_config(model_cfg) -> RetNetConfig | TransformerConfig:
+    """The model config that ``model.arch`` names; the transformer is matched in size to the RetNet."""
+    arch = model_cfg.get("arch", "retnet")
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch={arch!r} is not one of {ARCHS}")
+    return TransformerConfig.from_dict(model_cfg) if arch == "transformer" else RetNetConfig.from_dict(model_cfg)
+
+
+def build_model(cfg) -> RetNetLM | TransformerLM:
+    mcfg = model_config(cfg.model)
+    model_cls = TransformerLM if isinstance(mcfg, TransformerConfig) else RetNetLM
+    return model_cls(mcfg, nnx.Rngs(cfg.train.seed))
+
+
+def model_flops_per_byte(mcfg: RetNetConfig | TransformerConfig, seq_len: int) -> float:
+    """Training FLOPs per byte (forward + backward = 3x forward, 2 FLOPs per multiply-add): 6 x matmul
+    params plus the sequence-mixing terms. RetNet: chunkwise retention (intra-chunk scores and values,
+    cross-chunk state read and write). Transformer (and the RetNet's attention mixer): causal attention,
+    (T+1)/2 keys per position on average -- the work a causal flash kernel does."""
     c = mcfg
+    if isinstance(c, TransformerConfig):
+        matmul = c.num_layers * (4 * c.d_model**2 + 3 * c.d_model * c.ffn_dim) + c.d_model * c.vocab_size
+        mixing = c.num_layers * causal_attention_macs_per_position(seq_len, c.d_model)
+        return 6.0 * matmul + 6.0 * mixing
     matmul = c.num_layers * (c.d_model * (2 * c.qk_dim + 2 * c.v_dim) + c.v_dim * c.d_model + 3 * c.d_model * c.ffn_dim)
     matmul += c.d_model * c.vocab_size
+    if c.mixer == "attention":  # q and k repeated for each value part: scores over v_dim columns, values too
+        mixing = c.num_layers * causal_attention_macs_per_position(seq_len, c.v_dim)
+        return 6.0 * matmul + 6.0 * mixing
     dk, dv = c.qk_dim // c.num_heads, c.v_dim // c.num_heads
     chunk = min(c.chunk_size, seq_len)
     retention = c.num_layers * c.num_heads * (chunk * (dk + dv) + 3 * dk * dv)  # per position, multiply-adds
@@ -93,7 +117,9 @@ def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]
         loss_fn=next_byte_loss,
         batch_fn=sampler,
         eval_fn=make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
-        sample_fn=make_sample_fn(cfg.train.sample_prompt, cfg.train.sample_len, cfg.train.seed),
+        # the transformer keeps no KV cache: no samples (it trains and scores)
+        sample_fn=None if isinstance(model, TransformerLM) else make_sample_fn(cfg.train.sample_prompt,
+                                                                                cfg.train.sample_len, cfg.train.seed),
         units_per_step=bytes_per_step,
         flops_per_step=model_flops_per_byte(model.cfg, cfg.data.seq_len) * bytes_per_step,
     )
@@ -101,7 +127,7 @@ def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]
         from hqf_jax.trainer import interventions
 
         task.interventions = interventions.from_config(cfg, task, build_model)
-    print(f"[lm] {count_params(model):,} parameters; {corpus.summary()}")
+    print(f"[lm] {type(model).__name__} {count_params(model):,} parameters; {corpus.summary()}")
     return task, corpus
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from hqf_jax.trainer import mfu
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
 from hqf_jax.trainer.metrics import MetricWriter
@@ -74,23 +75,54 @@ def _train_state(params, opt_state, step):
     return {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
 
 
-def make_train_step(loss_fn: LossFn, graphdef, tx, schedule, seed: int):
+def make_train_step(loss_fn: LossFn, graphdef, tx, schedule, seed: int, grad_accum: int = 1):
     """The pure train step (state, rest, batch) -> (state, metrics) that ``train`` jits; benchmarks
-    time this same function."""
+    time this same function.
+
+    ``grad_accum`` = k > 1 splits the batch into k micro-batches (rows i, i+k, i+2k, ...: each device
+    keeps its own rows), runs them one after another in a scan and averages loss, metrics and
+    gradients: one optimizer update, the activation memory of a k-times smaller batch. For a loss that
+    is a mean over rows this is the step on the whole batch. Micro-batch i draws ``fold_in(rng, i)``."""
+    if grad_accum < 1:
+        raise ValueError(f"train.grad_accum={grad_accum}: give a number of micro-batches >= 1")
 
     def step_fn(state, rest, batch):
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
 
-        def loss_of(p):
-            return loss_fn(nnx.merge(graphdef, p, rest), batch, rng)
+        def loss_of(p, b, r):
+            return loss_fn(nnx.merge(graphdef, p, rest), b, r)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+        if grad_accum == 1:
+            (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+        else:
+            (loss, metrics), grads = _accumulate(grad_fn, state["params"], batch, rng, grad_accum)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state["params"], updates)
         metrics = {**metrics, "loss": loss, "grad_norm": _global_norm(grads), "lr": schedule(state["step"])}
         return _train_state(params, opt_state, state["step"] + 1), metrics
 
     return step_fn
+
+
+def _accumulate(grad_fn, params, batch, rng, k: int):
+    """Mean of ``grad_fn`` over k strided micro-batches of ``batch``, in a scan (one micro-batch live)."""
+    rows = {x.shape[0] for x in jax.tree.leaves(batch)}
+    if len(rows) != 1 or next(iter(rows)) % k:
+        raise ValueError(f"train.grad_accum={k} must divide the batch rows {sorted(rows)}: change data.batch_size")
+    n = next(iter(rows))
+    micro = jax.tree.map(lambda x: x.reshape(n // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(acc, inp):
+        i, b = inp
+        out = grad_fn(params, b, jax.random.fold_in(rng, i))
+        return jax.tree.map(lambda a, o: a + o.astype(a.dtype) / k, acc, out), None
+
+    (loss, metrics), grads = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), ((loss, metrics), grads))
+    out, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    # back to the parameters' dtypes (float32 here, so nothing changes unless params are 16-bit)
+    return out[0], jax.tree.map(lambda g, p: g.astype(p.dtype), out[1], params)
 
 
 def _device_memory() -> dict[str, float]:
@@ -139,7 +171,8 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     if config_json is not None and jax.process_index() == 0:  # only once the checkpoint is known to fit
         (workdir / "config.json").write_text(config_json)
 
-    step_fn = make_train_step(task.loss_fn, graphdef, tx, schedule, train_cfg.seed)
+    step_fn = make_train_step(task.loss_fn, graphdef, tx, schedule, train_cfg.seed, train_cfg.get("grad_accum", 1))
+    peaks = mfu.device_peaks() if task.flops_per_step else {}  # MFU bases: spec and same-run matmul peak
     jit_step = jax.jit(step_fn, in_shardings=(state_sh, rest_sh, shd.batch_sharding(mesh)),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
 
@@ -168,6 +201,7 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
                     metrics[f"{task.unit_name}_per_s"] = rate
                     if task.flops_per_step:
                         metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
+                        metrics.update(mfu.mfu_metrics(metrics["tflops"] / mesh.size, peaks))
                     metrics.update(_device_memory())
                     if not np.isfinite(metrics["loss"]):
                         writer.event(step, "non_finite_loss", loss=metrics["loss"])
