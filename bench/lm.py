@@ -1,7 +1,9 @@
-"""Throughput of the byte LM: training bytes/s, model TFLOP/s and MFU against a bf16 matmul
-measured in the same run, and generation bytes/s at batch 1 and 64 through the recurrent form.
+"""Throughput of the byte LM: training bytes/s, model TFLOP/s and MFU on two bases -- the detected
+GPU's spec dense bf16 peak (hqf_jax.trainer.mfu, "-" for an unknown part) and a bf16 matmul measured in
+the same run -- and generation bytes/s at batch 1 and 64 through the recurrent form.
 
     python -m bench.lm [--config configs/lm_125m.py] [--seq-lens 2048,8192] [--forms chunkwise,pallas]
+                       [--transformer]    # adds the matched transformer baseline (model.arch=transformer)
     python -m bench.lm --small        # tiny shapes, runs on a CPU
 
 Timing: every figure is wall time around N jitted calls after warm-up, with block_until_ready
@@ -15,57 +17,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from hqf_jax import cli
 from hqf_jax.nn import generate
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM, count_params
-from hqf_jax.trainer.lm_task import model_flops_per_byte, next_byte_loss
-from hqf_jax.trainer.loop import _train_state, make_train_step
-from hqf_jax.trainer.optim import make_optimizer
+from hqf_jax.nn.transformer import TransformerConfig, TransformerLM
+from hqf_jax.trainer import mfu
+from hqf_jax.trainer.timing import time_train_step
 
 
-def matmul_peak(n: int, reps: int) -> float:
-    """bf16 TFLOP/s of an n x n x n matmul, reps chained inside one jitted loop."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16) / n
-
-    @jax.jit
-    def loop(a):
-        return jax.lax.fori_loop(0, reps, lambda i, x: (x @ b).astype(jnp.bfloat16), a)
-
-    loop(a).block_until_ready()
-    t = time.perf_counter()
-    loop(a).block_until_ready()
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
-
-
-def bench_train(cfg, mcfg: RetNetConfig, seq_len: int, batch: int, steps: int):
-    model = RetNetLM(mcfg, nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, schedule = make_optimizer(cfg.train)
-    state = _train_state(params, tx.init(params), 0)
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 256, (batch, seq_len + 1), dtype=np.int32)
-    b = {"inputs": jnp.asarray(data[:, :-1]), "targets": jnp.asarray(data[:, 1:])}
-    step = jax.jit(make_train_step(next_byte_loss, graphdef, tx, schedule, 0), donate_argnums=(0,))
-    step = step.lower(state, rest, b).compile()
-    ma = step.memory_analysis()
-    # device memory the step needs: its arguments (state, batch) plus XLA's temporaries, from the compiler
-    step_gib = ((ma.argument_size_in_bytes + ma.temp_size_in_bytes) / 2**30) if ma is not None else float("nan")
-    state, m = step(state, rest, b)  # warm-up
-    state, m = step(state, rest, b)
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, rest, b)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t) / steps
-    bytes_per_s = batch * seq_len / dt
-    tflops = model_flops_per_byte(mcfg, seq_len) * bytes_per_s / 1e12
-    return {"step_ms": dt * 1e3, "bytes_per_s": bytes_per_s, "tflops": tflops,
-            "step_gib": step_gib, "params": count_params(model), "loss": float(m["loss"])}
+def bench_train(cfg, mcfg: RetNetConfig | TransformerConfig, seq_len: int, batch: int, steps: int):
+    model_cls = TransformerLM if isinstance(mcfg, TransformerConfig) else RetNetLM
+    return time_train_step(model_cls(mcfg, nnx.Rngs(0)), cfg.train, seq_len, batch, steps)
 
 
 def bench_generate(mcfg: RetNetConfig, batch: int, n: int):
@@ -88,6 +52,7 @@ def main(argv=None):
     p.add_argument("--chunk-sizes", default="64")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--gen-bytes", type=int, default=512)
+    p.add_argument("--transformer", action="store_true", help="also time the matched transformer baseline")
     p.add_argument("--small", action="store_true", help="tiny shapes for a CPU check")
     a = p.parse_args(argv)
     cfg = cli.load_config_file(a.config)
@@ -98,8 +63,11 @@ def main(argv=None):
         seq_lens, a.bytes_per_step, a.steps, a.gen_bytes = [64, 128], 1024, 2, 16
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
-    peak = matmul_peak(256 if a.small else 8192, 2 if a.small else 50)
-    print(f"bf16 matmul peak (same run): {peak:.1f} TFLOP/s")
+    peak = mfu.matmul_peak_tflops(256 if a.small else 8192, 2 if a.small else 50)
+    spec = mfu.spec_part(dev.device_kind)
+    print(f"bf16 matmul peak (same run): {peak:.1f} TFLOP/s; spec dense bf16 peak: "
+          + (f"{spec[1]:.0f} TFLOP/s ({spec[0]})" if spec else "unknown part"))
+    spec_peak = spec[1] if spec else None
     rows = []
     for form in a.forms.split(","):
         for chunk in (int(c) for c in a.chunk_sizes.split(",")):
@@ -113,13 +81,27 @@ def main(argv=None):
                     continue
                 rows.append((f"train {form} c={chunk}", t, batch, r))
                 print(f"train {form} c={chunk} T={t} B={batch}: {r}", flush=True)
+    if a.transformer:
+        tcfg = TransformerConfig.matching(base)  # attention_impl auto: cuDNN on a GPU in bf16
+        for t in seq_lens:
+            batch = max(1, a.bytes_per_step // t)
+            try:
+                r = bench_train(cfg, tcfg, t, batch, a.steps)
+            except Exception as e:
+                print(f"train transformer T={t}: FAILED {type(e).__name__}: {str(e)[:300]}")
+                continue
+            rows.append(("train transformer", t, batch, r))
+            print(f"train transformer T={t} B={batch}: {r}", flush=True)
     gen = {b: bench_generate(base, b, a.gen_bytes) for b in (1, 64)}
     print()
-    print(f"| run | T | B | step ms | bytes/s | model TFLOP/s | MFU vs {peak:.0f} | step GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    spec_head = f"MFU vs spec {spec_peak:.0f}" if spec_peak else "MFU vs spec (unknown part)"
+    print(f"| run | T | B | step ms | bytes/s | model TFLOP/s | {spec_head} | MFU vs measured {peak:.0f} | step GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, t, b, r in rows:
+        m = mfu.mfu_metrics(r["tflops"], {"spec_tflops": spec_peak, "measured_tflops": peak})
+        spec_cell = f"{100 * m['mfu_spec']:.1f}%" if "mfu_spec" in m else "-"
         print(f"| {name} | {t} | {b} | {r['step_ms']:.1f} | {r['bytes_per_s']:,.0f} | {r['tflops']:.1f} | "
-              f"{100 * r['tflops'] / peak:.1f}% | {r['step_gib']:.1f} |")
+              f"{spec_cell} | {100 * m['mfu_measured']:.1f}% | {r['step_gib']:.1f} |")
     print(f"params: {rows[0][3]['params'] if rows else count_params(RetNetLM(base, nnx.Rngs(0))):,}")
     for b, v in gen.items():
         print(f"| generate batch {b} | {v:,.0f} bytes/s |")

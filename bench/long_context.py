@@ -1,9 +1,14 @@
 """How training cost grows with sequence length: the ~128M byte LM (retention) beside a softmax-attention
-model of the same size (same projections, GroupNorm and gate; jax.nn.dot_product_attention), at a fixed
-number of bytes per step.
+model of the same size, at a fixed number of bytes per step.
 
-    python -m bench.long_context [--seq-lens 2048,8192,32768] [--forms chunkwise,pallas]
+    python -m bench.long_context [--seq-lens 2048,8192,32768] [--forms chunkwise,pallas] [--baseline transformer]
     python -m bench.long_context --small     # CPU check
+
+Baselines (``--baseline``, comma list):
+  transformer  the standard decoder (hqf_jax.nn.transformer: RoPE, 4·d² attention projections, SwiGLU
+               widened to equal parameters), causal jax.nn.dot_product_attention -- the default;
+  mixer        the RetNet with ``model.mixer=attention``: same projections, GroupNorm and gate, q/k repeated
+               per value half (~1.33x a standard layer's attention FLOPs; the README's earlier comparison).
 
 Per row: step time, bytes/s, and the device memory the compiled step needs (arguments + XLA
 temporaries, from the compiler's memory analysis), or the error (e.g. out of memory).
@@ -13,9 +18,16 @@ from __future__ import annotations
 
 import argparse
 
-from bench.lm import bench_train
+import dataclasses
+
+from flax import nnx
+
 from hqf_jax import cli
-from hqf_jax.nn.retnet import RetNetConfig
+from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+from hqf_jax.nn.transformer import TransformerConfig, TransformerLM
+from hqf_jax.trainer.timing import time_train_step
+
+BASELINES = ("transformer", "mixer")
 
 
 def main(argv=None):
@@ -24,6 +36,7 @@ def main(argv=None):
     p.add_argument("--seq-lens", default="2048,8192,32768")
     p.add_argument("--forms", default="chunkwise", help="retention forms to run (chunkwise, pallas)")
     p.add_argument("--attention-impls", default="cudnn")
+    p.add_argument("--baseline", default="transformer", help=f"attention baselines, comma list of {BASELINES}")
     p.add_argument("--bytes-per-step", type=int, default=65536)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--small", action="store_true")
@@ -34,16 +47,25 @@ def main(argv=None):
     if a.small:
         base = RetNetConfig(d_model=64, num_layers=2, num_heads=2, qk_dim=64, v_dim=128, ffn_dim=192, chunk_size=16)
         seq_lens, a.bytes_per_step, a.steps = [64, 256], 512, 2
-    specs = [("retention", f, "xla") for f in a.forms.split(",")]
-    specs += [("attention", "chunkwise", i) for i in a.attention_impls.split(",")]
+        a.attention_impls = "xla"  # cuDNN needs a GPU
+    baselines = [b.strip() for b in a.baseline.split(",") if b.strip()]
+    if any(b not in BASELINES for b in baselines):
+        raise SystemExit(f"--baseline {a.baseline!r}: choose from {BASELINES}")
+    specs = [(f"retention ({f})", dataclasses.replace(base, form=f)) for f in a.forms.split(",")]
+    for impl in a.attention_impls.split(","):
+        if "transformer" in baselines:
+            specs.append((f"transformer ({impl})", dataclasses.replace(TransformerConfig.matching(base),
+                                                                       attention_impl=impl)))
+        if "mixer" in baselines:
+            specs.append((f"retnet attention mixer ({impl})", dataclasses.replace(base, mixer="attention",
+                                                                                  attention_impl=impl)))
     rows = []
     for t in seq_lens:
         batch = max(1, a.bytes_per_step // t)
-        for mixer, form, impl in specs:
-            mcfg = RetNetConfig(**{**base.__dict__, "mixer": mixer, "form": form, "attention_impl": impl})
-            name = f"retention ({form})" if mixer == "retention" else f"softmax attention ({impl})"
+        for name, mcfg in specs:
+            model_cls = TransformerLM if isinstance(mcfg, TransformerConfig) else RetNetLM
             try:
-                r = bench_train(cfg, mcfg, t, batch, a.steps)
+                r = time_train_step(model_cls(mcfg, nnx.Rngs(0)), cfg.train, t, batch, a.steps)
             except Exception as e:  # out of memory or an unsupported implementation: report, go on
                 msg = str(e)
                 r = {"error": "out of memory" if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
@@ -51,14 +73,15 @@ def main(argv=None):
             rows.append((name, t, batch, r))
             print(f"{name} T={t} B={batch}: {r}", flush=True)
     print()
-    print("| model | T | B | step ms | bytes/s | step GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| model | T | B | params | step ms | bytes/s | model TFLOP/s | step GiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, t, b, r in rows:
         if "error" in r:
-            print(f"| {name} | {t} | {b} | {r['error']} | - | - |")
+            print(f"| {name} | {t} | {b} | - | {r['error']} | - | - | - |")
         else:
-            print(f"| {name} | {t} | {b} | {r['step_ms']:.1f} | {r['bytes_per_s']:,.0f} | {r['step_gib']:.1f} |")
-
+            print(f"| {name} | {t} | {b} | {r['params']:,} | {r['step_ms']:.1f} | {r['bytes_per_s']:,.0f} | "
+                  f"{r['tflops']:.1f} | {r['step_gib']:.1f} |")
+    return rows
 
 if __name__ == "__main__":
     main()
