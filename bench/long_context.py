@@ -8,7 +8,7 @@ Baselines (``--baseline``, comma list):
   transformer  the standard decoder (hqf_jax.nn.transformer: RoPE, 4·d² attention projections, SwiGLU
                widened to equal parameters), causal jax.nn.dot_product_attention -- the default;
   mixer        the RetNet with ``model.mixer=attention``: same projections, GroupNorm and gate, q/k repeated
-               per value half (~1.33x a standard layer's attention FLOPs; the README's earlier comparison).
+               per value half (twice a standard layer's score and value work; the README's earlier comparison).
 
 Per row: step time, bytes/s, and the device memory the compiled step needs (arguments + XLA
 temporaries, from the compiler's memory analysis), or the error (e.g. out of memory).

@@ -9,8 +9,8 @@ mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1
 for b in "$@"; do
   case $b in
-    lm) cmd="python -m bench.lm --forms chunkwise,pallas" ;;
-    long_context) cmd="python -m bench.long_context --forms chunkwise,pallas --attention-impls cudnn,xla" ;;
+    lm) cmd="python -m bench.lm --forms chunkwise,pallas --transformer" ;;
+    long_context) cmd="python -m bench.long_context --forms chunkwise,pallas --attention-impls cudnn,xla --baseline transformer,mixer" ;;
     quant) cmd="python -m bench.quant_kernels --shapes 4096x4096,4096x11008 --target-s 0.1" ;;
     holo) cmd="python -m bench.holo" ;;
     rollout) cmd="python -m bench.rollout --budget-s 15" ;;

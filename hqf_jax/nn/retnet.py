@@ -53,7 +53,7 @@ class RetNetConfig:
     norm_eps: float = 1e-6
     compute_dtype: str = "float32"  # float32 | bfloat16; parameters stay float32
     # "retention" (this model) or "attention": causal softmax attention in the same slot with the same
-    # projections, GroupNorm and gate (q/k repeated per value half: ~1.33x a standard layer's FLOPs).
+    # projections, GroupNorm and gate (q/k repeated per value half: twice a standard layer's score and value work).
     # The standard decoder baseline is hqf_jax.nn.transformer (model.arch=transformer).
     mixer: str = "retention"
     attention_impl: str = "auto"  # auto | xla | cudnn (hqf_jax.ops.attention.resolve_impl)
