@@ -32,6 +32,7 @@ from hqf_jax.errors import ConfigError
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.lora import LoRAConfig, apply_lora
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+from hqf_jax.nn.transformer import TransformerConfig, TransformerLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.distributed import maybe_initialize
@@ -74,6 +75,8 @@ def _specs(tree, mesh_shape) -> dict[str, P]:
 
 MODELS = {
     "byte_lm": byte_lm,
+    "transformer_baseline": lambda: TransformerLM(TransformerConfig(d_model=32, num_layers=1, num_heads=2, ffn_dim=64),
+                                                  nnx.Rngs(0)),
     "phi3": lambda: hf_decoder("phi3"),
     "llama_biases": lambda: hf_decoder("llama", attention_bias=True, mlp_bias=True),
     "qwen2": lambda: hf_decoder("qwen2"),
