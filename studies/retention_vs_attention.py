@@ -184,7 +184,7 @@ def table(rows: list[dict], gap_rows: list[dict], a, device: str) -> str:
              f"the spec dense bf16 peak ({a.peaks.get('spec_tflops', 'unknown')} TFLOP/s) and over a bf16 matmul "
              f"measured in this run ({a.peaks.get('measured_tflops', float('nan')):.0f} TFLOP/s).", "",
              "| arch | size | form | params | FLOPs/byte | steps | bytes | step ms | TFLOP/s | MFU spec | "
-             "MFU measured | first step s | final bpb | best bpb |",
+             "MFU measured | setup + compile s | final bpb | best bpb |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{100 * v:.1f}%" if v is not None and math.isfinite(v) else "-"
     for r in rows:
@@ -219,7 +219,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
             xs = [p[key] for p in r["points"]]
             ys = [p["valid_bpb"] for p in r["points"]]
             ax.plot(xs, ys, "-o" if r["arch"] == "retnet" else "--s", color=colors[r["size"]], ms=3, lw=1.3,
-                    label=f"{r['arch']} {r['size']} ({r['params'] / 1e6:.1f}M)")
+                    label=f"{r['arch']} {r['size']} ({r['params'] / 1e6:.3g}M params)")
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -267,12 +267,16 @@ def main(argv=None):
     t = time.perf_counter()
     corpus = lm_task.load_corpus(cfg0.data)  # once: every run reads the same bytes
     print(f"[rva] corpus in {time.perf_counter() - t:.1f} s: {corpus.summary()}", flush=True)
-    rows = [run_one(arch, s, table_sizes[s], a, corpus, out) for s in names for arch in archs]
-    gap_rows = gaps(rows)
-    md = table(rows, gap_rows, a, device)
-    write_report(out, md, {"device": device, "budget_s": a.budget, "peaks": a.peaks, "runs": rows, "gaps": gap_rows,
-                           "corpus": corpus.summary()})
-    plots = plot(rows, out)
+    rows = []
+    for s in names:
+        for arch in archs:
+            rows.append(run_one(arch, s, table_sizes[s], a, corpus, out))
+            # the report so far, after every run: a study cut short by a time limit keeps what it measured
+            gap_rows = gaps(rows)
+            md = table(rows, gap_rows, a, device)
+            write_report(out, md, {"device": device, "budget_s": a.budget, "peaks": a.peaks, "runs": rows,
+                                   "gaps": gap_rows, "corpus": corpus.summary()})
+            plots = plot(rows, out)
     print("\n" + md)
     print(f"\n[rva] {out / 'table.md'}, {out / 'results.json'}, " + ", ".join(str(x) for x in plots))
     return rows, gap_rows
