@@ -1,7 +1,7 @@
 """Retention against a standard transformer on the same bytes, at equal parameters, equal FLOPs and equal time.
 
-    python -m studies.retention_vs_attention --out runs/retention_vs_attention --budget 60 \\
-        [--sizes s,m,l] [--archs retnet,transformer] [--evals 6] [key=value ...]
+    python -m studies.retention_vs_attention --out runs/retention_vs_attention --budget 40 \\
+        [--sizes s,m,l] [--archs retnet,transformer] [--evals 6] data.source=files data.paths=DIR
     python -m studies.retention_vs_attention --small --out /tmp/rva     # CPU check: one tiny size, ~40 s
 
 The claim it tests (issue 16): the RetNet byte LM reaches the valid bpb of a Llama-style transformer of
@@ -17,7 +17,9 @@ then stays constant (``train.min_lr_ratio=1``): no cosine tail for either arch, 
 are above what a schedule fitted to the budget reaches, equally for both. Valid bpb is measured at
 ``--evals`` evenly spaced points of the budget on the same held-out bytes.
 
-Overrides after the options apply to every run, e.g. the data: ``data.source=files data.paths=DIR``.
+Overrides after the options apply to every run, e.g. the data: ``data.source=files data.paths=DIR``
+(docs/BENCHMARKS.md has the command that gathers a GPU machine's site-packages .py files into DIR).
+Wall time: the corpus build + runs x (budget + setup, compile and evaluations, ~30 s on one GPU).
 Output in ``--out``: table.md, results.json (every curve), bpb_vs_flops.png, bpb_vs_time.png, and one
 run folder per (arch, size) under runs/ (config.json, metrics.jsonl; no checkpoints).
 

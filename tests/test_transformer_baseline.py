@@ -116,3 +116,23 @@ def test_transformer_trains_through_the_shared_trainer(tmp_path):
     assert np.isfinite(final["valid_bpb"]) and final["valid_bpb"] < 4.2, final
     model, _, step = lm_task.load_run(tmp_path)  # the run folder rebuilds the transformer
     assert isinstance(model, TransformerLM) and step == 120
+
+
+def test_125m_transformer_config_is_the_125m_retnet_size():
+    cfg = cli.load_config_file(str(ROOT / "configs/lm_125m_transformer.py"))
+    t = lm_task.model_config(cfg.model)
+    assert isinstance(t, TransformerConfig) and t.d_model == 768 and t.num_layers == 12
+    assert t.ffn_dim == 3584  # 2560 + (2*768 + 3*1536 + 1536/768 - 4*768)/3, rounded to 8
+
+
+@pytest.mark.gpu
+def test_cudnn_attention_equals_the_reference_and_auto_picks_it_on_gpu():
+    kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, k, v = (jax.random.normal(key, (2, 256, 4, 64), jnp.bfloat16) for key in (kq, kk, kv))
+    assert attn.resolve_impl("auto", jnp.bfloat16) == "cudnn"
+    assert attn.resolve_impl("auto", jnp.float32) == "xla"  # cuDNN flash attention takes 16-bit inputs only
+    got = attn.causal_attention(q, k, v, "cudnn").astype(jnp.float32)
+    want = attn.causal_attention_reference(q, k, v).astype(jnp.float32)
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+    if jax.device_count() == 1:
+        assert resolve_form("auto") == "pallas"
