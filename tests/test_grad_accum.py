@@ -47,3 +47,18 @@ def test_grad_accum_must_divide_the_batch():
         jax.eval_shape(step, _train_state(params, tx.init(params), 0), rest, batch)
     with pytest.raises(ValueError, match="grad_accum"):
         make_train_step(next_byte_loss, graphdef, tx, lambda s: 0.5, 0, grad_accum=0)
+
+
+def test_the_trainer_takes_train_grad_accum(tmp_path):
+    from hqf_jax import cli
+    from hqf_jax.trainer import lm_task
+    from hqf_jax.trainer.loop import train
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(**{"model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64,
+                         "data.max_files": 5, "data.seq_len": 32, "data.batch_size": 4, "train.steps": 2,
+                         "train.grad_accum": 2, "train.log_every": 1, "train.eval_every": 1000,
+                         "train.sample_every": 1000, "train.ckpt_every": 1000})
+    task, _ = lm_task.build_task(cfg)
+    final = train(task, cfg.train, cfg.mesh, tmp_path, cli.config_to_json(cfg), progress=False)
+    assert final["step"] == 2 and np.isfinite(final["loss"])
