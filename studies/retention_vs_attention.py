@@ -190,7 +190,8 @@ def table(rows: list[dict], gap_rows: list[dict], a, device: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{100 * v:.1f}%" if v is not None and math.isfinite(v) else "-"
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['size']} | {r['form']} | {r['params']:,} | {r['flops_per_byte'] / 1e6:.1f}M | "
+        lines.append(f"| {r['arch']} | {r['size']} | {r['form']} | {r['params']:,} | "
+                     f"{r['flops_per_byte'] / 1e6:.1f}M | "
                      f"{r['steps']} | {r['bytes'] / 1e6:.1f}M | {r['step_ms']:.1f} | {r['tflops']:.1f} | "
                      f"{pct(r.get('mfu_spec'))} | {pct(r.get('mfu_measured'))} | {r['first_step_s']:.1f} | "
                      f"{r['final_valid_bpb']:.4f} | {r['best_valid_bpb']:.4f} |")

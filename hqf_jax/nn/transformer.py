@@ -61,7 +61,8 @@ class TransformerConfig:
 
     def validate(self) -> None:
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
-            raise ValueError(f"d_model ({self.d_model}) must split into num_heads ({self.num_heads}) heads of even width")
+            raise ValueError(f"d_model ({self.d_model}) must split into num_heads ({self.num_heads}) heads of "
+                             "even width")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
         if self.attention_impl not in attn.ATTENTION_IMPLS:

@@ -119,7 +119,8 @@ def _accumulate(grad_fn, params, batch, rng, k: int):
         return jax.tree.map(lambda a, o: a + o.astype(a.dtype) / k, acc, out), None
 
     (loss, metrics), grads = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), ((loss, metrics), grads))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)),
+                         ((loss, metrics), grads))
     out, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
     # back to the parameters' dtypes (float32 here, so nothing changes unless params are 16-bit)
     return out[0], jax.tree.map(lambda g, p: g.astype(p.dtype), out[1], params)
