@@ -9,7 +9,7 @@ the same size (hqf_jax.nn.transformer, model.arch=transformer) for the same trai
 faster. Each (arch, size) trains with the shared trainer (the same as ``python -m train.lm`` on
 configs/lm.py with the overrides this study prints) on the same bytes for ``--budget`` seconds of
 training wall time, counted after the first (compiling) step and without the evaluations. RetNet
-runs ``model.form=auto`` (the Pallas kernel on one GPU, chunkwise on a CPU); the transformer runs
+runs ``model.form=auto`` (the Pallas kernel on a GPU, chunkwise on a CPU); the transformer runs
 ``jax.nn.dot_product_attention`` (cuDNN flash attention on a GPU in bf16, XLA on a CPU).
 
 Because the number of steps a budget buys is not known in advance, the learning rate warms up and
