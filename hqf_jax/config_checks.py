@@ -20,7 +20,7 @@ from hqf_jax.errors import ConfigError
 POSITIVE_INTS = (
     "data.batch_size", "data.seq_len",
     "train.steps", "train.log_every", "train.eval_every", "train.ckpt_every", "train.sample_every", "train.keep",
-    "train.eval_max_bytes", "train.eval_max_tokens", "train.batch_size", "train.dream_every",
+    "train.eval_max_bytes", "train.eval_max_tokens", "train.batch_size", "train.dream_every", "train.grad_accum",
     "model.d_model", "model.num_layers", "model.num_heads", "model.qk_dim", "model.v_dim", "model.ffn_dim",
     "model.chunk_size",
     "model.hidden_size", "model.intermediate_size", "model.num_hidden_layers", "model.num_attention_heads",
