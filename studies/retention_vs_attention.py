@@ -102,7 +102,6 @@ class Clock:
 
 
 def run_config(arch: str, size: dict, small: bool, overrides: list[str]):
-    cfg = cli.load_config_file(CONFIG)
     run = SMALL_RUN if small else GPU_RUN
     d = size["d_model"]
     words = [f"model.arch={arch}", f"model.qk_dim={d}", f"model.v_dim={2 * d}", "model.form=auto",
@@ -112,7 +111,7 @@ def run_config(arch: str, size: dict, small: bool, overrides: list[str]):
     words += [f"train.steps={NEVER}", "train.min_lr_ratio=1.0", f"train.eval_every={NEVER}",
               f"train.sample_every={NEVER}", f"train.ckpt_every={NEVER}", "train.log_every=50"]
     words += list(overrides)  # the user's last: data paths, or a different lr
-    return cli.apply_overrides(cfg, words), words
+    return cli.load_config(CONFIG, words), words  # validated (hqf_jax.config_checks) like any entry point's
 
 
 def run_one(arch: str, size_name: str, size: dict, a, corpus, out: Path) -> dict:
@@ -246,8 +245,8 @@ def main(argv=None):
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--evals", type=int, default=6, help="valid bpb points per run, evenly spaced in the budget")
     p.add_argument("--small", action="store_true", help="tiny models on the stdlib for a CPU check")
-    p.add_argument("overrides", nargs="*", help="config overrides for every run (key=value), e.g. data.paths=DIR")
-    a = p.parse_args(argv)
+    cli.add_overrides(p, "config overrides for every run (key=value), e.g. data.paths=DIR")
+    a = cli.parse(p, argv)
     table_sizes = SMALL_SIZES if a.small else SIZES
     a.budget = a.budget if a.budget is not None else (2.0 if a.small else 60.0)
     if a.small:
@@ -286,4 +285,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)
