@@ -1,6 +1,6 @@
 """Retention against a standard transformer on the same bytes, at equal parameters, equal FLOPs and equal time.
 
-    python -m studies.retention_vs_attention --out runs/retention_vs_attention --budget 40 \\
+    python -m studies.retention_vs_attention --out runs/retention_vs_attention --budget 35 \\
         [--sizes s,m,l] [--archs retnet,transformer] [--evals 6] data.source=files data.paths=DIR
     python -m studies.retention_vs_attention --small --out /tmp/rva     # CPU check: one tiny size, ~40 s
 
@@ -19,7 +19,7 @@ are above what a schedule fitted to the budget reaches, equally for both. Valid 
 
 Overrides after the options apply to every run, e.g. the data: ``data.source=files data.paths=DIR``
 (docs/BENCHMARKS.md has the command that gathers a GPU machine's site-packages .py files into DIR).
-Wall time: the corpus build + runs x (budget + setup, compile and evaluations, ~30 s on one GPU).
+Wall time: the corpus build + runs x (budget + setup, compile and evaluations, ~30-45 s on one GPU).
 Output in ``--out``: table.md, results.json (every curve), bpb_vs_flops.png, bpb_vs_time.png, and one
 run folder per (arch, size) under runs/ (config.json, metrics.jsonl; no checkpoints).
 
