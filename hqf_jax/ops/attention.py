@@ -3,8 +3,8 @@ attention) beside its plain-jnp reference, same signature, tested against each o
 
 Layout is (B, T, H, D) for q, k, v and the result, as ``jax.nn.dot_product_attention`` takes it.
 
-``implementation``: "xla" (any backend), "cudnn" (NVIDIA GPU, bfloat16/float16 only) or "auto",
-which picks cuDNN where it can run (a GPU and a 16-bit dtype) and XLA elsewhere.
+``implementation``: "xla" (any backend), "cudnn" (NVIDIA GPU of compute capability >= 8.0, bfloat16/float16
+only) or "auto", which picks cuDNN where it can run and XLA elsewhere.
 """
 
 from __future__ import annotations
@@ -16,13 +16,24 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 def resolve_impl(impl: str, dtype) -> str:
-    """"auto" -> "cudnn" on a GPU with a 16-bit dtype, else "xla"; explicit values pass through."""
+    """"auto" -> "cudnn" on an Ampere-or-newer NVIDIA GPU with a 16-bit dtype, else "xla"; explicit values pass
+    through."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention implementation {impl!r} is not one of {ATTENTION_IMPLS}")
     if impl != "auto":
         return impl
     sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and sixteen_bit else "xla"
+    return "cudnn" if sixteen_bit and _cudnn_gpu() else "xla"
+
+
+def _cudnn_gpu() -> bool:
+    """A GPU on which cuDNN's flash attention runs: NVIDIA, compute capability 8.0 (Ampere) or newer."""
+    if jax.default_backend() != "gpu":
+        return False
+    try:
+        return float(jax.devices()[0].compute_capability) >= 8.0
+    except (AttributeError, TypeError, ValueError):  # no capability reported (e.g. ROCm): leave it to XLA
+        return False
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "auto") -> jax.Array:
