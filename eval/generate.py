@@ -1,7 +1,10 @@
 """Stream bytes from a trained run through the recurrent form (O(1) memory per byte).
 
     python -m eval.generate --run runs/lm --prompt "def " [--max-bytes 400] [--temperature 0.8]
-                            [--top-k 0] [--top-p 0.95] [--seed 0]
+                            [--top-k 0] [--top-p 0.95] [--seed 0] [--step best|latest|N]
+
+Generates from the run's best-validation step by default (the newest when the run recorded none);
+the step used is named on stderr, so stdout holds only the bytes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ def main(argv=None):
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--step", default="best", help="a saved step, 'best' (default: the best-validation step) or 'latest'")
     p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
     p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
     a = p.parse_args(argv)
     if a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0:
         raise cli.ConfigError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-    model, _, _ = lm_task.load_run(a.run, a.step)
+    model, _, step, chosen = lm_task.load_run(a.run, a.step, with_label=True)
+    print(f"[generate] run {a.run}, step {step} ({chosen})", file=sys.stderr, flush=True)
     if a.quant:
         from hqf_jax.quant.model import quantize_model
 
