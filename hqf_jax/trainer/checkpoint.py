@@ -145,6 +145,7 @@ class Checkpointer:
         self.dir = self.workdir / "checkpoints"
         self.keep = int(keep)
         self._writer = jax.process_index() == 0
+        self._trainer = trainer
         self._pending: tuple[int, dict | None] | None = None  # (step, best record) of the save in flight
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=trainer)  # a crash's half-written step
@@ -226,8 +227,11 @@ class Checkpointer:
 
     def _failed(self, step: int | None, e: BaseException):
         """A save that did not complete: remove what it left, keep every earlier step, fail in one line."""
-        for p in self.dir.glob(f"*{TMP_MARK}*"):
-            shutil.rmtree(p, ignore_errors=True)
+        try:  # let orbax's background threads settle before removing what they wrote
+            self.manager.wait_until_finished()
+        except Exception:
+            pass
+        self._remove_temporary()
         if step is not None and self._writer:
             (self.dir / f"{step}{SUMS_SUFFIX}").unlink(missing_ok=True)
             if step not in self._committed():  # a half-written step folder would block the next resume
@@ -240,6 +244,11 @@ class Checkpointer:
         last = f"the newest saved step {kept[-1]} is kept" if kept else "no earlier step was saved"
         raise CheckpointError(f"saving step {step} to {self.dir} failed ({_short(e)}); {last}; free disk space "
                               "(or fix the folder's permissions), then re-run the same command to resume") from None
+
+    def _remove_temporary(self) -> None:
+        if self._trainer:
+            for p in self.dir.glob(f"*{TMP_MARK}*"):
+                shutil.rmtree(p, ignore_errors=True)
 
     def _committed(self) -> list[int]:
         """Steps whose folders orbax finished writing (their commit marker is there)."""
@@ -351,6 +360,7 @@ class Checkpointer:
             self._complete()
         finally:
             self.manager.close()
+            self._remove_temporary()  # nothing is in flight any more: a temporary folder now is debris
 
 
 def _fill_shardings(abstract):
