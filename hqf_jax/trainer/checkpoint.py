@@ -146,6 +146,8 @@ class Checkpointer:
         self.keep = int(keep)
         self._writer = jax.process_index() == 0
         self._trainer = trainer
+        best = read_best(self.workdir)
+        self._best_step = best.get("step") if best else None  # every process decides rotation from this copy
         self._pending: tuple[int, dict | None] | None = None  # (step, best record) of the save in flight
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=trainer)  # a crash's half-written step
@@ -221,8 +223,10 @@ class Checkpointer:
         if pending is None:
             return
         step, best = pending
-        if best is not None and self._writer:
-            _write_json(self.workdir / BEST_FILE, {"step": int(step), **best})
+        if best is not None:
+            self._best_step = int(step)
+            if self._writer:
+                _write_json(self.workdir / BEST_FILE, {"step": int(step), **best})
         self.rotate()
 
     def _failed(self, step: int | None, e: BaseException):
@@ -258,8 +262,7 @@ class Checkpointer:
     def rotate(self) -> None:
         """Delete all but the newest ``keep`` steps and the best step; drop checksum files without a step."""
         steps = self.all_steps()
-        best = read_best(self.workdir)
-        keep = set(steps[-self.keep:]) | ({best["step"]} if best else set())
+        keep = set(steps[-self.keep:]) | {self._best_step}
         for s in steps:
             if s not in keep:
                 self.manager.delete(s)
@@ -341,6 +344,8 @@ class Checkpointer:
                                       f"(the newer steps are moved to {self.workdir / 'corrupt'})") from None
             self.manager.wait_until_finished()
             moved = [s for s in steps if s > intact]
+            if self._best_step in moved:
+                self._best_step = None
             if self._writer:
                 for s in moved:
                     dest = self.workdir / "corrupt" / str(s)
@@ -350,9 +355,14 @@ class Checkpointer:
                     sums = self.dir / f"{s}{SUMS_SUFFIX}"
                     if sums.exists():
                         shutil.move(str(sums), dest.parent / f"{s}{SUMS_SUFFIX}")
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("hqf: corrupt steps moved aside")
             self.manager.reload()
-            print(f"[train] {e}; resuming from step {intact}, the newest intact step; moved steps {moved} to "
-                  f"{self.workdir / 'corrupt'}", flush=True)
+            if self._writer:
+                print(f"[train] {e}; resuming from step {intact}, the newest intact step; moved steps {moved} to "
+                      f"{self.workdir / 'corrupt'}", flush=True)
             return state, intact
 
     def close(self) -> None:
