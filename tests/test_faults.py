@@ -219,6 +219,18 @@ def test_flipped_bit_is_reported_and_the_newest_intact_step_offered_then_used(tm
     np.testing.assert_array_equal(params_at(work, 4), params_at(whole, 4))  # bit-exact, as if never corrupted
 
 
+def test_truncated_data_file_is_one_line_naming_the_array_without_cpp_reprs(tmp_path):
+    run_tiny(tmp_path)
+    data = max((tmp_path / "checkpoints" / "4").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as e:
+        run_tiny(tmp_path)
+    msg = one_line(str(e.value))
+    assert "step 4" in msg and "corrupt" in msg and ".w.value" in msg, msg  # the array orbax failed to read
+    assert "pybind11" not in msg and "bound method" not in msg and " at 0x" not in msg, msg
+    assert "newest intact step is 2" in msg
+
+
 def test_non_finite_loss_stops_before_any_save(tmp_path):
     with pytest.raises(NonFiniteError, match=r"loss is (nan|inf) at step 3: .*saved steps \[1, 2\] are kept"):
         run_tiny(tmp_path / "logged", tiny_task(blow_up_at=3), **{"train.ckpt_every": 1})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -65,16 +66,21 @@ def _describe_mismatch(abstract, saved_meta) -> str | None:
 
 
 def _short(e: BaseException) -> str:
-    """An exception in a few words for a one-line message (no multi-line reprs of C++ objects)."""
+    """An exception in a few words for a one-line message: no multi-line text, no reprs of C++ objects
+    (orbax's read errors embed a pybind11 bound method), the underlying cause when it says more."""
     if isinstance(e, OSError) and e.strerror:
         text = f"[Errno {e.errno}] {e.strerror}" + (f": {e.filename}" if e.filename else "")
     else:
         lines = [x.strip() for x in str(e).splitlines() if x.strip()]
         text = lines[0] if lines else ""
-        if " object at 0x" in text or text.startswith("<"):  # a pybind11 repr says nothing to a user
-            text = ""
-    text = text[:200]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        text = re.split(r"\s*See full TensorStore details|<bound method|<\S+ object at 0x", text)[0].strip()
+    cause = e.__cause__ or e.__context__
+    if cause is not None and not isinstance(e, OSError):
+        text = f"{text} ({_short(cause)})" if text else _short(cause)
+    name, text = type(e).__name__, text[:300]
+    if not text:
+        return name
+    return text if name == "Exception" else f"{name}: {text}"
 
 
 # ----------------------------------------------------------------------------- checksums
