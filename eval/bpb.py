@@ -22,8 +22,9 @@ from hqf_jax.data.sources import load_corpus, load_files
 from hqf_jax.trainer import lm_task
 
 
-def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | str = "best", batch_size: int = 16,
+def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | str | None = None, batch_size: int = 16,
             quant: str | None = None, quant_impl: str = "reference"):
+    """Scores of ``step`` (a saved step, "best", or "latest"/None: the newest; the command line's default is "best")."""
     model, cfg, step, chosen = lm_task.load_run(run, step, with_label=True)
     if quant:
         from hqf_jax.quant.model import quantize_model
