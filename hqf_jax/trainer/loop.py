@@ -48,7 +48,7 @@ class Task:
     units_per_step: int = 0  # bytes (or tokens) per step, for throughput
     unit_name: str = "bytes"
     flops_per_step: float = 0.0  # model FLOPs per step, for TFLOP/s
-    interventions: list = dataclasses.field(default_factory=list)  # hooks(step, state, ...) -> state
+    interventions: list = dataclasses.field(default_factory=list)  # hooks(step, state, ...) -> state [, .on_save]
     best_metric: str | None = "valid_bpb"  # the eval_fn key that picks the best step (kept, used by eval)
     best_mode: str = "min"
 
@@ -186,6 +186,8 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
                 if (step % train_cfg.ckpt_every == 0 or step == total or stopper.signal or improved
                         or best.exhausted):
                     ckpt.save(step, state, best=improved)
+                    for hook in task.interventions:  # hooks with host state save it beside the checkpoint
+                        getattr(hook, "on_save", lambda *_: None)(step, writer)
                 bar.update(1)
             if stopper.signal and step > start:
                 writer.event(step, "signal", name=stopper.signal)
