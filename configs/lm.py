@@ -12,6 +12,7 @@ def get_config():
         # form: auto = the Pallas kernel on a GPU, chunkwise elsewhere; attention_impl: auto = cuDNN on GPU in bf16
         position="xpos", rope_theta=10000.0, gamma_base=-5.0, form="auto", chunk_size=64,
         norm_eps=1e-6, compute_dtype="float32", attention_impl="auto",
+        dropout=0.0,  # residual dropout on each block's retention and FFN outputs, in training only
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
@@ -22,6 +23,8 @@ def get_config():
         log_every=10, eval_every=200, eval_max_bytes=65536, ckpt_every=100, keep=3,
         sample_every=200, sample_len=200, sample_prompt="def ",
         profile=False,
+        patience=0,  # early stop after this many evals without a better valid_bpb (0 = off)
+        resume_fallback=False,  # resume from the newest intact step when the newest is corrupt
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

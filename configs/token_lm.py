@@ -29,6 +29,7 @@ def get_config():
         b1=0.9, b2=0.98, grad_clip=1.0,
         log_every=10, eval_every=250, eval_max_tokens=32768, ckpt_every=250, keep=3,
         sample_every=500, sample_len=64, sample_prompt="def ",
+        patience=0, resume_fallback=False,  # as in configs/lm.py
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

@@ -1,9 +1,10 @@
 """Bits per byte of a trained run on held-out bytes, beside gzip -9 and xz -9 of the same bytes.
 
-    python -m eval.bpb --run runs/lm [--data PATH] [--max-bytes N] [--step S]
+    python -m eval.bpb --run runs/lm [--data PATH] [--max-bytes N] [--step best|latest|N]
 
-Without --data the run's own validation split is scored. The model scores --max-bytes of it as
-non-overlapping windows of the run's seq_len spread evenly over the split (each window starts from
+The run's best-validation step is scored by default (the newest when the run recorded none); the
+output names the step. Without --data the run's own validation split is scored. The model scores
+--max-bytes of it as non-overlapping windows of the run's seq_len spread evenly over the split (each window starts from
 BOS, no carried context); the compressors see the same windows concatenated as one stream.
 """
 
@@ -21,9 +22,10 @@ from hqf_jax.data.sources import load_corpus, load_files
 from hqf_jax.trainer import lm_task
 
 
-def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | None = None, batch_size: int = 16,
+def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: int | str | None = None, batch_size: int = 16,
             quant: str | None = None, quant_impl: str = "reference"):
-    model, cfg, step = lm_task.load_run(run, step)
+    """Scores of ``step`` (a saved step, "best", or "latest"/None: the newest; the command line's default is "best")."""
+    model, cfg, step, chosen = lm_task.load_run(run, step, with_label=True)
     if quant:
         from hqf_jax.quant.model import quantize_model
 
@@ -33,7 +35,7 @@ def measure(run: str, data: str | None = None, max_bytes: int = 1 << 18, step: i
     seq_len = min(cfg.data.seq_len, len(stream))
     evaluate = lm_task.make_eval_fn(stream, seq_len, batch_size, max_bytes)
     scored = eval_windows(stream, seq_len, max_bytes).tobytes()  # the very bytes the model scores
-    result = {"run": run, "step": step, "bytes": len(scored), "model_bpb": evaluate(model)["valid_bpb"]}
+    result = {"run": run, "step": step, "chosen": chosen, "bytes": len(scored), "model_bpb": evaluate(model)["valid_bpb"]}
     for name, fn in BASELINES.items():
         result[name] = fn(scored)
     return result
@@ -44,7 +46,7 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="run folder written by python -m train.<track>")
     p.add_argument("--data", default=None, help="file or folder of held-out bytes (default: the run's validation split)")
     p.add_argument("--max-bytes", type=int, default=1 << 18, help="bytes to score (0: the whole split)")
-    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--step", default="best", help="a saved step, 'best' (default: the best-validation step) or 'latest'")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     p.add_argument("--quant", default=None, help="score with the dense layers quantized by this method (e.g. nf4, int4, phi5+u8)")
     p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
@@ -55,7 +57,7 @@ def main(argv=None):
     if a.json:
         print(json.dumps(r))
         return
-    print(f"held-out bytes: {r['bytes']:,} (run {r['run']}, step {r['step']}" + (f", dense layers {a.quant})" if a.quant else ")"))
+    print(f"held-out bytes: {r['bytes']:,} (run {r['run']}, step {r['step']}: {r['chosen']}" + (f", dense layers {a.quant})" if a.quant else ")"))
     print(f"{'method':<12} {'bits/byte':>10}")
     for name in ["model_bpb", *BASELINES]:
         label = "model" if name == "model_bpb" else name

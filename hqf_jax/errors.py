@@ -15,3 +15,11 @@ class DataError(HqfError):
 
 class CheckpointError(HqfError):
     pass
+
+
+class RunLockError(HqfError):
+    """Another process writes the same run folder."""
+
+
+class NonFiniteError(HqfError):
+    """The loss or the state became NaN/inf; the run stopped before saving it."""

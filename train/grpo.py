@@ -8,6 +8,7 @@ from hqf_jax import cli
 from hqf_jax.rl.grpo_task import build_grpo_task
 from hqf_jax.trainer.distributed import maybe_initialize
 from hqf_jax.trainer.loop import train
+from hqf_jax.trainer.signals import finish
 
 
 def main(argv=None):
@@ -18,7 +19,7 @@ def main(argv=None):
     final = train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg))
     keys = ("rl/reward", "rl/fidelity", "rl/ratio", "eval_reward", "eval_fidelity", "eval_ratio")
     summary = ", ".join(f"{k}={final[k]:.4f}" for k in keys if k in final)
-    print(f"[grpo] done at step {final['step']} in {workdir}: {summary}")
+    finish(final, workdir, summary, tag="grpo")
 
 
 if __name__ == "__main__":

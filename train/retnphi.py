@@ -14,6 +14,7 @@ from hqf_jax import cli
 from hqf_jax.trainer import retnphi_task
 from hqf_jax.trainer.distributed import maybe_initialize
 from hqf_jax.trainer.loop import train
+from hqf_jax.trainer.signals import finish
 
 
 def main(argv=None):
@@ -28,6 +29,8 @@ def main(argv=None):
     with cfg.unlocked():
         cfg.base_sha256 = sha  # recorded in the run's config.json: load_run refuses a changed base
     final = train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg))
+    if final.get("signal"):  # stopped early: the adapter is exported when the run completes
+        finish(final, workdir, tag="retnphi")
     if cfg.model.train_mode == "lora":
         from hqf_jax.nn.adapters_io import export_adapter
         from hqf_jax.nn.lora import LoRAConfig
@@ -35,7 +38,7 @@ def main(argv=None):
         export_adapter(task.model, str(workdir / "adapter"), LoRAConfig.from_dict(cfg.model.lora.to_dict()),
                        trainable=task.trainable, base_sha256=sha, config=cfg.model.to_dict())
     summary = ", ".join(f"{k}={final[k]:.4f}" for k in ("loss", "valid_bpb") if k in final)
-    print(f"[retnphi] done at step {final['step']} in {workdir}: {summary}")
+    finish(final, workdir, summary, tag="retnphi")
 
 
 if __name__ == "__main__":

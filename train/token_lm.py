@@ -14,6 +14,7 @@ from hqf_jax import cli
 from hqf_jax.trainer import token_task
 from hqf_jax.trainer.distributed import maybe_initialize
 from hqf_jax.trainer.loop import train
+from hqf_jax.trainer.signals import finish
 
 
 def main(argv=None):
@@ -22,12 +23,14 @@ def main(argv=None):
     workdir = Path(args.workdir or cfg.workdir)
     task, hf_config, tokenizer = token_task.build_task(cfg, workdir)
     final = train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg))
+    if final.get("signal"):  # stopped early: the HF folder is written when the run completes
+        finish(final, workdir, tag="token_lm")
     info = {"steps": int(final["step"]), "tokens": int(final["step"]) * task.units_per_step,
             "train_flops": float(final["step"]) * task.flops_per_step, "params": token_task.count_params(task.model), "vocab": len(tokenizer),
             **{k: float(final[k]) for k in ("loss", "valid_loss", "valid_bpb", "valid_bytes_per_token") if k in final}}
     out = token_task.save_hf(task.model, hf_config, tokenizer, workdir / "hf", info)
     summary = ", ".join(f"{k}={final[k]:.4f}" for k in ("loss", "valid_bpb") if k in final)
-    print(f"[token_lm] done at step {final['step']}: {summary}; HF folder {out}")
+    finish(final, None, f"{summary}; HF folder {out}", tag="token_lm")
 
 
 if __name__ == "__main__":

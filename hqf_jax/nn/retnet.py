@@ -57,6 +57,9 @@ class RetNetConfig:
     # The standard decoder baseline is hqf_jax.nn.transformer (model.arch=transformer).
     mixer: str = "retention"
     attention_impl: str = "auto"  # auto | xla | cudnn (hqf_jax.ops.attention.resolve_impl)
+    # residual dropout on each block's retention and FFN outputs; applied only when the call gets a
+    # dropout_rng (the training loss passes its rng; scoring and generation never do). 0 = off.
+    dropout: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Any) -> "RetNetConfig":
@@ -77,6 +80,8 @@ class RetNetConfig:
             raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
         if self.attention_impl not in attn.ATTENTION_IMPLS:
             raise ValueError(f"model.attention_impl {self.attention_impl!r} is not one of {attn.ATTENTION_IMPLS}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1) (0.1 is a common value; 0 = off)")
 
 
 def _dense(cfg: RetNetConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
@@ -153,18 +158,29 @@ class SwiGLU(nnx.Module):
         return self.down(nnx.silu(self.gate(x)) * self.up(x))
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each element with probability ``rate``, scale the rest by 1/(1-rate).
+    The identity (the very same array) when ``key`` is None or ``rate`` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 class RetNetBlock(nnx.Module):
     def __init__(self, cfg: RetNetConfig, rngs: nnx.Rngs):
+        self.rate = cfg.dropout
         self.norm1 = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
         self.retention = MultiScaleRetention(cfg, rngs)
         self.norm2 = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
         self.ffn = SwiGLU(cfg, rngs)
 
-    def __call__(self, x, state, form):
+    def __call__(self, x, state, form, key=None):
         dtype = x.dtype
+        keys = jax.random.split(key) if key is not None and self.rate else (None, None)
         y, state = self.retention(self.norm1(x).astype(dtype), state, form)
-        x = x + y
-        x = x + self.ffn(self.norm2(x).astype(dtype))
+        x = x + dropout(y, self.rate, keys[0])
+        x = x + dropout(self.ffn(self.norm2(x).astype(dtype)), self.rate, keys[1])
         return x, state
 
 
@@ -183,15 +199,18 @@ class RetNetLM(nnx.Module):
         return tuple(ret.init_state(batch_size, c.num_heads, c.qk_dim // c.num_heads, c.v_dim // c.num_heads)
                      for _ in range(c.num_layers))
 
-    def __call__(self, tokens: jax.Array, state=None, *, form: str | None = None, return_state: bool = False):
-        """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token]."""
+    def __call__(self, tokens: jax.Array, state=None, *, form: str | None = None, return_state: bool = False,
+                 dropout_rng: jax.Array | None = None):
+        """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token]. ``dropout_rng``
+        (training only) applies the config's dropout; without it the call is deterministic."""
         chex.assert_rank(tokens, 2)
         form = resolve_form(form or self.cfg.form)
         x = self.embed(tokens).astype(jnp.dtype(self.cfg.compute_dtype))
         states = state if state is not None else (None,) * self.cfg.num_layers
         new_states = []
-        for block, s in zip(self.blocks, states):
-            x, s = block(x, s, form)
+        for i, (block, s) in enumerate(zip(self.blocks, states)):
+            key = jax.random.fold_in(dropout_rng, i) if dropout_rng is not None and self.cfg.dropout else None
+            x, s = block(x, s, form, key)
             new_states.append(s)
         logits = self.head(self.norm(x).astype(jnp.float32))
         return (logits, tuple(new_states)) if return_state else logits

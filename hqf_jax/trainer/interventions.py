@@ -214,6 +214,10 @@ class Chamber:
     def _host_state(self) -> dict:
         return {"watch": self.watch.to_json(), "windows": self.windows, "fired": self.fired, "avg_n": self.avg_n}
 
+    def on_save(self, step: int, writer) -> None:
+        """The loop saved a checkpoint at ``step`` (also off the ckpt_every grid: a new best, a signal)."""
+        self._save(step, writer)
+
     def _save(self, step: int, writer) -> None:
         if self.workdir is None or not writer.enabled:
             return

@@ -68,8 +68,11 @@ def model_flops_per_byte(mcfg: RetNetConfig | TransformerConfig, seq_len: int) -
 
 
 def next_byte_loss(model, batch, rng):
-    del rng
-    logits = model(batch["inputs"])
+    """Mean next-byte cross-entropy in nats; ``rng`` (the step's) drives the model's dropout when it has one."""
+    if getattr(getattr(model, "cfg", None), "dropout", 0.0):
+        logits = model(batch["inputs"], dropout_rng=rng)
+    else:
+        logits = model(batch["inputs"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     loss = nll.mean()
     return loss, {"bpb": loss / LN2}
@@ -152,27 +155,32 @@ def builder_for(cfg):
     return getattr(importlib.import_module(module), name)
 
 
-def load_run(workdir: str | Path, step: int | None = None, build=None):
-    """(model with restored params, config, step) of a run folder; ``build`` defaults to the config's builder."""
+def load_run(workdir: str | Path, step: int | str | None = None, build=None, with_label: bool = False):
+    """(model with restored params, config, step) of a run folder; ``build`` defaults to the config's builder.
+
+    ``step``: a saved step, "latest" (also None) or "best" (the best-validation step the trainer recorded,
+    else the newest). A corrupt step fails naming it and the newest intact step before it. With
+    ``with_label`` a fourth item says how the step was chosen (e.g. "best valid_bpb=2.1034")."""
     cfg = read_run_config(workdir)
     built = (build or builder_for(cfg))(cfg)
     model, trainable = built if isinstance(built, tuple) else (built, nnx.Param)
     graphdef, params, rest = nnx.split(model, trainable, ...)
     ckpt = Checkpointer(workdir, async_save=False)
-    saved = ckpt.all_steps()
-    if not saved:
-        ckpt.close()
-        raise CheckpointError(f"{Path(workdir) / 'checkpoints'} holds no checkpoint; train first (python -m train.lm)")
-    if step is None:
-        step = ckpt.latest_step()
-    elif step not in saved:
-        ckpt.close()
-        raise CheckpointError(f"step {step} is not saved in {Path(workdir) / 'checkpoints'}; saved steps: "
-                              f"{sorted(saved)} (omit --step for the newest)")
+    from hqf_jax.trainer.checkpoint import CorruptCheckpoint
     from hqf_jax.trainer.optim import make_optimizer
 
     tx, _ = make_optimizer(cfg.train)
     abstract = abstract_like({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.eval_shape(tx.init, params)})
-    state = ckpt.restore(step, abstract)
-    ckpt.close()
-    return nnx.merge(graphdef, state["params"], rest), cfg, step
+    try:
+        step, label = ckpt.resolve(step)
+        try:
+            state = ckpt.restore(step, abstract)
+        except CorruptCheckpoint as e:
+            intact, _ = ckpt.newest_intact(abstract, below=step)
+            offer = f"the newest intact step before it is {intact} (--step {intact})" if intact is not None else \
+                "no earlier step is intact"
+            raise CheckpointError(f"{e}; {offer}") from None
+    finally:
+        ckpt.close()
+    model = nnx.merge(graphdef, state["params"], rest)
+    return (model, cfg, step, label) if with_label else (model, cfg, step)

@@ -1,9 +1,11 @@
 """The one training loop every track shares.
 
 A track describes itself as a ``Task`` (model, loss, batches, optional eval and samples); the
-loop owns the rest: optimizer, sharded jitted step, orbax checkpoints (every N steps, on
-SIGTERM/SIGINT and at the end, newest K kept, latest restored automatically), logging
-(tensorboardX, metrics.jsonl, tqdm with throughput and ETA).
+loop owns the rest: optimizer, sharded jitted step, orbax checkpoints (every N steps, at each new
+best eval, on SIGTERM/SIGINT and at the end; newest K and the best kept, latest restored
+automatically, checked against checksums), logging (tensorboardX, metrics.jsonl with a segment per
+start, tqdm with throughput and ETA), one writer per run folder (runlock.py), a stop on a non-finite
+loss before anything is saved, and early stopping (``train.patience`` evals without improvement).
 
 Resume is exact: the state is (step, trainable params, optimizer state), batches are a pure
 function of the step, and per-step randomness is ``fold_in(seed, step)``.
@@ -11,8 +13,8 @@ function of the step, and per-step randomness is ``fold_in(seed, step)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,11 +25,15 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from hqf_jax.errors import NonFiniteError
 from hqf_jax.trainer import mfu
 from hqf_jax.trainer import sharding as shd
+from hqf_jax.trainer.best import BestKeeper
 from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
 from hqf_jax.trainer.metrics import MetricWriter
 from hqf_jax.trainer.optim import make_optimizer
+from hqf_jax.trainer.runlock import RunLock
+from hqf_jax.trainer.signals import Stopper
 
 LossFn = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -43,32 +49,9 @@ class Task:
     units_per_step: int = 0  # bytes (or tokens) per step, for throughput
     unit_name: str = "bytes"
     flops_per_step: float = 0.0  # model FLOPs per step, for TFLOP/s
-    interventions: list = dataclasses.field(default_factory=list)  # hooks(step, state, ...) -> state
-
-
-class _Stopper:
-    """Turns SIGTERM/SIGINT into a flag so the loop saves and exits at a step boundary."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    interventions: list = dataclasses.field(default_factory=list)  # hooks(step, state, ...) -> state [, .on_save]
+    best_metric: str | None = "valid_bpb"  # the eval_fn key that picks the best step (kept, used by eval)
+    best_mode: str = "min"
 
 
 def _train_state(params, opt_state, step):
@@ -137,10 +120,19 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
           progress: bool = True, devices=None) -> dict[str, float]:
     """Train ``task`` to ``train_cfg.steps``, resuming from the newest checkpoint in ``workdir``.
 
-    The mesh spans ``devices`` (default: every device of every process)."""
+    The mesh spans ``devices`` (default: every device of every process). The result holds the last
+    metrics, "step", and "signal" (the signal's name when one stopped the run early, after saving) or
+    "early_stop" (patience ran out)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:  # the other processes write only their shards of the checkpoints
+            stack.enter_context(RunLock(workdir))
+        stopper = stack.enter_context(Stopper())  # held until the last save is on disk
+        return _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, stopper)
 
+
+def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, stopper):
     mesh = shd.make_mesh(mesh_cfg, devices)
     graphdef, params, rest = nnx.split(task.model, task.trainable, ...)
     tx, schedule = make_optimizer(train_cfg)
@@ -160,15 +152,16 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
               f"{info['bytes'] / 2**20:.1f} MiB, {info['bytes_per_device'] / 2**20:.1f} MiB per device, "
               f"{int(info['sharded_leaves'])}/{int(info['leaves'])} arrays sharded")
 
-    ckpt = Checkpointer(workdir, keep=train_cfg.keep)
+    ckpt = Checkpointer(workdir, keep=train_cfg.keep, trainer=True)
     writer = MetricWriter(workdir)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, abstract_like(state))
+    if ckpt.latest_step() is not None:
+        state, start = ckpt.restore_newest(abstract_like(state), fallback=bool(train_cfg.get("resume_fallback", False)))
         writer.event(start, "restore", from_step=start)
         if jax.process_index() == 0:
             print(f"[train] resumed from step {start} in {ckpt.dir}")
     start = int(state["step"])
+    best = BestKeeper(task.best_metric, task.best_mode, train_cfg.get("patience", 0), train_cfg.eval_every,
+                      ckpt.best(), start)
     if config_json is not None and jax.process_index() == 0:  # only once the checkpoint is known to fit
         (workdir / "config.json").write_text(config_json)
 
@@ -187,8 +180,8 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
     t_window, n_window = time.perf_counter(), 0
     step = start
     try:
-        with _Stopper() as stopper, jax.set_mesh(mesh):
-            while step < total:
+        with jax.set_mesh(mesh):
+            while step < total and not stopper.signal and not best.exhausted:
                 state, metrics = jit_step(state, rest, shd.put_batch(task.batch_fn(step), mesh))
                 step += 1
                 n_window += 1
@@ -204,34 +197,51 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
                         metrics["tflops"] = task.flops_per_step * n_window / dt / 1e12
                         metrics.update(mfu.mfu_metrics(metrics["tflops"] / mesh.size, peaks))
                     metrics.update(_device_memory())
-                    if not np.isfinite(metrics["loss"]):
-                        writer.event(step, "non_finite_loss", loss=metrics["loss"])
                     writer.scalars(step, metrics)
+                    if not np.isfinite(metrics["loss"]):  # stop before this state can be saved
+                        writer.event(step, "non_finite_loss", loss=metrics["loss"])
+                        raise NonFiniteError(f"loss is {metrics['loss']} at step {step}: the run stopped without saving "
+                                             f"it (saved steps {ckpt.all_steps()} are kept); lower train.lr or check "
+                                             "the data, then re-run the same command to resume")
                     last.update(metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
                     t_window, n_window = time.perf_counter(), 0
+                improved = None
                 if task.eval_fn and (step % train_cfg.eval_every == 0 or step == total):
                     ev = task.eval_fn(current_model())
                     writer.scalars(step, ev)
                     last.update(ev)
+                    improved = best.update(step, ev)
                     if jax.process_index() == 0:
-                        bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+                        bar.write(f"[eval] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items())
+                                  + (" (best)" if improved else ""))
                     t_window, n_window = time.perf_counter(), 0
                 if task.sample_fn and (step % train_cfg.sample_every == 0 or step == total):
                     writer.text(step, "sample", task.sample_fn(current_model(), step))
-                if step % train_cfg.ckpt_every == 0 or step == total or stopper.signal:
-                    ckpt.save(step, state, force=True)
+                if (step % train_cfg.ckpt_every == 0 or step == total or stopper.signal or improved
+                        or best.exhausted):
+                    ckpt.save(step, state, best=improved)
+                    for hook in task.interventions:  # hooks with host state save it beside the checkpoint
+                        getattr(hook, "on_save", lambda *_: None)(step, writer)
                 bar.update(1)
-                if stopper.signal:
-                    writer.event(step, "signal", name=stopper.signal)
-                    bar.write(f"[train] {stopper.signal}: saved step {step}, exiting; re-run the same command to resume")
-                    break
+            if stopper.signal and step > start:
+                writer.event(step, "signal", name=stopper.signal)
+                bar.write(f"[train] {stopper.signal}: saved step {step}, exiting; re-run the same command to resume")
+            if best.exhausted:
+                writer.event(step, "early_stop", best_step=best.step, patience=best.patience)
+                bar.write(f"[train] early stop at step {step}: {best.metric} has not improved in {best.bad} evals "
+                          f"since step {best.step} ({best.metric}={best.value:.4f})")
     finally:
         bar.close()
         ckpt.close()  # waits for an async save in flight: no saved step is lost on the way out
         writer.close()
     task.model = current_model()
     last["step"] = step
+    if stopper.signal:
+        last["signal"] = stopper.signal
+    if best.exhausted:
+        last["early_stop"] = True
+        last["best_step"] = best.step
     return last
 
 

@@ -1,4 +1,9 @@
-"""Run logging: tensorboardX scalars and text, and metrics.jsonl in the run folder."""
+"""Run logging: tensorboardX scalars and text, and metrics.jsonl in the run folder.
+
+Every row of metrics.jsonl carries the run segment that wrote it: 0 for the first run on a folder, one
+more for each later start (a resume). A resume replays the steps after its checkpoint, so a step may
+have rows in several segments, one per segment; ``latest_rows`` keeps the newest segment's rows.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ class MetricWriter:
         self.enabled = enabled and jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
+        self.segment = next_segment(self.path) if self.enabled else 0
         if self.enabled:
             from tensorboardX import SummaryWriter
 
@@ -26,14 +32,14 @@ class MetricWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+            f.write(json.dumps({"step": int(step), "segment": self.segment, "time": time.time(), **values}) + "\n")
 
     def text(self, step: int, tag: str, text: str) -> None:
         if not self.enabled:
             return
         self._tb.add_text(tag, text, step)
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), tag: text}) + "\n")
+            f.write(json.dumps({"step": int(step), "segment": self.segment, "time": time.time(), tag: text}) + "\n")
 
     def event(self, step: int, event: str, /, **info) -> None:
         """A one-off event (restore, intervention, signal) in metrics.jsonl and tensorboard text."""
@@ -49,5 +55,44 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
+    """Every row of a run's metrics.jsonl (a last line cut short by a crash is skipped)."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def _last_line(path: Path, block: int = 1 << 16) -> str | None:
+    """The last non-empty line of a text file, reading only its end."""
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - block))
+        lines = [x for x in f.read().splitlines() if x.strip()]
+    return lines[-1].decode(errors="replace") if lines else None
+
+
+def next_segment(path: str | Path) -> int:
+    """The segment id of a run starting on this metrics.jsonl: 0 when it is new, else one more than its last row's."""
+    path = Path(path)
+    line = _last_line(path) if path.exists() else None
+    if line is None:
+        return 0
+    try:
+        return int(json.loads(line).get("segment", 0)) + 1
+    except (ValueError, AttributeError):  # a row cut short by a crash: count it as the latest segment's
+        rows = [r for r in read_metrics(path.parent) if "segment" in r]
+        return int(rows[-1]["segment"]) + 1 if rows else 1
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """The rows a reader wants after resumes: a step's rows from the newest segment that logged it
+    (steps replayed after a resume drop the rows of the segment that logged them first)."""
+    newest: dict[int, int] = {}
+    for r in rows:
+        newest[r["step"]] = max(newest.get(r["step"], 0), r.get("segment", 0))
+    return [r for r in rows if r.get("segment", 0) == newest[r["step"]]]
