@@ -15,7 +15,8 @@ import pytest
 
 from hqf_jax import cli
 from hqf_jax.data.batching import eval_windows
-from hqf_jax.data.sources import load_corpus, load_files
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.sources import load_files
 from hqf_jax.errors import CheckpointError, ConfigError, DataError
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train

@@ -9,52 +9,15 @@ so adding files never moves another file across the split.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
 import sysconfig
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
+from hqf_jax.data.corpus import ByteCorpus, is_valid_name, split_documents  # noqa: F401
+from hqf_jax.data.registry import register
 from hqf_jax.errors import DataError
-
-
-@dataclasses.dataclass
-class ByteCorpus:
-    train: list[tuple[str, bytes]]
-    valid: list[tuple[str, bytes]]
-    description: str = ""
-    skipped: int = 0  # documents dropped as unreadable or invalid, always reported
-
-    def stream(self, split: str) -> np.ndarray:
-        """All documents of a split concatenated, in name order, as uint8."""
-        docs = self.train if split == "train" else self.valid
-        return np.frombuffer(b"".join(d for _, d in docs), dtype=np.uint8)
-
-    def summary(self) -> str:
-        nt, nv = sum(len(d) for _, d in self.train), sum(len(d) for _, d in self.valid)
-        s = f"{self.description}: {len(self.train)} train docs ({nt:,} bytes), {len(self.valid)} valid docs ({nv:,} bytes)"
-        return s + (f", {self.skipped} skipped" if self.skipped else "")
-
-
-def is_valid_name(name: str, valid_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
-    return h < valid_fraction * 2**64
-
-
-def split_documents(docs: Iterable[tuple[str, bytes]], valid_fraction: float, description: str = "", skipped: int = 0) -> ByteCorpus:
-    """Deterministic split by document name. With fewer than two documents, or when the hash puts
-    every document on one side, the last ``valid_fraction`` of the bytes becomes validation."""
-    docs = sorted(docs)
-    train = [d for d in docs if not is_valid_name(d[0], valid_fraction)]
-    valid = [d for d in docs if is_valid_name(d[0], valid_fraction)]
-    if not train or not valid:
-        data = b"".join(d for _, d in docs)
-        cut = int(len(data) * (1 - valid_fraction))
-        train, valid = [("train-part", data[:cut])], [("valid-part", data[cut:])]
-    return ByteCorpus(train, valid, description, skipped)
 
 
 def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[tuple[Path, str]]:
@@ -142,18 +105,6 @@ def load_stdlib(valid_fraction: float = 0.05, max_files: int | None = None) -> B
     return split_documents(docs, valid_fraction, f"python stdlib at {root}", skipped)
 
 
-# name -> loader(data_config) -> ByteCorpus. Other modules add their sources with ``register``.
-SOURCES: dict[str, Callable[..., ByteCorpus]] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        SOURCES[name] = fn
-        return fn
-
-    return deco
-
-
 @register("stdlib")
 def _stdlib_source(cfg) -> ByteCorpus:
     return load_stdlib(cfg.valid_fraction, cfg.get("max_files") or None)
@@ -165,11 +116,3 @@ def _files_source(cfg) -> ByteCorpus:
         raise DataError("data.source=files needs data.paths (a file or folder, or several separated by commas)")
     paths = cfg.paths.split(",") if isinstance(cfg.paths, str) else list(cfg.paths)
     return load_files(paths, cfg.valid_fraction)
-
-
-def load_corpus(cfg) -> ByteCorpus:
-    """Build the corpus a data config names (``cfg.source`` in SOURCES)."""
-    from hqf_jax.data import research_sources  # noqa: F401
-    if cfg.source not in SOURCES:
-        raise DataError(f"unknown data.source {cfg.source!r}; valid sources: {sorted(SOURCES)}")
-    return SOURCES[cfg.source](cfg)

@@ -17,7 +17,8 @@ from flax import nnx
 
 from hqf_jax import cli
 from hqf_jax.data.batching import WindowSampler, eval_windows, to_example
-from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.nn import generate
 from hqf_jax.errors import CheckpointError, ConfigError
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM, count_params

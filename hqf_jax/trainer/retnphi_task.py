@@ -18,7 +18,8 @@ from pathlib import Path
 from flax import nnx
 
 from hqf_jax.data.batching import WindowSampler
-from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.errors import CheckpointError, ConfigError
 from hqf_jax.nn import hf_loading
 from hqf_jax.nn.hf_decoder import HFConfigError, Linear
