@@ -47,7 +47,7 @@ def test_no_import_circle_in_data():
 
 
 def test_catalog_registers_every_source_and_unknown_names_the_valid_ones():
-    assert {"stdlib", "files", "music", "digits", "zip"} <= set(registry.SOURCES)
+    assert {"stdlib", "files", "hf", "music", "digits", "zip"} <= set(registry.SOURCES)
     with pytest.raises(DataError, match="valid sources: .*stdlib"):
         registry.get("nope")
     assert catalog.load_corpus is not None

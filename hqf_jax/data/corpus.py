@@ -28,6 +28,10 @@ class ByteCorpus:
         docs = self.train if split == "train" else self.valid
         return np.frombuffer(b"".join(d for _, d in docs), dtype=np.uint8)
 
+    def reader(self, split: str) -> np.ndarray:
+        """The split for the window sampler (``ByteStore.reader`` reads from disk instead)."""
+        return self.stream(split)
+
     def summary(self) -> str:
         nt, nv = sum(len(d) for _, d in self.train), sum(len(d) for _, d in self.valid)
         s = f"{self.description}: {len(self.train)} train docs ({nt:,} bytes), {len(self.valid)} valid docs ({nv:,} bytes)"

@@ -61,6 +61,42 @@ def _memmap(path: Path, dtype, count: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
+class FileBytes:
+    """A uint8 file read with ``os.pread``: ``len`` and slices, like an array, but nothing of the file is
+    mapped into the process. The sampler reads its windows this way: a memmap maps whole (up to 2 MiB)
+    page-cache folios on each fault, so its RSS grows toward the corpus size and a batch costs ~5x more
+    (64 windows of 4 KiB: 2.9 ms mapped, 0.6 ms with pread, tests/test_byte_store.py's corpus)."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: str | Path, size: int):
+        self.path, self.size = str(path), int(size)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("FileBytes takes contiguous slices only; use ByteStore.stream(split) for an array")
+        a, b, _ = key.indices(self.size)
+        n = max(b - a, 0)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        out = np.empty(n, np.uint8)
+        got = os.preadv(self._fd, [out], a) if n else 0
+        if got != n:
+            raise DataError(f"{self.path} is shorter than its store says; delete {Path(self.path).parent} to rebuild it")
+        return out
+
+    def __getstate__(self):  # picklable: the descriptor is reopened on first use
+        return {"path": self.path, "size": self.size, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
 class DocList(Sequence):
     """The (name, bytes) documents of one split, read from the store on access."""
 
@@ -87,6 +123,12 @@ class DocList(Sequence):
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         return (self[i] for i in range(len(self)))
 
+    def __add__(self, other) -> list:
+        return list(self) + list(other)
+
+    def __radd__(self, other) -> list:
+        return list(other) + list(self)
+
 
 class ByteStore:
     """A built store; the same interface as ``ByteCorpus`` (train, valid, stream, summary)."""
@@ -104,6 +146,10 @@ class ByteStore:
     def stream(self, split: str) -> np.ndarray:
         """All documents of a split concatenated, in name order: a read-only uint8 memmap."""
         return _memmap(self.folder / f"{split}.bin", np.uint8, self.manifest["splits"][split]["bytes"])
+
+    def reader(self, split: str) -> FileBytes:
+        """The split for the window sampler: read with pread, nothing mapped (see ``FileBytes``)."""
+        return FileBytes(self.folder / f"{split}.bin", self.manifest["splits"][split]["bytes"])
 
     def docs(self, split: str) -> DocList:
         if split not in self._docs:

@@ -111,13 +111,13 @@ def make_sample_fn(prompt: str, length: int, seed: int):
 def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]:
     corpus = corpus or load_corpus(cfg.data)
     model = build_model(cfg)
-    sampler = WindowSampler(corpus.stream("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
+    sampler = WindowSampler(corpus.reader("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
     bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
     task = Task(
         model=model,
         loss_fn=next_byte_loss,
         batch_fn=sampler,
-        eval_fn=make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
+        eval_fn=make_eval_fn(corpus.reader("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
         # the transformer keeps no KV cache: no samples (it trains and scores)
         sample_fn=None if isinstance(model, TransformerLM) else make_sample_fn(cfg.train.sample_prompt,
                                                                                 cfg.train.sample_len, cfg.train.seed),
