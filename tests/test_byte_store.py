@@ -135,6 +135,26 @@ def test_processes_split_the_global_batch_exactly(tmp_path):
             np.testing.assert_array_equal(merged[k], full(step)[k])
 
 
+_BUILD = textwrap.dedent("""
+    import hashlib, sys
+    from hqf_jax.data.sources import load_files
+    s = load_files(sys.argv[1], 0.2, store_dir=sys.argv[2], progress=False)
+    print(hashlib.sha256(s.reader("train")[0:len(s.reader("train"))].tobytes()).hexdigest(), s.folder)
+""")
+
+
+def test_processes_building_the_same_store_at_once_agree(tmp_path):
+    _corpus(tmp_path / "data", n=200)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-c", _BUILD, str(tmp_path / "data"), str(tmp_path / "stores")]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    lines = {o.strip().splitlines()[-1] for o, _ in outs}
+    assert len(lines) == 1
+    assert [p.name for p in (tmp_path / "stores").iterdir()] == [Path(lines.pop().split()[1]).name]
+
+
 def test_missing_path_and_unreadable_corpus_name_the_fix(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_files(str(tmp_path / "nope"), store_dir=str(tmp_path / "stores"))

@@ -71,7 +71,7 @@ class FileBytes:
 
     def __init__(self, path: str | Path, size: int):
         self.path, self.size = str(path), int(size)
-        self._fd: int | None = None
+        self._fd: int | None = os.open(self.path, os.O_RDONLY) if self.size else None  # held: a rebuild cannot swap it
 
     def __len__(self) -> int:
         return self.size
@@ -255,6 +255,13 @@ def _write_part(folder: Path, split: str, src: Path, lo: int, hi: int) -> None:
     (folder / f"{split}.names.json").write_text(json.dumps([[f"{split}-part", 1]] if hi > lo else []))
 
 
+def _key_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("key")
+    except (OSError, ValueError):
+        return None
+
+
 def build(folder: Path, key: str, docs: Iterable[tuple[str, str, Iterable[bytes]]], total_bytes: int,
           valid_fraction: float, description: str, skipped: int = 0, progress: bool = True,
           label: str = "build byte store") -> ByteStore:
@@ -264,13 +271,8 @@ def build(folder: Path, key: str, docs: Iterable[tuple[str, str, Iterable[bytes]
     that is empty, is skipped and counted. ``total_bytes`` sizes the progress bar.
     """
     folder = Path(folder)
-    manifest = folder / "manifest.json"
-    if manifest.exists():
-        try:
-            if json.loads(manifest.read_text()).get("key") == key:
-                return ByteStore(folder)
-        except (OSError, ValueError):
-            pass
+    if _key_of(folder) == key:
+        return ByteStore(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -306,12 +308,14 @@ def build(folder: Path, key: str, docs: Iterable[tuple[str, str, Iterable[bytes]
         (tmp / "manifest.json").write_text(json.dumps(dict(
             version=VERSION, key=key, description=description, skipped=skipped, valid_fraction=valid_fraction,
             splits=sizes, built=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=1))
-        if folder.exists():  # a stale store (its inputs changed): mapped files stay readable after removal
+        if _key_of(folder) == key:  # another process of the run put the same store in place first
+            return ByteStore(folder)
+        if folder.exists():  # a stale store (its inputs changed): open files stay readable after removal
             shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(tmp, folder)
-        except OSError:  # another process put the same store in place first
-            if not manifest.exists() or json.loads(manifest.read_text()).get("key") != key:
+        except OSError:  # another process put it in place in between
+            if _key_of(folder) != key:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
