@@ -251,7 +251,7 @@ def _write_part(folder: Path, split: str, src: Path, lo: int, hi: int) -> None:
             buf = f.read(min(CHUNK, left))
             out.write(buf)
             left -= len(buf)
-    (folder / f"{split}.offsets").write_bytes(np.array([0, hi - lo], np.int64).tobytes())
+    (folder / f"{split}.offsets").write_bytes(np.array([0, hi - lo] if hi > lo else [0], np.int64).tobytes())
     (folder / f"{split}.names.json").write_text(json.dumps([[f"{split}-part", 1]] if hi > lo else []))
 
 
@@ -349,7 +349,7 @@ def file_entries(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str, i
 
 
 def files_store(files: list[tuple[Path, str]], valid_fraction: float, description: str, root: Path, ident: dict,
-                doc_chunks: Callable[[Path], Iterable[bytes]] = read_chunks, progress: bool = True) -> ByteStore:
+                doc_chunks: Callable[[Path], Iterable[bytes]] | None = None, progress: bool = True) -> ByteStore:
     """The store of local files (one document per file, split by name), keyed on paths, sizes and mtimes.
 
     ``ident`` names the store (source and settings, not the file stats): one folder per ident under
@@ -359,6 +359,7 @@ def files_store(files: list[tuple[Path, str]], valid_fraction: float, descriptio
     ident = dict(ident, version=VERSION, valid_fraction=valid_fraction)
     key = digest([ident, [(str(p), n, s, m) for p, n, s, m in entries]])
     folder = root / f"{ident.get('source', 'files')}-{digest(ident)[:16]}"
+    doc_chunks = doc_chunks or read_chunks
     docs = ((name, "valid" if is_valid_name(name, valid_fraction) else "train", doc_chunks(path))
             for path, name, _s, _m in entries)
     return build(folder, key, docs, sum(e[2] for e in entries), valid_fraction, description, bad, progress)
