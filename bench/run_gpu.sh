@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
-#   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention gpu_tests
+#   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data gpu_tests
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
@@ -16,6 +16,7 @@ for b in "$@"; do
     rollout) cmd="python -m bench.rollout --budget-s 15" ;;
     retnphi) cmd="python -m bench.retnphi --sizes 125m,1b" ;;
     retention) cmd="python -m bench.retention" ;;
+    data) cmd="python -m bench.data --mb 1024 --batch-size 32 --seq-len 2048" ;;
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac

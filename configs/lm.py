@@ -16,6 +16,8 @@ def get_config():
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
+        # byte store folder ("" = $HQF_DATA_STORE or ~/.cache/hqf_jax/byte_store); data.source=hf: column, format
+        store_dir="", text_column="text", hf_format="",
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=400, seed=0, grad_accum=1, lr=2e-3, warmup_steps=40, min_lr_ratio=0.1, weight_decay=0.1,

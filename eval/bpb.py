@@ -18,7 +18,8 @@ import numpy as np
 from hqf_jax.scoring.compressors import BASELINES
 from hqf_jax import cli
 from hqf_jax.data.batching import eval_windows
-from hqf_jax.data.sources import load_corpus, load_files
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.sources import load_files
 from hqf_jax.trainer import lm_task
 
 

@@ -126,7 +126,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=48, help="greedy bytes per prompt")
     ap.add_argument("--max-bytes", type=int, default=1 << 15, help="held-out bytes scored for bpb")
     a = ap.parse_args(argv)
-    from hqf_jax.data.sources import load_corpus
+    from hqf_jax.data.catalog import load_corpus
     from hqf_jax.quant import lm_adapter
 
     model, cfg, step = lm_adapter.load_run_model(a.run)

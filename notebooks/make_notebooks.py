@@ -456,7 +456,7 @@ print({k: [round(y, 3) for y in ys[:4]] for k, ys in curves.items()})'''),
     new_code_cell('''\
 from eval.holo_generate import generate as holo_generate, prompt_context
 from hqf_jax import cli
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.holo import language, memory as hm
 from hqf_jax.holo.ngram import KneserNey
 

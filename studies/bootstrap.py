@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 
 from hqf_jax import cli
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.trainer import retnphi_task, token_task
 from hqf_jax.trainer.loop import train
 from hqf_jax.trainer.metrics import read_metrics

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from hqf_jax import cli
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.report import write_report
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train

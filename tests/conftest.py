@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# byte stores built by tests (hqf_jax.data.store) go to one temporary folder, not the user's ~/.cache
+os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf_jax_test_stores"))
 
 
 # The longest modules first (measured on 2 cores), so that `pytest -n 2 --dist loadfile` does not end with one

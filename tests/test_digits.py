@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hqf_jax.data import digits
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import DataError
 
 

@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 
 from hqf_jax.data import music
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import DataError
 
 RAW = """% a comment before the first tune

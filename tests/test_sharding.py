@@ -378,7 +378,7 @@ def _xla_guard(devices) -> dict[str, float]:
 
 def _worker(out_path: str) -> None:
     from hqf_jax import cli
-    from hqf_jax.data.sources import load_corpus
+    from hqf_jax.data.catalog import load_corpus
     from hqf_jax.trainer import lm_task
     from hqf_jax.trainer.loop import train
     from tests.helpers import tiny_config

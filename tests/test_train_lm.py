@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from hqf_jax import cli
+from hqf_jax.data import store
 from hqf_jax.data.batching import eval_windows
-from hqf_jax.data.sources import load_corpus, load_files
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.sources import load_files
 from hqf_jax.errors import CheckpointError, ConfigError, DataError
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train
@@ -128,15 +130,15 @@ def test_empty_folder_and_unreadable_files(tmp_path, monkeypatch):
     folder.mkdir()
     for i in range(3):
         (folder / f"f{i}.txt").write_bytes(b"hello world %d\n" % i * 50)
-    real_read = Path.read_bytes
+    real_read = store.read_chunks
 
-    def deny(self):  # tests run as root, where chmod 000 still reads: deny the read itself
-        if self.name == "f1.txt" or "locked" in str(self):
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
+    def deny(path):  # tests run as root, where chmod 000 still reads: deny the read itself
+        if path.name == "f1.txt" or "locked" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        yield from real_read(path)
 
-    monkeypatch.setattr(Path, "read_bytes", deny)
-    (folder / "f1.txt").touch()  # new mtime: a fresh read, not the datasets cache
+    monkeypatch.setattr(store, "read_chunks", deny)
+    (folder / "f1.txt").touch()  # new mtime: the store is built again, not reused
     corpus = load_files([str(folder)], valid_fraction=0.3)
     assert corpus.skipped == 1
     assert sum(len(d) for _, d in corpus.train + corpus.valid) == 2 * len(b"hello world 0\n" * 50)

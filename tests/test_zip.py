@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hqf_jax.data import zipspace as z
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import DataError
 
 TEXT = (b"def spam(x):\n    return x + x  # spam spam spam\n" * 20) + bytes(range(256))

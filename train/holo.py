@@ -13,7 +13,7 @@ import os
 import jax.numpy as jnp
 
 from hqf_jax import cli
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import ConfigError
 from hqf_jax.holo import language
 from hqf_jax.holo import memory as hm

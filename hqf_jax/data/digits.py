@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hqf_jax.data.sources import ByteCorpus, is_valid_name, register
+from hqf_jax.data.corpus import ByteCorpus, is_valid_name
+from hqf_jax.data.registry import register
 from hqf_jax.errors import DataError
 
 SIDE = 8

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from hqf_jax.data.sources import ByteCorpus, register
+from hqf_jax.data.corpus import ByteCorpus
+from hqf_jax.data.registry import register
 from hqf_jax.errors import DataError
 
 HEADER_FIELDS = ("T", "M", "L", "R", "K")  # kept, in this order; X is renumbered to 1

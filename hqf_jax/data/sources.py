@@ -1,60 +1,30 @@
-"""Byte sources: documents (name, bytes) from local files, split into train/validation by document.
+"""Byte sources on disk, built into the memory-mapped byte store (hqf_jax.data.store).
 
-Every source returns a ``ByteCorpus``. Files are read through ``datasets`` (an Arrow table
-of (name, data) rows, memory-mapped from its cache, so large corpora do not sit in RAM
-twice). The split is a deterministic function of each document's name: a document goes
-to validation when the first 8 bytes of sha256(name) fall below ``valid_fraction`` of 2^64,
-so adding files never moves another file across the split.
+``files``: any local files or folders, one document per file, numpy only. ``stdlib``: the .py
+sources of the running interpreter's standard library, the default corpus every machine has.
+``hf``: HF-style local data (parquet, jsonl/json, arrow, csv) with a text column, one document per
+row, read through ``datasets`` in streaming mode with a temporary cache (nothing is written to the
+user's HF cache); ``datasets`` is imported only for this source.
+
+The split is by file: a file goes to validation when the first 8 bytes of sha256(name) fall below
+``valid_fraction`` of 2^64, where the name is its path relative to the folder it was found under,
+so adding files never moves another file across the split and a moved corpus splits alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
 import sysconfig
+import tempfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterator
 
 import numpy as np
 
+from hqf_jax.data import store
+from hqf_jax.data.corpus import ByteCorpus, is_valid_name, split_documents  # noqa: F401
+from hqf_jax.data.registry import register
 from hqf_jax.errors import DataError
-
-
-@dataclasses.dataclass
-class ByteCorpus:
-    train: list[tuple[str, bytes]]
-    valid: list[tuple[str, bytes]]
-    description: str = ""
-    skipped: int = 0  # documents dropped as unreadable or invalid, always reported
-
-    def stream(self, split: str) -> np.ndarray:
-        """All documents of a split concatenated, in name order, as uint8."""
-        docs = self.train if split == "train" else self.valid
-        return np.frombuffer(b"".join(d for _, d in docs), dtype=np.uint8)
-
-    def summary(self) -> str:
-        nt, nv = sum(len(d) for _, d in self.train), sum(len(d) for _, d in self.valid)
-        s = f"{self.description}: {len(self.train)} train docs ({nt:,} bytes), {len(self.valid)} valid docs ({nv:,} bytes)"
-        return s + (f", {self.skipped} skipped" if self.skipped else "")
-
-
-def is_valid_name(name: str, valid_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
-    return h < valid_fraction * 2**64
-
-
-def split_documents(docs: Iterable[tuple[str, bytes]], valid_fraction: float, description: str = "", skipped: int = 0) -> ByteCorpus:
-    """Deterministic split by document name. With fewer than two documents, or when the hash puts
-    every document on one side, the last ``valid_fraction`` of the bytes becomes validation."""
-    docs = sorted(docs)
-    train = [d for d in docs if not is_valid_name(d[0], valid_fraction)]
-    valid = [d for d in docs if is_valid_name(d[0], valid_fraction)]
-    if not train or not valid:
-        data = b"".join(d for _, d in docs)
-        cut = int(len(data) * (1 - valid_fraction))
-        train, valid = [("train-part", data[:cut])], [("valid-part", data[cut:])]
-    return ByteCorpus(train, valid, description, skipped)
 
 
 def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[tuple[Path, str]]:
@@ -77,56 +47,22 @@ def _list_files(paths: list[str], suffixes: tuple[str, ...] | None) -> list[tupl
     return files
 
 
-def _read_through_datasets(files: list[Path]) -> tuple[list[tuple[str, bytes]], int]:
-    """(name, bytes) of every non-empty readable file, via a datasets Arrow table. The table's cache
-    fingerprint includes each file's size and mtime, so an edited file is never served stale."""
-    import datasets
-
-    datasets.disable_progress_bars()
-
-    def gen(entries):
-        for path, _size, _mtime in entries:
-            try:
-                data = Path(path).read_bytes()
-            except OSError:
-                continue
-            if data:
-                yield {"name": path, "data": data}
-
-    entries = []
-    for f in files:
-        st = f.stat()
-        entries.append((str(f), st.st_size, st.st_mtime_ns))
-    features = datasets.Features({"name": datasets.Value("string"), "data": datasets.Value("binary")})
-    try:
-        ds = datasets.Dataset.from_generator(gen, gen_kwargs={"entries": entries}, features=features, keep_in_memory=True)
-        docs = [(row["name"], row["data"]) for row in ds]
-    except ValueError:  # datasets refuses a generator that yields no rows
-        docs = []
-    skipped = len(files) - len(docs)
-    if not docs:
-        raise DataError(f"every one of the {len(files)} files under the data paths is empty or unreadable; "
-                        "check their permissions or point data.paths elsewhere")
-    if skipped:
-        print(f"[data] skipped {skipped} empty or unreadable files of {len(files)}")
-    return docs, skipped
-
-
-def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None) -> ByteCorpus:
-    """Bytes of any local files or folders (any file type)."""
+def load_files(paths: list[str] | str, valid_fraction: float = 0.05, suffixes: tuple[str, ...] | None = None,
+               store_dir: str = "", progress: bool = True) -> store.ByteStore:
+    """Bytes of any local files or folders (any file type), as a byte store."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     files = _list_files(paths, suffixes)
-    names = {str(f): name for f, name in files}
-    docs, skipped = _read_through_datasets([f for f, _ in files])
-    docs = [(names[n], d) for n, d in docs]
-    return split_documents(docs, valid_fraction, f"files {paths}", skipped)
+    ident = dict(source="files", paths=[str(Path(os.path.expanduser(p)).resolve()) for p in paths],
+                 suffixes=list(suffixes) if suffixes else None)
+    return store.files_store(files, valid_fraction, f"files {paths}", store.store_root(store_dir), ident, progress=progress)
 
 
 def stdlib_root() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-def load_stdlib(valid_fraction: float = 0.05, max_files: int | None = None) -> ByteCorpus:
+def load_stdlib(valid_fraction: float = 0.05, max_files: int | None = None, store_dir: str = "",
+                progress: bool = True) -> store.ByteStore:
     """The embedded default corpus: the .py sources of the running interpreter's standard library
     (test suites and site-packages left out), so every machine has the same kind of real text."""
     root = Path(stdlib_root())
@@ -137,39 +73,89 @@ def load_stdlib(valid_fraction: float = 0.05, max_files: int | None = None) -> B
     if max_files:
         rng = np.random.default_rng(0)
         files = sorted(rng.choice(np.array(files, dtype=object), size=min(max_files, len(files)), replace=False).tolist())
-    docs, skipped = _read_through_datasets(files)
-    docs = [(os.path.relpath(n, root), d) for n, d in docs]
-    return split_documents(docs, valid_fraction, f"python stdlib at {root}", skipped)
+    named = [(f, os.path.relpath(f, root)) for f in files]
+    ident = dict(source="stdlib", root=str(root), max_files=max_files or 0)
+    return store.files_store(named, valid_fraction, f"python stdlib at {root}", store.store_root(store_dir), ident,
+                             progress=progress)
 
 
-# name -> loader(data_config) -> ByteCorpus. Other modules add their sources with ``register``.
-SOURCES: dict[str, Callable[..., ByteCorpus]] = {}
+# ------------------------------------------------------------------------------------ HF-format data
+
+HF_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow", ".csv": "csv"}
 
 
-def register(name: str):
-    def deco(fn):
-        SOURCES[name] = fn
-        return fn
+def hf_format_of(path: Path, fmt: str = "") -> str:
+    if fmt:
+        if fmt not in set(HF_FORMATS.values()):
+            raise DataError(f"data.hf_format={fmt!r}: use one of {sorted(set(HF_FORMATS.values()))} (or empty to go by suffix)")
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix not in HF_FORMATS:
+        raise DataError(f"{path} has no known data suffix ({', '.join(HF_FORMATS)}); set data.hf_format")
+    return HF_FORMATS[suffix]
 
-    return deco
+
+def hf_rows(path: Path, fmt: str, column: str) -> Iterator[bytes]:
+    """The text column of every row of one local data file, utf-8, streamed (a temporary cache dir,
+    removed afterwards, so the user's HF cache stays untouched)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError("data.source=hf needs the datasets package (pip install datasets); "
+                        "plain files need only numpy: data.source=files") from e
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory(prefix="hqf_hf_cache_") as cache:
+        ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=True, cache_dir=cache)
+        for row in ds:
+            if column not in row:
+                raise DataError(f"{path} has no column {column!r}; its columns are {sorted(row)}: set data.text_column")
+            text = row[column]
+            if text is None:
+                continue
+            yield text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+
+
+def load_hf(paths: list[str] | str, valid_fraction: float = 0.05, column: str = "text", fmt: str = "",
+            store_dir: str = "", progress: bool = True) -> store.ByteStore:
+    """HF-style local data files (or folders of them) as a byte store: one document per row's text,
+    split by file as every other source."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    suffixes = None if fmt else tuple(HF_FORMATS)
+    files = _list_files(paths, suffixes)
+    entries, bad = store.file_entries(files)
+    ident = dict(source="hf", paths=[str(Path(os.path.expanduser(p)).resolve()) for p in paths], column=column,
+                 format=fmt, version=store.VERSION, valid_fraction=valid_fraction)
+    key = store.digest([ident, [(str(p), n, s, m) for p, n, s, m in entries]])
+    folder = store.store_root(store_dir) / f"hf-{store.digest(ident)[:16]}"
+    bar_total = sum(e[2] for e in entries)
+
+    def docs():
+        for path, name, _size, _mtime in entries:
+            split = "valid" if is_valid_name(name, valid_fraction) else "train"
+            for text in hf_rows(path, hf_format_of(path, fmt), column):
+                yield name, split, (text,)
+
+    return store.build(folder, key, docs(), bar_total, valid_fraction, f"hf {fmt or 'data'} {paths} column {column!r}",
+                       bad, progress)
+
+
+def _paths(cfg) -> list[str]:
+    if not cfg.get("paths"):
+        raise DataError(f"data.source={cfg.source} needs data.paths (a file or folder, or several separated by commas)")
+    return [p for p in cfg.paths.split(",") if p] if isinstance(cfg.paths, str) else list(cfg.paths)
 
 
 @register("stdlib")
-def _stdlib_source(cfg) -> ByteCorpus:
-    return load_stdlib(cfg.valid_fraction, cfg.get("max_files") or None)
+def _stdlib_source(cfg) -> store.ByteStore:
+    return load_stdlib(cfg.valid_fraction, cfg.get("max_files") or None, cfg.get("store_dir", ""))
 
 
 @register("files")
-def _files_source(cfg) -> ByteCorpus:
-    if not cfg.get("paths"):
-        raise DataError("data.source=files needs data.paths (a file or folder, or several separated by commas)")
-    paths = cfg.paths.split(",") if isinstance(cfg.paths, str) else list(cfg.paths)
-    return load_files(paths, cfg.valid_fraction)
+def _files_source(cfg) -> store.ByteStore:
+    return load_files(_paths(cfg), cfg.valid_fraction, store_dir=cfg.get("store_dir", ""))
 
 
-def load_corpus(cfg) -> ByteCorpus:
-    """Build the corpus a data config names (``cfg.source`` in SOURCES)."""
-    from hqf_jax.data import research_sources  # noqa: F401
-    if cfg.source not in SOURCES:
-        raise DataError(f"unknown data.source {cfg.source!r}; valid sources: {sorted(SOURCES)}")
-    return SOURCES[cfg.source](cfg)
+@register("hf")
+def _hf_source(cfg) -> store.ByteStore:
+    return load_hf(_paths(cfg), cfg.valid_fraction, cfg.get("text_column", "text"), cfg.get("hf_format", ""),
+                   cfg.get("store_dir", ""))

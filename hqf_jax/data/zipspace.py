@@ -23,8 +23,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from hqf_jax.data import sources
-from hqf_jax.data.sources import ByteCorpus, register
+from hqf_jax.data import registry, sources  # noqa: F401  (sources: the text sources stdlib and files are always registered)
+from hqf_jax.data.corpus import ByteCorpus
+from hqf_jax.data.registry import register
 from hqf_jax.errors import DataError
 
 FORMATS = ("zlib", "lz77", "raw")
@@ -188,9 +189,7 @@ def text_corpus(cfg) -> ByteCorpus:
     inner = cfg.get("text_source", "stdlib")
     if inner == "zip":
         raise DataError("data.text_source must name a text source (stdlib, files), not zip")
-    if inner not in sources.SOURCES:
-        raise DataError(f"unknown data.text_source {inner!r}; valid sources: {sorted(sources.SOURCES)}")
-    text = sources.SOURCES[inner](cfg)
+    text = registry.get(inner, "data.text_source")(cfg)
     n = int(cfg.get("doc_bytes", 2048))
     return ByteCorpus(chunk_docs(text.train, n), chunk_docs(text.valid, n), text.description, text.skipped)
 

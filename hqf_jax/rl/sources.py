@@ -51,7 +51,7 @@ def make_source(rl_cfg, data_cfg=None, split: str = "train") -> SourceFn:
     if rl_cfg.source == "corpus":
         if data_cfg is None:
             raise ConfigError("rl.source=corpus needs a data section (data.source=stdlib or files)")
-        from hqf_jax.data.sources import load_corpus
+        from hqf_jax.data.catalog import load_corpus
 
         return corpus_source(load_corpus(data_cfg).stream(split), rl_cfg.source_len)
     raise ConfigError(f"rl.source={rl_cfg.source!r}: use 'repeat' (synthetic, structured) or 'corpus' (data section)")

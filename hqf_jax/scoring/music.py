@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hqf_jax.data import music
-from hqf_jax.data.sources import load_corpus
+from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import ConfigError
 from hqf_jax.scoring.best_step import best_step
 from hqf_jax.scoring.byte_bits import per_byte_bits

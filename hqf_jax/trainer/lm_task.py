@@ -17,7 +17,8 @@ from flax import nnx
 
 from hqf_jax import cli
 from hqf_jax.data.batching import WindowSampler, eval_windows, to_example
-from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.nn import generate
 from hqf_jax.errors import CheckpointError, ConfigError
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM, count_params
@@ -113,13 +114,13 @@ def make_sample_fn(prompt: str, length: int, seed: int):
 def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]:
     corpus = corpus or load_corpus(cfg.data)
     model = build_model(cfg)
-    sampler = WindowSampler(corpus.stream("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
+    sampler = WindowSampler(corpus.reader("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
     bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
     task = Task(
         model=model,
         loss_fn=next_byte_loss,
         batch_fn=sampler,
-        eval_fn=make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
+        eval_fn=make_eval_fn(corpus.reader("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
         # the transformer keeps no KV cache: no samples (it trains and scores)
         sample_fn=None if isinstance(model, TransformerLM) else make_sample_fn(cfg.train.sample_prompt,
                                                                                 cfg.train.sample_len, cfg.train.seed),

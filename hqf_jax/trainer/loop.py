@@ -134,6 +134,8 @@ def train(task: Task, train_cfg, mesh_cfg, workdir: str | Path, config_json: str
 
 def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, stopper):
     mesh = shd.make_mesh(mesh_cfg, devices)
+    if jax.process_count() > 1 and hasattr(task.batch_fn, "read_only_rows"):  # each process reads only its rows
+        task.batch_fn.read_only_rows(shd.local_rows(shd.batch_sharding(mesh), (task.batch_fn.batch_size, task.batch_fn.seq_len)))
     graphdef, params, rest = nnx.split(task.model, task.trainable, ...)
     tx, schedule = make_optimizer(train_cfg)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from flax import nnx
 
 from hqf_jax.data.batching import WindowSampler
-from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.errors import CheckpointError, ConfigError
 from hqf_jax.nn import hf_loading
 from hqf_jax.nn.hf_decoder import HFConfigError, Linear
@@ -96,13 +97,13 @@ def flops_per_byte(model: RetNPhi, trainable, seq_len: int) -> float:
 def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]:
     corpus = corpus or load_corpus(cfg.data)
     model, trainable = build_model(cfg)
-    sampler = WindowSampler(corpus.stream("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
+    sampler = WindowSampler(corpus.reader("train"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed)
     bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
     task = Task(
         model=model,
         loss_fn=lm_task.next_byte_loss,
         batch_fn=sampler,
-        eval_fn=lm_task.make_eval_fn(corpus.stream("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
+        eval_fn=lm_task.make_eval_fn(corpus.reader("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
         sample_fn=lm_task.make_sample_fn(cfg.train.sample_prompt, cfg.train.sample_len, cfg.train.seed),
         trainable=trainable,
         units_per_step=bytes_per_step,

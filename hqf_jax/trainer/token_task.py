@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hqf_jax.data.sources import ByteCorpus, load_corpus
+from hqf_jax.data.catalog import load_corpus
+from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.errors import ConfigError, DataError
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.trainer.loop import Task
