@@ -1,7 +1,8 @@
-"""Stream bytes from a trained run through the recurrent form (O(1) memory per byte).
+"""Stream bytes from a trained run through the inference engine (chunkwise prefill, O(1)-state decode on
+device, ``--chunk`` bytes per device call).
 
     python -m eval.generate --run runs/lm --prompt "def " [--max-bytes 400] [--temperature 0.8]
-                            [--top-k 0] [--top-p 0.95] [--seed 0]
+                            [--top-k 0] [--top-p 0.95] [--seed 0] [--dtype float32] [--quant int8]
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import argparse
 import sys
 
 from hqf_jax import cli
-from hqf_jax.nn.generate import stream
-from hqf_jax.trainer import lm_task
+from hqf_jax.infer.engine import DECODE_IMPLS, DTYPES, Engine
 
 
 def main(argv=None):
@@ -25,18 +25,20 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
-    p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
+    p.add_argument("--quant-impl", default="auto", choices=["auto", "reference", "pallas"],
+                   help="auto: the fused Pallas kernels on a GPU, XLA dequantize-then-matmul elsewhere")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="the engine's compute and weight dtype")
+    p.add_argument("--decode-impl", default="jnp", choices=DECODE_IMPLS)
+    p.add_argument("--chunk", type=int, default=32, help="bytes per device call")
     a = p.parse_args(argv)
     if a.temperature < 0 or not 0 < a.top_p <= 1 or a.top_k < 0:
         raise cli.ConfigError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-    model, _, _ = lm_task.load_run(a.run, a.step)
-    if a.quant:
-        from hqf_jax.quant.model import quantize_model
-
-        model, _ = quantize_model(model, a.quant, impl=a.quant_impl)
+    engine = Engine.from_run(a.run, a.step, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl,
+                             decode_impl=a.decode_impl, allow_eos=True)
     out = sys.stdout.buffer
     out.write(a.prompt.encode())
-    for b in stream(model, a.prompt.encode(), a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p):
+    for b in engine.stream(a.prompt.encode(), a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
+                           top_k=a.top_k, top_p=a.top_p):
         out.write(bytes([b]))
         out.flush()
     out.write(b"\n")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hqf_jax.errors import HqfError
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.ops import retention as ret
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
@@ -38,7 +39,7 @@ DECODE_IMPLS = ("jnp", "pallas")
 QUANT_IMPLS = ("auto", "reference", "pallas")
 
 
-class EngineError(ValueError):
+class EngineError(HqfError, ValueError):
     pass
 
 
