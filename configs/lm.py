@@ -10,6 +10,7 @@ def get_config():
         d_model=256, num_layers=6, num_heads=4, qk_dim=256, v_dim=512, ffn_dim=1280,
         position="xpos", rope_theta=10000.0, gamma_base=-5.0, form="chunkwise", chunk_size=64,
         norm_eps=1e-6, compute_dtype="float32",
+        extra_heads=0,  # multi-byte prediction heads (bytes t+2..t+1+k) for self-speculative decoding
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
@@ -20,6 +21,7 @@ def get_config():
         log_every=10, eval_every=200, eval_max_bytes=65536, ckpt_every=100, keep=3,
         sample_every=200, sample_len=200, sample_prompt="def ",
         profile=False,
+        extra_heads_weight=0.3,  # loss weight of the extra heads' mean NLL (only with model.extra_heads > 0)
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

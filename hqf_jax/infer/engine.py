@@ -124,7 +124,7 @@ def weight_bytes(model: nnx.Module) -> int:
 # ----------------------------------------------------------------------------- the forward pass
 
 
-def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool):
+def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None):
     cfg = m.cfg
     b, t, _ = x.shape
     q, k, v = m._heads(m.q(x)), m._heads(m.k(x)), m._heads(m.v(x))
@@ -143,6 +143,8 @@ def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpr
             y, state = ret.retention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state)
         y = y[:, :, None]
     else:
+        if kvs is not None:  # speculative verify: the state is taken later, after as many steps as accepted
+            kvs.append((state, k, v, gammas))
         y, state = ret.retention_chunkwise(q, k, v, gammas, state, cfg.chunk_size)
     y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)
     y = m.group_norm(y.reshape(b * t, cfg.v_dim).astype(jnp.float32)).reshape(b, t, cfg.v_dim).astype(x.dtype)
@@ -150,19 +152,41 @@ def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpr
 
 
 def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array | None = None,
-            decode_impl: str = "jnp", interpret: bool = False):
+            decode_impl: str = "jnp", interpret: bool = False, kvs: list | None = None, return_hidden=False):
     """tokens (B, T) -> logits (B, T, V) float32 and the state after them; state offsets (B,). T == 1 takes the
-    recurrent step, T > 1 the chunkwise form. ``valid`` (B, T) marks real tokens (False: left padding)."""
+    recurrent step, T > 1 the chunkwise form. ``valid`` (B, T) marks real tokens (False: left padding).
+    ``kvs`` (a list) collects each layer's (state before, k, v, gammas) for ``absorb``; ``return_hidden`` adds
+    the normed hidden state (B, T, d) float32 (what the extra heads read)."""
     cfg = model.cfg
     dtype = jnp.dtype(cfg.compute_dtype)
     x = model.embed(tokens).astype(dtype)
     new = []
     for block, s in zip(model.blocks, state):
-        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret)
+        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret, kvs)
         x = x + y
         x = x + block.ffn(block.norm2(x).astype(dtype))
         new.append(s)
-    return model.head(model.norm(x).astype(jnp.float32)), tuple(new)
+    hidden = model.norm(x).astype(jnp.float32)
+    logits = model.head(hidden)
+    return (logits, tuple(new), hidden) if return_hidden else (logits, tuple(new))
+
+
+def absorb(kvs: list, keep: jax.Array) -> tuple:
+    """The state after the first ``keep`` (B,) steps of a chunk, per row, from what ``forward(kvs=...)``
+    collected: S = gamma^m S_0 + sum_{i<m} gamma^(m-1-i) k_i^T v_i (and z alike), offset + m."""
+    out = []
+    for state, k, v, gammas in kvs:
+        g = gammas.astype(jnp.float32)
+        t, dk = k.shape[2], k.shape[3]
+        m = keep.astype(jnp.float32)[:, None, None]  # (B, 1, 1)
+        i = jnp.arange(t, dtype=jnp.float32)[None, None, :]
+        w = jnp.where(i < m, g[None, :, None] ** jnp.maximum(m - 1.0 - i, 0.0), 0.0)  # (B, H, T)
+        kw = k.astype(jnp.float32) * (dk**-0.5) * w[..., None]
+        gm = g[None, :] ** keep.astype(jnp.float32)[:, None]  # (B, H)
+        kv = state.kv * gm[..., None, None] + jnp.einsum("bhtd,bhtv->bhdv", kw, v.astype(jnp.float32))
+        ksum = state.ksum * gm[..., None] + kw.sum(2)
+        out.append(ret.RetentionState(kv, ksum, state.offset + keep.astype(jnp.int32)))
+    return tuple(out)
 
 
 def init_state(cfg: RetNetConfig, offsets: jax.Array) -> tuple:
