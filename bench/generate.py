@@ -4,6 +4,7 @@ inference engine (hqf_jax.infer) in bf16 / int8 / int4, at several batch sizes, 
 
     python -m bench.generate [--config configs/lm_125m.py | --run RUN] [--batches 1,8,64,256]
                              [--quants none,int8,int4] [--steps 256] [--decode-impls jnp,pallas] [--out FILE]
+    python -m bench.generate --run RUN_WITH_HEADS   # adds self-speculative rows: bytes/s, accepted bytes/verify
     python -m bench.generate --small      # the tiny config, CPU-sized; what the test runs
 
 Timing (the house method): every figure is ``reps`` chained calls of one jitted loop of ``steps`` decode
@@ -60,16 +61,41 @@ def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> float:
     return batch * steps * reps / (time.perf_counter() - t)
 
 
-def build(args):
-    if args.run:
-        from hqf_jax.trainer import lm_task
+def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int) -> tuple[float, float]:
+    """(bytes/s, accepted bytes per verify pass) of self-speculative decoding, sampling at temperature 1."""
+    from hqf_jax.infer.speculative import speculative_generate
 
-        model, cfg, _ = lm_task.load_run(args.run)
-        return model, args.run
+    run = lambda i: speculative_generate(engine, prompts, steps, seed=i * len(prompts), temperature=1.0)
+    run(0)
+    t = time.perf_counter()
+    per = [run(i + 1)[1]["bytes_per_verify"] for i in range(reps)]  # each call ends on the host: ids copied back
+    return len(prompts) * steps * reps / (time.perf_counter() - t), float(np.mean(per))
+
+
+def build(args):
     from hqf_jax.trainer import lm_task
 
+    if args.run:
+        model, cfg, _ = lm_task.load_run(args.run)
+        return model, cfg, args.run
     cfg = cli.load_config_file(args.config)
-    return lm_task.build_model(cfg), args.config
+    if args.heads is not None:
+        cfg = cli.apply_overrides(cfg, [f"model.extra_heads={args.heads}"])
+    return lm_task.build_model(cfg), cfg, args.config
+
+
+def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
+    """n windows of the run's held-out bytes (what acceptance is measured on); a fixed text when the data
+    is not on this machine."""
+    try:
+        from hqf_jax.trainer import lm_task
+
+        stream = lm_task.load_corpus(cfg.data).stream("valid")
+        rng = np.random.default_rng(0)
+        return [bytes(stream[s:s + length].tolist()) for s in rng.integers(0, len(stream) - length, n)]
+    except Exception as e:  # noqa: BLE001 - the bench still runs; the table says where prompts came from
+        print(f"held-out data unavailable ({type(e).__name__}: {e}); prompts are a fixed text")
+        return [b"The quick brown fox jumps over the lazy dog. " * 2] * n
 
 
 def main(argv=None):
@@ -83,16 +109,20 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
     p.add_argument("--no-old", action="store_true", help="skip the old path")
     p.add_argument("--copy-mib", type=int, default=2048, help="array size of the copy-bandwidth probe")
+    p.add_argument("--heads", type=int, default=None,
+                   help="build --config with model.extra_heads=K (random heads: acceptance means nothing; use "
+                        "--run with a model trained with heads for the accepted-bytes figure)")
     p.add_argument("--small", action="store_true", help="the tiny config, batches 1,2, 8 steps: runs on a CPU")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = p.parse_args(argv)
     if a.small:
         a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "1,2", 8, 2, 16, "none,int8"
+        a.heads = 2 if a.heads is None else a.heads
     batches = [int(b) for b in a.batches.split(",")]
     quants = [q.strip() for q in a.quants.split(",")]
     impls = [x.strip() for x in a.decode_impls.split(",")]
     device = jax.devices()[0].device_kind
-    model, source = build(a)
+    model, cfg, source = build(a)
     bw = copy_bandwidth(a.copy_mib << 20, 20 if not a.small else 3)
     rows = []
     if not a.no_old:
@@ -107,8 +137,16 @@ def main(argv=None):
                 rows.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b,
                                  weight_bytes=wb, bytes_per_s=time_engine(engine, b, a.steps, a.reps),
                                  limit_bytes_per_s=b * bw / wb))
+    if model.cfg.extra_heads:
+        engine = Engine(model, dtype="bfloat16")
+        for b in batches:
+            prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
+            bps, per = time_speculative(engine, prompts, a.steps, a.reps)
+            rows.append(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
+                             weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
+                             limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
     for r in rows:
-        r.update(device=device, config=source, steps=a.steps, copy_gb_s=bw / 1e9, heads="none",
+        r.update(device=device, config=source, steps=a.steps, copy_gb_s=bw / 1e9, heads=model.cfg.extra_heads,
                  date=time.strftime("%Y-%m-%d"))
     if a.out:
         with open(a.out, "w") as f:
@@ -120,7 +158,8 @@ def main(argv=None):
         wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r["weight_bytes"] else "        -"
         lim_s = f"{lim:14,.0f}" if lim else "             -"
         pct = f"{100 * r['bytes_per_s'] / lim:6.1f}%" if lim else "      -"
-        print(f"{r['path']:44s} {r['batch']:5d} {r['bytes_per_s']:12,.0f} {wb} {lim_s} {pct}")
+        spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
+        print(f"{r['path']:44s} {r['batch']:5d} {r['bytes_per_s']:12,.0f} {wb} {lim_s} {pct}{spec}")
     return rows
 
 
