@@ -44,8 +44,9 @@ def test_forward_matches_parallel_and_recurrent_float32(position):
     for r, n in enumerate(lengths):
         tokens[r, t - n:] = seq[r, :n]
     valid = jnp.arange(t)[None] >= (t - jnp.asarray(lengths))[:, None]
-    logits, state = forward(eng.model, jnp.asarray(tokens), init_state(eng.cfg, jnp.asarray(lengths - t)), valid)
-    parallel = np.asarray(model(jnp.asarray(seq), form="parallel"))
+    logits, state = jax.jit(lambda w: forward(nnx.merge(eng.graphdef, w), jnp.asarray(tokens),
+                                              init_state(eng.cfg, jnp.asarray(lengths - t)), valid))(eng.weights)
+    parallel = np.asarray(nnx.jit(lambda m, x: m(x, form="parallel"))(model, jnp.asarray(seq)))
     # the model's own recurrent step, row by row
     for r, n in enumerate(lengths):
         np.testing.assert_allclose(np.asarray(logits[r, -1]), parallel[r, n - 1], atol=2e-4, rtol=2e-4)
@@ -119,10 +120,12 @@ def test_bf16_and_int8_engines_stay_close(model, engine):
     tokens, _ = engine._pad(prompts)
     t = tokens.shape[1]
     valid = jnp.arange(t)[None] >= (t - lengths)[:, None]
-    ref, _ = forward(engine.model, tokens, init_state(engine.cfg, lengths - t), valid)
+    ref, _ = jax.jit(lambda w: forward(nnx.merge(engine.graphdef, w), tokens, init_state(engine.cfg, lengths - t),
+                                       valid))(engine.weights)
     for kw in (dict(dtype="float32", quant="int8"), dict(dtype="bfloat16")):
         eng = Engine(model, prompt_bucket=8, **kw)
-        got, _ = forward(eng.model, tokens, init_state(eng.cfg, lengths - t), valid)
+        run = jax.jit(lambda w: forward(nnx.merge(eng.graphdef, w), tokens, init_state(eng.cfg, lengths - t), valid))
+        got, _ = run(eng.weights)
         a, b = np.asarray(ref[0, -1]), np.asarray(got[0, -1])
         assert np.corrcoef(a, b)[0, 1] > 0.99, kw
     assert engine.weight_bytes() > eng.weight_bytes()

@@ -55,7 +55,7 @@ def test_sampled_distribution_equals_plain_sampling(engine):
     spec, stats = speculative_generate(engine, prompts, n, seed=np.arange(rows), temperature=1.0)
     plain = engine.generate_ids(prompts, n, seed=np.arange(rows) + 10**6, temperature=1.0)
     hot = engine.generate_ids(prompts, n, seed=np.arange(rows) + 2 * 10**6, temperature=1.6)
-    assert stats["bytes_per_verify"] > 1.05  # drafts were accepted, so the accepted branch is tested too
+    assert stats["bytes_per_verify"] > 1.01  # drafts were accepted, so the accepted branch is tested too
     for pos in range(1, n):  # byte 0 comes from the prefill; 1.. from verified drafts and residuals
         p_same = chi2_contingency(_table(spec[:, pos], plain[:, pos]))[1]
         assert p_same > 1e-3, (pos, p_same)
