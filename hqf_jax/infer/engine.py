@@ -136,7 +136,7 @@ def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpr
         v = v * valid[:, None, :, None].astype(v.dtype)
     if t == 1:
         if decode_impl == "pallas":
-            from pallas_kernels.retention_decode import retention_decode_step
+            from pallas_kernels.retention_decode import retention_decode_step  # here: loads Triton only when asked
 
             y, state = retention_decode_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state, interpret=interpret)
         else:
