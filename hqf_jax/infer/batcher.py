@@ -93,9 +93,14 @@ class Batcher:
                 req = self.pending.get_nowait()
             except queue.Empty:
                 return
-            settings = Settings.make(1, [req.seed], req.temperature, req.top_k, req.top_p)
-            new = self.engine.prefill([req.prompt], settings)
-            self.state = self.engine.put(self.state, new, [slot])
+            try:
+                settings = Settings.make(1, [req.seed], req.temperature, req.top_k, req.top_p)
+                new = self.engine.prefill([req.prompt], settings)
+                self.state = self.engine.put(self.state, new, [slot])
+            except Exception as e:  # this request fails alone; the others keep their slots
+                req.error = f"prefill failed: {type(e).__name__}: {e}"
+                req.out.put(None)
+                continue
             self.active[slot] = req
 
     def _loop(self):
