@@ -49,6 +49,7 @@ def _table(a, b, min_count=10):
     return np.array([np.append(ca[common], ca[~common].sum()), np.append(cb[common], cb[~common].sum())])
 
 
+@pytest.mark.slow  # 1,500 rows through three compiled decoders
 def test_sampled_distribution_equals_plain_sampling(engine):
     rows, n = 1500, 4
     prompts = [b"the "] * rows
@@ -67,15 +68,15 @@ def test_extra_heads_train_with_the_lm_loss():
     m = model_with_heads(k=2, sharp=1.0)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 17), 0, 256)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    loss, metrics = next_byte_loss(m, batch, None, extra_heads_weight=0.5)
-    logits, hidden = m(batch["inputs"], return_hidden=True)
+    loss, metrics = nnx.jit(lambda mm: next_byte_loss(mm, batch, None, extra_heads_weight=0.5))(m)
+    logits, hidden = nnx.jit(lambda mm: mm(batch["inputs"], return_hidden=True))(m)
     main = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
-    extra = m.extra_logits(hidden)
+    extra = nnx.jit(lambda mm, h: mm.extra_logits(h))(m, hidden)
     heads = [optax.softmax_cross_entropy_with_integer_labels(extra[j][:, :-(j + 1)], batch["targets"][:, j + 1:]).mean()
              for j in range(2)]
     np.testing.assert_allclose(float(loss), float(main + 0.5 * (heads[0] + heads[1]) / 2), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["bpb"]), float(main) / np.log(2), rtol=1e-5)
-    grads = nnx.grad(lambda mm: next_byte_loss(mm, batch, None, extra_heads_weight=0.5)[0])(m)
+    grads = nnx.jit(nnx.grad(lambda mm: next_byte_loss(mm, batch, None, extra_heads_weight=0.5)[0]))(m)
     assert float(jnp.abs(grads.extra_heads[1].kernel.get_value()).sum()) > 0
 
 
