@@ -112,11 +112,11 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=None,
                    help="build --config with model.extra_heads=K (random heads: acceptance means nothing; use "
                         "--run with a model trained with heads for the accepted-bytes figure)")
-    p.add_argument("--small", action="store_true", help="the tiny config, batches 1,2, 8 steps: runs on a CPU")
+    p.add_argument("--small", action="store_true", help="the tiny config, batch 2, 8 steps, 2 heads: runs on a CPU")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = p.parse_args(argv)
     if a.small:
-        a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "1,2", 8, 2, 16, "none,int8"
+        a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "2", 8, 2, 16, "none,int8"
         a.heads = 2 if a.heads is None else a.heads
     batches = [int(b) for b in a.batches.split(",")]
     quants = [q.strip() for q in a.quants.split(",")]
