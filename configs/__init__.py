@@ -1,0 +1,1 @@
+"""One python file per experiment: ``get_config()`` returns its ``ml_collections.ConfigDict``."""

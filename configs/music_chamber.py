@@ -1,9 +1,9 @@
 """The training chamber on the music path: configs/music.py plus a ``chamber`` section. With
 ``interventions="none"`` it is a plain run that logs where validation bpb plateaus; the other
-arms carry on past that point (see hqf_jax/trainer/interventions.py and eval/chamber_study.py).
+arms carry on past that point (see hqf_jax/trainer/interventions.py and studies/chamber.py).
 
     python -m train.lm --config configs/music_chamber.py chamber.interventions=shrink_perturb
-    python -m eval.chamber_study --out runs/chamber
+    python -m studies.chamber --out runs/chamber
 """
 
 from configs import music

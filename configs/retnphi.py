@@ -2,7 +2,7 @@
 
     python -m train.token_lm --config configs/token_lm.py          # writes runs/token_lm/hf
     python -m train.retnphi --config configs/retnphi.py [model.train_mode=full]
-    python -m eval.bootstrap_study --config configs/retnphi.py --token-config configs/token_lm.py --out runs/bootstrap_study_gpu
+    python -m studies.bootstrap --config configs/retnphi.py --token-config configs/token_lm.py --out runs/bootstrap_study_gpu
 
 Data/train parts are configs/lm.py's, so valid bpb sits beside the RetNet byte LM of train.lm.
 """

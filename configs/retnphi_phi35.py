@@ -1,5 +1,5 @@
 """RetNPhi on microsoft/Phi-3.5-mini-instruct (3.8B) on one 80 GB GPU: frozen bf16 base, LoRA r16 on the
-fused projections, per-block remat (eval/phi35_plan.py: ~20 GB at 16 x 2048 bytes).
+fused projections, per-block remat (studies/phi35_plan.py: ~20 GB at 16 x 2048 bytes).
 
     python -m train.retnphi --config configs/retnphi_phi35.py model.checkpoint=/path/to/Phi-3.5-mini-instruct
 

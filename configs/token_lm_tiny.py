@@ -1,5 +1,5 @@
 """A ~1M-parameter token model on 60 stdlib files: the checkpoint of configs/retnphi_tiny.py and of
-eval/bootstrap_study.py on CPU (a few minutes on 2 cores)."""
+studies/bootstrap.py on CPU (a few minutes on 2 cores)."""
 
 from configs import token_lm
 

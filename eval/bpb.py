@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from eval.compressors import BASELINES
+from hqf_jax.scoring.compressors import BASELINES
 from hqf_jax import cli
 from hqf_jax.data.batching import eval_windows
 from hqf_jax.data.sources import load_corpus, load_files
@@ -43,12 +43,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run folder written by python -m train.<track>")
     p.add_argument("--data", default=None, help="file or folder of held-out bytes (default: the run's validation split)")
-    p.add_argument("--max-bytes", type=int, default=1 << 18)
+    p.add_argument("--max-bytes", type=int, default=1 << 18, help="bytes to score (0: the whole split)")
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     p.add_argument("--quant", default=None, help="score with the dense layers quantized by this method (e.g. nf4, int4, phi5+u8)")
     p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
     a = p.parse_args(argv)
+    if a.max_bytes < 0:
+        raise cli.ConfigError(f"--max-bytes {a.max_bytes}: give how many held-out bytes to score (0: the whole split)")
     r = measure(a.run, a.data, a.max_bytes, a.step, quant=a.quant, quant_impl=a.quant_impl)
     if a.json:
         print(json.dumps(r))

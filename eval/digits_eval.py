@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.compressors import BASELINES
-from eval.music_eval import _xz, doc_bits, sample_bytes
 from hqf_jax import cli
 from hqf_jax.data import digits
+from hqf_jax.scoring.byte_bits import doc_bits
+from hqf_jax.scoring.compressors import BASELINES, xz
+from hqf_jax.scoring.continuations import sample_bytes
 from hqf_jax.trainer import lm_task
 
 
@@ -49,7 +50,7 @@ def bpb_block(model, docs: list[bytes], train_bytes: bytes) -> dict[str, float]:
            "model_header_bits": float(np.nanmean(np.nansum(bits[:, :head], axis=1)))}
     for name, fn in BASELINES.items():
         out[name] = fn(data)
-    out["xz | train"] = 8.0 * (len(_xz(train_bytes + data)) - len(_xz(train_bytes))) / len(data)
+    out["xz | train"] = 8.0 * (len(xz(train_bytes + data)) - len(xz(train_bytes))) / len(data)
     return out
 
 

@@ -185,15 +185,15 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (with --config)")
-    a = p.parse_args(argv)
+    cli.add_overrides(p, help="config overrides key.sub=value (with --config)")
+    a = cli.parse(p, argv)
     from hqf_jax.trainer import lm_task
 
     if a.run:
         model, cfg, step = lm_task.load_run(a.run, a.step)
         out = Path(a.out or a.run)
     else:
-        cfg = cli.apply_overrides(cli.load_config_file(a.config), a.overrides)
+        cfg = cli.load_config(a.config, a.overrides)
         model, step = lm_task.build_model(cfg), 0
         out = Path(a.out or "runs/kolmogorov_eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.compressors import BASELINES
-from eval.music_eval import continue_bytes, per_byte_bits, sample_bytes
 from hqf_jax import cli
 from hqf_jax.data import zipspace as z
+from hqf_jax.scoring.byte_bits import per_byte_bits
+from hqf_jax.scoring.compressors import BASELINES
+from hqf_jax.scoring.continuations import continue_bytes, sample_bytes
 from hqf_jax.trainer import lm_task
 
 

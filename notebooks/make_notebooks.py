@@ -215,7 +215,7 @@ print(f"converted, before any byte training: {untrained_bpb:.3f} bits/byte on he
                       "pieces (RetNPhi has the byte-LM interface); only the trainable filter is in the optimizer state "
                       "and the checkpoints. `export_adapter` writes the delta (`python -m train.retnphi` does both)."),
     new_code_cell('''
-from eval.compressors import BASELINES
+from hqf_jax.scoring.compressors import BASELINES
 from hqf_jax.nn.adapters_io import export_adapter
 from hqf_jax.nn.lora import LoRAConfig
 

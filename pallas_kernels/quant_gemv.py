@@ -20,7 +20,7 @@ Per step a program adds, per batch row b and output row r,  sum_groups s[r, g] *
 acc="slot" (the default) never builds the full tile: it walks the digit tuples (column slots) one at a time,
 each a constant shift of one loaded word per field part against a contiguous load of a slot-major x, and
 accumulates in the words' own (block_n, nu, U/E) shape. acc="step"/"tile" build the full tile by broadcasting
-(1.5-2.5x slower on an H200; kept for eval/quant_kernel_probe.py, docs/quant.md has the figures).
+(1.5-2.5x slower on an H200; kept for bench/quant_kernel_probe.py, docs/quant.md has the figures).
 """
 
 from __future__ import annotations

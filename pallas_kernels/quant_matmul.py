@@ -69,7 +69,7 @@ class BlockConfig:
 
 
 def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
-    """A reasonable starting point; eval/bench_quant_kernels.py sweeps around it. Batch <= 2: the GEMV form with
+    """A reasonable starting point; bench/quant_kernels.py sweeps around it. Batch <= 2: the GEMV form with
     one-warp programs of one output row (the H200 bench's best at 4096 x 4096-11008), when the layout allows."""
     if batch <= 2:
         for bk in (1024, 512, 256, 128, 64, 32):

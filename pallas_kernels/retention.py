@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import PartitionSpec as P
 
 from hqf_jax.ops.retention import RetentionState, check_inputs as _check, init_state, row_norm as _row_norm
 
@@ -296,3 +298,28 @@ def chunk_retention(
     kv = ht.reshape(b, h, dkp, dvp)[:, :, :dk, :dv]
     ksum = zt.reshape(b, h, dkp)[:, :, :dk]
     return o, RetentionState(kv, ksum, state.offset + t)
+
+
+def sharded_chunk_retention(q, k, v, gammas, chunk_size: int = 64, interpret: bool = False, *,
+                            batch_axes: tuple[str, ...] = (), head_axis: str | None = None,
+                            tiling: Tiling | None = None):
+    """``chunk_retention`` from a fresh state inside a sharded step: one kernel call per device on its own
+    rows and heads (``jax.shard_map`` over the mesh in context), so XLA never gathers q/k/v to run the
+    custom call whole. ``batch_axes`` split B (their product must divide it, else B stays whole), ``head_axis``
+    splits H (when its size divides H); other mesh axes see replicated work. Without a mesh of more than one
+    device it is plain ``chunk_retention``. Same result and state as the unsharded call."""
+    mesh = jax.sharding.get_abstract_mesh()
+    call = functools.partial(chunk_retention, chunk_size=chunk_size, interpret=interpret, tiling=tiling)
+    if mesh.empty or mesh.size == 1:
+        return call(q, k, v, gammas)
+    b, h = q.shape[:2]
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    rows = tuple(a for a in batch_axes if sizes.get(a, 1) > 1)
+    rows = rows if rows and b % math.prod(sizes[a] for a in rows) == 0 else None
+    heads = head_axis if head_axis and sizes.get(head_axis, 1) > 1 and h % sizes[head_axis] == 0 else None
+    if rows is None and heads is None:
+        return call(q, k, v, gammas)
+    x = P(rows, heads)
+    state = RetentionState(x, x, P())
+    return jax.shard_map(lambda q, k, v, g: call(q, k, v, g), mesh=mesh, in_specs=(x, x, x, P(heads)),
+                         out_specs=(x, state), check_vma=False)(q, k, v, gammas)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from eval import music_eval
+from hqf_jax.scoring import byte_bits, continuations, music
 from hqf_jax import cli
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train
@@ -32,7 +32,7 @@ def brute_lcs(a: bytes, b: bytes) -> int:
 @given(st.binary(max_size=40), st.binary(max_size=40))
 def test_suffix_automaton_lcs_is_exact(text, query):
     text, query = bytes(b % 4 + 97 for b in text), bytes(b % 4 + 97 for b in query)  # small alphabet: long matches
-    assert music_eval.SuffixAutomaton(text).longest_common_substring(query) == brute_lcs(query, text)
+    assert music.SuffixAutomaton(text).longest_common_substring(query) == brute_lcs(query, text)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def tiny_music_run(tmp_path_factory):
 def test_per_byte_bits_matches_the_trainer_eval(tiny_music_run):
     _, task, corpus, cfg = tiny_music_run
     stream = corpus.stream("valid")[: 64 * 8]
-    bits = music_eval.per_byte_bits(task.model, stream, 64, batch_size=3)  # batches padded, same numbers
+    bits = byte_bits.per_byte_bits(task.model, stream, 64, batch_size=3)  # batches padded, same numbers
     ref = lm_task.make_eval_fn(stream, 64, 8, len(stream))(task.model)["valid_bpb"]
     assert bits.shape == (len(stream),) and bits.mean() == pytest.approx(ref, rel=1e-5)
-    one = music_eval.doc_bits(task.model, [stream[:64].tobytes(), stream[64:100].tobytes()])
+    one = byte_bits.doc_bits(task.model, [stream[:64].tobytes(), stream[64:100].tobytes()])
     np.testing.assert_allclose(one[0], bits[:64], rtol=1e-5)
     assert np.isnan(one[1, 36:]).all()
 
@@ -59,7 +59,7 @@ def test_per_byte_bits_matches_the_trainer_eval(tiny_music_run):
 @pytest.mark.slow
 def test_music_eval_end_to_end(tiny_music_run, tmp_path):
     workdir, _, _, _ = tiny_music_run
-    r = music_eval.measure(str(workdir), best=True, samples=4, length=120, out=str(tmp_path))
+    r = music.measure(str(workdir), best=True, samples=4, length=120, out=str(tmp_path))
     assert r["step"] in (10, 20, 30)
     for k in ("sample_parse", "sample_meter", "real_parse", "real_meter", "sample_copies"):
         assert 0.0 <= r[k] <= 1.0
@@ -77,7 +77,7 @@ def test_batched_continuation_of_uneven_prompts_matches_one_by_one_greedy(tiny_m
 
     _, task, _, _ = tiny_music_run
     prompts = [b"X:1\nT:The", b"X:1\nT:A longer title\nM:6/8\nL:1/8\nK:D\n"]
-    got = music_eval.continue_bytes(task.model, prompts, 12, seed=0, temperature=0.0, bucket=32)
+    got = continuations.continue_bytes(task.model, prompts, 12, seed=0, temperature=0.0, bucket=32)
     for p, g in zip(prompts, got):
         ids = generate.sample(task.model, jnp.asarray(generate.encode_prompt(p))[None], 12, jax.random.PRNGKey(0),
                               temperature=0.0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval import quant_analysis as qa
+from studies import quant_analysis as qa
 from eval import quant_eval as qe
 from hqf_jax.ops import quant_stats as qs
 from hqf_jax.ops.constants import PHI

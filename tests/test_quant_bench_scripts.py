@@ -4,7 +4,8 @@ passes the bench's own check against its reference, and the probe times every st
 import math
 import re
 
-from eval import bench_quant_kernels, quant_kernel_probe
+from bench import quant_kernel_probe
+from bench import quant_kernels as bench_quant_kernels
 
 
 def test_bench_small_checks_every_kernel(capsys):

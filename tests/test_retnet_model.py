@@ -86,7 +86,7 @@ def test_attention_baseline_is_causal_and_equal_in_size():
 
 
 def test_form_precision_report_float32_agrees_and_bf16_errors_are_rounding_sized():
-    from eval.form_precision import form_errors
+    from studies.form_precision import form_errors
 
     cfg = RetNetConfig(d_model=64, num_layers=2, num_heads=2, qk_dim=64, v_dim=128, ffn_dim=128, chunk_size=16)
     rows = {(r["dtype"], r["form"]): r for r in form_errors(cfg, jax.random.randint(jax.random.key(1), (1, 48), 0, 256))}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eval import phi35_plan
+from studies import phi35_plan
 from hqf_jax.nn.hf_decoder import DecoderConfig
 from hqf_jax.nn.lora import LoRAConfig
 from hqf_jax.ops import rope as rope_ops
@@ -56,7 +56,10 @@ def test_adapter_size_and_memory_plan(plan):
     assert no_remat.memory["activations"] > 5 * mem["activations"] and not no_remat.fits
 
 
-def test_cli_prints_table(capsys):
-    phi35_plan.main(["--rank", "8", "--batch", "4"])
+def test_cli_prints_table_and_writes_its_folder(capsys, tmp_path):
+    p = phi35_plan.main(["--rank", "8", "--batch", "4", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "adapter file  bfloat16" in out and "largest batch" in out
+    assert "adapter file  bfloat16" in (tmp_path / "table.md").read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["trainable_params"] == p.trainable_params and saved["fits"] == p.fits

@@ -242,6 +242,16 @@ def test_same_loss_trajectory_on_1_device_and_on_8_device_meshes(eight):
 
 
 @pytest.mark.slow
+def test_pallas_kernel_runs_per_shard_inside_the_sharded_step(eight):
+    """model.form=pallas on (2,2,2): the kernel is called inside a shard_map over (fsdp, data) rows and tensor
+    heads (no gather of q/k/v around the custom call on a GPU), and the losses are the 1-device ones."""
+    r = eight["pallas"]
+    assert r["manual"], "the sharded step holds no shard_map around the retention kernel"
+    assert len(r["1"]) == 3
+    _close(r["2x2x2"], r["1"])
+
+
+@pytest.mark.slow
 def test_fsdp_really_shards_the_train_step(eight):
     """On (1,8,1) the loop's parameters are split 8 ways (each device holds 1/8 of every big matrix),
     the compiled step all-gathers them (FSDP), and its per-device arguments are a fraction of one device's."""
@@ -315,8 +325,8 @@ def _collectives(compiled) -> dict[str, int]:
     return out
 
 
-def _compiled_lm_step(cfg, mesh):
-    """The loop's step function, jitted with the loop's shardings, compiled for ``mesh``."""
+def _compiled_lm_step(cfg, mesh, lowered_only=False):
+    """The loop's step function, jitted with the loop's shardings, compiled (or only lowered) for ``mesh``."""
     from hqf_jax.trainer.lm_task import build_model, next_byte_loss
     from hqf_jax.trainer.loop import _train_state, make_train_step
     from hqf_jax.trainer.optim import make_optimizer
@@ -329,7 +339,8 @@ def _compiled_lm_step(cfg, mesh):
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("inputs", "targets")}
     step = jax.jit(make_train_step(next_byte_loss, graphdef, tx, schedule, cfg.train.seed),
                    in_shardings=(state_sh, rest_sh, shd.batch_sharding(mesh)), out_shardings=(state_sh, None))
-    return step.lower(state, rest, batch).compile()
+    lowered = step.lower(state, rest, batch)
+    return lowered if lowered_only else lowered.compile()
 
 
 def _token_task(model, vocab, trainable=nnx.Param):
@@ -376,8 +387,8 @@ def _worker(out_path: str) -> None:
     corpus = load_corpus(base.data)
     tmp = Path(tempfile.mkdtemp())
 
-    def lm_run(name, shape, workdir, with_eval=False):
-        cfg = cli.apply_overrides(base, [f"mesh.{a}={s}" for a, s in zip(shd.MESH_AXES, shape)])
+    def lm_run(name, shape, workdir, with_eval=False, cfg0=base):
+        cfg = cli.apply_overrides(cfg0, [f"mesh.{a}={s}" for a, s in zip(shd.MESH_AXES, shape)])
         task, _ = lm_task.build_task(cfg, corpus)
         task.sample_fn = None
         if not with_eval:
@@ -392,6 +403,15 @@ def _worker(out_path: str) -> None:
         report["losses"][name] = _losses(tmp / name)[1]
         if with_eval:
             report["valid_bpb"][name] = final["valid_bpb"]
+
+    # the Pallas retention kernel (interpret mode here) inside the sharded step: one call per device's rows/heads
+    pallas = cli.apply_overrides(base, ["model.form=pallas", "train.steps=3", "train.ckpt_every=100"])
+    report["pallas"] = {}
+    for name, shape in (("1", (1, 1, 1)), ("2x2x2", (2, 2, 2))):
+        lm_run(name, shape, tmp / f"pallas{name}", cfg0=pallas)
+        report["pallas"][name] = _losses(tmp / f"pallas{name}")[1]
+    text = _compiled_lm_step(pallas, shd.make_mesh(_mesh_cfg((2, 2, 2)), devices), lowered_only=True).as_text()
+    report["pallas"]["manual"] = "manual_computation" in text or "SPMDFullToShardShape" in text
 
     # resume step 5 of one mesh on another
     for src, dst, shape in (("2x4x1", "1x8x1", (1, 8, 1)), ("1", "2x2x2", (2, 2, 2))):

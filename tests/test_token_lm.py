@@ -148,7 +148,7 @@ def test_train_token_lm_learns_exports_and_converts(tmp_path, monkeypatch):
 
 
 def test_bytes_per_token_counts_utf8_bytes_over_tokens(tokenizer):
-    from eval.bytes_per_token import bytes_per_token
+    from studies.bytes_per_token import bytes_per_token
 
     docs = [("a.py", TEXTS[0].encode()), ("b.py", TEXTS[1].encode())]
     n_tokens = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in TEXTS[:2])

@@ -1,4 +1,4 @@
-"""eval.bootstrap_study end to end at toy size: four runs on the shared loop, equal-compute bookkeeping, PNG."""
+"""studies.bootstrap end to end at toy size: four runs on the shared loop, equal-compute bookkeeping, PNG."""
 
 import json
 import math
@@ -14,7 +14,7 @@ from hqf_jax.trainer import lm_task, token_task
 
 @pytest.mark.slow
 def test_bootstrap_study_runs_all_methods_with_equal_compute_bookkeeping(tmp_path, monkeypatch):
-    from eval import bootstrap_study
+    from studies import bootstrap as bootstrap_study
     from tests.helpers import ROOT
 
     monkeypatch.chdir(ROOT)

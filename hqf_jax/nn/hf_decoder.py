@@ -29,7 +29,43 @@ from flax import nnx
 from hqf_jax.ops import rope as rope_ops
 
 FAMILIES = ("phi3", "llama", "mistral", "qwen2")
-_ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "gelu": jax.nn.gelu, "gelu_new": jax.nn.gelu}
+
+
+def _gelu_erf(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+# config.json's hidden_act, by transformers' names (transformers.activations.ACT2FN) and with its meaning:
+# "gelu" is the exact erf form; gelu_new, gelu_pytorch_tanh, gelu_fast and gelu_accurate are the tanh
+# approximation. prelu and xielu (activations with learned parameters) are not supported.
+ACTIVATIONS = {
+    "gelu": _gelu_erf,
+    "gelu_python": _gelu_erf,
+    "gelu_10": lambda x: jnp.clip(_gelu_erf(x), -10.0, 10.0),
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
+    "hardswish": jax.nn.hard_swish,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "laplace": lambda x: 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / (0.282095 * 2.0**0.5))),
+    "sqrtsoftplus": lambda x: jnp.sqrt(jax.nn.softplus(x)),
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "linear": lambda x: x,
+}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -131,8 +167,8 @@ class DecoderConfig:
         if dtype not in _DTYPES or (param_dtype or dtype) not in _DTYPES:
             raise HFConfigError(f"dtype must be one of {', '.join(_DTYPES)}")
         act = hf.get("hidden_act", "silu")
-        if act not in _ACTIVATIONS:
-            raise HFConfigError(f"hidden_act {act!r} is not supported; valid: {', '.join(_ACTIVATIONS)}")
+        if act not in ACTIVATIONS:
+            raise HFConfigError(f"hidden_act {act!r} is not supported; valid (transformers' names): {', '.join(ACTIVATIONS)}")
         heads = int(hf["num_attention_heads"])
         head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
         layers = int(hf["num_hidden_layers"])
@@ -315,7 +351,7 @@ class MLP(nnx.Module):
         self.down_proj = _linear(cfg, f, d, cfg.mlp_bias, rngs)
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        act = _ACTIVATIONS[self.cfg.hidden_act]
+        act = ACTIVATIONS[self.cfg.hidden_act]
         if self.cfg.fused:
             gu = self.gate_up_proj(x)
             gate, up = jnp.split(gu, 2, axis=-1)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hqf_jax.mesh_axes import BATCH_AXES, HEAD_AXIS
 from hqf_jax.ops import retention as ret
 from hqf_jax.ops.constants import BYTE_VOCAB_SIZE
 
@@ -119,10 +120,14 @@ class MultiScaleRetention(nnx.Module):
                 raise ValueError("the attention mixer keeps no recurrent state: it is a training-cost baseline only")
             y = self._attention(q, k, v)
         elif form == "pallas":
-            from pallas_kernels.retention import chunk_retention
+            from pallas_kernels.retention import chunk_retention, sharded_chunk_retention  # loads Triton: only here
 
-            y, state = chunk_retention(q, k, v, gammas, state=state, chunk_size=cfg.chunk_size,
-                                       interpret=jax.default_backend() == "cpu")
+            interpret = jax.default_backend() == "cpu"
+            if state is None:  # training/scoring: one kernel per device's rows and heads under a mesh
+                y, state = sharded_chunk_retention(q, k, v, gammas, cfg.chunk_size, interpret,
+                                                   batch_axes=BATCH_AXES, head_axis=HEAD_AXIS)
+            else:
+                y, state = chunk_retention(q, k, v, gammas, state=state, chunk_size=cfg.chunk_size, interpret=interpret)
         else:
             y, state = ret.retention(q, k, v, gammas, mode=form, chunk_size=cfg.chunk_size, state=state)
         y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)

@@ -25,6 +25,7 @@ return_state=False) -> logits (B,T,V) [, state]; init_state(batch); step(token (
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -226,6 +227,7 @@ class RetNPhi(nnx.Module):
         if rcfg.byte_init == "tokens":
             if tokenizer is None:
                 raise RetNPhiConfigError("byte_init='tokens' needs the checkpoint's tokenizer; pass tokenizer= or set byte_init='random'")
+            check_tokenizer(tokenizer)
             emb, head = byte_rows_from_tokens(decoder, tokenizer, rcfg)
         else:
             emb, head = random_byte_rows(decoder, rcfg)
@@ -238,11 +240,7 @@ class RetNPhi(nnx.Module):
         from hqf_jax.nn.hf_loading import load_hf_decoder
 
         decoder = load_hf_decoder(folder, dtype=dtype, param_dtype=param_dtype, progress=progress)
-        tokenizer = None
-        if rcfg.byte_init == "tokens":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder) if rcfg.byte_init == "tokens" else None
         return cls.from_decoder(decoder, rcfg, tokenizer)
 
     # ------------------------------------------------------------------ byte-LM interface
@@ -273,6 +271,38 @@ class RetNPhi(nnx.Module):
 
 
 # ---------------------------------------------------------------------- byte rows from the token model
+
+# files that hold a vocabulary (tokenizer_config.json alone does not: transformers then builds an empty one)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
+_NO_TOKENIZER_FIX = "or set model.retnphi.byte_init=random"
+
+
+def load_tokenizer(folder: str):
+    """The checkpoint folder's tokenizer for byte_init='tokens'; RetNPhiConfigError (one line) when the folder
+    has none, it does not load, or it maps no token to bytes (the 'token' init would silently be random)."""
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise RetNPhiConfigError(f"byte_init='tokens' needs the checkpoint's tokenizer and {folder} has none (no "
+                                 f"{', '.join(TOKENIZER_FILES[:3])}); save it there with tokenizer.save_pretrained "
+                                 f"{_NO_TOKENIZER_FIX}")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # transformers' messages span lines
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RetNPhiConfigError(f"the tokenizer in {folder} does not load ({type(e).__name__}: {first}); "
+                                 f"re-save it with tokenizer.save_pretrained {_NO_TOKENIZER_FIX}") from None
+    check_tokenizer(tokenizer, folder)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, folder: str | None = None) -> None:
+    """Refuse a tokenizer none of whose tokens map to bytes (empty vocabulary, specials only)."""
+    if not any(token_bytes(tokenizer)):
+        where = f" in {folder}" if folder else ""
+        raise RetNPhiConfigError(f"the tokenizer{where} is empty (vocabulary {len(tokenizer)}, no token maps to bytes), "
+                                 f"so byte_init='tokens' would be random; save the real tokenizer beside the weights "
+                                 f"{_NO_TOKENIZER_FIX}")
 
 
 def _bytes_to_unicode() -> dict[int, str]:

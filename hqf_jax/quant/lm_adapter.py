@@ -1,7 +1,7 @@
 """Glue between the quantizer's pytree API and the byte LM (hqf_jax.nn.retnet.RetNetLM): parameters as a
 pure dict, a model carrying given parameters, bits-per-byte on held-out bytes, greedy continuations.
 
-Any other model plugs into eval/quant_eval.py and eval/quant_analysis.py through the same three callables:
+Any other model plugs into eval/quant_eval.py and studies/quant_analysis.py through the same three callables:
 params (a dict of arrays), loss_fn(params) -> float, generate_fn(params) -> int array (prompts, steps).
 """
 

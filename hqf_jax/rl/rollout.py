@@ -15,7 +15,7 @@ max_new_tokens-th token); after it the row holds PAD_ID.
 
 ``form="recurrent"`` carries the O(1) state through ``step``; ``form="parallel"`` recomputes
 ``model(buffer)`` over the whole buffer at every step (what a naive loop does, O(T^2)); with the same
-key both draw the same tokens, which the tests and eval/bench_rollout.py use.
+key both draw the same tokens, which the tests and bench/rollout.py use.
 """
 
 from __future__ import annotations

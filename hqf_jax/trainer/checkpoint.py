@@ -8,6 +8,7 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jax
@@ -35,6 +36,21 @@ def _describe_mismatch(abstract, saved_meta) -> str | None:
     if extra:
         return f"the checkpoint has parameters the model lacks, e.g. {extra[0]}"
     return None
+
+
+_OBJECT_REPR = re.compile(r"\s*(See full [^:]*:\s*)?<(bound method|built-in method|function|[\w.]+ object)\b.*$")
+
+
+def _reason(e: BaseException) -> str:
+    """One clean line for a restore failure: the innermost exception of the chain (tensorstore's own
+    message names the array and the byte range), first line only, object reprs (pybind11 bound methods,
+    '<... object at 0x..>') cut off."""
+    root, seen = e, 0
+    while (root.__cause__ or root.__context__) is not None and seen < 20:
+        root, seen = root.__cause__ or root.__context__, seen + 1
+    lines = str(root).strip().splitlines()
+    text = _OBJECT_REPR.sub("", lines[0] if lines else "").strip()
+    return f"{type(root).__name__}: {text[:300] or 'no message'}"
 
 
 class Checkpointer:
@@ -68,7 +84,7 @@ class Checkpointer:
         try:
             meta = self.manager.item_metadata(step)
         except Exception as e:
-            raise CheckpointError(f"checkpoint step {step} at {step_dir} is unreadable ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"checkpoint step {step} at {step_dir} is unreadable ({_reason(e)}); "
                                   f"move that folder aside to resume from an earlier step") from None
         if meta is not None:
             mismatch = _describe_mismatch(abstract_state, meta)
@@ -79,8 +95,8 @@ class Checkpointer:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         except Exception as e:
             files = sorted(str(p.relative_to(self.dir)) for p in step_dir.rglob("*") if p.is_file())[:3]
-            raise CheckpointError(f"checkpoint step {step} at {step_dir} is corrupt ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200]}); files there include {files}; "
+            raise CheckpointError(f"checkpoint step {step} at {step_dir} is corrupt ({_reason(e)}); "
+                                  f"files there include {files}; "
                                   "move that folder aside to resume from an earlier step") from None
 
     def close(self) -> None:

@@ -149,9 +149,16 @@ def load_run(workdir: str | Path, step: int | None = None, build=None):
     model, trainable = built if isinstance(built, tuple) else (built, nnx.Param)
     graphdef, params, rest = nnx.split(model, trainable, ...)
     ckpt = Checkpointer(workdir, async_save=False)
-    step = step if step is not None else ckpt.latest_step()
-    if step is None:
+    saved = ckpt.all_steps()
+    if not saved:
+        ckpt.close()
         raise CheckpointError(f"{Path(workdir) / 'checkpoints'} holds no checkpoint; train first (python -m train.lm)")
+    if step is None:
+        step = ckpt.latest_step()
+    elif step not in saved:
+        ckpt.close()
+        raise CheckpointError(f"step {step} is not saved in {Path(workdir) / 'checkpoints'}; saved steps: "
+                              f"{sorted(saved)} (omit --step for the newest)")
     from hqf_jax.trainer.optim import make_optimizer
 
     tx, _ = make_optimizer(cfg.train)

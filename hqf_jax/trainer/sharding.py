@@ -30,16 +30,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hqf_jax.errors import ConfigError
+from hqf_jax.mesh_axes import BATCH_AXES, MESH_AXES  # noqa: F401 (re-exported; defined there for the models too)
 from hqf_jax.pytree import path_str
 
-MESH_AXES = ("data", "fsdp", "tensor")
-# The batch is split over fsdp x data, fsdp-major. Which rows land on which device is immaterial to
+# BATCH_AXES: the batch is split over fsdp x data, fsdp-major. Which rows land on which device is immaterial to
 # the maths, but the order matters to XLA: with ("data", "fsdp") XLA's SPMD partitioner (jax 0.10.2,
 # Shardy and GSPMD alike) miscompiles an embedding gather feeding a residual around a layer whose
 # kernel is split over fsdp and tensor when fsdp == tensor > 1 and data > 1 (e.g. mesh (2,2,2)):
 # forward and gradients come out wrong. ("fsdp", "data") gives the 1-device answer on every mesh
 # tested (docs/scale.md has the 10-line reproduction; tests/test_sharding.py guards it).
-BATCH_AXES = ("fsdp", "data")
 
 # logical axis -> mesh axis (None: replicated; a tuple of mesh axes splits over their product, or
 # over the longest prefix that divides the dimension). "embed" is the model width: sharding it over

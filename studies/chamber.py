@@ -1,12 +1,12 @@
 """The training chamber on the music path: every intervention against plain early stopping, at equal steps.
 
-    python -m eval.chamber_study --out runs/chamber [--arms none,shrink_perturb,rewarm,noise,ema]
+    python -m studies.chamber --out runs/chamber [--arms none,shrink_perturb,rewarm,noise,ema]
                                  [--samples 32] [--skip-train] [key=value ...]
 
 Each arm trains configs/music_chamber.py for the same number of steps (overrides after the options
 apply to every arm, e.g. train.steps=300), in ``<out>/<arm>``; the run is the same as
 ``python -m train.lm --config configs/music_chamber.py --workdir <out>/<arm> <arm's overrides>``.
-Then, per arm, the final checkpoint is scored with eval.music_eval (test bpb on the held-out tunes
+Then, per arm, the final checkpoint is scored like eval.music_eval (hqf_jax.scoring.music: test bpb on the held-out tunes
 past the validation window, i.e. bytes that neither the plateau triggers nor early stopping looked
 at; generated tunes parsed by music21, bars against the meter, copying), and the plain arm
 (``none``) is also scored at its best logged validation step: that is early stopping.
@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from hqf_jax import cli
+from hqf_jax.scoring import music as music_eval
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train
 from hqf_jax.trainer.metrics import read_metrics
@@ -43,7 +44,7 @@ INTERVENTION_EVENTS = ("shrink_perturb", "rewarm", "weight_noise", "ema_swap")
 def arm_config(arm: str, common: list[str]):
     if arm not in ARMS:
         raise cli.ConfigError(f"unknown arm {arm!r}; arms: {sorted(ARMS)}")
-    return cli.apply_overrides(cli.load_config_file(CONFIG), ARMS[arm] + list(common))
+    return cli.load_config(CONFIG, ARMS[arm] + list(common))
 
 
 def curve(workdir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, str]]]:
@@ -96,7 +97,6 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv=None):
-    from eval import music_eval
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/chamber")
@@ -104,8 +104,8 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--skip-train", action="store_true", help="score existing runs in --out")
-    p.add_argument("overrides", nargs="*", help="config overrides for every arm (key=value)")
-    a = p.parse_args(argv)
+    cli.add_overrides(p, help="config overrides for every arm (key=value)")
+    a = cli.parse(p, argv)
     out = Path(a.out)
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     results: dict = {}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
-#   LOG_DIR=/tmp/logs bash eval/gpu_benches.sh lm long_context quant holo rollout retnphi retention gpu_tests
+#   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention gpu_tests
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
@@ -9,13 +9,13 @@ mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1
 for b in "$@"; do
   case $b in
-    lm) cmd="python -m eval.bench_lm --forms chunkwise,pallas" ;;
-    long_context) cmd="python -m eval.bench_long_context --forms chunkwise,pallas --attention-impls cudnn,xla" ;;
-    quant) cmd="python -m eval.bench_quant_kernels --shapes 4096x4096,4096x11008 --target-s 0.1" ;;
-    holo) cmd="python -m eval.bench_holo" ;;
-    rollout) cmd="python -m eval.bench_rollout --budget-s 15" ;;
-    retnphi) cmd="python -m eval.bench_retnphi --sizes 125m,1b" ;;
-    retention) cmd="python -m eval.bench_retention" ;;
+    lm) cmd="python -m bench.lm --forms chunkwise,pallas" ;;
+    long_context) cmd="python -m bench.long_context --forms chunkwise,pallas --attention-impls cudnn,xla" ;;
+    quant) cmd="python -m bench.quant_kernels --shapes 4096x4096,4096x11008 --target-s 0.1" ;;
+    holo) cmd="python -m bench.holo" ;;
+    rollout) cmd="python -m bench.rollout --budget-s 15" ;;
+    retnphi) cmd="python -m bench.retnphi --sizes 125m,1b" ;;
+    retention) cmd="python -m bench.retention" ;;
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac

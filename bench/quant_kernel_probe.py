@@ -1,8 +1,8 @@
 """Where the time of the GEMV kernel (quant_matmul mode="vec") goes: the same Pallas program with stages left out.
 
-    python -m eval.quant_kernel_probe --shapes 4096x4096,4096x11008 --methods int4,phi5u8     # GPU
+    python -m bench.quant_kernel_probe --shapes 4096x4096,4096x11008 --methods int4,phi5u8     # GPU
 
-Per (shape, method, block config), batch 1, timed exactly like eval.bench_quant_kernels (device loop, L2-defeating
+Per (shape, method, block config), batch 1, timed exactly like bench.quant_kernels (device loop, L2-defeating
 copies, null loop subtracted), beside the bf16 XLA matmul and the read floor (one XLA reduction over the bytes):
   load    the program loads its packed tiles (same BlockSpecs, same loop) and xors them into a register tile;
   unpack  + shift/mask every code and convert it to float (exponent trick), accumulated elementwise;
@@ -25,7 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from eval.bench_quant_kernels import L2_BYTES, _copy_tree, _time_floor, qc_matrix_bf16, time_op
+from bench.quant_kernels import L2_BYTES, _copy_tree, _time_floor, qc_matrix_bf16, time_op
 from hqf_jax import quant as Q
 from hqf_jax.ops import quant_pack as qp
 from hqf_jax.ops.quant_matmul import bf16_matmul

@@ -1,7 +1,7 @@
 """How far each retention form's logits are from a float32 reference, in float32 and in bfloat16 compute.
 
-    python -m eval.form_precision [--config configs/lm.py] [--seq-len 256] [--batch 2] [--layers N]
-    python -m eval.form_precision --small        # a 6-layer d=256 model, quick on a CPU
+    python -m studies.form_precision [--config configs/lm.py] [--seq-len 256] [--batch 2] [--layers N]
+    python -m studies.form_precision --small        # a 6-layer d=256 model, quick on a CPU
 
 The reference is the parallel form in float32 with float32 matmuls ("highest" precision). Every form
 (parallel, chunkwise, pallas; Pallas runs in interpret mode on a CPU) is run with the same weights in float32
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hqf_jax import cli
+from hqf_jax.report import write_report
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 
 
@@ -44,6 +45,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--layers", type=int, default=0, help="override the config's number of layers")
     p.add_argument("--small", action="store_true")
+    p.add_argument("--out", default="runs/studies/form_precision", help="folder for table.md and results.json")
     a = p.parse_args(argv)
     base = RetNetConfig.from_dict(cli.load_config_file(a.config).model)
     if a.small:
@@ -51,12 +53,13 @@ def main(argv=None):
     if a.layers:
         base = dataclasses.replace(base, num_layers=a.layers)
     toks = jax.random.randint(jax.random.key(1), (a.batch, a.seq_len), 0, 256)
-    print(f"device: {jax.devices()[0].device_kind}; {base.num_layers} layers, d_model {base.d_model}, "
-          f"T={a.seq_len}, random weights; reference: parallel form, float32, highest matmul precision")
-    print("| compute | form | max error / max logit | mean abs error |")
-    print("|---|---|---|---|")
-    for r in form_errors(base, toks):
-        print(f"| {r['dtype']} | {r['form']} | {r['max_rel']:.2e} | {r['mean_abs']:.2e} |")
+    head = (f"device: {jax.devices()[0].device_kind}; {base.num_layers} layers, d_model {base.d_model}, "
+            f"T={a.seq_len}, random weights; reference: parallel form, float32, highest matmul precision")
+    rows = form_errors(base, toks)
+    table = "\n".join([head, "", "| compute | form | max error / max logit | mean abs error |", "|---|---|---|---|"]
+                      + [f"| {r['dtype']} | {r['form']} | {r['max_rel']:.2e} | {r['mean_abs']:.2e} |" for r in rows])
+    print(table)
+    print(f"[study] -> {write_report(a.out, table, {'device': jax.devices()[0].device_kind, 'rows': rows})}")
 
 
 if __name__ == "__main__":

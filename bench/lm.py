@@ -1,8 +1,8 @@
 """Throughput of the byte LM: training bytes/s, model TFLOP/s and MFU against a bf16 matmul
 measured in the same run, and generation bytes/s at batch 1 and 64 through the recurrent form.
 
-    python -m eval.bench_lm [--config configs/lm_125m.py] [--seq-lens 2048,8192] [--forms chunkwise,pallas]
-    python -m eval.bench_lm --small        # tiny shapes, runs on a CPU
+    python -m bench.lm [--config configs/lm_125m.py] [--seq-lens 2048,8192] [--forms chunkwise,pallas]
+    python -m bench.lm --small        # tiny shapes, runs on a CPU
 
 Timing: every figure is wall time around N jitted calls after warm-up, with block_until_ready
 only at the end, so dispatch overlaps device work (N >= 10 steps, >= 20 matmuls).

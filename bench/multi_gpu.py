@@ -1,7 +1,7 @@
 """Multi-GPU scaling of the byte LM on one host, through the real entry points (python -m train.lm).
 
-    NCCL_NVLS_ENABLE=0 python -m eval.bench_multi_gpu [--steps 30] [--gpus N]
-    python -m eval.bench_multi_gpu --small     # CPU check: tiny config, 2 virtual CPU devices
+    NCCL_NVLS_ENABLE=0 python -m bench.multi_gpu [--steps 30] [--gpus N]
+    python -m bench.multi_gpu --small     # CPU check: tiny config, 2 virtual CPU devices
 
 Runs, each as its own process on the same global batch:
   1 GPU (CUDA_VISIBLE_DEVICES=0), then all N GPUs with data parallelism (mesh.data=N) and with FSDP

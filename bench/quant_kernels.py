@@ -1,7 +1,7 @@
 """Benchmark of the quantized matmul kernels beside a bf16 XLA matmul of the same shape, in one process.
 
-    python -m eval.bench_quant_kernels                 # GPU: 4096x4096, 4096x11008, 11008x4096; batch 1, 16, 256
-    python -m eval.bench_quant_kernels --small         # CPU: tiny shapes in Pallas interpret mode (checks only)
+    python -m bench.quant_kernels                 # GPU: 4096x4096, 4096x11008, 11008x4096; batch 1, 16, 256
+    python -m bench.quant_kernels --small         # CPU: tiny shapes in Pallas interpret mode (checks only)
 
 For each weight (K in, N out), method and batch it
   1. quantizes a random N(0, 0.02) weight, packs it (PackedWeight), counts its bits per weight from the bytes;

@@ -1,7 +1,7 @@
 """The research notes' claims about the phi-grid, as measurements on any parameter pytree.
 
-    python -m eval.quant_analysis --run runs/lm_tiny --out runs/quant_analysis      # a trained byte LM
-    python -m eval.quant_analysis --random configs/lm_tiny.py --out runs/qa_random   # negative control
+    python -m studies.quant_analysis --run runs/lm_tiny --out runs/quant_analysis      # a trained byte LM
+    python -m studies.quant_analysis --random configs/lm_tiny.py --out runs/qa_random   # negative control
 
 Claims tested (weights in the (R, C) matrix view, groups of G columns, s = group absmax):
   1. "quantization error clusters at phi^-k levels (60% observed vs 15% expected)". Two readings, both measured:

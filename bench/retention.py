@@ -4,8 +4,8 @@ One process: checks the Pallas kernel against the jnp reference (outputs and gra
 picks its tiling from a short sweep, then times forward and forward+backward of every variant at
 B=8, H=16, d=128, T in {2048, 8192, 32768} (B=2 at 32768), bf16, and prints a table last.
 
-    python -m eval.bench_retention            # GPU (fla: pip install --no-deps wheels/*.whl first)
-    python -m eval.bench_retention --small    # tiny shapes, Pallas in interpret mode, on CPU
+    python -m bench.retention            # GPU (fla: pip install --no-deps wheels/*.whl first)
+    python -m bench.retention --small    # tiny shapes, Pallas in interpret mode, on CPU
 
 FLOPs (stated once, used for every row):
   retention (all three implementations, chunk C = 64):

@@ -1,7 +1,7 @@
 """The experiment RetNPhi stands on (issue 3, point 5): does a pretrained token model make byte-level
 learning faster than starting from scratch?
 
-    python -m eval.bootstrap_study [--config configs/retnphi_tiny.py] [--out runs/bootstrap_study] [--steps N]
+    python -m studies.bootstrap [--config configs/retnphi_tiny.py] [--out runs/bootstrap_study] [--steps N]
                                    [--token-config configs/token_lm_tiny.py] [key=value ...]
 
 Runs, all on the same byte data, batch, seq_len, optimizer and learning-rate schedule, through the shared
@@ -134,9 +134,9 @@ def main(argv=None):
     for m in ("scratch", "lora", "full"):
         p.add_argument(f"--lr-{m}", type=float, default=None, help=f"learning rate of {m} (default train.lr)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (all runs)")
-    a = p.parse_args(argv)
-    base = cli.apply_overrides(cli.load_config_file(a.config), a.overrides)
+    cli.add_overrides(p, help="config overrides key.sub=value (all runs)")
+    a = cli.parse(p, argv)
+    base = cli.load_config(a.config, a.overrides)
     methods = [m for m in a.methods.split(",") if m]
     bad = set(methods) - set(METHODS)
     if bad:

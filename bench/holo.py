@@ -1,7 +1,7 @@
 """Speed of the holographic memory and its Cl(3,1) kernels, one process, table printed last.
 
-    python -m eval.bench_holo            # GPU sizes
-    python -m eval.bench_holo --small    # CPU check (Pallas in interpret mode, tiny sizes)
+    python -m bench.holo            # GPU sizes
+    python -m bench.holo --small    # CPU check (Pallas in interpret mode, tiny sizes)
 
 Measured in the same run:
   * HBM copy bandwidth (y = x + 1 over a large float32 array: 2 bytes moved per byte of x),

@@ -4,9 +4,9 @@ For each size: a decoder with random weights (or a real checkpoint folder) in bf
 LoRA (frozen base, per-block remat). Every variant is checked first (chunkwise vs parallel retention, Pallas vs
 chunkwise on GPU, KV-cache decode vs full forward), then timed in one process; the table comes last.
 
-    python -m eval.bench_retnphi --small                     # CPU smoke run, tiny sizes
-    python -m eval.bench_retnphi --sizes 125m,1b,phi35        # GPU: token-model scale, ~1B, Phi-3.5-mini shape
-    python -m eval.bench_retnphi --checkpoint runs/token_lm/hf --tokenizer runs/token_lm/hf
+    python -m bench.retnphi --small                     # CPU smoke run, tiny sizes
+    python -m bench.retnphi --sizes 125m,1b,phi35        # GPU: token-model scale, ~1B, Phi-3.5-mini shape
+    python -m bench.retnphi --checkpoint runs/token_lm/hf --tokenizer runs/token_lm/hf
 
 Training: B x T bytes per step, >= 20 timed steps after warmup, block_until_ready at the end; memory from
 XLA's compiled memory analysis of the step (arguments + outputs + temporaries - aliased). Generation: prefill P

@@ -2,8 +2,8 @@
 model of the same size (same projections, GroupNorm and gate; jax.nn.dot_product_attention), at a fixed
 number of bytes per step.
 
-    python -m eval.bench_long_context [--seq-lens 2048,8192,32768] [--forms chunkwise,pallas]
-    python -m eval.bench_long_context --small     # CPU check
+    python -m bench.long_context [--seq-lens 2048,8192,32768] [--forms chunkwise,pallas]
+    python -m bench.long_context --small     # CPU check
 
 Per row: step time, bytes/s, and the device memory the compiled step needs (arguments + XLA
 temporaries, from the compiler's memory analysis), or the error (e.g. out of memory).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.bench_lm import bench_train
+from bench.lm import bench_train
 from hqf_jax import cli
 from hqf_jax.nn.retnet import RetNetConfig
 

@@ -4,8 +4,8 @@ Everything is computed from the public config.json values (tests/fixtures/phi35_
 real modules built abstractly (nnx.eval_shape: shapes only, no memory): the HF decoder, its RetNPhi
 conversion and the LoRA wrapping. No weights are needed.
 
-    python -m eval.phi35_plan                       # defaults: LoRA rank 16 on qkv/o/gate_up/down
-    python -m eval.phi35_plan --rank 8 --batch 8 --seq-len 4096 --no-remat
+    python -m studies.phi35_plan                       # defaults: LoRA rank 16 on qkv/o/gate_up/down
+    python -m studies.phi35_plan --rank 8 --batch 8 --seq-len 4096 --no-remat
 
 Memory model (bytes, one GPU, bf16 compute):
   frozen base        frozen params x 2 (bf16; token embedding and head are dropped by the conversion)
@@ -33,6 +33,7 @@ from hqf_jax.nn.hf_loading import abstract_decoder
 from hqf_jax.nn.lora import LoRAConfig, LoRAParam, count_params, frozen_filter
 from hqf_jax.nn.retnphi import RetNPhiConfig, abstract_retnphi
 from hqf_jax.ops.constants import BYTE_VOCAB_SIZE
+from hqf_jax.report import write_report
 
 FIXTURE = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "fixtures", "phi35_config.json")
 GB = 1e9
@@ -174,12 +175,15 @@ def main(argv=None) -> Plan:
     ap.add_argument("--chunk", type=int, default=RetNPhiConfig.chunk_size)
     ap.add_argument("--no-remat", action="store_true")
     ap.add_argument("--gpu-gb", type=float, default=80.0)
+    ap.add_argument("--out", default="runs/studies/phi35_plan", help="folder for table.md and results.json")
     args = ap.parse_args(argv)
     lora = LoRAConfig(targets=tuple(args.targets.split(",")), rank=args.rank, alpha=args.alpha)
     rcfg = RetNPhiConfig(chunk_size=args.chunk, byte_init="random")
     p = plan(args.config, lora, rcfg, batch=args.batch, seq_len=args.seq_len, remat=not args.no_remat,
              gpu_gb=args.gpu_gb)
-    print(report(p, lora, args.batch, args.seq_len, not args.no_remat, args.gpu_gb))
+    text = report(p, lora, args.batch, args.seq_len, not args.no_remat, args.gpu_gb)
+    print(text)
+    print(f"[study] -> {write_report(args.out, text, p)}")
     return p
 
 
