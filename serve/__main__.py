@@ -16,7 +16,7 @@ from hqf_jax.infer.server import Limits, Server
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a train.lm run folder")
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--host", default="127.0.0.1")
