@@ -32,7 +32,7 @@ def engine(model):
     return Engine(model, dtype="float32", prompt_bucket=8)
 
 
-@pytest.mark.parametrize("position", ["xpos", pytest.param("rope", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("position", ["xpos", "rope"])
 def test_forward_matches_parallel_and_recurrent_float32(position):
     model = tiny(position)
     eng = Engine(model, dtype="float32")

@@ -24,7 +24,7 @@ def _case(b=3, h=2, dk=16, dv=32, offset=(0, 7, 300), dtype=jnp.float32):
 @pytest.mark.parametrize("b, h, dk, dv, block_v, offset, dtype", [
     (3, 2, 16, 32, 16, (0, 7, 300), jnp.float32),   # per-row positions, two Dv tiles
     (1, 3, 32, 64, 64, 5, jnp.float32),             # a scalar offset, H not a power of two
-    pytest.param(2, 2, 16, 32, 32, (1, 2), jnp.bfloat16, marks=pytest.mark.slow),  # bf16 inputs, float32 state
+    (2, 2, 16, 32, 32, (1, 2), jnp.bfloat16),       # bf16 inputs, float32 state
 ])
 def test_decode_kernel_equals_reference(b, h, dk, dv, block_v, offset, dtype):
     args, st = _case(b, h, dk, dv, offset, dtype)
@@ -51,7 +51,6 @@ def test_decode_kernel_refuses_shapes_it_cannot_take():
         retention_decode_step(*args, st, block_v=24, interpret=True)
 
 
-@pytest.mark.slow  # interpret mode runs the kernel's grid one program at a time: ~2 CPU-minutes
 def test_engine_decodes_the_same_bytes_with_the_kernel():
     from hqf_jax.infer import Engine
     from hqf_jax.nn.retnet import RetNetConfig, RetNetLM

@@ -49,7 +49,6 @@ def _table(a, b, min_count=10):
     return np.array([np.append(ca[common], ca[~common].sum()), np.append(cb[common], cb[~common].sum())])
 
 
-@pytest.mark.slow  # 1,500 rows through three compiled decoders
 def test_sampled_distribution_equals_plain_sampling(engine):
     rows, n = 1500, 4
     prompts = [b"the "] * rows
