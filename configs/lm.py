@@ -13,6 +13,7 @@ def get_config():
         position="xpos", rope_theta=10000.0, gamma_base=-5.0, form="auto", chunk_size=64,
         norm_eps=1e-6, compute_dtype="float32", attention_impl="auto",
         dropout=0.0,  # residual dropout on each block's retention and FFN outputs, in training only
+        extra_heads=0,  # multi-byte prediction heads (bytes t+2..t+1+k) for self-speculative decoding
     ))
     c.data = ml_collections.ConfigDict(dict(
         source="stdlib", paths="", valid_fraction=0.05, max_files=0, seq_len=256, batch_size=16,
@@ -27,6 +28,7 @@ def get_config():
         profile=False,
         patience=0,  # early stop after this many evals without a better valid_bpb (0 = off)
         resume_fallback=False,  # resume from the newest intact step when the newest is corrupt
+        extra_heads_weight=0.3,  # loss weight of the extra heads' mean NLL (only with model.extra_heads > 0)
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c

@@ -1,7 +1,9 @@
-"""Stream bytes from a trained run through the recurrent form (O(1) memory per byte).
+"""Stream bytes from a trained run through the inference engine (chunkwise prefill, O(1)-state decode on
+device, ``--chunk`` bytes per device call).
 
     python -m eval.generate --run runs/lm --prompt "def " [--max-bytes 400] [--temperature 0.8]
-                            [--top-k 0] [--top-p 0.95] [--seed 0] [--step best|latest|N]
+                            [--top-k 0] [--top-p 0.95] [--seed 0] [--step best|latest|N] [--dtype float32]
+                            [--quant int8]
     python -m eval.generate --run runs/lm --prompt "\\x00\\xffGIF8"    # backslash escapes: any bytes
     python -m eval.generate --run runs/lm --prompt-file prompt.bin       # the file's bytes, as they are
 
@@ -18,7 +20,7 @@ import argparse
 import sys
 
 from hqf_jax import cli
-from hqf_jax.nn.generate import stream
+from hqf_jax.infer.engine import DECODE_IMPLS, DTYPES, Engine
 from hqf_jax.trainer import lm_task
 
 
@@ -46,7 +48,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step", default="best", help="a saved step, 'best' (default: the best-validation step) or 'latest'")
     p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
-    p.add_argument("--quant-impl", default="reference", choices=["reference", "pallas"])
+    p.add_argument("--quant-impl", default="auto", choices=["auto", "reference", "pallas"],
+                   help="auto: the fused Pallas kernels on a GPU, XLA dequantize-then-matmul elsewhere")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="the engine's compute and weight dtype")
+    p.add_argument("--decode-impl", default="jnp", choices=DECODE_IMPLS)
+    p.add_argument("--chunk", type=int, default=32, help="bytes per device call")
     a = p.parse_args(argv)
     if a.max_bytes < 0:
         raise cli.ConfigError(f"--max-bytes {a.max_bytes}: give the number of bytes to generate, 0 or more")
@@ -55,12 +61,11 @@ def main(argv=None):
     prompt = prompt_bytes(a.prompt, a.prompt_file)
     model, _, step, chosen = lm_task.load_run(a.run, a.step, with_label=True)
     print(f"[generate] run {a.run}, step {step} ({chosen})", file=sys.stderr, flush=True)
-    if a.quant:
-        from hqf_jax.quant.model import quantize_model
-
-        model, _ = quantize_model(model, a.quant, impl=a.quant_impl)
+    engine = Engine(model, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl, decode_impl=a.decode_impl,
+                    allow_eos=True)
     cli.write_bytes(prompt)
-    for b in stream(model, prompt, a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p):
+    for b in engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
+                           top_k=a.top_k, top_p=a.top_p):
         cli.write_bytes(bytes([b]))
     cli.write_bytes(b"\n")
 

@@ -31,12 +31,13 @@ POSITIVE_INTS = (
 # integers >= 0 (0 means "none" or "all", as each key's config file says)
 NON_NEGATIVE_INTS = (
     "train.warmup_steps", "train.sample_len", "train.seed", "data.max_files", "train.eval_bytes",
-    "train.max_train_bytes", "model.head_dim",
+    "train.max_train_bytes", "model.head_dim", "model.extra_heads",
 )
 # numbers > 0
 POSITIVE_NUMBERS = ("train.lr", "model.norm_eps", "model.rms_norm_eps", "model.rope_theta")
 # numbers >= 0
-NON_NEGATIVE_NUMBERS = ("train.weight_decay", "train.grad_clip", "rl.c_temperature", "rl.d_temperature")
+NON_NEGATIVE_NUMBERS = ("train.weight_decay", "train.grad_clip", "rl.c_temperature", "rl.d_temperature",
+                        "train.extra_heads_weight")
 # key -> (low, high, low included, high included)
 FRACTIONS = {
     "data.valid_fraction": (0.0, 1.0, True, True),

@@ -119,3 +119,18 @@ def test_row_norm_is_accurate_for_slow_decays():
     gd = 1 - 2.0**-20
     want = 1 / np.sqrt((1 - gd**1001) / (1 - gd))
     assert abs(got - want) / want < 1e-6
+
+
+@pytest.mark.parametrize("mode", R.MODES)
+def test_per_row_offsets_equal_each_row_at_its_own_offset(mode):
+    """A batch whose rows sit at different positions (offset (B,), the inference engine's batches) computes
+    each row as the float64 formula does at that row's offset."""
+    q, k, v = _inputs(5, 3, 2, 11, 8, 8)
+    g = R.default_gammas(2, base=-2.0)
+    offsets = jnp.asarray([0, 4, 37], jnp.int32)
+    st = R.init_state(3, 2, 8, 8)._replace(offset=offsets)
+    o, state = R.retention(q, k, v, g, mode=mode, chunk_size=4, state=st)
+    for r, off in enumerate([0, 4, 37]):
+        want = _naive(q[r:r + 1], k[r:r + 1], v[r:r + 1], g, offset=off)
+        np.testing.assert_allclose(np.asarray(o[r:r + 1]), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(state.offset), [11, 15, 48])

@@ -60,6 +60,9 @@ class RetNetConfig:
     # residual dropout on each block's retention and FFN outputs; applied only when the call gets a
     # dropout_rng (the training loss passes its rng; scoring and generation never do). 0 = off.
     dropout: float = 0.0
+    # multi-byte prediction: k extra linear heads on the final normed hidden state; head j predicts the byte
+    # j + 1 places after the main head's (t+2..t+1+k). They drive self-speculative decoding (hqf_jax.infer).
+    extra_heads: int = 0
 
     @classmethod
     def from_dict(cls, d: Any) -> "RetNetConfig":
@@ -76,6 +79,8 @@ class RetNetConfig:
             raise ValueError(f"model.position {self.position!r} is not one of {ret.POSITION_KINDS}")
         if self.mixer not in ("retention", "attention"):
             raise ValueError(f"model.mixer {self.mixer!r} is not one of ('retention', 'attention')")
+        if self.extra_heads < 0:
+            raise ValueError(f"model.extra_heads must be >= 0 (0 = none); got {self.extra_heads}")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.compute_dtype {self.compute_dtype!r} is not one of ('float32', 'bfloat16')")
         if self.attention_impl not in attn.ATTENTION_IMPLS:
@@ -193,6 +198,15 @@ class RetNetLM(nnx.Module):
         self.norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, rngs=rngs)
         self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, param_dtype=jnp.float32,
                                kernel_init=nnx.initializers.normal(cfg.d_model**-0.5), rngs=rngs)
+        if cfg.extra_heads:
+            self.extra_heads = nnx.List([
+                nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, param_dtype=jnp.float32,
+                           kernel_init=nnx.initializers.normal(cfg.d_model**-0.5), rngs=rngs)
+                for _ in range(cfg.extra_heads)])
+
+    def extra_logits(self, hidden: jax.Array) -> jax.Array:
+        """Extra heads on the normed hidden state (..., d) -> (k, ..., V): head j predicts t + 2 + j."""
+        return jnp.stack([h(hidden) for h in self.extra_heads])
 
     def init_state(self, batch_size: int) -> tuple[ret.RetentionState, ...]:
         c = self.cfg
@@ -200,9 +214,10 @@ class RetNetLM(nnx.Module):
                      for _ in range(c.num_layers))
 
     def __call__(self, tokens: jax.Array, state=None, *, form: str | None = None, return_state: bool = False,
-                 dropout_rng: jax.Array | None = None):
-        """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token]. ``dropout_rng``
-        (training only) applies the config's dropout; without it the call is deterministic."""
+                 dropout_rng: jax.Array | None = None, return_hidden: bool = False):
+        """tokens (B, T) int -> logits (B, T, V) float32 [, state after the last token] [, normed hidden
+        (B, T, d) float32, what the extra heads read]. ``dropout_rng`` (training only) applies the config's
+        dropout; without it the call is deterministic."""
         chex.assert_rank(tokens, 2)
         form = resolve_form(form or self.cfg.form)
         x = self.embed(tokens).astype(jnp.dtype(self.cfg.compute_dtype))
@@ -212,8 +227,10 @@ class RetNetLM(nnx.Module):
             key = jax.random.fold_in(dropout_rng, i) if dropout_rng is not None and self.cfg.dropout else None
             x, s = block(x, s, form, key)
             new_states.append(s)
-        logits = self.head(self.norm(x).astype(jnp.float32))
-        return (logits, tuple(new_states)) if return_state else logits
+        hidden = self.norm(x).astype(jnp.float32)
+        logits = self.head(hidden)
+        out = (logits,) + ((tuple(new_states),) if return_state else ()) + ((hidden,) if return_hidden else ())
+        return out if len(out) > 1 else logits
 
     def step(self, token: jax.Array, state) -> tuple[jax.Array, tuple]:
         """One byte per sequence: token (B,) -> logits (B, V), state (O(1) in the length)."""

@@ -36,7 +36,8 @@ POSITION_KINDS = ("rope", "xpos", "none")
 
 
 class RetentionState(NamedTuple):
-    """State after position offset - 1: S (B, H, Dk, Dv), z (B, H, Dk), offset () int32."""
+    """State after position offset - 1: S (B, H, Dk, Dv), z (B, H, Dk), offset () int32, or (B,) int32 when
+    the rows of a batch sit at different positions (the inference engine's batches of unequal prompts)."""
 
     kv: jax.Array
     ksum: jax.Array
@@ -60,9 +61,9 @@ def init_state(batch: int, heads: int, dk: int, dv: int) -> RetentionState:
 
 
 def rotary_angles(positions: jax.Array, dim: int, theta: float = 10000.0) -> jax.Array:
-    """Angles (T, dim/2) of rotate-half RoPE at the given absolute positions."""
+    """Angles (..., T, dim/2) of rotate-half RoPE at the given absolute positions (..., T)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    return positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return positions.astype(jnp.float32)[..., None] * inv_freq
 
 
 def _rotate(x: jax.Array, angles: jax.Array) -> jax.Array:
@@ -80,7 +81,8 @@ def rotate_qk(
     theta: float = 10000.0,
     xpos_scale_base: float = 512.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Apply RoPE or xPos (Sun et al., 2022) to q, k (..., T, D) at absolute ``positions`` (T,).
+    """Apply RoPE or xPos (Sun et al., 2022) to q, k (..., T, D) at absolute ``positions`` (T,) (or any shape
+    that broadcasts against q's leading axes, e.g. (B, 1, T) for per-row positions).
 
     xPos multiplies the rotated q by zeta^(n / scale_base) and k by zeta^(-n / scale_base),
     zeta_i = (i / (D/2) + 0.4) / 1.4, so q_n . k_m decays smoothly with n - m.
@@ -94,8 +96,8 @@ def rotate_qk(
     qf, kf = _rotate(q.astype(jnp.float32), angles), _rotate(k.astype(jnp.float32), angles)
     if kind == "xpos":
         zeta = (jnp.arange(0, dim, 2, dtype=jnp.float32) + 0.4 * dim) / (1.4 * dim)
-        power = positions.astype(jnp.float32)[:, None] / xpos_scale_base
-        scale = jnp.concatenate([zeta**power] * 2, axis=-1)  # (T, D)
+        power = positions.astype(jnp.float32)[..., None] / xpos_scale_base
+        scale = jnp.concatenate([zeta**power] * 2, axis=-1)  # (..., T, D)
         qf, kf = qf * scale, kf / scale
     return qf.astype(q.dtype), kf.astype(k.dtype)
 
@@ -104,13 +106,14 @@ def rotate_qk(
 
 
 def row_norm(positions: jax.Array, gammas: jax.Array) -> jax.Array:
-    """1 / sqrt(c_n) for (H, T), c_n = sum_{i<=n} gamma^i, clamped at 1.
+    """1 / sqrt(c_n) for positions (T,) -> (H, T), or per-row positions (B, T) -> (B, H, T);
+    c_n = sum_{i<=n} gamma^i, clamped at 1.
 
     Written as -expm1((n+1) log1p(-(1-gamma))) / (1-gamma) so heads with gamma near 1 keep full
     float32 precision (the direct (1 - gamma^(n+1)) / (1 - gamma) loses digits to cancellation),
     and gamma == 1 (no decay, e.g. 1 - 2^-30 rounded in float32) gives c_n = n + 1, not 0/0.
     """
-    n1 = positions.astype(jnp.float32)[None, :] + 1.0
+    n1 = positions.astype(jnp.float32)[..., None, :] + 1.0
     eps = 1.0 - gammas.astype(jnp.float32)[:, None]  # exact in float32 for gamma in [0.5, 1]
     safe = jnp.where(eps > 0, eps, 1.0)
     c = jnp.where(eps > 0, -jnp.expm1(n1 * jnp.log1p(-safe)) / safe, n1)
@@ -118,14 +121,19 @@ def row_norm(positions: jax.Array, gammas: jax.Array) -> jax.Array:
 
 
 def _finish(num: jax.Array, rowsum: jax.Array, rnorm: jax.Array) -> jax.Array:
-    """Apply the decay-row normalisation and the |row sum| normalisation."""
-    rnorm = rnorm[None, :, :, None]
+    """Apply the decay-row normalisation and the |row sum| normalisation; rnorm (H, T) or (B, H, T)."""
+    rnorm = rnorm[..., None] if rnorm.ndim == 3 else rnorm[None, :, :, None]
     denom = jnp.maximum(jnp.abs(rowsum[..., None] * rnorm), 1.0)
     return num * rnorm / denom
 
 
 def _einsum(spec: str, *xs: jax.Array) -> jax.Array:
     return jnp.einsum(spec, *xs, preferred_element_type=jnp.float32)
+
+
+def _positions(offset: jax.Array, t: int) -> jax.Array:
+    """Absolute positions of t steps after ``offset``: (T,) for a scalar offset, (B, T) for per-row offsets."""
+    return jnp.asarray(offset)[..., None] + jnp.arange(t) if jnp.ndim(offset) else offset + jnp.arange(t)
 
 
 def check_inputs(q, k, v, gammas):
@@ -152,7 +160,7 @@ def retention_parallel(q, k, v, gammas, state: RetentionState | None = None):
     carry = g[:, None] ** (idx[None, :] + 1.0)  # (H, T)
     num = _einsum("bhts,bhsv->bhtv", scores, v) + _einsum("bhtd,bhdv->bhtv", q, state.kv) * carry[None, :, :, None]
     rowsum = scores.sum(-1) + _einsum("bhtd,bhd->bht", q, state.ksum) * carry[None]
-    positions = state.offset + idx
+    positions = _positions(state.offset, t)
     o = _finish(num, rowsum, row_norm(positions, g))
     # state after the last position
     w = g[:, None] ** (t - 1.0 - idx[None, :])  # (H, T)
@@ -160,6 +168,19 @@ def retention_parallel(q, k, v, gammas, state: RetentionState | None = None):
     kv = state.kv * gt[..., None] + _einsum("bhtd,bhtv->bhdv", k * w[None, :, :, None], v)
     ksum = state.ksum * gt + _einsum("bhtd,ht->bhd", k, w)
     return o, RetentionState(kv, ksum, state.offset + t)
+
+
+def retention_step(q, k, v, gammas, state: RetentionState):
+    """One recurrent step without a scan (the decode step): q, k (B, H, Dk), v (B, H, Dv) at position
+    state.offset -> o (B, H, Dv) float32 and the state after it. The reference of the Pallas decode kernel."""
+    g = gammas.astype(jnp.float32)
+    k = k * (q.shape[-1] ** -0.5)
+    kv = state.kv * g[None, :, None, None] + _einsum("bhd,bhv->bhdv", k, v)
+    ksum = state.ksum * g[None, :, None] + k.astype(jnp.float32)
+    num = _einsum("bhd,bhdv->bhv", q, kv)
+    rowsum = _einsum("bhd,bhd->bh", q, ksum)
+    o = _finish(num[:, :, None], rowsum[:, :, None], row_norm(state.offset[..., None], g))[:, :, 0]
+    return o, RetentionState(kv, ksum, state.offset + 1)
 
 
 def retention_recurrent(q, k, v, gammas, state: RetentionState | None = None):
@@ -175,7 +196,7 @@ def retention_recurrent(q, k, v, gammas, state: RetentionState | None = None):
         ksum = carry.ksum * g[None, :, None] + kt.astype(jnp.float32)
         num = _einsum("bhd,bhdv->bhv", qt, kv)
         rowsum = _einsum("bhd,bhd->bh", qt, ksum)
-        o = _finish(num[:, :, None], rowsum[:, :, None], row_norm(carry.offset[None], g))[:, :, 0]
+        o = _finish(num[:, :, None], rowsum[:, :, None], row_norm(carry.offset[..., None], g))[:, :, 0]
         return RetentionState(kv, ksum, carry.offset + 1), o
 
     xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v))
@@ -237,7 +258,7 @@ def retention_chunkwise(q, k, v, gammas, state: RetentionState | None = None, ch
 
     num = (inner + cross).reshape(b, h, tp, dv)
     rowsum = (inner_rowsum + cross_rowsum).reshape(b, h, tp)
-    positions = state.offset + jnp.arange(tp)
+    positions = _positions(state.offset, tp)
     o = _finish(num, rowsum, row_norm(positions, g))[:, :, :t]
     if pad:  # state after the last real step: the last chunk's first c - pad steps only
         r = c - pad

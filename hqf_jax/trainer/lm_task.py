@@ -6,6 +6,8 @@ newest (or a given) checkpoint, for eval and generation.
 
 from __future__ import annotations
 
+import functools
+
 import importlib
 from pathlib import Path
 
@@ -68,15 +70,28 @@ def model_flops_per_byte(mcfg: RetNetConfig | TransformerConfig, seq_len: int) -
     return 6.0 * matmul + 6.0 * retention
 
 
-def next_byte_loss(model, batch, rng):
-    """Mean next-byte cross-entropy in nats; ``rng`` (the step's) drives the model's dropout when it has one."""
-    if getattr(getattr(model, "cfg", None), "dropout", 0.0):
-        logits = model(batch["inputs"], dropout_rng=rng)
-    else:
-        logits = model(batch["inputs"])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    loss = nll.mean()
-    return loss, {"bpb": loss / LN2}
+def next_byte_loss(model, batch, rng, extra_heads_weight: float = 0.0):
+    """Mean next-byte NLL in nats; with extra heads (model.extra_heads = k) plus extra_heads_weight x the mean of
+    the heads' NLLs (head j against the byte j + 1 places further on); bpb reports the main head only. ``rng``
+    (the step's) drives the model's dropout when it has one."""
+    cfg = getattr(model, "cfg", None)
+    kw = {"dropout_rng": rng} if getattr(cfg, "dropout", 0.0) else {}
+    if not getattr(cfg, "extra_heads", 0):
+        logits = model(batch["inputs"], **kw)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        loss = nll.mean()
+        return loss, {"bpb": loss / LN2}
+    logits, hidden = model(batch["inputs"], return_hidden=True, **kw)
+    targets = batch["targets"]
+    main = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    extra = model.extra_logits(hidden)
+    metrics = {"bpb": main / LN2}
+    head_losses = []
+    for j in range(extra.shape[0]):
+        nll = optax.softmax_cross_entropy_with_integer_labels(extra[j][:, :-(j + 1)], targets[:, j + 1:]).mean()
+        metrics[f"extra_head{j + 1}_bpb"] = nll / LN2
+        head_losses.append(nll)
+    return main + extra_heads_weight * jnp.mean(jnp.stack(head_losses)), metrics
 
 
 def make_eval_fn(stream: np.ndarray, seq_len: int, batch_size: int, max_bytes: int):
@@ -118,7 +133,7 @@ def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]
     bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
     task = Task(
         model=model,
-        loss_fn=next_byte_loss,
+        loss_fn=functools.partial(next_byte_loss, extra_heads_weight=float(cfg.train.get("extra_heads_weight", 0.0))),
         batch_fn=sampler,
         eval_fn=make_eval_fn(corpus.reader("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
         # the transformer keeps no KV cache: no samples (it trains and scores)

@@ -1,0 +1,167 @@
+"""Generation speed of the byte LM: the old path (nn.generate.sample, a scan of model.step) against the
+inference engine (hqf_jax.infer) in bf16 / int8 / int4, at several batch sizes, beside the weight-read limit
+(the engine's weight bytes over the copy bandwidth measured in the same run).
+
+    python -m bench.generate [--config configs/lm_125m.py | --run RUN] [--batches 1,8,64,256]
+                             [--quants none,int8,int4] [--steps 256] [--decode-impls jnp,pallas] [--out FILE]
+    python -m bench.generate --run RUN_WITH_HEADS   # adds self-speculative rows: bytes/s, accepted bytes/verify
+    python -m bench.generate --small      # the tiny config, CPU-sized; what the test runs
+
+Timing (the house method): every figure is ``reps`` chained calls of one jitted loop of ``steps`` decode
+steps, after a warm-up call, with block_until_ready only at the end; bytes/s = batch x steps x reps / time.
+The old path's calls include its prefill of an 8-byte prompt (under 1% of a call at 256 steps). Parameters
+are random (speed does not depend on their values) unless --run is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hqf_jax import cli
+from hqf_jax.infer.engine import Engine, Settings
+from hqf_jax.nn import generate
+
+
+def copy_bandwidth(nbytes: int, reps: int) -> float:
+    """Bytes/s of y = x + 1 over a float32 array of ``nbytes`` (one read and one write per element)."""
+    x = jnp.zeros((nbytes // 4,), jnp.float32)
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, reps, lambda i, y: y + 1.0, x))
+    loop(x).block_until_ready()
+    t = time.perf_counter()
+    loop(x).block_until_ready()
+    return 2 * nbytes * reps / (time.perf_counter() - t)
+
+
+def time_old(model, batch: int, steps: int, reps: int) -> float:
+    prompts = jnp.asarray(np.stack([generate.encode_prompt(b"The quic")] * batch))
+    run = lambda i: generate.sample(model, prompts, steps, jax.random.PRNGKey(i), temperature=1.0)
+    run(0).block_until_ready()
+    t = time.perf_counter()
+    outs = [run(i + 1) for i in range(reps)]
+    jax.block_until_ready(outs)
+    return batch * steps * reps / (time.perf_counter() - t)
+
+
+def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> float:
+    slots = engine.prefill([b"The quic"] * batch, Settings.make(batch, 0, temperature=1.0, top_p=0.95))
+    slots, out = engine.decode_device(slots, steps)
+    jax.block_until_ready(out)
+    t = time.perf_counter()
+    outs = []
+    for _ in range(reps):
+        slots, out = engine.decode_device(slots, steps)
+        outs.append(out)
+    jax.block_until_ready(outs)
+    return batch * steps * reps / (time.perf_counter() - t)
+
+
+def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int) -> tuple[float, float]:
+    """(bytes/s, accepted bytes per verify pass) of self-speculative decoding, sampling at temperature 1."""
+    from hqf_jax.infer.speculative import speculative_generate
+
+    run = lambda i: speculative_generate(engine, prompts, steps, seed=i * len(prompts), temperature=1.0)
+    run(0)
+    t = time.perf_counter()
+    per = [run(i + 1)[1]["bytes_per_verify"] for i in range(reps)]  # each call ends on the host: ids copied back
+    return len(prompts) * steps * reps / (time.perf_counter() - t), float(np.mean(per))
+
+
+def build(args):
+    from hqf_jax.trainer import lm_task
+
+    if args.run:
+        model, cfg, _ = lm_task.load_run(args.run)
+        return model, cfg, args.run
+    cfg = cli.load_config_file(args.config)
+    if args.heads is not None:
+        cfg = cli.apply_overrides(cfg, [f"model.extra_heads={args.heads}"])
+    return lm_task.build_model(cfg), cfg, args.config
+
+
+def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
+    """n windows of the run's held-out bytes (what acceptance is measured on); a fixed text when the data
+    is not on this machine."""
+    try:
+        from hqf_jax.trainer import lm_task
+
+        stream = lm_task.load_corpus(cfg.data).stream("valid")
+        rng = np.random.default_rng(0)
+        return [bytes(stream[s:s + length].tolist()) for s in rng.integers(0, len(stream) - length, n)]
+    except Exception as e:  # noqa: BLE001 - the bench still runs; the table says where prompts came from
+        print(f"held-out data unavailable ({type(e).__name__}: {e}); prompts are a fixed text")
+        return [b"The quick brown fox jumps over the lazy dog. " * 2] * n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/lm_125m.py")
+    p.add_argument("--run", default=None, help="a train.lm run folder (its trained weights) instead of --config")
+    p.add_argument("--batches", default="1,8,64,256")
+    p.add_argument("--quants", default="none,int8,int4", help="engine weight formats: none (bf16), int8, int4, nf4")
+    p.add_argument("--decode-impls", default="jnp", help="jnp and/or pallas (the decode-step kernel)")
+    p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
+    p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
+    p.add_argument("--no-old", action="store_true", help="skip the old path")
+    p.add_argument("--copy-mib", type=int, default=2048, help="array size of the copy-bandwidth probe")
+    p.add_argument("--heads", type=int, default=None,
+                   help="build --config with model.extra_heads=K (random heads: acceptance means nothing; use "
+                        "--run with a model trained with heads for the accepted-bytes figure)")
+    p.add_argument("--small", action="store_true", help="the tiny config, batch 2, 8 steps, 2 heads: runs on a CPU")
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    a = p.parse_args(argv)
+    if a.small:
+        a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "2", 8, 2, 16, "none,int8"
+        a.heads = 2 if a.heads is None else a.heads
+    batches = [int(b) for b in a.batches.split(",")]
+    quants = [q.strip() for q in a.quants.split(",")]
+    impls = [x.strip() for x in a.decode_impls.split(",")]
+    device = jax.devices()[0].device_kind
+    model, cfg, source = build(a)
+    bw = copy_bandwidth(a.copy_mib << 20, 20 if not a.small else 3)
+    rows = []
+    if not a.no_old:
+        for b in batches:
+            rows.append(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
+                             bytes_per_s=time_old(model, b, a.steps, a.reps)))
+    for q in quants:
+        for impl in impls:
+            engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl)
+            wb = engine.weight_bytes()
+            for b in batches:
+                rows.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b,
+                                 weight_bytes=wb, bytes_per_s=time_engine(engine, b, a.steps, a.reps),
+                                 limit_bytes_per_s=b * bw / wb))
+    if model.cfg.extra_heads:
+        engine = Engine(model, dtype="bfloat16")
+        for b in batches:
+            prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
+            bps, per = time_speculative(engine, prompts, a.steps, a.reps)
+            rows.append(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
+                             weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
+                             limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
+    for r in rows:
+        r.update(device=device, config=source, steps=a.steps, copy_gb_s=bw / 1e9, heads=model.cfg.extra_heads,
+                 date=time.strftime("%Y-%m-%d"))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(f"\nbench.generate on {device}, {source}; copy bandwidth {bw / 1e9:.0f} GB/s; {a.steps} steps x {a.reps} calls")
+    print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'weight MB':>9s} {'limit bytes/s':>14s} {'% limit':>7s}")
+    for r in rows:
+        lim = r.get("limit_bytes_per_s")
+        wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r["weight_bytes"] else "        -"
+        lim_s = f"{lim:14,.0f}" if lim else "             -"
+        pct = f"{100 * r['bytes_per_s'] / lim:6.1f}%" if lim else "      -"
+        spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
+        print(f"{r['path']:44s} {r['batch']:5d} {r['bytes_per_s']:12,.0f} {wb} {lim_s} {pct}{spec}")
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,335 @@
+"""The inference engine for the byte LM (hqf_jax.nn.retnet.RetNetLM): weights prepared once, the prompt
+prefilled in the chunkwise form, then a decode loop that generates n bytes in one jitted call.
+
+    eng = Engine(model, dtype="bfloat16", quant=None)          # or Engine.from_run("runs/lm", quant="int8")
+    eng.generate([b"def ", b"import"], max_new=200, temperature=0.8, top_p=0.95, seed=0)  # -> list[bytes]
+
+    slots = eng.prefill(prompts, settings)                      # the lower level the server batches with
+    slots, ids = eng.decode(slots, 16)                          # 16 bytes per row, (B, 16) on the host
+
+Rows of one batch may have prompts of different lengths: prompts are left-padded, the padding contributes
+nothing to the retention state (its keys and values are zeroed) and every row keeps its own position
+(``RetentionState.offset`` is (B,)), so each row computes exactly what it would compute alone. A row's
+sampling key for its j-th byte is fold_in(PRNGKey(seed), j): its output does not depend on its batch.
+
+The per-layer maths is the model's own modules (norms, projections, group norm, SwiGLU; quantized layers
+through hqf_jax.quant) around the retention step, which is ``ops.retention.retention_step`` (jnp) or the
+Pallas decode kernel (``decode_impl="pallas"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hqf_jax.errors import HqfError
+from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+from hqf_jax.ops import retention as ret
+from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
+from hqf_jax.ops.sampling import sample_rows
+
+DTYPES = ("float32", "bfloat16")
+DECODE_IMPLS = ("jnp", "pallas")
+QUANT_IMPLS = ("auto", "reference", "pallas")
+
+
+class EngineError(HqfError, ValueError):
+    pass
+
+
+class Settings(NamedTuple):
+    """Per-row sampling settings, each (B,): seed (uint32), temperature (0 = greedy), top_k (0 = off),
+    top_p (1 = off)."""
+
+    seed: jax.Array
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+
+    @classmethod
+    def make(cls, batch: int, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> "Settings":
+        """Scalars are broadcast to every row; a scalar seed gives row b the seed ``seed + b``."""
+        seeds = np.asarray(seed, np.int64)
+        seeds = seeds + np.arange(batch) if seeds.ndim == 0 else seeds
+        full = lambda x, dt: jnp.asarray(np.broadcast_to(np.asarray(x, dt), (batch,)))
+        s = cls(full(seeds % (1 << 32), np.uint32), full(temperature, np.float32), full(top_k, np.int32),
+                full(top_p, np.float32))
+        t, p, k = np.asarray(s.temperature), np.asarray(s.top_p), np.asarray(s.top_k)
+        if (t < 0).any() or not np.isfinite(t).all() or ((p <= 0) | (p > 1)).any() or (k < 0).any():
+            raise EngineError("sampling settings need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        return s
+
+
+class Slots(NamedTuple):
+    """A batch in flight: the recurrent state (offset (B,)), the next byte of each row (sampled, not yet fed),
+    how many bytes each row has emitted, and its settings."""
+
+    state: tuple
+    token: jax.Array  # (B,) int32
+    emitted: jax.Array  # (B,) int32
+    settings: Settings
+
+
+def encode(prompt: bytes | Sequence[int]) -> np.ndarray:
+    """BOS then the prompt's bytes (int32): the layout the byte LM was trained on."""
+    body = np.frombuffer(prompt, np.uint8) if isinstance(prompt, (bytes, bytearray)) else np.asarray(prompt)
+    return np.concatenate([[BOS_ID], body.astype(np.int32)]).astype(np.int32)
+
+
+def _keys(settings: Settings, emitted: jax.Array) -> jax.Array:
+    return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(settings.seed, emitted)
+
+
+def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = None,
+                  quant_impl: str = "auto") -> tuple[RetNetLM, dict]:
+    """A copy of ``model`` for inference: compute in ``dtype`` with parameters stored in it, the dense layers
+    optionally quantized (hqf_jax.quant: int8, int4, nf4, phi5u8, ...). Returns (model, quant report)."""
+    if not isinstance(model, RetNetLM):
+        raise EngineError(f"the engine runs the byte LM (RetNetLM); got {type(model).__name__}")
+    if dtype not in DTYPES:
+        raise EngineError(f"engine dtype {dtype!r} is not one of {DTYPES}")
+    if quant_impl not in QUANT_IMPLS:
+        raise EngineError(f"quant_impl {quant_impl!r} is not one of {QUANT_IMPLS}")
+    if model.cfg.mixer != "retention":
+        raise EngineError("the engine decodes retention models only (model.mixer='attention' keeps no state)")
+    cfg = dataclasses.replace(model.cfg, compute_dtype=dtype)
+    fresh = nnx.eval_shape(lambda: RetNetLM(cfg, nnx.Rngs(0)))
+    graphdef, _, rest = nnx.split(fresh, nnx.Param, ...)
+    params = nnx.state(model, nnx.Param)
+    _, _, old_rest = nnx.split(model, nnx.Param, ...)
+    out = nnx.merge(graphdef, params, old_rest)
+    report = {}
+    if quant:
+        from hqf_jax.quant.model import quantize_model
+
+        impl = ("pallas" if jax.default_backend() == "gpu" else "reference") if quant_impl == "auto" else quant_impl
+        out, report = quantize_model(out, quant, impl=impl)
+    wdt = jnp.dtype(dtype)
+    gd, p, r = nnx.split(out, nnx.Param, ...)
+    p = jax.tree.map(lambda x: x.astype(wdt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
+    return nnx.merge(gd, p, r), report
+
+
+def weight_bytes(model: nnx.Module) -> int:
+    """Bytes of every array the decode step reads once per step (parameters, packed quantized weights)."""
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model))))
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+
+def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None):
+    cfg = m.cfg
+    b, t, _ = x.shape
+    q, k, v = m._heads(m.q(x)), m._heads(m.k(x)), m._heads(m.v(x))
+    positions = jnp.asarray(state.offset)[:, None] + jnp.arange(t)  # (B, T): each row's own positions
+    q, k = ret.rotate_qk(q, k, positions[:, None, :], cfg.position, cfg.rope_theta)
+    gammas = m.gammas[...]
+    if valid is not None:  # left padding: no key, no value, so the state stays exactly zero through it
+        k = k * valid[:, None, :, None].astype(k.dtype)
+        v = v * valid[:, None, :, None].astype(v.dtype)
+    if t == 1:
+        if decode_impl == "pallas":
+            from pallas_kernels.retention_decode import retention_decode_step  # here: loads Triton only when asked
+
+            y, state = retention_decode_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state, interpret=interpret)
+        else:
+            y, state = ret.retention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state)
+        y = y[:, :, None]
+    else:
+        if kvs is not None:  # speculative verify: the state is taken later, after as many steps as accepted
+            kvs.append((state, k, v, gammas))
+        y, state = ret.retention_chunkwise(q, k, v, gammas, state, cfg.chunk_size)
+    y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)
+    y = m.group_norm(y.reshape(b * t, cfg.v_dim).astype(jnp.float32)).reshape(b, t, cfg.v_dim).astype(x.dtype)
+    return m.o(nnx.swish(m.g(x)) * y), state
+
+
+def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array | None = None,
+            decode_impl: str = "jnp", interpret: bool = False, kvs: list | None = None, return_hidden=False):
+    """tokens (B, T) -> logits (B, T, V) float32 and the state after them; state offsets (B,). T == 1 takes the
+    recurrent step, T > 1 the chunkwise form. ``valid`` (B, T) marks real tokens (False: left padding).
+    ``kvs`` (a list) collects each layer's (state before, k, v, gammas) for ``absorb``; ``return_hidden`` adds
+    the normed hidden state (B, T, d) float32 (what the extra heads read)."""
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    x = model.embed(tokens).astype(dtype)
+    new = []
+    for block, s in zip(model.blocks, state):
+        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret, kvs)
+        x = x + y
+        x = x + block.ffn(block.norm2(x).astype(dtype))
+        new.append(s)
+    hidden = model.norm(x).astype(jnp.float32)
+    logits = model.head(hidden)
+    return (logits, tuple(new), hidden) if return_hidden else (logits, tuple(new))
+
+
+def absorb(kvs: list, keep: jax.Array) -> tuple:
+    """The state after the first ``keep`` (B,) steps of a chunk, per row, from what ``forward(kvs=...)``
+    collected: S = gamma^m S_0 + sum_{i<m} gamma^(m-1-i) k_i^T v_i (and z alike), offset + m."""
+    out = []
+    for state, k, v, gammas in kvs:
+        g = gammas.astype(jnp.float32)
+        t, dk = k.shape[2], k.shape[3]
+        m = keep.astype(jnp.float32)[:, None, None]  # (B, 1, 1)
+        i = jnp.arange(t, dtype=jnp.float32)[None, None, :]
+        w = jnp.where(i < m, g[None, :, None] ** jnp.maximum(m - 1.0 - i, 0.0), 0.0)  # (B, H, T)
+        kw = k.astype(jnp.float32) * (dk**-0.5) * w[..., None]
+        gm = g[None, :] ** keep.astype(jnp.float32)[:, None]  # (B, H)
+        kv = state.kv * gm[..., None, None] + jnp.einsum("bhtd,bhtv->bhdv", kw, v.astype(jnp.float32))
+        ksum = state.ksum * gm[..., None] + kw.sum(2)
+        out.append(ret.RetentionState(kv, ksum, state.offset + keep.astype(jnp.int32)))
+    return tuple(out)
+
+
+def init_state(cfg: RetNetConfig, offsets: jax.Array) -> tuple:
+    b = offsets.shape[0]
+    dk, dv = cfg.qk_dim // cfg.num_heads, cfg.v_dim // cfg.num_heads
+    return tuple(ret.RetentionState(jnp.zeros((b, cfg.num_heads, dk, dv), jnp.float32),
+                                    jnp.zeros((b, cfg.num_heads, dk), jnp.float32), offsets.astype(jnp.int32))
+                 for _ in range(cfg.num_layers))
+
+
+# ----------------------------------------------------------------------------- jitted stages
+
+
+def _pick(logits, settings: Settings, emitted, vocab_limit):
+    return sample_rows(_keys(settings, emitted), logits, settings.temperature, settings.top_k, settings.top_p,
+                       vocab_limit)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "vocab_limit"))
+def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
+    model = nnx.merge(graphdef, weights)
+    t = tokens.shape[1]
+    valid = jnp.arange(t)[None, :] >= (t - lengths)[:, None]
+    logits, state = forward(model, tokens, init_state(model.cfg, lengths - t), valid)
+    emitted = jnp.zeros_like(lengths)
+    return Slots(state, _pick(logits[:, -1], settings, emitted, vocab_limit), emitted, settings)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret"))
+def _decode(graphdef, weights, slots: Slots, n, vocab_limit, decode_impl, interpret):
+    model = nnx.merge(graphdef, weights)
+
+    def body(i, carry):
+        state, token, emitted, out = carry
+        out = out.at[:, i].set(token)
+        logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
+        nxt = _pick(logits[:, 0], slots.settings, emitted + 1, vocab_limit)
+        return state, nxt, emitted + 1, out
+
+    out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
+    state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out))
+    return Slots(state, token, emitted, slots.settings), out
+
+
+@jax.jit
+def _put(slots: Slots, new: Slots, rows: jax.Array) -> Slots:
+    return jax.tree.map(lambda a, b: a.at[rows].set(b), slots, new)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """Byte generation with weights prepared once. ``dtype`` float32 | bfloat16; ``quant`` a hqf_jax.quant
+    method (int8, int4, nf4, phi5u8, ...) for the dense layers; ``decode_impl`` jnp | pallas for the
+    recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD)."""
+
+    def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
+                 quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
+                 prompt_bucket: int = 64):
+        if decode_impl not in DECODE_IMPLS:
+            raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
+        self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl)
+        self.cfg = self.model.cfg
+        self.graphdef, self.weights = nnx.split(self.model)
+        self.decode_impl = decode_impl
+        self.interpret = jax.default_backend() == "cpu"
+        self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
+        self.prompt_bucket = int(prompt_bucket)
+
+    @classmethod
+    def from_run(cls, run: str, step: int | str | None = "best", **kw) -> "Engine":
+        """The engine over a run's best-validation step (or ``step``: a number or "latest")."""
+        from hqf_jax.trainer import lm_task
+
+        model, _, _ = lm_task.load_run(run, step)
+        return cls(model, **kw)
+
+    def weight_bytes(self) -> int:
+        return weight_bytes(self.model)
+
+    def _pad(self, prompts) -> tuple[jax.Array, jax.Array]:
+        ids = [encode(p) for p in prompts]
+        if not ids:
+            raise EngineError("no prompts")
+        longest = max(len(x) for x in ids)
+        t = -(-longest // self.prompt_bucket) * self.prompt_bucket  # bucketed: few compiled shapes
+        tokens = np.zeros((len(ids), t), np.int32)
+        for r, x in enumerate(ids):
+            tokens[r, t - len(x):] = x
+        return jnp.asarray(tokens), jnp.asarray([len(x) for x in ids], jnp.int32)
+
+    def prefill(self, prompts: Sequence[bytes | Sequence[int]], settings: Settings | None = None) -> Slots:
+        """Prefill prompts (bytes, or lists of byte ids; BOS is prepended) in the chunkwise form, one call."""
+        tokens, lengths = self._pad(prompts)
+        settings = settings if settings is not None else Settings.make(len(prompts))
+        return _prefill(self.graphdef, self.weights, tokens, lengths, settings, self.vocab_limit)
+
+    def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
+        """n bytes per row in one jitted on-device loop -> (slots after, ids (B, n) on the host)."""
+        slots, out = _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit, self.decode_impl,
+                             self.interpret)
+        return slots, np.asarray(out)
+
+    def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
+        """``decode`` without the copy to the host (for timing)."""
+        return _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit, self.decode_impl,
+                       self.interpret)
+
+    def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:
+        """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""
+        return _put(slots, new, jnp.asarray(rows, jnp.int32))
+
+    def generate_ids(self, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:
+        """(B, max_new) generated ids."""
+        settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
+        if max_new < 0:
+            raise EngineError(f"max_new must be >= 0; got {max_new}")
+        _, ids = self.decode(self.prefill(prompts, settings), max_new)
+        return ids
+
+    def generate(self, prompts, max_new: int, **kw) -> list[bytes]:
+        """Continuations as bytes, cut at EOS when the engine allows it."""
+        return [ids_to_bytes(row) for row in self.generate_ids(prompts, max_new, **kw)]
+
+    def stream(self, prompt: bytes, max_new: int, *, chunk: int = 32, **kw):
+        """Yield byte values of one prompt, ``chunk`` bytes per device call; stops at EOS."""
+        slots = self.prefill([prompt], Settings.make(1, **kw))
+        left = int(max_new)
+        while left > 0:
+            slots, ids = self.decode(slots, min(chunk, left))
+            for i in ids[0]:
+                if int(i) == EOS_ID or int(i) >= NUM_BYTES:
+                    return
+                yield int(i)
+            left -= ids.shape[1]
+
+
+def ids_to_bytes(ids) -> bytes:
+    out = bytearray()
+    for i in np.asarray(ids).reshape(-1):
+        if int(i) == EOS_ID:
+            break
+        if 0 <= int(i) < NUM_BYTES:
+            out.append(int(i))
+    return bytes(out)

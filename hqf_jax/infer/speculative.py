@@ -1,0 +1,135 @@
+"""Self-speculative decoding with the byte LM's extra heads (``model.extra_heads = k``).
+
+Each iteration feeds ``[x, d_1 .. d_k]`` (the pending byte, drawn from the model's own distribution, and k
+drafts the extra heads proposed from the previous hidden state) through the chunkwise form in one pass, then
+accepts draft d_j with probability min(1, p_j(d_j) / q_j(d_j)) in order (standard speculative sampling,
+Leviathan et al. 2023; Chen et al. 2023). At the first rejection the next pending byte is drawn from the
+residual max(p_j - q_j, 0) (normalised); when every draft is accepted it is drawn from p after d_k. So every
+emitted byte has exactly the distribution of plain sampling with the same temperature / top-k / top-p (the
+target p is the filtered distribution; greedy rows use one-hot distributions, which makes the output equal
+to greedy decoding). The state keeps the pending byte and the accepted drafts only (``engine.absorb``).
+
+    ids, stats = speculative_generate(engine, prompts, max_new, temperature=..., seed=...)
+    stats["bytes_per_verify"]   # accepted bytes per verify pass (1 + accepted drafts), over all rows
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hqf_jax.infer.engine import Engine, EngineError, Settings, absorb, forward, init_state
+from hqf_jax.ops.sampling import filter_logits_rows
+
+
+def target_probs(logits: jax.Array, settings: Settings, vocab_limit: int) -> jax.Array:
+    """The distribution a row samples from, (B, ..., V): softmax of the filtered, tempered logits; one-hot at
+    the argmax for temperature 0."""
+    logits = logits.astype(jnp.float32)
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    extra = logits.ndim - 2
+    expand = lambda x: x.reshape(x.shape + (1,) * (extra + 1))
+    t = settings.temperature
+    hot = expand(t > 0)
+    flat = logits.reshape(logits.shape[0], -1, logits.shape[-1])
+    n = flat.shape[1]
+    rep = lambda x: jnp.repeat(x, n)
+    scaled = flat / jnp.where(t > 0, t, 1.0)[:, None, None]
+    filt = filter_logits_rows(scaled.reshape(-1, flat.shape[-1]), rep(settings.top_k), rep(settings.top_p))
+    soft = jax.nn.softmax(filt, axis=-1).reshape(logits.shape)
+    onehot = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
+    return jnp.where(hot, soft, onehot)
+
+
+def _draw(key, probs):
+    """One id per row from probs (B, V)."""
+    return jax.vmap(lambda k, p: jax.random.categorical(k, jnp.log(p)))(key, probs).astype(jnp.int32)
+
+
+def _row_keys(settings: Settings, counter: jax.Array, n: int) -> jax.Array:
+    """(n, B, 2) keys of a row for its ``counter``-th draw: independent of the batch."""
+    base = jax.vmap(lambda s, c: jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), 0x5BEC), c))(
+        settings.seed, counter)
+    return jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, n))(base), 1, 0)
+
+
+def _drafts(model, hidden, settings, counter, vocab_limit):
+    q = target_probs(jnp.moveaxis(model.extra_logits(hidden), 0, 1), settings, vocab_limit)  # (B, k, V)
+    keys = _row_keys(settings, counter * 2 + 1, q.shape[1])
+    d = jnp.stack([_draw(keys[j], q[:, j]) for j in range(q.shape[1])], 1)
+    return d, q
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit"))
+def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit):
+    model = nnx.merge(graphdef, weights)
+    k = model.cfg.extra_heads
+    b, t = tokens.shape
+    valid = jnp.arange(t)[None, :] >= (t - lengths)[:, None]
+    logits, state, hidden = forward(model, tokens, init_state(model.cfg, lengths - t), valid, return_hidden=True)
+    zero = jnp.zeros((b,), jnp.int32)
+    p0 = target_probs(logits[:, -1], settings, vocab_limit)
+    pending = _draw(_row_keys(settings, zero, 1)[0], p0)
+    drafts, q = _drafts(model, hidden[:, -1], settings, zero, vocab_limit)
+    out = jnp.zeros((b, n + k + 1), jnp.int32)
+    rows = jnp.arange(b)[:, None]
+
+    def cond(c):
+        return jnp.min(c[4]) < n
+
+    def body(c):
+        state, pending, drafts, q, emitted, it, out, verifies = c
+        chunk = jnp.concatenate([pending[:, None], drafts], 1)  # (B, k+1)
+        kvs = []
+        logits, _, hidden = forward(model, chunk, state, kvs=kvs, return_hidden=True)
+        p = target_probs(logits, settings, vocab_limit)  # (B, k+1, V): p[:, j] is the law of the byte after chunk[:, j]
+        keys = _row_keys(settings, it * 2 + 2, 2)
+        u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(keys[0])  # (B, k)
+        pd = jnp.take_along_axis(p[:, :k], drafts[..., None], -1)[..., 0]
+        qd = jnp.take_along_axis(q, drafts[..., None], -1)[..., 0]
+        accept = u * qd < pd  # u < p/q without dividing (q(d) > 0 for a drawn d)
+        a = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=1), axis=1)  # leading accepted drafts, (B,)
+        residual = jnp.maximum(p[:, :k] - q, 0.0)
+        residual = jnp.where(residual.sum(-1, keepdims=True) > 0, residual, p[:, :k])
+        law = jnp.concatenate([residual, p[:, k:]], 1)  # index a: residual at the rejection, or p after d_k
+        law = jnp.take_along_axis(law, a[:, None, None], 1)[:, 0]
+        law = law / law.sum(-1, keepdims=True)
+        nxt = _draw(keys[1], law)
+        idx = emitted[:, None] + jnp.arange(k + 1)[None]
+        idx = jnp.where(jnp.arange(k + 1)[None] <= a[:, None], idx, out.shape[1])
+        out = out.at[rows, idx].set(chunk, mode="drop")
+        state = absorb(kvs, a + 1)
+        h_last = jnp.take_along_axis(hidden, a[:, None, None], 1)[:, 0]
+        drafts, q = _drafts(model, h_last, settings, it + 1, vocab_limit)
+        live = emitted < n
+        verifies = verifies + live.astype(jnp.int32)
+        return state, nxt, drafts, q, emitted + a + 1, it + 1, out, verifies
+
+    carry = (state, pending, drafts, q, zero, zero, out, zero)
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry[6][:, :n], carry[4], carry[7]
+
+
+def speculative_generate(engine: Engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
+    """(ids (B, max_new), stats) by self-speculative decoding; needs a model with extra heads."""
+    k = engine.cfg.extra_heads
+    if not k:
+        raise EngineError("speculative decoding drafts with the extra heads: train with model.extra_heads=k "
+                          "(k >= 1, e.g. 3) and train.extra_heads_weight > 0")
+    if max_new < 1:
+        raise EngineError(f"max_new must be >= 1; got {max_new}")
+    if engine.decode_impl != "jnp":
+        raise EngineError("speculative decoding verifies in the chunkwise form; use decode_impl='jnp'")
+    settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
+    tokens, lengths = engine._pad(prompts)
+    ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
+                                        engine.vocab_limit)
+    emitted, verifies = np.asarray(emitted), np.asarray(verifies)
+    # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
+    per = max_new / np.maximum(verifies, 1)
+    return np.asarray(ids), {"bytes_per_verify": float(np.mean(per)), "verifies": verifies.tolist(),
+                             "heads": k}

@@ -1,0 +1,85 @@
+"""Multi-byte heads and self-speculative decoding: greedy output equals plain greedy decoding, sampled bytes
+have the plain sampler's distribution (chi-square over many seeds, with a check that the test can tell a
+different distribution apart), and the extra heads train with the LM loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from scipy.stats import chi2_contingency
+
+from hqf_jax.infer import Engine, EngineError
+from hqf_jax.infer.speculative import speculative_generate
+from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+from hqf_jax.trainer.lm_task import next_byte_loss
+
+
+def model_with_heads(k=2, sharp=4.0):
+    """A tiny random model with peaked next-byte laws; the extra heads copy the main head, so drafts are
+    sometimes right and sometimes wrong (both branches of the acceptance run)."""
+    cfg = RetNetConfig(d_model=32, num_layers=2, num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64, chunk_size=8,
+                       extra_heads=k)
+    m = RetNetLM(cfg, nnx.Rngs(0))
+    m.head.kernel.set_value(m.head.kernel.get_value() * sharp)
+    for h in m.extra_heads:
+        h.kernel.set_value(m.head.kernel.get_value())
+    return m
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(model_with_heads(), dtype="float32", prompt_bucket=16)
+
+
+def test_greedy_equals_plain_greedy(engine):
+    prompts = [b"hello wor", b"ab", b"a prompt of two chunks"]
+    ids, stats = speculative_generate(engine, prompts, 16)
+    np.testing.assert_array_equal(ids, engine.generate_ids(prompts, 16))
+    assert stats["bytes_per_verify"] >= 1.0
+
+
+def _table(a, b, min_count=10):
+    """2 x K contingency table of byte counts; rare bytes pooled into one column."""
+    values = np.union1d(a, b)
+    ca = np.array([(a == v).sum() for v in values])
+    cb = np.array([(b == v).sum() for v in values])
+    common = (ca + cb) >= min_count
+    return np.array([np.append(ca[common], ca[~common].sum()), np.append(cb[common], cb[~common].sum())])
+
+
+def test_sampled_distribution_equals_plain_sampling(engine):
+    rows, n = 1500, 4
+    prompts = [b"the "] * rows
+    spec, stats = speculative_generate(engine, prompts, n, seed=np.arange(rows), temperature=1.0)
+    plain = engine.generate_ids(prompts, n, seed=np.arange(rows) + 10**6, temperature=1.0)
+    hot = engine.generate_ids(prompts, n, seed=np.arange(rows) + 2 * 10**6, temperature=1.6)
+    assert stats["bytes_per_verify"] > 1.01  # drafts were accepted, so the accepted branch is tested too
+    for pos in range(1, n):  # byte 0 comes from the prefill; 1.. from verified drafts and residuals
+        p_same = chi2_contingency(_table(spec[:, pos], plain[:, pos]))[1]
+        assert p_same > 1e-3, (pos, p_same)
+    # the test has power: a different temperature is told apart at the same sample size
+    assert chi2_contingency(_table(spec[:, 1], hot[:, 1]))[1] < 1e-3
+
+
+def test_extra_heads_train_with_the_lm_loss():
+    m = model_with_heads(k=2, sharp=1.0)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 17), 0, 256)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    loss, metrics = nnx.jit(lambda mm: next_byte_loss(mm, batch, None, extra_heads_weight=0.5))(m)
+    logits, hidden = nnx.jit(lambda mm: mm(batch["inputs"], return_hidden=True))(m)
+    main = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+    extra = nnx.jit(lambda mm, h: mm.extra_logits(h))(m, hidden)
+    heads = [optax.softmax_cross_entropy_with_integer_labels(extra[j][:, :-(j + 1)], batch["targets"][:, j + 1:]).mean()
+             for j in range(2)]
+    np.testing.assert_allclose(float(loss), float(main + 0.5 * (heads[0] + heads[1]) / 2), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["bpb"]), float(main) / np.log(2), rtol=1e-5)
+    grads = nnx.jit(nnx.grad(lambda mm: next_byte_loss(mm, batch, None, extra_heads_weight=0.5)[0]))(m)
+    assert float(jnp.abs(grads.extra_heads[1].kernel.get_value()).sum()) > 0
+
+
+def test_errors_name_the_fix():
+    cfg = RetNetConfig(d_model=32, num_layers=1, num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64)
+    with pytest.raises(EngineError, match="model.extra_heads"):
+        speculative_generate(Engine(RetNetLM(cfg, nnx.Rngs(0)), dtype="float32"), [b"x"], 4)
