@@ -3,7 +3,8 @@
     python -m eval.quant_kernel_probe --shapes 4096x4096,4096x11008 --methods int4,phi5u8     # GPU
 
 Per (shape, method, block config), batch 1, timed exactly like the quant kernel benchmark
-(hqf_jax/quant/kernel_timing.py: device loop, L2-defeating copies, null loop subtracted), beside the bf16 XLA matmul and the read floor (one XLA reduction over the bytes):
+(hqf_jax/quant/kernel_timing.py: device loop, L2-defeating copies, null loop subtracted), beside the bf16 XLA
+matmul and the read floor (one XLA reduction over the bytes):
   load    the program loads its packed tiles (same BlockSpecs, same loop) and xors them into a register tile;
   unpack  + shift/mask every code and convert it to float (exponent trick), accumulated elementwise;
   slot    the full kernel, one column slot at a time in the words' own shape (acc="slot", the default);

@@ -72,7 +72,7 @@ def test_lower_only_new_batches():
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        bench_quant_kernels.main(["--lower-only", "--shapes", "256x512", "--batches", "4,32,64", "--methods", "int4,nf4",
-                                  "--sweep", "small"])
+        bench_quant_kernels.main(["--lower-only", "--shapes", "256x512", "--batches", "4,32,64", "--methods",
+                                  "int4,nf4", "--sweep", "small"])
     out = buf.getvalue()
     assert re.search(r"lowered for cuda: [1-9]\d* ok, 0 failed", out), out

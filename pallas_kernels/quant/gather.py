@@ -3,9 +3,9 @@
 S is a row-sorted quantized weight (any codec with sort=True; in practice the phi-grid) decoded in registers
 exactly as in the tiled form (decode.decode_tile), P its stored permutation (ceil(log2 K) bits per weight,
 packed). Each program owns block_n rows and a share of K; per block_k step it decodes S and P tiles, gathers
-x^T[P] (block_n, block_k, block_b) with one gather load and reduces over the tile. There is no tensor-core product here (every row
-gathers different inputs), so this kernel is bound by the gather and the decode, not by weight bytes: the
-benchmark measures by how much.
+x^T[P] (block_n, block_k, block_b) with one gather load and reduces over the tile. There is no tensor-core
+product here (every row gathers different inputs), so this kernel is bound by the gather and the decode, not by
+weight bytes: the benchmark measures by how much.
 
 Reference: hqf_jax.ops.quant_matmul.gather_matmul_ref(x, sorted dequantized S, P).
 """
