@@ -2,8 +2,9 @@
 
     python -m bench.quant_kernel_probe --shapes 4096x4096,4096x11008 --methods int4,phi5u8     # GPU
 
-Per (shape, method, block config), batch 1, timed exactly like bench.quant_kernels (device loop, L2-defeating
-copies, null loop subtracted), beside the bf16 XLA matmul and the read floor (one XLA reduction over the bytes):
+Per (shape, method, block config), batch 1, timed exactly like the quant kernel benchmark
+(hqf_jax/quant/kernel_timing.py: device loop, L2-defeating copies, null loop subtracted), beside the bf16 XLA
+matmul and the read floor (one XLA reduction over the bytes):
   load    the program loads its packed tiles (same BlockSpecs, same loop) and xors them into a register tile;
   unpack  + shift/mask every code and convert it to float (exponent trick), accumulated elementwise;
   slot    the full kernel, one column slot at a time in the words' own shape (acc="slot", the default);
@@ -16,21 +17,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from bench.quant_kernels import L2_BYTES, _copy_tree, _time_floor, qc_matrix_bf16, time_op
 from hqf_jax import quant as Q
 from hqf_jax.ops import quant_pack as qp
 from hqf_jax.ops.quant_matmul import bf16_matmul
-from pallas_kernels.quant_gemv import _inner_sum, _read_codes, _u2f, view_elem, vec_layout
-from pallas_kernels.quant_matmul import BlockConfig, _flatten, _unflatten, prepare, quant_matmul
+from hqf_jax.quant.kernel_timing import bf16_weight, copies_for, copy_tree, time_floor, time_for
+from hqf_jax.quant.linear import prepare
+from pallas_kernels.quant import BlockConfig, quant_matmul
+from pallas_kernels.quant.decode import u2f
+from pallas_kernels.quant.gemv import inner_sum, read_codes, vec_layout, view_elem
+from pallas_kernels.quant.layout import flatten, unflatten
 
 
 def stage_kernel(x, pw, blocks: BlockConfig, stage: str, interpret: bool = False):
@@ -39,14 +41,14 @@ def stage_kernel(x, pw, blocks: BlockConfig, stage: str, interpret: bool = False
     bn, bk = blocks.block_n, blocks.block_k
     lay = vec_layout(pw, bk)
     nu = bk // lay.u
-    elem_names, _, _, flat = _flatten(pw, {})
+    elem_names, _, _, flat = flatten(pw, {})
     widths = [w for n in elem_names for w, _ in qp.split_widths(pw.bits_dict[n])]
     n_elem = len(widths)
     arrays = [view_elem(a, lay, w, pw.rows, pw.cols) for a, w in zip(flat[:n_elem], widths, strict=True)]
 
     def kernel(*refs):
         o_ref = refs[-1]
-        elem, _, _ = _unflatten(refs[:n_elem], dataclasses.replace(pw, group={}), elem_names, [], [])
+        elem, _, _ = unflatten(refs[:n_elem], dataclasses.replace(pw, group={}), elem_names, [], [])
 
         part_refs = [ref for name in elem_names for ref in elem[name]]
 
@@ -57,17 +59,17 @@ def stage_kernel(x, pw, blocks: BlockConfig, stage: str, interpret: bool = False
                              for a, ref in zip(acc, part_refs, strict=True))
             v = None
             for name in elem_names:
-                c = _u2f(_read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
+                c = u2f(read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
                 v = c if v is None else v + c
             return (acc[0] + v,)
 
         if stage == "load":
             init = tuple(jnp.zeros((bn, nu, *a.shape[2:]), jnp.uint32) for a in arrays)
             acc = lax.fori_loop(0, k // bk, body, init)
-            tot = sum(jnp.sum(_inner_sum(_u2f(a & jnp.uint32(0xFFFF))), axis=1) for a in acc)
+            tot = sum(jnp.sum(inner_sum(u2f(a & jnp.uint32(0xFFFF))), axis=1) for a in acc)
         else:
             acc = lax.fori_loop(0, k // bk, body, (jnp.zeros((bn, nu, lay.u // lay.e, *lay.digits), jnp.float32),))
-            tot = jnp.sum(_inner_sum(acc[0]), axis=1)
+            tot = jnp.sum(inner_sum(acc[0]), axis=1)
         o_ref[0, :] = tot.astype(o_ref.dtype)
 
     in_specs = [pl.BlockSpec((bn, k // lay.u, *a.shape[2:]), lambda i, n=a.ndim - 2: (i, 0) + (0,) * n) for a in arrays]
@@ -98,24 +100,20 @@ def main(argv=None):
     print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}")
 
     def timed(fn, x, ws, n):
-        if interpret:
-            return time_op(fn, x, ws, 1, n)[0]
-        est, _ = time_op(fn, x, ws, 3, n)
-        return time_op(fn, x, ws, int(np.clip(args.target_s / max(est * len(ws), 1e-7), 3, 2000)), n)[0]
+        return time_for(fn, x, ws, n, args.target_s, interpret)[0]
 
     lines = []
     for k, n in shapes:
         x = jax.random.normal(jax.random.key(1), (1, k)).astype(jnp.bfloat16)
         w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
-        w16 = qc_matrix_bf16(w)
-        c16 = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / (k * n * 2)))))
-        t16 = timed(bf16_matmul, x, [w16] + [_copy_tree(w16) for _ in range(c16 - 1)], n)
+        w16 = bf16_weight(w)
+        t16 = timed(bf16_matmul, x, [w16] + [copy_tree(w16) for _ in range(copies_for(k * n * 2, interpret) - 1)], n)
         for method in args.methods.split(","):
             pw = prepare(Q.quantize(w, method))
-            copies = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / pw.nbytes))))
-            pws = [pw] + [_copy_tree(pw) for _ in range(copies - 1)]
+            copies = copies_for(pw.nbytes, interpret)
+            pws = [pw] + [copy_tree(pw) for _ in range(copies - 1)]
             floor_ws = [jax.random.bits(jax.random.key(100 + c), (pw.nbytes // 4,), jnp.uint32) for c in range(copies)]
-            tf = _time_floor(x, floor_ws, n, args.target_s, interpret)
+            tf = time_floor(x, floor_ws, n, args.target_s, interpret)
             for bn, bk, nw, st in configs:
                 cfg = BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, mode="vec")
                 row = []

@@ -1,19 +1,19 @@
 """Benchmark of the quantized matmul kernels beside a bf16 XLA matmul of the same shape, in one process.
 
-    python -m bench.quant_kernels                 # GPU: 4096x4096, 4096x11008, 11008x4096; batch 1, 16, 256
+    python -m bench.quant_kernels                 # GPU: 4096x4096, 4096x11008, 11008x4096; batch 1-256
     python -m bench.quant_kernels --small         # CPU: tiny shapes in Pallas interpret mode (checks only)
 
-For each weight (K in, N out), method and batch it
+For each weight (K in, N out), method and batch (default 1, 4, 8, 16, 32, 64, 256) it
   1. quantizes a random N(0, 0.02) weight, packs it (PackedWeight), counts its bits per weight from the bytes;
-  2. checks the kernel against its jnp reference (dequantize -> bf16 -> matmul) with a bf16-rounding bound;
-  3. times kernel and bf16 matmul ON DEVICE: `reps` iterations of a lax.fori_loop inside one jit, each iteration
-     calling the op on `copies` distinct weight buffers (together > 3x the 50 MB L2 of an H100, so weights come
-     from HBM), every output fully summed into a loop-carried value that feeds the next input so nothing is
-     hoisted or sliced away. The
-     same loop with a trivial op of the same output shape is timed and subtracted (loop + glue overhead);
-  4. sweeps a few block configs per kernel and keeps the fastest.
-Speed-up = t_bf16 / t_kernel; the memory-bound ideal is 16 / bits_per_weight (scales included); the table shows
-achieved / ideal. At batch 256 the product is no longer memory-bound, so the ideal is an upper bound only.
+  2. times the bf16 XLA matmul of the same shape and the read floor (one XLA reduction over the packed bytes);
+  3. for each block config of the sweep: checks the kernel against its jnp reference (dequantize -> bf16 ->
+     matmul) with a bf16-rounding bound, and times it;
+  4. keeps the fastest config AMONG THOSE THAT PASS THE CHECK (a config that fails is listed, never reported as
+     the best; a row with no passing config says FAIL).
+Timing on device (hqf_jax/quant/kernel_timing.py): fori_loop in one jit, L2-defeating weight copies, null-loop
+overhead subtracted. Speed-up = t_bf16 / t_kernel; the memory-bound ideal is 16 / bits_per_weight (scales
+included); the table shows achieved / ideal. At large batch the product is no longer memory-bound, so the ideal
+is an upper bound only. The last table is the speed-up over bf16 per batch (a "<" marks a kernel slower than bf16).
 """
 
 from __future__ import annotations
@@ -21,23 +21,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import time
 import traceback
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
+from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for
+from hqf_jax.quant.linear import placeholder, prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
-from pallas_kernels.gather_matmul import GatherBlockConfig, gather_matmul
-from pallas_kernels.quant_common import KernelLayoutError, check_blocks, placeholder
-from pallas_kernels.quant_gemv import MAX_VEC_BATCH, vec_layout
-from pallas_kernels.quant_matmul import BlockConfig, default_blocks, prepare, quant_matmul
+from pallas_kernels.quant import (
+    BlockConfig,
+    GatherBlockConfig,
+    KernelLayoutError,
+    check_blocks,
+    default_blocks,
+    gather_matmul,
+    quant_matmul,
+)
+from pallas_kernels.quant.gemv import MAX_VEC_BATCH, vec_layout
 
-L2_BYTES = 50 * 2**20
+SHAPES = "4096x4096,4096x11008,11008x4096"
+BATCHES = "1,4,8,16,32,64,256"
 METHODS = {  # label -> (quant spec, kernel)
     "phi5u8": ("phi5u8", "fused"),
     "int4": ("int4", "fused"),
@@ -74,8 +81,19 @@ def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
             cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs] + [
                 BlockConfig(block_n=64, block_k=64, split_k=8, num_warps=4, num_stages=4),
                 BlockConfig(block_n=16, block_k=256, split_k=4, num_warps=4, num_stages=4)]
-        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant_gemv.py) first; φ specs also try it
+        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant/gemv.py) first; φ specs also try it
             cfgs = VEC_CONFIGS + cfgs  # with level tables (the first three configs below)
+    elif batch <= 64:  # tensor-core tiles of the batch itself (block_b = batch rounded up to a power of two)
+        bb = max(16, 1 << (batch - 1).bit_length())
+        cfgs = [
+            BlockConfig(block_n=32, block_k=128, block_b=bb, split_k=2, num_warps=4, num_stages=3),
+            BlockConfig(block_n=64, block_k=64, block_b=bb, split_k=1, num_warps=4, num_stages=3),
+            BlockConfig(block_n=64, block_k=128, block_b=bb, split_k=2, num_warps=4, num_stages=3),
+            BlockConfig(block_n=128, block_k=64, block_b=bb, split_k=1, num_warps=8, num_stages=3),
+        ]
+        if level == "full":
+            cfgs += [BlockConfig(block_n=32, block_k=64, block_b=bb, split_k=4, num_warps=4, num_stages=4),
+                     BlockConfig(block_n=64, block_k=128, block_b=bb, split_k=1, num_warps=8, num_stages=4)]
     else:
         cfgs = [
             BlockConfig(block_n=64, block_k=64, block_b=64, split_k=1, num_warps=4, num_stages=3),
@@ -89,65 +107,18 @@ def sweep_configs(kind: str, batch: int, level: str, phi: bool = False):
     return cfgs[: 1 if level == "none" else None]
 
 
-def _copy_tree(t):
-    return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True) + jnp.zeros((), a.dtype), t)
-
-
-def time_op(op, x, weights: list, reps: int, n_out: int) -> tuple[float, float]:
-    """Seconds per call of op(x, w) (overhead-subtracted, raw) over `reps` x len(weights) calls in one jit."""
-
-    def make(fn):
-        @jax.jit
-        def run(x, ws):
-            def body(i, carry):
-                x, acc = carry
-                for w in ws:
-                    y = fn(x, w)
-                    acc = acc + jnp.sum(y.astype(jnp.float32))  # all of y is used: no slicing of the product
-                return x + (acc * 1e-30).astype(x.dtype), acc
-
-            return jax.lax.fori_loop(0, reps, body, (x, jnp.float32(0)))
-
-        return run
-
-    def null(x, w):
-        return jnp.broadcast_to(x[:, :1], (x.shape[0], n_out))
-
-    def clock(run):
-        jax.block_until_ready(run(x, weights))  # compile + warm up
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(x, weights))
-        return (time.perf_counter() - t0) / (reps * len(weights))
-
-    raw = clock(make(op))
-    base = clock(make(null))
-    return max(raw - base, 1e-9), raw
-
-
-def _time_floor(x, ws, n_out, target_s, interpret) -> float:
-    def op(x, w):
-        v = (jnp.sum(w) & jnp.uint32(1)).astype(x.dtype)  # every word is read; the result feeds the output
-        return jnp.broadcast_to(x[:, :1] + v, (x.shape[0], n_out))
-
-    if interpret:
-        return time_op(op, x, ws, 1, n_out)[0]
-    est, _ = time_op(op, x, ws, 3, n_out)
-    return time_op(op, x, ws, int(np.clip(target_s / max(est * len(ws), 1e-7), 3, 2000)), n_out)[0]
-
-
-def check(y, ref, x, wm) -> tuple[bool, float]:
-    y = np.asarray(y, np.float32)
-    ref = np.asarray(ref, np.float32)
-    scale = np.abs(np.asarray(x, np.float32)) @ np.abs(np.asarray(wm, np.float32)).T
-    ok = bool(np.all(np.abs(y - ref) <= 2.0**-7 * (scale + np.abs(ref)) + 1e-6))
-    return ok, float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+def pick_best(trials: list[tuple]):
+    """The fastest of (seconds, raw seconds, config, ok, rel error) trials among those whose check passed; None
+    when none passed."""
+    passing = [t for t in trials if t[3]]
+    return min(passing, key=lambda t: t[0]) if passing else None
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny shapes in interpret mode (CPU check)")
-    ap.add_argument("--shapes", default=None, help="comma list of KxN (default 4096x4096,4096x11008,11008x4096)")
-    ap.add_argument("--batches", default=None, help="comma list (default 1,16,256)")
+    ap.add_argument("--shapes", default=None, help=f"comma list of KxN (default {SHAPES})")
+    ap.add_argument("--batches", default=None, help=f"comma list (default {BATCHES})")
     ap.add_argument("--methods", default="phi5u8,int4,nf4,nf4dq,gather-phi5u8", help=f"comma list of {sorted(METHODS)}")
     ap.add_argument("--sweep", default="small", choices=["none", "small", "full"])
     ap.add_argument("--target-s", type=float, default=0.25, help="device seconds per timing")
@@ -158,8 +129,8 @@ def main(argv=None):
         return lower_only(args)
 
     interpret = args.small
-    shapes = args.shapes or ("256x256,256x512" if args.small else "4096x4096,4096x11008,11008x4096")
-    batches = [int(b) for b in (args.batches or ("1,16" if args.small else "1,16,256")).split(",")]
+    shapes = args.shapes or ("256x256,256x512" if args.small else SHAPES)
+    batches = [int(b) for b in (args.batches or ("1,16" if args.small else BATCHES)).split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in shapes.split(",")]
     methods = args.methods.split(",")
     for m in methods:
@@ -177,24 +148,19 @@ def main(argv=None):
         bpw = pw.nbytes * 8 / (k * n)
         assert abs(bpw - Q.bits_per_weight(q)) < 1e-9
         wm = dequantize_matrix(q)
-        w16 = qc_matrix_bf16(w)
-        copies = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / pw.nbytes))))
-        copies16 = 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / (k * n * 2)))))
-        pws = [pw] + [_copy_tree(pw) for _ in range(copies - 1)]
+        w16 = bf16_weight(w)
+        copies, copies16 = copies_for(pw.nbytes, interpret), copies_for(k * n * 2, interpret)
+        pws = [pw] + [copy_tree(pw) for _ in range(copies - 1)]
         # the read floor: one XLA reduction over a random buffer of the packed weight's bytes (same copies)
         floor_ws = [jax.random.bits(jax.random.key(100 + c), (pw.nbytes // 4,), jnp.uint32) for c in range(copies)]
-        w16s = [w16] + [_copy_tree(w16) for _ in range(copies16 - 1)]
+        w16s = [w16] + [copy_tree(w16) for _ in range(copies16 - 1)]
         for b in batches:
             x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
             ref = dequant_matmul_ref(x, wm)
-            if interpret:  # exercise the timing path only; interpret-mode times say nothing about the kernel
-                t16, t16raw = time_op(bf16_matmul, x, w16s, 2, n)
-            else:
-                est, _ = time_op(bf16_matmul, x, w16s, 3, n)
-                reps = int(np.clip(args.target_s / max(est * copies16, 1e-7), 3, 2000))
-                t16, t16raw = time_op(bf16_matmul, x, w16s, reps, n)
-            tfloor = _time_floor(x, floor_ws, n, args.target_s, interpret)
-            best = None
+            # interpret mode: the times only exercise the timing path; they say nothing about the kernel
+            t16, t16raw = time_for(bf16_matmul, x, w16s, n, args.target_s, interpret)
+            tfloor = time_floor(x, floor_ws, n, args.target_s, interpret)
+            trials = []
             cfgs = [c for c in sweep_configs(kind, b, args.sweep, spec.startswith(("phi", "e5"))) if _fits(pw, c)]
             if not cfgs:
                 cfgs = [default_blocks(pw, b) if kind == "fused" else GatherBlockConfig(split_k=1)]
@@ -203,53 +169,70 @@ def main(argv=None):
                     lambda x, p, cfg=cfg: gather_matmul(x, p, blocks=cfg, interpret=interpret))
                 try:
                     ok, rel = check(fn(x, pw), ref, x, wm)
-                    if interpret:
-                        t, traw = time_op(fn, x, pws, 1, n)
-                    else:
-                        est, _ = time_op(fn, x, pws, 3, n)
-                        r = int(np.clip(args.target_s / max(est * copies, 1e-7), 3, 2000))
-                        t, traw = time_op(fn, x, pws, r, n)
+                    t, traw = time_for(fn, x, pws, n, args.target_s, interpret) if ok else (float("nan"),) * 2
                 except Exception as e:  # a block config Triton rejects must not end the run
                     print(f"  {label} {k}x{n} b={b} {cfg}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}")
                     if args.small:
                         traceback.print_exc()
                     continue
-                tqdm.write(f"    {label} {k}x{n} b={b} {_cfg_str(cfg)}: {t * 1e6:.1f} us{'' if ok else ' FAIL'}")
-                if best is None or t < best[0]:
-                    best = (t, traw, cfg, ok, rel)
+                tqdm.write(f"    {label} {k}x{n} b={b} {_cfg_str(cfg)}: "
+                           + (f"{t * 1e6:.1f} us" if ok else f"FAILS its check (rel err {rel:.1e}), not timed"))
+                trials.append((t, traw, cfg, ok, rel))
+            n_bad = sum(not t[3] for t in trials)
+            best = pick_best(trials)
             if best is None:
-                rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, float("nan"), float("nan"), "-", False, float("nan"),
-                             t16, tfloor))
+                rel = min((t[4] for t in trials), default=float("nan"))
+                rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, float("nan"), float("nan"), "-", False, rel,
+                             t16raw, tfloor, n_bad))
+                tqdm.write(f"  {label} {k}x{n} b={b}: no config passed its check ({n_bad} failed)")
                 continue
             t, traw, cfg, ok, rel = best
-            rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw, tfloor))
+            rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw, tfloor,
+                         n_bad))
             tqdm.write(f"  {label} {k}x{n} b={b}: kernel {t * 1e6:.1f} us, bf16 {t16 * 1e6:.1f} us, "
-                       f"speed-up {t16 / t:.2f} (ideal {16 / bpw:.2f}), {'ok' if ok else 'FAIL'} {_cfg_str(cfg)}")
+                       f"speed-up {t16 / t:.2f} (ideal {16 / bpw:.2f}), ok {_cfg_str(cfg)}")
+    print_tables(rows, interpret)
 
+
+def print_tables(rows: list[tuple], interpret: bool) -> None:
     print("\nTiming: on device, fori_loop in one jit, L2-defeating weight copies, null-loop overhead subtracted.")
     print("floor = one XLA reduction over a random buffer of the packed weight's bytes: the time to stream them in "
           "one kernel at this size; kern/floor = kernel us / floor us (1.0 = as fast as reading the bytes).")
+    print("best blocks = the fastest config that passed its check; bad = configs that failed it (never picked).")
     if interpret:
         print("INTERPRET MODE (CPU): the checks are real, the times only exercise the timing code.")
     hdr = (f"{'KxN':>11} {'B':>4} {'method':>14} {'bits':>6} {'MB':>7} {'bf16 us':>8} {'kern us':>8} {'raw us':>7} "
            f"{'speedup':>7} {'ideal':>6} {'ach/ideal':>9} {'GB/s':>6} {'floor us':>8} {'k/floor':>7} {'check':>6} "
-           f"{'rel err':>8}  best blocks")
+           f"{'rel err':>8} {'bad':>3}  best blocks")
     print(hdr)
     for r in rows:
-        shape, b, label, bpw, nbytes, t16, t, traw, cfg, ok, rel, _, tfloor = r
+        shape, b, label, bpw, nbytes, t16, t, traw, cfg, ok, rel, _, tfloor, n_bad = r
         sp = t16 / t if t and not math.isnan(t) else float("nan")
         ideal = 16.0 / bpw
         gbs = nbytes / t / 1e9 if t and not math.isnan(t) else float("nan")
         print(f"{shape:>11} {b:>4} {label:>14} {bpw:6.2f} {nbytes / 2**20:7.2f} {t16 * 1e6:8.1f} {t * 1e6:8.1f} "
               f"{traw * 1e6:7.1f} {sp:7.2f} {ideal:6.2f} {sp / ideal:9.2f} {gbs:6.0f} {tfloor * 1e6:8.1f} {t / tfloor:7.2f} "
               f"{'ok' if ok else 'FAIL':>6} "
-              f"{rel:8.1e}  {cfg}")
+              f"{rel:8.1e} {n_bad:>3}  {cfg}")
+    batches = sorted({r[1] for r in rows})
+    print("\nspeed-up over the same-run bf16 matmul by batch (ideal = 16 / bits; '<' slower than bf16, - no passing "
+          "config)")
+    print(f"{'KxN':>11} {'method':>14} {'ideal':>6} " + " ".join(f"{'B=' + str(b):>7}" for b in batches))
+    for key in dict.fromkeys((r[0], r[2]) for r in rows):
+        by_b = {r[1]: r for r in rows if (r[0], r[2]) == key}
+        ideal = 16.0 / next(iter(by_b.values()))[3]
+        cells = []
+        for b in batches:
+            r = by_b.get(b)
+            sp = r[5] / r[6] if r is not None and r[9] and r[6] > 0 else float("nan")
+            cells.append(f"{'-':>7}" if math.isnan(sp) else f"{('<' if sp < 1 else '') + f'{sp:.2f}':>7}")
+        print(f"{key[0]:>11} {key[1]:>14} {ideal:6.2f} " + " ".join(cells))
 
 
 def lower_only(args) -> None:
     """Pallas -> Triton IR lowering for CUDA of every benchmark variant, on zero placeholder weights (no GPU)."""
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or "4096x4096,4096x11008,11008x4096").split(",")]
-    batches = [int(b) for b in (args.batches or "1,16,256").split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or SHAPES).split(",")]
+    batches = [int(b) for b in (args.batches or BATCHES).split(",")]
     n_ok = n_fail = n_skip = 0
     for (k, n) in shapes:
         for label in args.methods.split(","):
@@ -270,11 +253,6 @@ def lower_only(args) -> None:
                         n_fail += 1
                         print(f"FAIL {label} {k}x{n} b={b} {_cfg_str(cfg)}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
     print(f"lowered for cuda: {n_ok} ok, {n_fail} failed, {n_skip} configs skipped (do not fit the shape)")
-
-
-def qc_matrix_bf16(w):
-    """bf16 (N, K) matrix of a (K, N) kernel: the XLA baseline's weight."""
-    return jnp.asarray(w).T.astype(jnp.bfloat16)
 
 
 def _fits(pw, c) -> bool:

@@ -1,4 +1,5 @@
-"""Backward pass of the Pallas chunkwise retention (see ``pallas_kernels.retention``).
+"""Backward pass of the Pallas chunkwise retention (see ``pallas_kernels.retention``; shared pieces in
+``retention_common``).
 
 Per row n let rho_n = sum_m R'[n, m] be the row sum without the 1/sqrt(c_n) factor r_n, num_n the
 numerator likewise, a_n = rho_n r_n and m_n = max(|a_n|, 1), so o_n = num_n r_n / m_n. Then
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels.retention import F32, _Cfg, _decay_matrix, _dot, _params, _positions, _state_weights
+from pallas_kernels.retention_common import F32, _Cfg, _decay_matrix, _dot, _params, _positions, _state_weights, _states
 
 # ----------------------------------------------------------------------------- reverse state kernel
 
@@ -169,8 +170,6 @@ def _grads(cfg: _Cfg, lg, q, k, v, gnum, grs, hs, zs, dhs, dzs):
 
 def backward(cfg: _Cfg, res, do, dht, dzt):
     """Cotangents of (q, k, v, log gammas, rnorm, S_0, z_0) given those of (o, S_T, z_T)."""
-    from pallas_kernels.retention import _states
-
     q, k, v, lg, rnorm, h0, z0, o, rs, ht, zt, states = res
     bh, tp, _ = q.shape
     nh = cfg.num_heads

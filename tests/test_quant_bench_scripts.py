@@ -25,3 +25,55 @@ def test_probe_small_times_each_stage(capsys):
     times = [float(v) for v in lines[-1].split("|")[-1].split()]
     # a stage that fails prints nan; interpret-mode times themselves are noise (overhead-subtracted, may be 0)
     assert len(times) == 3 and all(math.isfinite(t) and t >= 0 for t in times)
+
+
+def test_best_config_is_picked_only_among_passing_ones():
+    fast_wrong = (1e-6, 2e-6, "fast but wrong", False, 0.5)
+    slow_right = (5e-6, 6e-6, "slow but right", True, 1e-3)
+    assert bench_quant_kernels.pick_best([fast_wrong, slow_right])[2] == "slow but right"
+    assert bench_quant_kernels.pick_best([fast_wrong]) is None
+
+
+def test_sweep_fits_every_issue_shape_and_batch():
+    """Every (shape, method, batch) of the default sweep has configs that fit, and from batch 32 on the tensor-core
+    tile of the batch is the batch itself (no padding to 64 or 128)."""
+    import jax
+
+    from hqf_jax import quant as Q
+    from hqf_jax.quant.linear import placeholder
+
+    batches = [int(b) for b in bench_quant_kernels.BATCHES.split(",")]
+    assert batches == [1, 4, 8, 16, 32, 64, 256]
+    for shape in bench_quant_kernels.SHAPES.split(","):
+        k, n = (int(v) for v in shape.split("x"))
+        for label, (spec, kind) in bench_quant_kernels.METHODS.items():
+            pw = jax.eval_shape(lambda spec=spec: placeholder(Q.parse_method(spec), n, k))
+            for b in batches:
+                cfgs = [c for c in bench_quant_kernels.sweep_configs(kind, b, "small", spec.startswith("phi"))
+                        if bench_quant_kernels._fits(pw, c)]
+                assert cfgs, (shape, label, b)
+                if kind == "fused" and b in (32, 64):
+                    assert {c.block_b for c in cfgs} == {b}
+
+
+def test_bench_reports_no_best_when_every_config_fails_its_check(capsys, monkeypatch):
+    monkeypatch.setattr(bench_quant_kernels, "check", lambda *a: (False, 0.5))
+    bench_quant_kernels.main(["--small", "--shapes", "256x256", "--batches", "1", "--methods", "int4", "--sweep",
+                              "none"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if re.match(r"\s+256x256\s+1\s", line))
+    assert "FAIL" in row and row.rstrip().endswith("-")
+    assert re.search(r"256x256\s+int4\s+\S+\s+-$", out, re.M), out
+
+
+def test_lower_only_new_batches():
+    """The batch 4-64 configs lower to Triton for CUDA (on CPU)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        bench_quant_kernels.main(["--lower-only", "--shapes", "256x512", "--batches", "4,32,64", "--methods",
+                                  "int4,nf4", "--sweep", "small"])
+    out = buf.getvalue()
+    assert re.search(r"lowered for cuda: [1-9]\d* ok, 0 failed", out), out

@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import dequant_matmul_ref, gather_matmul_ref
+from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix, phi_stages
-from pallas_kernels.gather_matmul import GatherBlockConfig, gather_matmul
-from pallas_kernels.quant_common import KernelLayoutError
-from pallas_kernels.quant_matmul import BlockConfig, prepare, quant_matmul
+from pallas_kernels.quant import BlockConfig, GatherBlockConfig, KernelLayoutError, gather_matmul, quant_matmul
 
 KERNEL_SPECS = [
     "phi5u8", "phi6u8:group_size=32", "e5u8:group_size=None", "phi:depth=2:dev_kind=grid:dev_bits=4:group_size=32",
@@ -120,6 +119,16 @@ def test_default_blocks_fit_any_group(spec, k):
         x, q = _case(spec, k, 16, b, 2)
         wm = dequantize_matrix(q)
         _check(quant_matmul(x, prepare(q), interpret=True), dequant_matmul_ref(x, wm), x, wm)
+
+
+def test_auto_mode_follows_the_forms_table():
+    """mode="auto" (dispatch.AUTO_FORMS): GEMV at batch <= 2 when its layout fits and block_b <= 8, else fma;
+    tl.dot above batch 2. Explicit modes are kept."""
+    auto = BlockConfig()
+    assert [auto.resolved_mode(b, vec_ok=True) for b in (1, 2, 3, 64)] == ["vec", "vec", "dot", "dot"]
+    assert auto.resolved_mode(1, vec_ok=False) == "fma"
+    assert BlockConfig(block_b=16).resolved_mode(2, vec_ok=True) == "fma"
+    assert BlockConfig(mode="fma").resolved_mode(64, vec_ok=True) == "fma"
 
 
 def test_sorted_weights_are_refused_by_the_fused_kernel():

@@ -1,4 +1,4 @@
-"""Pure-jnp references of the quantized matmul kernels in pallas_kernels/ (quant_matmul, gather_matmul).
+"""Pure-jnp references of the quantized matmul kernels in pallas_kernels/quant/ (quant_matmul, gather_matmul).
 
 Weights are in the (R, C) matrix view of quant_codecs: R output features, C = K input features, so a Flax
 kernel (K, N) is the matrix W^T and y = x @ kernel = x @ W^T. Activations are bf16; the dequantized weight is

@@ -5,7 +5,9 @@
                                           # interpret=True on CPU); never writes the dequantized weight
 
 x (..., K) with q quantizing a Flax kernel (K, N) -> y (..., N) in x's dtype (bf16 products, f32 accumulation).
-For impl="pallas" pass q through prepare() once (hqf_jax.quant.linear.prepare_for) and reuse the result.
+For impl="pallas" pass q through prepare_for(q, "pallas") (= prepare(q), the kernels' PackedWeight) once and
+reuse the result. The kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that
+importing this module does not load Pallas's Triton backend.
 """
 
 from __future__ import annotations
@@ -13,11 +15,35 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hqf_jax.ops import quant_pack as qp
 from hqf_jax.ops.quant_matmul import dequant_matmul_ref
-from hqf_jax.quant.config import QuantConfigError
-from hqf_jax.quant.qtensor import QTensor, dequantize_matrix
+from hqf_jax.quant.config import NF4Config, QuantConfig, QuantConfigError
+from hqf_jax.quant.qtensor import QTensor, dequantize_matrix, field_bits_per_element, pack
 
 IMPLS = ("reference", "pallas")
+
+
+def prepare(q: QTensor):
+    """The kernels' layout (PackedWeight) of a QTensor (phi, int or nf4); input features a multiple of 32."""
+    from pallas_kernels.quant.layout import from_words  # here, not at the top: keeps Triton unloaded
+
+    r, c = q.matrix_shape
+    return from_words(pack(q), q.bits, q.cfg, r, c)
+
+
+def placeholder(cfg: QuantConfig, rows: int, cols: int):
+    """An all-zero PackedWeight of the right shapes (no quantization work): for lowering/compile checks."""
+    from pallas_kernels.quant.layout import ELEM_FIELDS, from_words  # here, not at the top: keeps Triton unloaded
+
+    g = getattr(cfg, "group_size", None) or cols
+    n_groups = rows * (cols // g)
+    bits = field_bits_per_element(cfg, cols)
+    numel = {name: rows * cols for name in bits if name in ELEM_FIELDS}
+    if isinstance(cfg, NF4Config) and cfg.double_quant:
+        numel.update(absmax_q=n_groups, absmax2=-(-n_groups // cfg.dq_block), offset=1)
+    words = {f"{name}.w{w}": jnp.zeros((qp.part_words(numel.get(name, n_groups), w),), jnp.uint32)
+             for name, b in bits.items() for w, _ in qp.split_widths(b)}
+    return from_words(words, tuple(sorted(bits.items())), cfg, rows, cols)
 
 
 def prepare_for(q: QTensor, impl: str):
@@ -25,8 +51,6 @@ def prepare_for(q: QTensor, impl: str):
     if impl == "reference":
         return q
     if impl == "pallas":
-        from pallas_kernels.quant_common import prepare
-
         return prepare(q)
     raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
 
@@ -39,8 +63,7 @@ def qlinear(x: jax.Array, w, impl: str = "reference", *, interpret: bool = False
             raise QuantConfigError("impl='reference' takes the QTensor (prepare_for(q, 'reference'))")
         y = dequant_matmul_ref(x2, dequantize_matrix(w))
     elif impl == "pallas":
-        from pallas_kernels.quant_common import PackedWeight
-        from pallas_kernels.quant_matmul import quant_matmul
+        from pallas_kernels.quant import PackedWeight, quant_matmul  # here, not at the top: keeps Triton unloaded
 
         if not isinstance(w, PackedWeight):
             raise QuantConfigError("impl='pallas' takes the kernel layout: w = prepare_for(q, 'pallas')")

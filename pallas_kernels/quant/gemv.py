@@ -1,4 +1,5 @@
-"""Small-batch (GEMV) form of the fused dequantize-matmul: `quant_matmul(..., blocks=BlockConfig(mode="vec"))`.
+"""Small-batch (GEMV) form of the fused dequantize-matmul: `quant_matmul(..., blocks=BlockConfig(mode="vec"))`,
+called by pallas_kernels.quant.dispatch.quant_matmul after its checks.
 
 At batch 1-8 the product is bound by reading the packed weight, so this form avoids every step that costs more
 than the bytes: no tensor core (no padding of the batch to 16 rows), no reshape of a decoded tile (a reshape in
@@ -20,14 +21,16 @@ Per step a program adds, per batch row b and output row r,  sum_groups s[r, g] *
 acc="slot" (the default) never builds the full tile: it walks the digit tuples (column slots) one at a time,
 each a constant shift of one loaded word per field part against a contiguous load of a slot-major x, and
 accumulates in the words' own (block_n, nu, U/E) shape. acc="step"/"tile" build the full tile by broadcasting
-(1.5-2.5x slower on an H200; kept for bench/quant_kernel_probe.py, docs/quant.md has the figures).
+(1.5-2.5x slower on an H200; kept for the kernel probe, docs/quant.md has the figures).
+
+The codec (what a code means, which scales multiply it) comes from pallas_kernels/quant/decode.py, the same
+decoder the tiled forms use; this module only says how the GEMV form reads codes and applies the scales.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +38,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from hqf_jax.ops import quant_grids as qg
 from hqf_jax.ops import quant_pack as qp
-from hqf_jax.quant.config import IntConfig, NF4Config, PhiGridConfig
-from pallas_kernels.quant_common import KernelLayoutError, PackedWeight, nf4_scale, read_group, scale_value
+from pallas_kernels.quant.decode import decoder, tables_for, u2f
+from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, flatten, unflatten
 
-MAGIC = 0x4B000000  # float32 bit pattern of 2**23: (MAGIC | c) as float32 is 2**23 + c for c < 2**23
 MAX_VEC_BATCH = 8
 ACCS = ("slot", "step", "tile")  # see BlockConfig.acc
 
@@ -116,13 +117,7 @@ def _field(words, shift, w: int, at: int):
     return lax.shift_left(vals, jnp.uint32(at)) if at else vals
 
 
-def _u2f(codes: jax.Array, zero: float = 0.0) -> jax.Array:
-    """Exact float32 of (codes - zero) for codes < 2**23, without an int->float conversion instruction."""
-    f = lax.bitcast_convert_type(codes | jnp.uint32(MAGIC), jnp.float32)
-    return f - jnp.float32(2.0**23 + zero)
-
-
-def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Array:
+def read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Array:
     """(bn, nu, U/E, *digits) uint32 codes of a per-weight field for this step's nu scale units."""
     nd = len(lay.digits)
     full = (bn, nu, lay.u // lay.e, *lay.digits)
@@ -142,58 +137,21 @@ def _read_codes(refs, bits: int, lay: VecLayout, u0, nu: int, bn: int) -> jax.Ar
     return out
 
 
-def _inner_sum(v: jax.Array) -> jax.Array:
+def inner_sum(v: jax.Array) -> jax.Array:
     """(bn, nu, ...) -> (bn, nu): sum the trailing axes one at a time."""
     while v.ndim > 2:
         v = jnp.sum(v, axis=-1)
     return v
 
 
-def _level(codes, nbits: int, ratio: float, table_ref):
-    if table_ref is not None:
-        return table_ref[codes.astype(jnp.int32)]
-    half = 1 << (nbits - 1)
-    mag = jnp.exp2(_u2f(codes & jnp.uint32(half - 1)) * jnp.float32(-math.log2(ratio)))
-    return jnp.where(codes >= jnp.uint32(half), -mag, mag)
-
-
 def vec_format(pw: PackedWeight, group: dict, tables: dict, flat):
-    """The format's per-group multipliers [(bn, nu)], its zero term ((bn, nu) or None) and values(code), which maps
+    """The codec's per-group multipliers [(bn, nu)], its zero term ((bn, nu) or None) and values(code), which maps
     a reader of per-weight codes (field name -> uint32 codes of any shape) to one value tensor per multiplier:
     weight = sum_t values[t] * multipliers[t] - zero (the zero term multiplies the sum of x over the group)."""
-    cfg = pw.cfg
-    bits = pw.bits_dict
-
-    def grp(name):
-        return read_group(group[name], bits[name], flat)
-
-    if isinstance(cfg, PhiGridConfig):
-        ratio = qg.resolve_ratio(cfg.ratio)
-        q = 2 ** (cfg.dev_bits - 1) - 1
-        mults = [scale_value(grp("scale"), cfg.scale_dtype)]
-        for j in range(1, cfg.depth + 1):
-            t = scale_value(grp(f"dev{j}_scale"), cfg.scale_dtype)
-            mults.append(t * (1.0 / q) if cfg.dev_kind == "uniform" else t)
-
-        def values(code):
-            vs = [_level(code("idx"), cfg.index_bits, ratio, tables.get("grid"))]
-            for j in range(1, cfg.depth + 1):
-                dc = code(f"dev{j}")
-                vs.append(_u2f(dc, q) if cfg.dev_kind == "uniform"
-                          else _level(dc, cfg.dev_bits, ratio, tables.get("devgrid")))
-            return vs
-
-        return mults, None, values
-    if isinstance(cfg, IntConfig):
-        s = scale_value(grp("scale"), cfg.scale_dtype)
-        if cfg.symmetric:
-            return [s], None, lambda code: [_u2f(code("q"), 2 ** (cfg.bits - 1) - 1)]
-        zero = grp("zero").astype(jnp.float32) * s  # y -= s * z * sum(x over the group)
-        return [s], zero, lambda code: [_u2f(code("q"))]
-    if isinstance(cfg, NF4Config):
-        s = nf4_scale(cfg, grp, group, tables, flat)
-        return [s], None, lambda code: [tables["nf4"][code("q").astype(jnp.int32)]]
-    raise KernelLayoutError(f"no kernel decode for {cfg.name}")
+    dec = decoder(pw.cfg)
+    mults, offset = dec.scales(pw, group, tables, flat)
+    zero = None if offset is None else offset * mults[0]  # y -= s * z * sum(x over the group)
+    return mults, zero, lambda code: dec.values(pw.cfg, code, tables, u2f)
 
 
 def group_index(pw: PackedWeight, lay: VecLayout, row0, kglob, nu: int, bn: int):
@@ -208,7 +166,7 @@ def vec_terms(pw: PackedWeight, lay: VecLayout, elem: dict, group: dict, tables:
               bn: int):
     """Decoded tile of this step as ([(values (bn, nu, U/E, *digits), per-group multiplier (bn, nu)), ...], zero)."""
     mults, zero, values = vec_format(pw, group, tables, group_index(pw, lay, row0, kglob, nu, bn))
-    vs = values(lambda name: _read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
+    vs = values(lambda name: read_codes(elem[name], pw.bits_dict[name], lay, u0, nu, bn))
     return list(zip(vs, mults, strict=True)), zero
 
 
@@ -273,10 +231,10 @@ def step_sums(terms, zero, xs: list) -> list:
     for x in xs:
         acc = None
         for v, mult in terms:
-            part = _inner_sum(v * x[None]) * mult
+            part = inner_sum(v * x[None]) * mult
             acc = part if acc is None else acc + part
         if zero is not None:
-            acc = acc - zero * _inner_sum(x[None])
+            acc = acc - zero * inner_sum(x[None])
         out.append(jnp.sum(acc, axis=1))
     return out
 
@@ -293,12 +251,10 @@ def tile_products(terms, zero, xs: list) -> list:
     return [w * x[None] for x in xs]
 
 
-def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, flat_arrays, names, interpret: bool):
-    """The pallas_call of mode="vec" (called by quant_matmul after its checks; flat_arrays = the packed fields, then
-    the group fields and lookup tables). x (B, C), at most MAX_VEC_BATCH rows per program."""
-    from pallas_kernels.quant_matmul import _unflatten
-
-    elem_names, group_names, table_names = names
+def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, interpret: bool):
+    """The pallas_call of mode="vec"; blocks already checked (BlockConfig). x (B, C), at most MAX_VEC_BATCH rows
+    per program."""
+    elem_names, group_names, table_names, flat_arrays = flatten(pw, tables_for(pw.cfg, blocks.levels))
     b, k = x.shape
     bn, bk, split = blocks.block_n, blocks.block_k, blocks.split_k
     lay = vec_layout(pw, bk)
@@ -324,7 +280,7 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, flat_arrays, names, inter
 
     def kernel(x_ref, *refs):
         o_ref = refs[-1]
-        elem, group, tabs = _unflatten(refs[:-1], pw, elem_names, group_names, table_names)
+        elem, group, tabs = unflatten(refs[:-1], pw, elem_names, group_names, table_names)
         i = pl.program_id(0)
         s = pl.program_id(1)
         rest = (slice(None),) * len(vdims)
@@ -343,7 +299,7 @@ def vec_matmul(x: jax.Array, pw: PackedWeight, blocks, flat_arrays, names, inter
         acc_shape = {"step": (bn,), "tile": (bn, nu, *vdims), "slot": (bn, nu, vdims[0])}[blocks.acc]
         acc = lax.fori_loop(0, nk, body, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(bb)))
         if blocks.acc != "step":
-            acc = tuple(jnp.sum(_inner_sum(a), axis=1) for a in acc)
+            acc = tuple(jnp.sum(inner_sum(a), axis=1) for a in acc)
         for r in range(bb):
             if split == 1:
                 o_ref[r, :] = acc[r].astype(o_ref.dtype)

@@ -1,11 +1,11 @@
 """Row-sorted gather matmul y[b, i] = sum_j S[i, j] * x[b, P[i, j]] as a Pallas kernel (Triton backend).
 
 S is a row-sorted quantized weight (any codec with sort=True; in practice the phi-grid) decoded in registers
-exactly as in quant_matmul, P its stored permutation (ceil(log2 K) bits per weight, packed). Each program owns
-block_n rows and a share of K; per block_k step it decodes S and P tiles, gathers x^T[P] (block_n, block_k,
-block_b) with one gather load and reduces over the tile. There is no tensor-core product here (every row
-gathers different inputs), so this kernel is bound by the gather and the decode, not by weight bytes: the
-benchmark measures by how much.
+exactly as in the tiled form (decode.decode_tile), P its stored permutation (ceil(log2 K) bits per weight,
+packed). Each program owns block_n rows and a share of K; per block_k step it decodes S and P tiles, gathers
+x^T[P] (block_n, block_k, block_b) with one gather load and reduces over the tile. There is no tensor-core
+product here (every row gathers different inputs), so this kernel is bound by the gather and the decode, not by
+weight bytes: the benchmark measures by how much.
 
 Reference: hqf_jax.ops.quant_matmul.gather_matmul_ref(x, sorted dequantized S, P).
 """
@@ -21,16 +21,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.quant_common import (
-    KernelLayoutError,
-    PackedWeight,
-    check_blocks,
-    decode_tile,
-    next_pow2,
-    read_elem,
-    tables_for,
-)
-from pallas_kernels.quant_matmul import _flatten, _unflatten
+from pallas_kernels.quant.decode import decode_tile, read_elem, tables_for
+from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, check_blocks, flatten, next_pow2, unflatten
 
 __all__ = ["GatherBlockConfig", "gather_matmul"]
 
@@ -43,7 +35,7 @@ class GatherBlockConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    levels: str = "exp2"  # phi-grid levels: "exp2" or "table" (see quant_matmul.BlockConfig)
+    levels: str = "exp2"  # phi-grid levels: "exp2" or "table" (see dispatch.BlockConfig)
 
 
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
@@ -65,12 +57,12 @@ def gather_matmul(x: jax.Array, pw: PackedWeight, *, blocks: GatherBlockConfig |
     nk = kspan // bk
     perm_bits = pw.bits_dict["perm"]
     tables = tables_for(pw.cfg, blocks.levels)
-    elem_names, group_names, table_names, arrays = _flatten(pw, tables)
+    elem_names, group_names, table_names, arrays = flatten(pw, tables)
     n_elem = sum(len(pw.elem[n]) for n in elem_names)
 
     def kernel(xt_ref, *refs):
         o_ref = refs[-1]
-        elem, group, tabs = _unflatten(refs[:-1], pw, elem_names, group_names, table_names)
+        elem, group, tabs = unflatten(refs[:-1], pw, elem_names, group_names, table_names)
         i = pl.program_id(0)
         s = pl.program_id(1)
         j = pl.program_id(2)

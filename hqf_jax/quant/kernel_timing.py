@@ -1,0 +1,94 @@
+"""On-device timing and checking of the quantized matmul kernels, shared by the quant kernel benchmark and its
+stage probe (entry points import these; nothing here is specific to one script).
+
+Timing: `reps` iterations of a lax.fori_loop inside one jit, each iteration calling the op on `copies` distinct
+weight buffers (together > 3x the L2, so weights come from HBM), every output fully summed into a loop-carried
+value that feeds the next input so nothing is hoisted or sliced away; the same loop with a trivial op of the
+same output shape is timed and subtracted (loop + glue overhead).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+L2_BYTES = 50 * 2**20  # an H100's L2 (the H200's is the same size): weight copies exceed 3x this
+
+
+def copies_for(nbytes: int, interpret: bool) -> int:
+    """Distinct weight copies per loop iteration so that together they exceed 3x the L2 (1 in interpret mode)."""
+    return 1 if interpret else int(min(16, max(1, math.ceil(3 * L2_BYTES / nbytes))))
+
+
+def copy_tree(t):
+    """A copy of every array of a pytree in new buffers."""
+    return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True) + jnp.zeros((), a.dtype), t)
+
+
+def time_op(op, x, weights: list, reps: int, n_out: int) -> tuple[float, float]:
+    """Seconds per call of op(x, w) (overhead-subtracted, raw) over `reps` x len(weights) calls in one jit."""
+
+    def make(fn):
+        @jax.jit
+        def run(x, ws):
+            def body(i, carry):
+                x, acc = carry
+                for w in ws:
+                    y = fn(x, w)
+                    acc = acc + jnp.sum(y.astype(jnp.float32))  # all of y is used: no slicing of the product
+                return x + (acc * 1e-30).astype(x.dtype), acc
+
+            return jax.lax.fori_loop(0, reps, body, (x, jnp.float32(0)))
+
+        return run
+
+    def null(x, w):
+        return jnp.broadcast_to(x[:, :1], (x.shape[0], n_out))
+
+    def clock(run):
+        jax.block_until_ready(run(x, weights))  # compile + warm up
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(x, weights))
+        return (time.perf_counter() - t0) / (reps * len(weights))
+
+    raw = clock(make(op))
+    base = clock(make(null))
+    return max(raw - base, 1e-9), raw
+
+
+def time_for(op, x, weights: list, n_out: int, target_s: float, interpret: bool) -> tuple[float, float]:
+    """time_op with the repetitions set so that one timing takes about target_s device seconds (interpret mode:
+    one repetition, which only exercises the code)."""
+    if interpret:
+        return time_op(op, x, weights, 1, n_out)
+    est, _ = time_op(op, x, weights, 3, n_out)
+    return time_op(op, x, weights, int(np.clip(target_s / max(est * len(weights), 1e-7), 3, 2000)), n_out)
+
+
+def time_floor(x, ws, n_out: int, target_s: float, interpret: bool) -> float:
+    """The read floor: one XLA reduction over buffers of the packed weight's bytes (the same copies), i.e. the
+    time to stream those bytes in one kernel at this size."""
+
+    def op(x, w):
+        v = (jnp.sum(w) & jnp.uint32(1)).astype(x.dtype)  # every word is read; the result feeds the output
+        return jnp.broadcast_to(x[:, :1] + v, (x.shape[0], n_out))
+
+    return time_for(op, x, ws, n_out, target_s, interpret)[0]
+
+
+def check(y, ref, x, wm) -> tuple[bool, float]:
+    """(|y - ref| within bf16 rounding of the weights and of the output, max error relative to max |ref|)."""
+    y = np.asarray(y, np.float32)
+    ref = np.asarray(ref, np.float32)
+    scale = np.abs(np.asarray(x, np.float32)) @ np.abs(np.asarray(wm, np.float32)).T
+    ok = bool(y.shape == ref.shape and np.all(np.abs(y - ref) <= 2.0**-7 * (scale + np.abs(ref)) + 1e-6))
+    return ok, float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def bf16_weight(w):
+    """bf16 (N, K) matrix of a (K, N) kernel: the XLA baseline's weight."""
+    return jnp.asarray(w).T.astype(jnp.bfloat16)
