@@ -40,13 +40,15 @@ METHODS = ("scratch", "lora", "full", "scratch_eq")
 def ensure_token_model(checkpoint: Path, token_config: str) -> dict:
     """The token run's training.json; trains the token model with `token_config` if its HF folder is missing."""
     if not (checkpoint / "config.json").exists():
-        from train import token_lm
-
         if checkpoint.name != "hf":
             raise cli.ConfigError(f"model.checkpoint {checkpoint} is missing; train it (python -m train.token_lm) "
                                   "or point model.checkpoint at an HF folder")
         print(f"[study] {checkpoint} is missing: training the token model with {token_config}")
-        token_lm.main(["--config", token_config, "--workdir", str(checkpoint.parent)])
+        cfg = cli.load_config(token_config)
+        final, out = token_task.train_and_export(cfg, checkpoint.parent, cli.config_to_json(cfg))
+        if out is None:
+            raise cli.ConfigError(f"the token model's training stopped at step {final['step']} before its HF folder "
+                                  f"was written; re-run to resume it")
     info = checkpoint / "training.json"
     return json.loads(info.read_text()) if info.exists() else {}
 

@@ -25,7 +25,7 @@ from hqf_jax.data.catalog import load_corpus
 from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.errors import ConfigError, DataError
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
-from hqf_jax.trainer.loop import Task
+from hqf_jax.trainer.loop import Task, train
 
 LN2 = float(np.log(2.0))
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
@@ -285,3 +285,19 @@ def build_task(cfg, workdir: str | Path, corpus: ByteCorpus | None = None):
     print(f"[token_lm] {count_params(model):,} parameters, vocab {len(tokenizer)}; "
           f"{len(train_ids):,} train / {len(valid_ids):,} valid tokens, {bpt:.2f} bytes per token")
     return task, hf_config, tokenizer
+
+
+def train_and_export(cfg, workdir: str | Path, config_json: str | None = None) -> tuple[dict, Path | None]:
+    """Train the token model of ``cfg`` in ``workdir`` (resuming) and, when the run completed, write its HF folder
+    ``<workdir>/hf`` (config, safetensors, tokenizer, training.json). Returns (the loop's final metrics, the HF
+    folder, or None when a signal stopped the run first). What ``train.token_lm`` and the bootstrap study run."""
+    workdir = Path(workdir)
+    task, hf_config, tokenizer = build_task(cfg, workdir)
+    final = train(task, cfg.train, cfg.mesh, workdir, config_json)
+    if final.get("signal"):
+        return final, None
+    info = {"steps": int(final["step"]), "tokens": int(final["step"]) * task.units_per_step,
+            "train_flops": float(final["step"]) * task.flops_per_step, "params": count_params(task.model),
+            "vocab": len(tokenizer),
+            **{k: float(final[k]) for k in ("loss", "valid_loss", "valid_bpb", "valid_bytes_per_token") if k in final}}
+    return final, save_hf(task.model, hf_config, tokenizer, workdir / "hf", info)
