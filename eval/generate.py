@@ -21,6 +21,8 @@ import sys
 
 from hqf_jax import cli
 from hqf_jax.infer.engine import DECODE_IMPLS, DTYPES, Engine
+from hqf_jax.nn.generate import stream
+from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.trainer import lm_task
 
 
@@ -61,13 +63,24 @@ def main(argv=None):
     prompt = prompt_bytes(a.prompt, a.prompt_file)
     model, _, step, chosen = lm_task.load_run(a.run, a.step, with_label=True)
     print(f"[generate] run {a.run}, step {step} ({chosen})", file=sys.stderr, flush=True)
-    engine = Engine(model, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl, decode_impl=a.decode_impl,
-                    allow_eos=True)
     cli.write_bytes(prompt)
-    for b in engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
-                           top_k=a.top_k, top_p=a.top_p):
+    for b in byte_stream(model, prompt, a):
         cli.write_bytes(bytes([b]))
     cli.write_bytes(b"\n")
+
+
+def byte_stream(model, prompt: bytes, a):
+    """The engine for the RetNet byte LM; other byte models (RetNPhi) through their own recurrent step."""
+    if isinstance(model, RetNetLM):
+        engine = Engine(model, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl, decode_impl=a.decode_impl,
+                        allow_eos=True)
+        return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
+                             top_k=a.top_k, top_p=a.top_p)
+    if a.quant:
+        from hqf_jax.quant.model import quantize_model
+
+        model, _ = quantize_model(model, a.quant, impl="pallas" if a.quant_impl == "pallas" else "reference")
+    return stream(model, prompt, a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p)
 
 
 if __name__ == "__main__":

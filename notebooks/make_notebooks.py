@@ -96,7 +96,7 @@ if SMALL:
     task.sample_fn = None  # no sample in the log at the end: we generate below
 final = train(task, cfg.train, cfg.mesh, WORKDIR, cli.config_to_json(cfg))
 print({k: round(v, 4) for k, v in final.items() if k in ("step", "loss", "bpb", "valid_bpb", "bytes_per_s")})
-print(sorted(os.listdir(os.path.join(WORKDIR, "checkpoints"))), "<- orbax checkpoint steps")'''),
+print(sorted(s for s in os.listdir(os.path.join(WORKDIR, "checkpoints")) if s.isdigit()), "<- orbax checkpoint steps")'''),
     new_code_cell('''\
 import matplotlib.pyplot as plt
 
@@ -577,7 +577,7 @@ task, corpus = lm_task.build_task(cfg)
 task.eval_fn = task.sample_fn = None  # evaluated below, from the checkpoint
 final = train(task, cfg.train, cfg.mesh, RUN, cli.config_to_json(cfg))  # mesh data=-1: data parallel over every device
 print(f"trained on {jax.device_count()} device(s), parameters replicated on each")
-print("checkpoints:", sorted(int(s) for s in os.listdir(os.path.join(RUN, "checkpoints"))), "| files:", sorted(os.listdir(RUN)))'''),
+print("checkpoints:", sorted(int(s) for s in os.listdir(os.path.join(RUN, "checkpoints")) if s.isdigit()), "| files:", sorted(os.listdir(RUN)))'''),
     new_markdown_cell("## Restore for evaluation\n\n`load_run` rebuilds the model from `config.json` and restores "
                       "the newest (or a given) step."),
     new_code_cell('''\

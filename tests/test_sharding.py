@@ -342,8 +342,9 @@ def _compiled_lm_step(cfg, mesh, lowered_only=False):
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32) for k in ("inputs", "targets")}
     step = jax.jit(make_train_step(next_byte_loss, graphdef, tx, schedule, cfg.train.seed),
                    in_shardings=(state_sh, rest_sh, shd.batch_sharding(mesh)), out_shardings=(state_sh, None))
-    lowered = step.lower(state, rest, batch)
-    return lowered if lowered_only else lowered.compile()
+    with jax.set_mesh(mesh):  # as in the loop: models that shard_map their kernels read the mesh from context
+        lowered = step.lower(state, rest, batch)
+        return lowered if lowered_only else lowered.compile()
 
 
 def _token_task(model, vocab, trainable=nnx.Param):
