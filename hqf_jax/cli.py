@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import importlib.util
 import json
 import os
@@ -66,6 +67,9 @@ def _parse_value(raw: str, old):
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` with ``key.sub=value`` overrides applied; ``cfg`` itself is left as it was (configs
+    derived from one base, e.g. a study's arms, never change the base or each other)."""
+    cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (for example train.steps=100)")

@@ -158,6 +158,7 @@ def test_config_value_errors_name_the_key():
     with pytest.raises(ConfigError, match="is a section"):
         cli.apply_overrides(cfg, ["train=3"])
     assert cli.apply_overrides(cfg, ["train.lr=1", "train.profile=true"]).train.lr == 1.0
+    assert cfg.train.lr != 1.0 and cfg.train.profile is False  # the base config is left as it was
 
 
 def test_schedule_for_very_short_runs_and_bad_step_counts():
