@@ -155,6 +155,7 @@ class Checkpointer:
         best = read_best(self.workdir)
         self._best_step = best.get("step") if best else None  # every process decides rotation from this copy
         self._pending: tuple[int, dict | None] | None = None  # (step, best record) of the save in flight
+        self._save_failed = False  # a save failed and was reported: later errors of its leftovers are not news
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=trainer)  # a crash's half-written step
         try:
@@ -225,6 +226,8 @@ class Checkpointer:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
         except Exception as e:
+            if pending is None and self._save_failed:  # the aftermath of a failed save already reported (orbax's
+                return  # threads may still trip over the temporary folder it removed): keep that one error
             self._failed(pending[0] if pending else None, e)
         if pending is None:
             return
@@ -237,6 +240,7 @@ class Checkpointer:
 
     def _failed(self, step: int | None, e: BaseException):
         """A save that did not complete: remove what it left, keep every earlier step, fail in one line."""
+        self._save_failed = True
         try:  # let orbax's background threads settle before removing what they wrote
             self.manager.wait_until_finished()
         except Exception:
