@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 from hqf_jax.data import music
 from hqf_jax.data.catalog import load_corpus
 from hqf_jax.errors import ConfigError
-from hqf_jax.scoring.best_step import best_step
 from hqf_jax.scoring.byte_bits import per_byte_bits
 from hqf_jax.scoring.compressors import BASELINES, xz
 from hqf_jax.scoring.continuations import sample_bytes
@@ -101,9 +100,8 @@ def measure(run: str, step: int | None = None, best: bool = False, samples: int 
             temperature: float = 0.8, seed: int = 0, max_bytes: int = 1 << 16, out: str | None = None,
             model=None, cfg=None, skip_bytes: int = 0) -> dict:
     if model is None:
-        if best:
-            step = best_step(run)
-        model, cfg, step = lm_task.load_run(run, step)
+        # --best: the best-validation step the trainer recorded and kept out of rotation (early stopping)
+        model, cfg, step = lm_task.load_run(run, "best" if best else step)
     corpus = load_corpus(cfg.data)
     held = corpus.stream("valid")[skip_bytes:skip_bytes + max_bytes]
     if not len(held):
