@@ -108,6 +108,9 @@ def main(argv=None):
         for arm in a.arms.split(","):
             losses, step_s = run(cfg, corpus, arm, out / "runs" / dtype / arm.replace(" ", "_"))
             results[dtype][arm] = {"losses": losses, "step_s": step_s}
+            # what has run so far, so a run cut short keeps its arms
+            write_report(out, "(partial: the table is written when every arm has run)",
+                         {"device_count": jax.device_count(), "steps": a.steps, "losses": results})
     lines = [f"{jax.device_count()} x {jax.devices()[0].device_kind}; {a.config} (model.form={base.model.form}), "
              f"{a.steps} steps; gap = |loss - the 1-device run's loss|; step time = the last logged window", "",
              "| compute | run | final loss | max gap over the run | gap at the last step | step time (ms) |",
