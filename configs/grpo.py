@@ -14,6 +14,9 @@ from configs import lm
 def get_config():
     c = lm.get_config()
     c.workdir = "runs/grpo"
+    # the ~9M policy (configs/lm.py's default before it was resized for a CPU run)
+    c.model.update(dict(d_model=256, num_layers=6, num_heads=4, qk_dim=256, v_dim=512, ffn_dim=1280))
+    c.data.batch_size = 16
     c.train.update(dict(steps=2000, lr=1e-5, warmup_steps=20, min_lr_ratio=1.0, weight_decay=0.0, grad_clip=1.0,
                         log_every=10, eval_every=200, ckpt_every=200, sample_every=50))
     c.grpo = ml_collections.ConfigDict(dict(

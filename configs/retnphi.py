@@ -14,6 +14,8 @@ def get_config():
     c = lm.get_config()
     c.task = "retnphi"
     c.workdir = "runs/retnphi"
+    c.data.batch_size = 16
+    c.train.update(dict(steps=400, lr=2e-3))
     c.model = retnphi_tiny.get_config().model
     c.model.checkpoint = "runs/token_lm/hf"
     c.model.retnphi.chunk_size = 64
