@@ -1,6 +1,7 @@
 """Baselines of the holographic evaluation: HRR, FHRR, Kneser-Ney n-gram; language helpers."""
 
 import argparse
+import dataclasses
 import collections
 import math
 
@@ -111,6 +112,16 @@ def test_memory_language_training_and_evaluation_smoke():
     r = language.evaluate_memory(state, cfg, text[:600], batch_size=256, grid=[(0.5, 0.5, 0.3), (0.1, 0.9, 0.6)])
     assert r["top1"] > 0.75 and r["episodic_hit_rate"] == 1.0  # seen text, three words
     assert r["bpb"] == min(r["bpb_grid"]) and math.isfinite(r["bpb"])
+    # sampling from the mixture: near temperature 0 and without the floor it is the mixture's arg-max; at
+    # the notes' phi^-1 it can only lose against the arg-max on text this predictable; both scores work
+    for score in ("cosine", "vorticity"):
+        cold = dataclasses.replace(cfg, score=score, temperature=1e-4, floor=0.0, mix_proto=0.0, mix_episodic=0.0)
+        c = language.evaluate_memory(state, cold, text[:600], batch_size=256, sample_seed=0)
+        assert c["top1_sample"] == pytest.approx(c["top1_mixture"], abs=0.01)
+        warm = dataclasses.replace(cfg, score=score, temperature=0.618)
+        w = language.evaluate_memory(state, warm, text[:600], batch_size=256, sample_seed=0)
+        assert 0.0 < w["top1_sample"] <= w["top1_mixture"] + 0.02
+    assert "top1_sample" not in r
 
 
 @pytest.mark.slow
