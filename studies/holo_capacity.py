@@ -14,8 +14,12 @@ Beside it, at EQUAL memory (the same 16 * 16^L stored floats): HRR and FHRR with
 16^(L+1) / d hash-routed buckets (hqf_jax.holo.baselines), d = 16 and d = 256, scored by arg-max.
 The superposition bound k <= D / (2 ln V) items per trace of D floats (V candidates) gives, with Poisson
 loads of N / traces per trace, the predicted recall P(the pair's trace holds <= floor(k) items); it is
-drawn dashed for each trace size. Also reported: leaves actually occupied by the basin keys (routing
-quality) and each depth's store / query wall time (device-synchronised).
+drawn dashed for each trace size. Also reported: leaves actually occupied by the basin keys beside the
+number a uniform hash fills (1 - e^(-N / 16^L) of them): the default coarse-to-fine keys quantise level d at
+phi^-8 (phi^2)^(L-1-d), so at L = 6 the coarsest level rounds every coefficient of a rotation product to
+the same integers and the deep leaves are unevenly used; a second tower with one resolution at every
+level (level_ratio = 1, the basin key hashed with L seeds) shows what the same floats do with uniform
+routing. Each depth's store / query wall time is device-synchronised.
 
 Output in --out: table.md, results.json (every curve), capacity.png (recall vs N, one panel per depth).
 Full scale: vocab 1024, N up to 10M, 16,384 queries per point; about 2-4 minutes on one H200, mostly
@@ -82,12 +86,14 @@ def run_depth(levels: int, sc: dict, ctx: np.ndarray, tgt: np.ndarray, seed: int
     floats = 16 * 16**levels
     cfg = hm.HoloConfig(vocab_size=vocab, context_len=CONTEXT_LEN, levels=levels, cache_capacity=0, proto_k=0, seed=seed)
     vcfg = dataclasses.replace(cfg, score="vorticity")
-    holo = hm.init_memory(cfg)
+    fcfg = dataclasses.replace(cfg, level_ratio=1.0)  # every level at the finest resolution: a uniform hash
+    holo, flat = hm.init_memory(cfg), hm.init_memory(fcfg)
     vsas = {f"{k} d={d}": _vsa(k, d, floats, vocab, seed + 1 + i) for i, (k, d) in
             enumerate((k, d) for d in sc["dims"] for k in ("HRR", "FHRR"))}
     traces = {name: v[0] for name, v in vsas.items()}
-    curves = {f"holo L={levels} {r}": [] for r in RULES} | {name: [] for name in vsas}
-    occupied, t_store, t_query, n = [], 0.0, 0.0, 0
+    flat_name = f"holo L={levels} one-resolution routing, cosine argmax"
+    curves = {f"holo L={levels} {r}": [] for r in RULES} | {flat_name: []} | {name: [] for name in vsas}
+    occupied, occupied_flat, t_store, t_query, n = [], [], 0.0, 0.0, 0
     rng, key = np.random.default_rng(seed + 99), jax.random.key(seed)
     for point in sc["points"]:
         t0 = time.perf_counter()
@@ -97,9 +103,10 @@ def run_depth(levels: int, sc: dict, ctx: np.ndarray, tgt: np.ndarray, seed: int
             t = jnp.asarray(np.pad(tgt[s:s + k], (0, chunk - k)))
             valid = jnp.arange(chunk) < k
             holo = hm.store(holo, c, t, valid, config=cfg)
+            flat = hm.store(flat, c, t, valid, config=fcfg)
             for name, (_, cb, st, _) in vsas.items():
                 traces[name] = st(traces[name], cb, c, t, valid)
-        jax.block_until_ready((holo, traces))
+        jax.block_until_ready((holo, flat, traces))
         t_store += time.perf_counter() - t0
         n = point
         idx = rng.integers(0, n, q)
@@ -107,7 +114,7 @@ def run_depth(levels: int, sc: dict, ctx: np.ndarray, tgt: np.ndarray, seed: int
         t0 = time.perf_counter()
         key, k1, k2 = jax.random.split(key, 3)
         res = [*_holo_rules(holo, qc, qt, k1, config=cfg), *_holo_rules(holo, qc, qt, k2, config=vcfg)]
-        res = [res[0], res[2], res[1], res[3]]  # argmax cos, argmax vort, sample cos, sample vort
+        res = [res[0], res[2], res[1], res[3], _holo_rules(flat, qc, qt, k1, config=fcfg)[0]]  # in curves' order
         res += [acc(traces[name], cb, qc, qt) for name, (_, cb, _, acc) in vsas.items()]
         res = [float(r) for r in jax.block_until_ready(res)]
         t_query += time.perf_counter() - t0
@@ -115,13 +122,15 @@ def run_depth(levels: int, sc: dict, ctx: np.ndarray, tgt: np.ndarray, seed: int
             curves[name].append(r)
         leaf0 = tower.level_offsets(levels)[levels]
         occupied.append(int(jnp.sum(holo.counts[leaf0:] > 0)))
+        occupied_flat.append(int(jnp.sum(flat.counts[leaf0:] > 0)))
         print(f"[holo_capacity] L={levels} N={n:>10,}: " + "  ".join(f"{k.replace(f'holo L={levels} ', '')} {v:.3f}"
                                                                     for k, v in zip(curves, res)), flush=True)
-    dims = {f"holo L={levels} {r}": 16 for r in RULES} | {f"{k} d={d}": d for d in sc["dims"] for k in ("HRR", "FHRR")}
+    dims = {f"holo L={levels} {r}": 16 for r in RULES} | {flat_name: 16} | {f"{k} d={d}": d for d in sc["dims"] for k in ("HRR", "FHRR")}
     bounds = {str(d): [bound_recall(p, floats // d, d, vocab) for p in sc["points"]] for d in sorted(set(dims.values()))}
     return dict(levels=levels, floats=floats, curves=curves, trace_dims=dims, bound_curves=bounds,
                 bound_items={str(d): bound_items(d, vocab) for d in sorted(set(dims.values()))},
-                leaves=16**levels, leaves_occupied=occupied, store_s=t_store, query_s=t_query)
+                leaves=16**levels, leaves_occupied=occupied, leaves_occupied_flat=occupied_flat,
+                leaves_poisson=[round(16**levels * -math.expm1(-p / 16**levels)) for p in sc["points"]], store_s=t_store, query_s=t_query)
 
 
 def plot(results: dict, path) -> None:
@@ -166,8 +175,9 @@ def table(results: dict) -> str:
         for dim, ys in d["bound_curves"].items():
             lines.append(f"| {d['levels']} | bound (Poisson loads), D={dim} | {dim} | {d['bound_items'][dim]:.2f} | "
                          + " | ".join(f"{y:.3f}" for y in ys) + " |")
-        lines.append(f"| {d['levels']} | leaves occupied / {d['leaves']:,} | | | "
-                     + " | ".join(f"{o:,}" for o in d["leaves_occupied"]) + " |")
+        for label, key in (("leaves occupied", "leaves_occupied"), ("leaves occupied, one-resolution", "leaves_occupied_flat"),
+                           ("leaves a uniform hash fills", "leaves_poisson")):
+            lines.append(f"| {d['levels']} | {label} / {d['leaves']:,} | | | " + " | ".join(f"{o:,}" for o in d[key]) + " |")
     lines += ["", "Wall time per depth (store / query, device-synchronised): " + ", ".join(
         f"L={d['levels']} {d['store_s']:.1f} s / {d['query_s']:.1f} s" for d in results["depths"])
         + f"; total {results['wall_s']:.0f} s."]
