@@ -46,8 +46,6 @@ SIZES = {
                num_attention_heads=32, num_key_value_heads=4),  # TinyLlama-1.1B shape
     "phi35": "fixture",
 }
-TARGETS = {"phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-           "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
 
 
 def _config(size: str, dtype: str) -> DecoderConfig:
@@ -125,7 +123,7 @@ def bench_size(name, decoder: HFDecoderLM, args, gpu: bool, rows: list):
     rcfg = RetNPhiConfig(byte_init="random", chunk_size=args.chunk, remat=True)
     model = RetNPhi.from_decoder(decoder, rcfg)
     del decoder
-    apply_lora(model, LoRAConfig(targets=TARGETS["phi3" if cfg.fused else "llama"], rank=args.rank,
+    apply_lora(model, LoRAConfig(targets=("auto",), rank=args.rank,
                                  alpha=2.0 * args.rank), nnx.Rngs(1))
     filt = rcfg.trainable_filter()
     n_train, n_all = count_params(model, filt), count_params(model, nnx.Param)

@@ -18,5 +18,6 @@ def get_config():
         ).to_dict()
     )
     c.data = ml_collections.ConfigDict(dict(source="stdlib", valid_fraction=0.05, max_files=0, paths=""))
-    c.train = ml_collections.ConfigDict(dict(max_train_bytes=1_000_000, batch_size=8192, dream_every=16, eval_bytes=50_000))
+    c.train = ml_collections.ConfigDict(dict(max_train_bytes=1_000_000, batch_size=8192, dream_every=16, eval_bytes=50_000,
+                                             compare_scores=[]))  # e.g. ["cosine", "vorticity"]: see train/holo.py
     return c

@@ -16,7 +16,7 @@ def get_config():
     c.model = retnphi_tiny.get_config().model
     c.model.update(dict(checkpoint="checkpoints/Phi-3.5-mini-instruct", dtype="bfloat16", param_dtype="bfloat16"))
     c.model.retnphi.update(dict(chunk_size=128, remat=True))
-    c.model.lora.update(dict(targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], rank=16, alpha=32.0))
+    c.model.lora.update(dict(targets=["auto"], rank=16, alpha=32.0))  # auto on phi3: qkv_proj, o_proj, gate_up_proj, down_proj
     c.data.update(dict(seq_len=2048, batch_size=16))
     c.train.update(dict(steps=2000, lr=1e-3, warmup_steps=100, eval_every=250, ckpt_every=250, eval_max_bytes=1 << 18))
     return c

@@ -27,7 +27,8 @@ def get_config():
             form="chunkwise", chunk_size=32, position="hf", rope_context=None, gamma_exp_first=-5.0,
             gamma_exp_last=-12.0, group_norm=True, gate="none", byte_init="tokens", remat=False, seed=0,
         ),
-        lora=dict(targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                  rank=8, alpha=16.0, dropout=0.0, dora=False),
+        # targets "auto": every projection of the checkpoint's family (hqf_jax.nn.lora.FAMILY_TARGETS: q/k/v/o/gate/up/down
+        # on Llama/Mistral/Qwen2, the fused qkv_proj/gate_up_proj + o_proj/down_proj on Phi-3); or name them
+        lora=dict(targets=["auto"], rank=8, alpha=16.0, dropout=0.0, dora=False),
     ))
     return c

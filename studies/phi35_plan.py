@@ -113,6 +113,7 @@ def plan(config_path: str = FIXTURE, lora: LoRAConfig = LoRAConfig(), rcfg: RetN
          *, batch: int = 16, seq_len: int = 2048, remat: bool = True, gpu_gb: float = 80.0,
          headroom: float = 0.1) -> Plan:
     cfg = DecoderConfig.from_json(config_path, dtype="bfloat16")
+    lora = lora.resolved(cfg.family)  # "auto" -> the family's projection names
     base = count_params(abstract_decoder(cfg), nnx.Param)
     model = abstract_retnphi(cfg, rcfg, lora)
     filt = rcfg.trainable_filter()
@@ -169,7 +170,7 @@ def main(argv=None) -> Plan:
     ap.add_argument("--config", default=FIXTURE, help="an HF config.json (default: the Phi-3.5-mini fixture)")
     ap.add_argument("--rank", type=int, default=LoRAConfig.rank)
     ap.add_argument("--alpha", type=float, default=LoRAConfig.alpha)
-    ap.add_argument("--targets", default=",".join(LoRAConfig.targets))
+    ap.add_argument("--targets", default=",".join(LoRAConfig.targets), help="'auto' (the family's projections) or names")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--chunk", type=int, default=RetNPhiConfig.chunk_size)
@@ -181,7 +182,7 @@ def main(argv=None) -> Plan:
     rcfg = RetNPhiConfig(chunk_size=args.chunk, byte_init="random")
     p = plan(args.config, lora, rcfg, batch=args.batch, seq_len=args.seq_len, remat=not args.no_remat,
              gpu_gb=args.gpu_gb)
-    text = report(p, lora, args.batch, args.seq_len, not args.no_remat, args.gpu_gb)
+    text = report(p, lora.resolved(DecoderConfig.from_json(args.config).family), args.batch, args.seq_len, not args.no_remat, args.gpu_gb)
     print(text)
     print(f"[study] -> {write_report(args.out, text, p)}")
     return p

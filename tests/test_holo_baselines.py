@@ -1,6 +1,7 @@
 """Baselines of the holographic evaluation: HRR, FHRR, Kneser-Ney n-gram; language helpers."""
 
 import argparse
+import dataclasses
 import collections
 import math
 
@@ -111,6 +112,16 @@ def test_memory_language_training_and_evaluation_smoke():
     r = language.evaluate_memory(state, cfg, text[:600], batch_size=256, grid=[(0.5, 0.5, 0.3), (0.1, 0.9, 0.6)])
     assert r["top1"] > 0.75 and r["episodic_hit_rate"] == 1.0  # seen text, three words
     assert r["bpb"] == min(r["bpb_grid"]) and math.isfinite(r["bpb"])
+    # sampling from the mixture: near temperature 0 and without the floor it is the mixture's arg-max; at
+    # the notes' phi^-1 it can only lose against the arg-max on text this predictable; both scores work
+    for score in ("cosine", "vorticity"):
+        cold = dataclasses.replace(cfg, score=score, temperature=1e-4, floor=0.0, mix_proto=0.0, mix_episodic=0.0)
+        c = language.evaluate_memory(state, cold, text[:600], batch_size=256, sample_seed=0)
+        assert c["top1_sample"] == pytest.approx(c["top1_mixture"], abs=0.01)
+        warm = dataclasses.replace(cfg, score=score, temperature=0.618)
+        w = language.evaluate_memory(state, warm, text[:600], batch_size=256, sample_seed=0)
+        assert 0.0 < w["top1_sample"] <= w["top1_mixture"] + 0.02
+    assert "top1_sample" not in r
 
 
 @pytest.mark.slow
@@ -132,3 +143,30 @@ def test_spread_takes_disjoint_evenly_spaced_chunks():
     assert len(a) == len(b) == 20_000
     full = language.spread(s.astype(np.uint8), 30_000, chunk=1000)
     assert len(full) == 30_000 and full[-1] == s[-1]  # reaches the end of the stream
+
+
+def test_fhrr_unbinds_a_single_pair_exactly():
+    """One pair in a trace: multiplying by the conjugate key returns the target phasor itself (exact inverse),
+    so the target scores d/2 (= <v, v> over d/2 unit phasors) and every other token scores far less."""
+    d, vocab = 128, 300
+    ph = bl.fhrr_codebook(jax.random.key(3), vocab, d)
+    ctx, tgt = jnp.array([[7, 1, 299, 42]], jnp.int32), jnp.array([11], jnp.int32)
+    tr = bl.fhrr_store(bl.fhrr_init(1, d), ph, ctx, tgt)
+    k = np.asarray(ph, np.float64)[[7, 1, 299, 42]]
+    key = sum(np.roll(k[l], l) for l in range(4))  # reference: phase of the ordered, rolled binding
+    trace = np.asarray(tr[0, 0], np.float64) + 1j * np.asarray(tr[0, 1], np.float64)
+    np.testing.assert_allclose(trace * np.exp(-1j * key), np.exp(1j * np.asarray(ph[11], np.float64)), atol=1e-4)
+    s = np.asarray(bl.fhrr_scores(tr, ph, ctx))[0]
+    assert abs(s[11] - d / 2) < 1e-3 and np.max(np.delete(s, 11)) < 0.5 * d / 2
+
+
+@pytest.mark.parametrize("kind", ["hrr", "fhrr"])
+def test_vsa_store_valid_mask_equals_storing_only_the_valid_rows(kind):
+    init, book, store = ((bl.hrr_init, bl.hrr_codebook, bl.hrr_store) if kind == "hrr"
+                         else (bl.fhrr_init, bl.fhrr_codebook, bl.fhrr_store))
+    cb = book(jax.random.key(0), 64, 32)
+    ctx, tgt = _pairs(10, 64, 5)
+    valid = jnp.arange(10) < 6
+    masked = store(init(4, 32), cb, ctx, tgt, valid=valid)
+    np.testing.assert_allclose(masked, store(init(4, 32), cb, ctx[:6], tgt[:6]), atol=1e-6)
+    assert float(jnp.abs(masked - store(init(4, 32), cb, ctx, tgt)).max()) > 1e-3  # the mask did drop rows

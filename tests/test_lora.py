@@ -8,8 +8,10 @@ import pytest
 from flax import nnx
 
 from hqf_jax.nn.adapters_io import AdapterError, export_adapter, load_adapter, read_manifest
-from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM, Linear
+from hqf_jax.nn.hf_decoder import FAMILIES, DecoderConfig, HFConfigError, HFDecoderLM, Linear
 from hqf_jax.nn.lora import (
+    FAMILY_TARGETS,
+    SPLIT_TARGETS,
     LoRAConfig,
     LoRAConfigError,
     LoRALinear,
@@ -18,6 +20,7 @@ from hqf_jax.nn.lora import (
     apply_lora,
     count_params,
     frozen_filter,
+    lora_paths,
     merge,
 )
 
@@ -72,9 +75,38 @@ def test_zero_init_leaves_logits_unchanged(dora, family):
         np.testing.assert_array_equal(after, before)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_auto_targets_wrap_every_projection_of_each_family(family):
+    """The default ("auto") wraps every Linear in the decoder blocks, whatever the family names them."""
+    model = _model(family)
+    blocks = {".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, Linear) and "layers" in p}
+    assert LoRAConfig().targets == ("auto",)
+    wrapped = apply_lora(model, LoRAConfig(rank=2), nnx.Rngs(0))
+    assert set(wrapped) == blocks and len(wrapped) == 2 * len(FAMILY_TARGETS[family])
+    assert {w.rsplit(".", 1)[-1] for w in wrapped} == set(FAMILY_TARGETS[family])
+    assert ("qkv_proj" in FAMILY_TARGETS[family]) == (family == "phi3")
+
+
 def test_targets_matching_nothing_is_a_clear_error():
     with pytest.raises(LoRAConfigError, match="valid names"):
         apply_lora(_model(), LoRAConfig(targets=("q_proj",)), nnx.Rngs(0))  # phi3 has fused qkv_proj
+    # Llama names on a Phi-3 model used to wrap o_proj and down_proj silently; now the misses are named, on one line
+    model = _model("phi3")
+    with pytest.raises(LoRAConfigError) as err:
+        apply_lora(model, LoRAConfig(targets=SPLIT_TARGETS), nnx.Rngs(0))
+    msg = str(err.value)
+    assert "\n" not in msg and "['q_proj', 'k_proj', 'v_proj', 'gate_proj', 'up_proj']" in msg and "phi3" in msg
+    assert "'qkv_proj'" in msg and "auto" in msg
+    assert lora_paths(model) == []  # nothing half-applied
+    with pytest.raises(LoRAConfigError, match="'qkv_proj'"):  # and the other way round
+        apply_lora(_model("llama"), LoRAConfig(targets=("qkv_proj", "o_proj")), nnx.Rngs(0))
+    with pytest.raises(LoRAConfigError, match="needs a decoder family"):  # auto on a model that names no family
+        apply_lora(nnx.Sequential(Linear(4, 4, bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                                         rngs=nnx.Rngs(0))), LoRAConfig(), nnx.Rngs(0))
+    model = _model("llama")
+    apply_lora(model, LoRAConfig(targets=("o_proj",)), nnx.Rngs(0))
+    with pytest.raises(LoRAConfigError, match="wrapped already"):
+        apply_lora(model, LoRAConfig(targets=("o_proj",)), nnx.Rngs(0))
     with pytest.raises(LoRAConfigError, match="unknown lora keys"):
         LoRAConfig.from_dict({"rnak": 4})
 
@@ -189,3 +221,14 @@ def test_dropout_only_in_train_mode():
     model.train()
     c = model(toks)
     assert float(jnp.abs(c - a).max()) > 1e-4
+
+
+def test_family_from_architectures_when_model_type_is_missing():
+    hf = dict(architectures=["Phi3ForCausalLM"], vocab_size=V, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = DecoderConfig.from_hf(hf)
+    assert cfg.family == "phi3" and LoRAConfig().expand(cfg.family) == FAMILY_TARGETS["phi3"]
+    wrapped = apply_lora(HFDecoderLM(cfg, rngs=nnx.Rngs(0)), LoRAConfig(rank=2), nnx.Rngs(0))
+    assert sorted(w.rsplit(".", 1)[-1] for w in wrapped) == sorted(FAMILY_TARGETS["phi3"])
+    with pytest.raises(HFConfigError, match="architectures"):
+        DecoderConfig.from_hf({**hf, "architectures": ["GPT2LMHeadModel"]})

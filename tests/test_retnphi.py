@@ -10,8 +10,8 @@ import transformers
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
-from hqf_jax.nn.lora import LoRAConfig, apply_lora, count_params, frozen_filter
+from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM, Linear
+from hqf_jax.nn.lora import FAMILY_TARGETS, LoRAConfig, LoRAConfigError, apply_lora, count_params, frozen_filter
 from hqf_jax.nn.retnphi import (
     RetNPhi,
     RetNPhiConfig,
@@ -172,6 +172,20 @@ def test_byte_rows_from_tokenizer(tmp_path):
     assert any(s and s[0] == 0xC3 for s in tb) and tb[tok.bos_token_id] is None
     logits = _forward(model, _bytes(t=5), "chunkwise")
     assert logits.shape == (2, 5, BYTE_VOCAB_SIZE) and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("family", ["phi3", "llama", "qwen2"])
+def test_default_lora_targets_follow_the_converted_models_family(family):
+    """RetNPhi keeps the decoder's projections; the default targets wrap all of them (never a silent subset)."""
+    model = RetNPhi.from_decoder(_decoder(family), RetNPhiConfig(byte_init="random", chunk_size=4))
+    blocks = {".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, Linear) and "layers" in p}
+    wrapped = apply_lora(model, LoRAConfig(rank=2), nnx.Rngs(0))
+    assert set(wrapped) == blocks
+    assert {w.rsplit(".", 1)[-1] for w in wrapped} == set(FAMILY_TARGETS[family])
+    with pytest.raises(LoRAConfigError, match="match no projection"):
+        other = "llama" if family == "phi3" else "phi3"
+        apply_lora(RetNPhi.from_decoder(_decoder(family), RetNPhiConfig(byte_init="random", chunk_size=4)),
+                   LoRAConfig(targets=FAMILY_TARGETS[other]), nnx.Rngs(0))
 
 
 def test_lora_on_retnphi_trains_only_adapters_norms_and_byte_tables():

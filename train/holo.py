@@ -5,8 +5,14 @@
 Every (context_len bytes -> next byte) pair of the training bytes is stored (tower + episodic
 cache), dreaming consolidates prototypes every ``train.dream_every`` batches, the memory is
 scored on held-out bytes (top-1, bits per byte) and saved to ``WORKDIR/memory``.
+
+``train.compare_scores`` (a list of "cosine" / "vorticity") scores the same stored memory with each
+retrieval score as well (the score changes retrieval only), reporting the arg-max top-1 (``predict``:
+episodic hit first), the mixture arg-max, bits per byte and ``top1_sample``: one byte sampled from the
+mixture at the config's temperature (phi^-1 in the notes) per position. Summary key ``compare``.
 """
 
+import dataclasses
 import json
 import os
 
@@ -38,9 +44,17 @@ def main(argv=None):
     state = language.train_memory(state, mcfg, train, cfg.train.batch_size, cfg.train.dream_every)
     ev = language.evaluate_memory(state, mcfg, valid, min(cfg.train.batch_size, 4096))
     ev.pop("bpb_grid", None)
+    compare = {}
+    for score in cfg.train.get("compare_scores", ()):
+        c = dataclasses.replace(mcfg, score=score)
+        r = language.evaluate_memory(state, c, valid, min(cfg.train.batch_size, 4096), sample_seed=mcfg.seed)
+        r.pop("bpb_grid", None)
+        compare[score] = r
+        print(f"[holo] score={score}: top1 (predict) {r['top1']:.3f}, mixture arg-max {r['top1_mixture']:.3f}, "
+              f"sampled at T={c.temperature:.3f} {r['top1_sample']:.3f}, bpb {r['bpb']:.3f}")
     summary = dict(train_bytes=int(len(train)), valid_bytes=int(len(valid)), corpus=corpus.description,
                    n_stored=int(state.n_stored), cache_size=int(state.cache.size), cache_dropped=int(state.cache.dropped),
-                   valid_eval=ev, footprint=hm.memory_footprint(mcfg))
+                   valid_eval=ev, compare=compare, footprint=hm.memory_footprint(mcfg))
     save_memory(out, state, mcfg, extra=summary)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)

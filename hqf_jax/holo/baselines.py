@@ -12,7 +12,8 @@
 
 Both route a context to one of ``n_buckets`` traces by a hash of its token ids, so a
 comparison at equal storage is: n_buckets * d floats here vs 16 floats per tower bucket.
-``buckets`` (B,) overrides the hash routing. All functions are pure and jit-friendly.
+``buckets`` (B,) overrides the hash routing; ``valid`` (B,) bool masks padding rows out of a store
+(fixed batch shapes under jit). All functions are pure and jit-friendly.
 """
 
 from __future__ import annotations
@@ -51,11 +52,15 @@ def hrr_init(n_buckets: int, dim: int) -> jnp.ndarray:
     return jnp.zeros((n_buckets, dim), jnp.float32)
 
 
-def hrr_store(traces, codebook, contexts, targets, buckets=None):
+def _mask(bound, valid):
+    return bound if valid is None else bound * valid.astype(bound.dtype).reshape((-1,) + (1,) * (bound.ndim - 1))
+
+
+def hrr_store(traces, codebook, contexts, targets, buckets=None, valid=None):
     dim = codebook.shape[1]
     k = _hrr_key_spectrum(codebook, contexts)
     v = jnp.fft.rfft(codebook[targets], axis=-1)
-    bound = jnp.fft.irfft(k * v, n=dim, axis=-1)
+    bound = _mask(jnp.fft.irfft(k * v, n=dim, axis=-1), valid)
     return traces.at[_route(contexts, traces.shape[0], buckets)].add(bound)
 
 
@@ -84,9 +89,9 @@ def fhrr_init(n_buckets: int, dim: int) -> jnp.ndarray:
     return jnp.zeros((n_buckets, 2, dim // 2), jnp.float32)
 
 
-def fhrr_store(traces, phases, contexts, targets, buckets=None):
+def fhrr_store(traces, phases, contexts, targets, buckets=None, valid=None):
     ph = _fhrr_key_phase(phases, contexts) + phases[targets]
-    bound = jnp.stack([jnp.cos(ph), jnp.sin(ph)], axis=1)
+    bound = _mask(jnp.stack([jnp.cos(ph), jnp.sin(ph)], axis=1), valid)
     return traces.at[_route(contexts, traces.shape[0], buckets)].add(bound)
 
 

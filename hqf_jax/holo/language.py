@@ -91,6 +91,13 @@ def _target_bits(out, targets, temperature, mix_proto, mix_episodic, *, config):
 
 
 @partial(jax.jit, static_argnames=("config",))
+def _sample_hits(out, targets, key, temperature, mix_proto, mix_episodic, *, config):
+    """Whether a byte sampled from the mixture at ``temperature`` (the notes' decoding rule) is the target."""
+    lp = hm.mixture_log_probs(out, config, temperature, mix_proto, mix_episodic)[:, :256]
+    return jax.random.categorical(key, lp, axis=1) == targets
+
+
+@partial(jax.jit, static_argnames=("config",))
 def mixture_top1(state, contexts, temperature, mix_proto, mix_episodic, *, config):
     """Arg-max byte of the mixture distribution (the better top-1 rule for language)."""
     out = hm.retrieve(state, contexts, config=config)
@@ -98,7 +105,8 @@ def mixture_top1(state, contexts, temperature, mix_proto, mix_episodic, *, confi
 
 
 def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size: int = 4096,
-                    grid: list[tuple[float, float, float]] | None = None, progress: bool = False) -> dict:
+                    grid: list[tuple[float, float, float]] | None = None, progress: bool = False,
+                    sample_seed: int | None = None) -> dict:
     """Top-1 accuracy and bits per byte over every position of the stream.
 
     ``top1`` follows ``predict`` (an episodic hit wins, else the prototype-narrowed arg-max of
@@ -107,12 +115,17 @@ def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size
     ``grid`` lists (temperature, mix_proto, mix_episodic) settings; bits are computed for each
     (one retrieval per batch serves them all) and the result reports the best setting with the
     bits of every setting under ``bpb_grid``. Default: the config's own setting.
+
+    ``sample_seed``: also report ``top1_sample``, the share of positions where one byte sampled from the
+    mixture (the config's temperature and weights) is the target (the notes' sampling at phi^-1).
     """
     grid = grid or [(config.temperature, config.mix_proto, config.mix_episodic)]
     L = config.context_len
     correct, n_all, hits, protos = 0, 0, 0, 0
     bits = np.zeros(len(grid))
     mix_correct = np.zeros(len(grid))
+    sampled = 0
+    key = jax.random.key(sample_seed) if sample_seed is not None else None
     positions = np.arange(L, len(stream))
     for s in tqdm(range(0, len(positions), batch_size), desc="eval", disable=not progress, unit="batch"):
         pos = positions[s : s + batch_size]
@@ -128,15 +141,22 @@ def evaluate_memory(state, config: hm.HoloConfig, stream: np.ndarray, batch_size
             b, ok = _target_bits(out, t, temp, mp, me, config=config)
             bits[g] += float(np.sum(np.asarray(b)[:n]))
             mix_correct[g] += float(np.sum(np.asarray(ok)[:n]))
+        if key is not None:
+            key, sub = jax.random.split(key)
+            hit = _sample_hits(out, t, sub, config.temperature, config.mix_proto, config.mix_episodic, config=config)
+            sampled += int(np.sum(np.asarray(hit)[:n]))
         correct += int(np.sum(top == tgt[:n]))
         hits += int(np.sum(np.asarray(out["hit"])[:n]))
         protos += int(np.sum(np.asarray(out["has_proto"])[:n]))
         n_all += n
     bpb = bits / n_all
     best = int(np.argmin(bpb))
-    return dict(top1=correct / n_all, top1_mixture=float(mix_correct[best] / n_all), bpb=float(bpb[best]), setting=grid[best],
-                bpb_grid=bpb.tolist(), n=n_all,
-                episodic_hit_rate=hits / n_all, proto_rate=protos / n_all)
+    res = dict(top1=correct / n_all, top1_mixture=float(mix_correct[best] / n_all), bpb=float(bpb[best]), setting=grid[best],
+               bpb_grid=bpb.tolist(), n=n_all,
+               episodic_hit_rate=hits / n_all, proto_rate=protos / n_all)
+    if key is not None:
+        res["top1_sample"] = sampled / n_all
+    return res
 
 
 def word_starts(stream: np.ndarray, min_pos: int, max_words: int, seed: int = 0) -> np.ndarray:

@@ -29,6 +29,18 @@ from flax import nnx
 from hqf_jax.ops import rope as rope_ops
 
 FAMILIES = ("phi3", "llama", "mistral", "qwen2")
+# config.json's `architectures` names, for the folders whose config lacks model_type
+ARCHITECTURES = {"Phi3ForCausalLM": "phi3", "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
+                 "Qwen2ForCausalLM": "qwen2"}
+
+
+def family_of(hf: Mapping) -> str:
+    """The decoder family of an HF config: model_type, else its first known `architectures` entry."""
+    family = hf.get("model_type") or next((ARCHITECTURES[a] for a in hf.get("architectures") or () if a in ARCHITECTURES), None)
+    if family not in FAMILIES:
+        raise HFConfigError(f"model_type {family!r} (architectures {hf.get('architectures')}) is not supported; "
+                            f"valid: {', '.join(FAMILIES)}")
+    return family
 
 
 def _gelu_erf(x):
@@ -161,9 +173,7 @@ class DecoderConfig:
 
     @classmethod
     def from_hf(cls, hf: Mapping, dtype: str = "float32", param_dtype: str | None = None) -> "DecoderConfig":
-        family = hf.get("model_type")
-        if family not in FAMILIES:
-            raise HFConfigError(f"model_type {family!r} is not supported; valid: {', '.join(FAMILIES)}")
+        family = family_of(hf)
         if dtype not in _DTYPES or (param_dtype or dtype) not in _DTYPES:
             raise HFConfigError(f"dtype must be one of {', '.join(_DTYPES)}")
         act = hf.get("hidden_act", "silu")

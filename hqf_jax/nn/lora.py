@@ -6,6 +6,10 @@ DoRA:  y = m / ||W + s B A||_row * (W + s B A) x + b   (m initialised to ||W||_r
 
 `apply_lora` swaps every Linear whose dotted path matches one of the target patterns for a LoRALinear that keeps
 the same `weight`/`bias` variables (paths unchanged: `...qkv_proj.weight` stays, `...qkv_proj.lora_A` is added).
+The default target "auto" stands for every projection of the model's family (FAMILY_TARGETS, read from the
+decoder config's model_type): q/k/v/o/gate/up/down on Llama, Mistral and Qwen2; the fused qkv_proj and
+gate_up_proj with o_proj and down_proj on Phi-3. A named target that matches no projection is an error (a Llama
+name on a Phi-3 model would otherwise silently leave attention and half the MLP without adapters).
 Adapter weights are `LoRAParam`, an nnx.Param subclass, so filters can tell them apart.
 
 `TrainableFilter` selects what trains: adapters + any Param whose path has a name containing one of the fragments
@@ -22,7 +26,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hqf_jax.nn.hf_decoder import Linear
+from hqf_jax.nn.hf_decoder import FAMILIES, Linear
+
+AUTO = "auto"  # a target that stands for every projection of the model's family
+SPLIT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FUSED_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+FAMILY_TARGETS = {"phi3": FUSED_TARGETS, "llama": SPLIT_TARGETS, "mistral": SPLIT_TARGETS, "qwen2": SPLIT_TARGETS}
+assert set(FAMILY_TARGETS) == set(FAMILIES), "every decoder family needs its default LoRA targets"
 
 
 class LoRAParam(nnx.Param):
@@ -35,7 +45,7 @@ class LoRAConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoRAConfig:
-    targets: tuple = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # names or fnmatch patterns on paths
+    targets: tuple = (AUTO,)  # "auto" (the family's projections), names or fnmatch patterns on dotted paths
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.0
@@ -49,6 +59,19 @@ class LoRAConfig:
             raise LoRAConfigError(f"lora dropout must be in [0, 1), got {self.dropout}")
         if not self.targets:
             raise LoRAConfigError("lora targets is empty; name projections such as ('qkv_proj', 'o_proj')")
+
+    def expand(self, family: str | None) -> tuple:
+        """targets with "auto" replaced by the family's projection names (FAMILY_TARGETS)."""
+        if AUTO not in self.targets:
+            return tuple(self.targets)
+        if family not in FAMILY_TARGETS:
+            raise LoRAConfigError(f"lora target 'auto' needs a decoder family (one of {sorted(FAMILY_TARGETS)}), "
+                                  f"got {family!r}; name the targets instead")
+        out = [t for t in self.targets if t != AUTO]
+        return tuple(FAMILY_TARGETS[family]) + tuple(t for t in out if t not in FAMILY_TARGETS[family])
+
+    def resolved(self, family: str | None) -> "LoRAConfig":
+        return dataclasses.replace(self, targets=self.expand(family))
 
     @property
     def scaling(self) -> float:
@@ -151,12 +174,28 @@ def linear_paths(model: nnx.Module, patterns: tuple, cls=Linear) -> list[tuple]:
     ]
 
 
+def model_family(model: nnx.Module) -> str | None:
+    """The decoder family (config.json's model_type) of an HFDecoderLM or RetNPhi, else None."""
+    return getattr(getattr(model, "cfg", None), "family", None)
+
+
 def apply_lora(model: nnx.Module, cfg: LoRAConfig, rngs: nnx.Rngs) -> list[str]:
-    """Wrap every matching Linear in place; returns the dotted paths wrapped (error if none matched)."""
-    paths = [p for p in linear_paths(model, cfg.targets) if not _is_lora_at(model, p)]
+    """Wrap every matching Linear in place; returns the dotted paths wrapped.
+
+    Raises LoRAConfigError when any one target matches no projection (or all matches are already wrapped).
+    """
+    family = model_family(model)
+    targets = cfg.expand(family)
+    every = [".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, Linear) and p]
+    missing = [t for t in targets if not any(_matches(path, (t,)) for path in every)]
+    if missing:
+        names = sorted({path.rsplit(".", 1)[-1] for path in every})
+        default = f"; targets=['auto'] wraps {list(FAMILY_TARGETS[family])}" if family in FAMILY_TARGETS else ""
+        raise LoRAConfigError(f"lora targets {missing} match no projection of this {family or 'model'}; "
+                              f"valid names: {names}{default}")
+    paths = [p for p in linear_paths(model, targets) if not _is_lora_at(model, p)]
     if not paths:
-        names = sorted({str(p[-1]) for p, m in nnx.iter_modules(model) if isinstance(m, Linear) and p})
-        raise LoRAConfigError(f"lora targets {list(cfg.targets)} match no projection; valid names: {names}")
+        raise LoRAConfigError(f"lora targets {list(targets)} are all wrapped already; merge() before applying again")
     for path in paths:
         parent, key = _parent_and_key(model, path)
         base = parent[key] if isinstance(key, int) else getattr(parent, key)
