@@ -83,7 +83,7 @@ if SMALL:  # 173k parameters, 80 steps of 8 x 128 bytes: a CPU smoke run (it wil
     cfg = cli.apply_overrides(cfg, ["train.steps=80", "train.warmup_steps=10", "data.batch_size=8", "train.log_every=10",
                                     "train.eval_every=80", "train.ckpt_every=40", "train.sample_every=80",
                                     "train.eval_max_bytes=8192"])
-else:  # the README's default job: ~9M parameters, 400 steps of 16 x 256 bytes (a few minutes on a GPU)
+else:  # the README's default job: ~1.4M parameters, 800 steps of 32 x 256 bytes (a few minutes on a GPU)
     cfg = cli.load_config_file(os.path.join(CONFIGS, "lm.py"))
 print("model:", dict(cfg.model))
 print("train:", {k: cfg.train[k] for k in ("steps", "lr", "warmup_steps", "eval_every", "ckpt_every")},
