@@ -101,11 +101,18 @@ def default_tc_blocks(pw: PackedWeight, batch: int, n_sm: int = 132) -> BlockCon
     while pw.rows % bn and bn > 16:
         bn //= 2
     bk = next((c for c in (256, 128, 64) if c >= 16 * e and pw.cols % c == 0), 16 * e)
-    programs = -(-batch // bm) * (pw.rows // bn)
+    return BlockConfig(block_n=bn, block_k=bk, block_b=bm, split_k=auto_split(pw, batch, bm, bn, bk, n_sm),
+                       num_warps=4, num_stages=3, mode="tc")
+
+
+def auto_split(pw: PackedWeight, batch: int, bm: int, bn: int, bk: int, n_sm: int = 132) -> int:
+    """split_k (1-8) doubling while the grid has fewer than n_sm programs and each split keeps >= 4 K steps."""
+    programs = -(-batch // bm) * max(1, pw.rows // bn)
     split = 1
-    while split < 8 and programs * split < n_sm and pw.cols % (bk * split * 2) == 0:
+    while (split < 8 and programs * split < n_sm and pw.cols % (bk * split * 2) == 0
+           and pw.cols // (bk * split * 2) >= 4):
         split *= 2
-    return BlockConfig(block_n=bn, block_k=bk, block_b=bm, split_k=split, num_warps=4, num_stages=3, mode="tc")
+    return split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +137,17 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def _fits(pw: PackedWeight, form: str, batch: int) -> bool:
+def _fits(pw: PackedWeight, blocks: BlockConfig, batch: int) -> bool:
+    """Whether the blocks a route gives can run this weight (else the next route row is tried)."""
     try:
-        if form == "vec":
-            return batch <= MAX_VEC_BATCH and default_blocks(pw, 1).mode == "vec"
-        if form == "tc":
-            tc_width(pw)
+        if blocks.mode == "vec":
+            vec_layout(pw, blocks.block_k)
+            return batch <= MAX_VEC_BATCH
+        if blocks.mode == "tc":
+            check_tc(pw, blocks)
+            check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, group_check=False)
+        else:
+            check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k)
         return True
     except KernelLayoutError:
         return False
@@ -146,6 +158,8 @@ def route_blocks(pw: PackedWeight, batch: int, route: Route) -> BlockConfig:
         base = default_tc_blocks(pw, batch)
     elif route.form == "vec":
         base = default_blocks(pw, 1)
+        if base.mode != "vec":
+            raise KernelLayoutError("the vec layout does not fit this weight")
     else:
         base = dataclasses.replace(default_blocks(pw, max(batch, DEFAULT_VEC_MAX_BATCH + 1)), mode=route.form)
     return dataclasses.replace(base, **(route.blocks or {}))
@@ -158,8 +172,12 @@ def choose(pw: PackedWeight, batch: int) -> tuple[BlockConfig, int]:
             continue
         if r.shape is not None and tuple(r.shape) != (pw.cols, pw.rows):
             continue
-        if _fits(pw, r.form, batch):
-            return route_blocks(pw, batch, r), n
+        try:
+            blocks = route_blocks(pw, batch, r)
+        except KernelLayoutError:  # e.g. tc on a phi-grid weight
+            continue
+        if _fits(pw, blocks, batch):
+            return blocks, n
     return default_blocks(pw, batch), -1
 
 
