@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for
+from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for, tolerance
 from hqf_jax.quant.linear import placeholder, prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import (
@@ -199,6 +199,7 @@ def main(argv=None):
         for b in batches:
             x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
             ref = dequant_matmul_ref(x, wm)
+            bound = tolerance(x, wm, ref)  # the check's bound, once per cell
             # interpret mode: the times only exercise the timing path; they say nothing about the kernel
             if (k, n, b) not in t16_cache:  # the bf16 baseline once per (shape, batch), shared by the methods
                 w16 = bf16_weight(w)
@@ -222,7 +223,7 @@ def main(argv=None):
                 fn = (lambda x, p, cfg=cfg: quant_matmul(x, p, blocks=cfg, interpret=interpret)) if kind == "fused" else (
                     lambda x, p, cfg=cfg: gather_matmul(x, p, blocks=cfg, interpret=interpret))
                 try:
-                    ok, rel = check(fn(x, pw), ref, x, wm)
+                    ok, rel = check(fn(x, pw), ref, x, wm, bound)
                     t, traw = time_for(fn, x, pws, n, args.target_s, interpret) if ok else (float("nan"),) * 2
                 except Exception as e:  # a block config Triton rejects must not end the run
                     print(f"  {label} {k}x{n} b={b} {cfg}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}")
