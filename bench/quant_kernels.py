@@ -73,8 +73,8 @@ VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, 
 
 def tc_configs(batch: int, level: str, nf4: bool = False, pw=None) -> list:
     """Tensor-core form configs (most promising first): batch tile block_m 16-64, (block_n, block_k, warps,
-    stages) by batch, split_k filling the GPU's 132 SMs when the weight is known, then one operand-order variant
-    and, for NF4, the table-load lookup."""
+    stages) by batch, split_k filling the GPU's 132 SMs when the weight is known; the first tile also with bf16
+    decode arithmetic (second), the other operand order and, for NF4, the table-load lookup."""
     bm = min(64, max(16, next_pow2(batch)))
     if batch <= 16:
         tiles = [(128, 256, 4, 3), (64, 128, 4, 4), (128, 128, 4, 3), (256, 256, 8, 3)]
@@ -87,6 +87,7 @@ def tc_configs(batch: int, level: str, nf4: bool = False, pw=None) -> list:
     cfgs = [BlockConfig(block_n=bn, block_k=bk, block_b=bm, num_warps=nw, num_stages=st, mode="tc",
                         split_k=auto_split(pw, batch, bm, bn, bk) if pw is not None else 1)
             for bn, bk, nw, st in tiles]
+    cfgs.insert(1, dataclasses.replace(cfgs[0], cvt="bf16"))  # (int8: dropped by _fits, cvt bf16 needs <= 4 bits)
     cfgs.append(dataclasses.replace(cfgs[0], swap=False))
     if nf4:
         cfgs.append(dataclasses.replace(cfgs[0], lut="load"))
@@ -291,7 +292,8 @@ def print_routes(best_cfgs: list) -> None:
     """The best passing config per (method, shape, batch) as dispatch.Route rows (speed-up over bf16 in a comment),
     to paste into ROUTES in pallas_kernels/quant/dispatch.py (keep the rows for any shape after them)."""
     print("\nbest configs as dispatch.Route rows (pallas_kernels/quant/dispatch.py ROUTES; first match wins):")
-    fields = ("block_n", "block_k", "block_b", "split_k", "num_warps", "num_stages", "levels", "acc", "lut", "swap")
+    fields = ("block_n", "block_k", "block_b", "split_k", "num_warps", "num_stages", "levels", "acc", "lut", "swap",
+              "cvt")
     base = BlockConfig()
     for method, k, n, b, cfg, sp in best_cfgs:
         if not isinstance(cfg, BlockConfig):
@@ -344,7 +346,7 @@ def _fits(pw, c) -> bool:
 
 def _cfg_str(c) -> str:
     mode = getattr(c, "mode", "gather")
-    acc = f" {c.acc}" if mode == "vec" else (f" {c.lut}{'' if c.swap else ' noswap'}" if mode == "tc" else "")
+    acc = f" {c.acc}" if mode == "vec" else (f" {c.lut} {c.cvt}{'' if c.swap else ' noswap'}" if mode == "tc" else "")
     return (f"n{c.block_n} k{c.block_k} b{c.block_b or '-'} s{c.split_k} w{c.num_warps} st{c.num_stages} "
             f"{mode}{acc} {c.levels}")
 

@@ -42,6 +42,8 @@ TC = BlockConfig(block_n=32, block_k=128, block_b=16, mode="tc")
     ("int4", 8, {}),  # pre-scaled planes (group 64 < block_k 128), batch 8 padded to 16
     ("int4:group_size=128", 37, {"split_k": 2}),  # post-scaled partials, ragged batch over 3 tiles, split-k
     ("int4z:group_size=32", 20, {"swap": False}),  # zero points, x @ W^T operand order
+    ("int4z:group_size=32", 24, {"cvt": "bf16"}),  # bf16 decode arithmetic (0x4300 | code), zero points
+    ("nf4", 12, {"cvt": "bf16", "block_n": 16}),  # bf16 select tree
     ("nf4", 16, {"block_k": 256, "lut": "load"}),  # NF4 levels gathered from the table
     ("nf4dq:dq_block=4", 9, {"block_b": 32}),  # double-quantized absmax, NF4 select tree
     ("int8", 17, {"block_k": 64}),  # 4 codes per word: 4 planes of K = 16
@@ -100,6 +102,9 @@ def test_tc_refuses_what_it_cannot_run():
         quant_matmul(x, pw, blocks=dataclasses.replace(TC, block_k=64), interpret=True)
     with pytest.raises(KernelLayoutError, match="power of two >= 16"):
         quant_matmul(x, pw, blocks=dataclasses.replace(TC, block_b=24), interpret=True)
+    with pytest.raises(KernelLayoutError, match="8-bit codes"):
+        quant_matmul(x, prepare(_case("int8", 256, 64, 8)[1]), blocks=dataclasses.replace(TC, cvt="bf16"),
+                     interpret=True)
     with pytest.raises(KernelLayoutError, match="lut"):
         quant_matmul(x, pw, blocks=dataclasses.replace(TC, lut="shuffle"), interpret=True)
     with pytest.raises(KernelLayoutError, match="must divide the 64 output"):
@@ -119,7 +124,8 @@ def test_tc_refuses_what_it_cannot_run():
 def test_tc_lowers_to_triton_for_cuda(spec):
     x, q = _case(spec, 512, 256, 16)
     pw = prepare(q)
-    for over in ({}, {"swap": False, "block_k": 256, "split_k": 2}, {"lut": "load", "block_n": 128, "block_b": 64}):
+    for over in ({}, {"swap": False, "block_k": 256, "split_k": 2}, {"lut": "load", "block_n": 128, "block_b": 64},
+                 {"cvt": "bf16"}):
         blocks = dataclasses.replace(TC, **over)
         jax.jit(lambda x, pw: quant_matmul(x, pw, blocks=blocks)).trace(x, pw).lower(lowering_platforms=("cuda",))
 
@@ -128,8 +134,10 @@ def test_tc_lowers_to_triton_for_cuda(spec):
 @pytest.mark.parametrize("spec", ["int4", "int4z:group_size=128", "nf4", "nf4dq", "int8"])
 @pytest.mark.parametrize("b", [8, 16, 100])
 @pytest.mark.parametrize("over", [{}, {"swap": False, "lut": "load"}, {"block_n": 128, "block_k": 256, "split_k": 2,
-                                                                        "num_warps": 8}])
+                                                                        "num_warps": 8}, {"cvt": "bf16"}])
 def test_tc_on_gpu(spec, b, over):
+    if over.get("cvt") == "bf16" and spec == "int8":
+        pytest.skip("cvt='bf16' takes codes of at most 4 bits")
     x, q = _case(spec, 1024, 512, b)
     _check(quant_matmul(x, prepare(q), blocks=dataclasses.replace(TC, **over)), x, q)
     _check(quant_matmul(x, prepare(q)), x, q)  # the dispatcher's choice

@@ -55,6 +55,7 @@ class BlockConfig:
     #                    "step" reduces the decoded tile each block_k step, "tile" accumulates it, reduces once
     lut: str = "where"  # mode tc, NF4 only: levels by a select tree on the code bits ("where") or a table ("load")
     swap: bool = True  # mode tc only: y^T = W x^T (weight tile on the tensor core's wide M side; see tc.py)
+    cvt: str = "f32"  # mode tc only: decode in float32 then cast ("f32") or in bf16 throughout ("bf16", <= 4-bit)
 
     def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
         if self.mode not in MODES or self.levels not in ("exp2", "table") or self.acc not in ACCS:

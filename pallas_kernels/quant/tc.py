@@ -14,7 +14,8 @@ op on a (B, K) array) to put the columns of plane e next to each other: the prod
 Group scales. When one group covers the whole tile (group_size a multiple of block_k) the dots run on the raw
 centred codes (exact in bf16 for int) and the (block_n,) scales multiply the step's (block_n, block_m) partial
 once ("post"); otherwise each word's scale is gathered once per step as a (block_n, block_k / E) tile and
-multiplies every plane before the bf16 cast ("pre"). NF4's double-quantized absmax decodes per group exactly
+multiplies every plane before the bf16 cast ("pre"). cvt="bf16" decodes in bf16 throughout (code | 0x4300 is the
+bf16 128 + code; scales cast to bf16): half-width arithmetic that the compiler may pack two to a register. NF4's double-quantized absmax decodes per group exactly
 as in the other forms (pallas_kernels/quant/decode.py: the shared scales() of each codec).
 
 Operand order. With swap=True (default) the program computes y^T = W x^T: the weight tile is the left operand
@@ -39,6 +40,7 @@ from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, flatten
 
 TC_METHODS = ("int", "nf4")
 LUTS = ("where", "load")  # NF4 level lookup: a select tree on the 4 code bits, or a gather load from a table
+CVTS = ("f32", "bf16")  # decode arithmetic: float32 then one cast, or bf16 throughout (16-bit ops)
 MIN_DOT_K = 16  # tl.dot's smallest K (bf16)
 
 
@@ -68,6 +70,10 @@ def check_tc(pw: PackedWeight, blocks) -> None:
         problems.append(f"group_size={g} must be a multiple of {e} (a packed word must not straddle two groups)")
     if blocks.lut not in LUTS:
         problems.append(f"lut={blocks.lut!r}: use one of {LUTS}")
+    if blocks.cvt not in CVTS:
+        problems.append(f"cvt={blocks.cvt!r}: use one of {CVTS}")
+    if blocks.cvt == "bf16" and tc_width(pw) == 8:
+        problems.append("cvt='bf16' takes codes below 128 (2 or 4 bits): use cvt='f32' for 8-bit codes")
     if problems:
         raise KernelLayoutError("mode='tc': " + "; ".join(problems))
 
@@ -76,9 +82,9 @@ def tc_block_m(blocks, batch: int) -> int:
     return blocks.block_b or min(max(16, next_pow2(batch)), 64)
 
 
-def nf4_where(codes: jax.Array) -> jax.Array:
-    """float32 NF4 level of 4-bit codes by a select tree on the code bits (15 selects, no memory access)."""
-    vals = [float(v) for v in qg.NF4_LEVELS]
+def nf4_where(codes: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """NF4 level of 4-bit codes by a select tree on the code bits (15 selects, no memory access)."""
+    vals = [dtype(float(v)) for v in qg.NF4_LEVELS]
     for bit in range(4):
         on = (codes & jnp.uint32(1 << bit)) != 0
         vals = [jnp.where(on, hi, lo) for lo, hi in zip(vals[0::2], vals[1::2])]
@@ -106,6 +112,7 @@ def tc_matmul(x: jax.Array, pw: PackedWeight, blocks, interpret: bool) -> jax.Ar
     post = g % bk == 0
     swap = blocks.swap
     nf4_load = cfg.method == "nf4" and blocks.lut == "load"
+    bf16 = blocks.cvt == "bf16"
     zero_sym = 2.0 ** (cfg.bits - 1) - 1 if cfg.method == "int" and cfg.symmetric else 0.0
     bp = -(-b // bm) * bm
     xp = x.astype(jnp.bfloat16)
@@ -131,7 +138,13 @@ def tc_matmul(x: jax.Array, pw: PackedWeight, blocks, interpret: bool) -> jax.Ar
 
         def value(codes):
             if cfg.method == "nf4":
-                return tabs["nf4"][codes.astype(jnp.int32)] if nf4_load else nf4_where(codes)
+                if nf4_load:
+                    v = tabs["nf4"][codes.astype(jnp.int32)]
+                    return v.astype(jnp.bfloat16) if bf16 else v
+                return nf4_where(codes, jnp.bfloat16 if bf16 else jnp.float32)
+            if bf16:  # bf16 bit pattern 0x4300 | c is 128 + c (c < 128): exact, 16-bit ops
+                f = lax.bitcast_convert_type(codes.astype(jnp.uint16) | jnp.uint16(0x4300), jnp.bfloat16)
+                return f - jnp.bfloat16(128.0 + zero_sym)
             return u2f(codes, zero_sym)
 
         def prod(wt, xt):
@@ -153,9 +166,9 @@ def tc_matmul(x: jax.Array, pw: PackedWeight, blocks, interpret: bool) -> jax.Ar
                 codes = lax.shift_right_logical(words, jnp.uint32(p * w)) & mask if p else words & mask
                 v = value(codes)
                 if offset is not None:
-                    v = v - offset
+                    v = v - (offset.astype(jnp.bfloat16) if bf16 else offset)
                 if not post:
-                    v = v * mults[0]
+                    v = v * (mults[0].astype(jnp.bfloat16) if bf16 else mults[0])
                 xt = x_ref[:, pl.ds(pl.multiple_of(k0 + p * kp, kp), kp)]  # (bm, kp) bf16
                 d = prod(v.astype(jnp.bfloat16), xt)
                 if post:
