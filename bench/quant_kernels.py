@@ -197,6 +197,7 @@ def main(argv=None):
         # the read floor: one XLA reduction over a random buffer of the packed weight's bytes (same copies)
         floor_ws = [jax.random.bits(jax.random.key(100 + c), (pw.nbytes // 4,), jnp.uint32) for c in range(copies)]
         tc = {"int": "int", "nf4": "nf4"}.get(q.cfg.method, False)
+        tfloor = None
         for b in batches:
             x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
             ref = dequant_matmul_ref(x, wm)
@@ -208,7 +209,8 @@ def main(argv=None):
                 t16_cache[(k, n, b)] = time_for(bf16_matmul, x, w16s, n, args.target_s, interpret)
                 del w16s
             t16, t16raw = t16_cache[(k, n, b)]
-            tfloor = time_floor(x, floor_ws, n, args.target_s, interpret)
+            if tfloor is None:  # the floor reads the weight bytes and x[:, :1] only: once per weight
+                tfloor = time_floor(x, floor_ws, n, args.target_s, interpret)
             trials = []
             cfgs = [c for c in sweep_configs(kind, b, args.sweep, spec.startswith(("phi", "e5")), tc, pw)
                     if _fits(pw, c)]
