@@ -141,3 +141,15 @@ def test_tc_on_gpu(spec, b, over):
     x, q = _case(spec, 1024, 512, b)
     _check(quant_matmul(x, prepare(q), blocks=dataclasses.replace(TC, **over)), x, q)
     _check(quant_matmul(x, prepare(q)), x, q)  # the dispatcher's choice
+
+
+def test_model_layers_reach_the_tc_form_through_qlinear(monkeypatch, capsys):
+    """The path of `--quant int4` generation (QuantLinear -> qlinear(impl="pallas") -> quant_matmul without blocks):
+    8 rows (batch 2 x 4 positions) go to the tensor-core form and match the reference impl."""
+    from hqf_jax.quant.linear import prepare_for, qlinear
+
+    x, q = _case("int4", 128, 32, 8, seed=9)
+    monkeypatch.setenv("HQF_QUANT_DISPATCH", "print")
+    y = qlinear(x.reshape(2, 4, 128), prepare_for(q, "pallas"), "pallas", interpret=True)
+    assert "mode=tc" in capsys.readouterr().out
+    _check(y.reshape(8, 32), x, q)
