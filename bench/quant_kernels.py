@@ -1,7 +1,7 @@
 """Benchmark of the quantized matmul kernels beside a bf16 XLA matmul of the same shape, in one process.
 
     python -m bench.quant_kernels                 # GPU: 4096x4096, 4096x11008, 11008x4096; batch 1-256;
-                                                  # int4, nf4, phi5u8; paced to finish in --budget-s (330 s)
+                                                  # int4, nf4, phi5u8; paced to finish in --budget-s (300 s)
     python -m bench.quant_kernels --small         # CPU: tiny shapes in Pallas interpret mode (checks only)
 
 For each weight (K in, N out), method and batch (default 1, 4, 8, 16, 32, 64, 256) it
@@ -37,22 +37,14 @@ from tqdm import tqdm
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
+from hqf_jax.quant.kernel_sweep import cfg_str as _cfg_str
+from hqf_jax.quant.kernel_sweep import fits as _fits
+from hqf_jax.quant.kernel_sweep import sweep_configs
 from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for, tolerance
 from hqf_jax.quant.linear import placeholder, prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
-from pallas_kernels.quant import (
-    BlockConfig,
-    GatherBlockConfig,
-    KernelLayoutError,
-    check_blocks,
-    default_blocks,
-    gather_matmul,
-    quant_matmul,
-)
-from pallas_kernels.quant.dispatch import auto_split
-from pallas_kernels.quant.gemv import MAX_VEC_BATCH, vec_layout
-from pallas_kernels.quant.layout import next_pow2
-from pallas_kernels.quant.tc import check_tc
+from pallas_kernels.quant import BlockConfig, GatherBlockConfig, default_blocks, gather_matmul, quant_matmul
+from pallas_kernels.quant.gemv import supports_vec
 
 SHAPES = "4096x11008,4096x4096,11008x4096"  # the issue's aim shape first (the sweep is paced)
 BATCHES = "1,4,8,16,32,64,256"
@@ -64,88 +56,6 @@ METHODS = {  # label -> (quant spec, kernel)
     "int8": ("int8", "fused"),
     "gather-phi5u8": ("phi5u8:sort=true", "gather"),
 }
-
-
-VEC_CONFIGS = [BlockConfig(block_n=bn, block_k=bk, num_warps=nw, num_stages=st, mode="vec")
-               for bn, bk, nw, st in [(1, 1024, 1, 4), (2, 4096, 4, 1), (1, 2048, 1, 3), (1, 4096, 1, 1), (1, 512, 1, 4),
-                                      (2, 2048, 2, 3), (2, 1024, 1, 4), (1, 1024, 2, 4), (4, 4096, 4, 1), (1, 2048, 2, 3),
-                                      (4, 1024, 4, 3), (2, 4096, 2, 1)]]
-
-
-def tc_configs(batch: int, level: str, nf4: bool = False, pw=None) -> list:
-    """Tensor-core form configs (most promising first): batch tile block_m 16-64, (block_n, block_k, warps,
-    stages) by batch, split_k filling the GPU's 132 SMs when the weight is known; the first tile also with bf16
-    decode arithmetic (second), the other operand order and, for NF4, the table-load lookup."""
-    bm = min(64, max(16, next_pow2(batch)))
-    if batch <= 16:
-        tiles = [(128, 256, 4, 3), (64, 128, 4, 4), (128, 128, 4, 3), (256, 256, 8, 3)]
-    elif batch <= 64:
-        tiles = [(128, 128, 4, 3), (128, 256, 4, 3), (256, 128, 8, 3), (64, 256, 4, 3)]
-    else:
-        tiles = [(128, 128, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3), (256, 64, 8, 4)]
-    if level == "full":
-        tiles += [(bn, bk, 8 if nw == 4 else 4, st + 1) for bn, bk, nw, st in tiles]
-    cfgs = [BlockConfig(block_n=bn, block_k=bk, block_b=bm, num_warps=nw, num_stages=st, mode="tc",
-                        split_k=auto_split(pw, batch, bm, bn, bk) if pw is not None else 1)
-            for bn, bk, nw, st in tiles]
-    cfgs.insert(1, dataclasses.replace(cfgs[0], cvt="bf16"))  # (int8: dropped by _fits, cvt bf16 needs <= 4 bits)
-    cfgs.append(dataclasses.replace(cfgs[0], swap=False))
-    if nf4:
-        cfgs.append(dataclasses.replace(cfgs[0], lut="load"))
-    return cfgs
-
-
-def sweep_configs(kind: str, batch: int, level: str, phi: bool = False, tc: bool = False, pw=None):
-    """Block configs tried per (kernel, batch), most promising first; the fastest that passes its check is
-    reported. tc: the weight can take the tensor-core form (int / NF4), "nf4" for NF4 (adds the lut variant)."""
-    if kind == "fused" and tc and batch >= 8:
-        cfgs = tc_configs(batch, level, tc == "nf4", pw)
-        return cfgs[: 1 if level == "none" else None] + sweep_configs(kind, batch, level, phi)[:2]
-    if kind == "gather":
-        cfgs = [GatherBlockConfig(block_n=16, block_k=32, split_k=4), GatherBlockConfig(block_n=32, block_k=32, split_k=2)]
-        if phi:
-            cfgs.append(GatherBlockConfig(block_n=16, block_k=32, split_k=4, levels="table"))
-        return cfgs[: 1 if level == "none" else None]
-    if batch <= 16:
-        cfgs = [
-            BlockConfig(block_n=32, block_k=128, split_k=4, num_warps=4, num_stages=3),
-            BlockConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=3),
-            BlockConfig(block_n=32, block_k=64, split_k=4, num_warps=4, num_stages=4),
-            BlockConfig(block_n=32, block_k=256, split_k=2, num_warps=4, num_stages=3),
-        ]
-        if batch <= 2:
-            cfgs = [dataclasses.replace(c, mode="fma") for c in cfgs[:2]] + [dataclasses.replace(cfgs[1], mode="dot")]
-        if level == "full":
-            cfgs += [dataclasses.replace(c, num_warps=8) for c in cfgs] + [
-                BlockConfig(block_n=64, block_k=64, split_k=8, num_warps=4, num_stages=4),
-                BlockConfig(block_n=16, block_k=256, split_k=4, num_warps=4, num_stages=4)]
-        if batch <= MAX_VEC_BATCH:  # the GEMV form (pallas_kernels/quant/gemv.py) first; φ specs also try it
-            cfgs = VEC_CONFIGS + cfgs  # with level tables (the first three configs below)
-    elif batch <= 64:  # tensor-core tiles of the batch itself (block_b = batch rounded up to a power of two)
-        bb = max(16, 1 << (batch - 1).bit_length())
-        cfgs = [
-            BlockConfig(block_n=32, block_k=128, block_b=bb, split_k=2, num_warps=4, num_stages=3),
-            BlockConfig(block_n=64, block_k=64, block_b=bb, split_k=1, num_warps=4, num_stages=3),
-            BlockConfig(block_n=64, block_k=128, block_b=bb, split_k=2, num_warps=4, num_stages=3),
-            BlockConfig(block_n=128, block_k=64, block_b=bb, split_k=1, num_warps=8, num_stages=3),
-        ]
-        if level == "full":
-            cfgs += [BlockConfig(block_n=32, block_k=64, block_b=bb, split_k=4, num_warps=4, num_stages=4),
-                     BlockConfig(block_n=64, block_k=128, block_b=bb, split_k=1, num_warps=8, num_stages=4)]
-    else:
-        cfgs = [
-            BlockConfig(block_n=64, block_k=64, block_b=64, split_k=1, num_warps=4, num_stages=3),
-            BlockConfig(block_n=128, block_k=64, block_b=64, split_k=1, num_warps=8, num_stages=3),
-            BlockConfig(block_n=64, block_k=128, block_b=128, split_k=1, num_warps=8, num_stages=3),
-        ]
-        if level == "full":
-            cfgs += [BlockConfig(block_n=128, block_k=64, block_b=128, split_k=1, num_warps=8, num_stages=4)]
-    if phi:
-        cfgs += [dataclasses.replace(c, levels="table") for c in cfgs[:3]]
-    cfgs = cfgs[: 1 if level == "none" else None]
-    if kind == "fused" and tc and 3 <= batch < 8 and level != "none":  # the tensor-core form, padded to 16 rows
-        cfgs += tc_configs(batch, level, tc == "nf4", pw)[:1]
-    return cfgs
 
 
 def pick_best(trials: list[tuple]):
@@ -163,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--methods", default="int4,nf4,phi5u8", help=f"comma list of {sorted(METHODS)}")
     ap.add_argument("--sweep", default="small", choices=["none", "small", "full"])
     ap.add_argument("--target-s", type=float, default=0.1, help="device seconds per timing")
-    ap.add_argument("--budget-s", type=float, default=330.0,
+    ap.add_argument("--budget-s", type=float, default=300.0,
                     help="pace the sweep to about this many seconds (0: try every config)")
     ap.add_argument("--lower-only", action="store_true",
                     help="on any machine: lower every (shape, method, batch, block config) to Triton for CUDA and stop")
@@ -252,10 +162,13 @@ def main(argv=None):
             t, traw, cfg, ok, rel = best
             rows.append((f"{k}x{n}", b, label, bpw, pw.nbytes, t16, t, traw, _cfg_str(cfg), ok, rel, t16raw, tfloor,
                          n_bad, n_skip))
+            if isinstance(cfg, BlockConfig):  # the form it ran as (mode "auto" resolved the way quant_matmul does)
+                cfg = dataclasses.replace(cfg, mode=cfg.resolved_mode(b, supports_vec(pw, cfg.block_k)))
             best_cfgs.append((q.cfg.method, k, n, b, cfg, t16 / t))
             tqdm.write(f"  {label} {k}x{n} b={b}: kernel {t * 1e6:.1f} us, bf16 {t16 * 1e6:.1f} us, "
                        f"speed-up {t16 / t:.2f} (ideal {16 / bpw:.2f}), ok {_cfg_str(cfg)}")
     print_tables(rows, interpret)
+    print_cells(rows)
     print_routes(best_cfgs)
     print(f"\nsweep wall time {time.perf_counter() - t_start:.0f} s (budget {args.budget_s:.0f} s)")
 
@@ -293,6 +206,19 @@ def print_tables(rows: list[tuple], interpret: bool) -> None:
             sp = r[5] / r[6] if r is not None and r[9] and r[6] > 0 else float("nan")
             cells.append(f"{'-':>7}" if math.isnan(sp) else f"{('<' if sp < 1 else '') + f'{sp:.2f}':>7}")
         print(f"{key[0]:>11} {key[1]:>14} {ideal:6.2f} " + " ".join(cells))
+
+
+def print_cells(rows: list[tuple]) -> None:
+    """Per (shape, batch): the bf16 time, then per method its read floor, best time, speed-up / ideal and config."""
+    print("\nper (shape, batch): bf16 us | per method: floor us, best us, speed-up over bf16 / ideal (16/bits), "
+          "best config")
+    for key in dict.fromkeys((r[0], r[1]) for r in rows):
+        cell = [r for r in rows if (r[0], r[1]) == key]
+        print(f"{key[0]:>11} B={key[1]:<4} bf16 {cell[0][5] * 1e6:8.1f} us")
+        for r in cell:
+            sp = r[5] / r[6] if r[9] and r[6] > 0 else float("nan")
+            print(f"{'':>18}{r[2]:>8}: floor {r[12] * 1e6:7.1f}  best {r[6] * 1e6:8.1f} us  {sp:5.2f}x / "
+                  f"{16 / r[3]:4.2f}  {r[8]}")
 
 
 def print_routes(best_cfgs: list) -> None:
@@ -334,28 +260,6 @@ def lower_only(args) -> None:
                         n_fail += 1
                         print(f"FAIL {label} {k}x{n} b={b} {_cfg_str(cfg)}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
     print(f"lowered for cuda: {n_ok} ok, {n_fail} failed, {n_skip} configs skipped (do not fit the shape)")
-
-
-def _fits(pw, c) -> bool:
-    try:
-        if getattr(c, "mode", None) == "tc":
-            check_tc(pw, c)
-            check_blocks(pw, c.block_n, c.block_k, c.split_k, group_check=False)
-            return True
-        vec = getattr(c, "mode", None) == "vec"
-        check_blocks(pw, c.block_n, c.block_k, c.split_k, min_block_n=1 if vec else 16)
-        if vec:
-            vec_layout(pw, c.block_k)
-        return True
-    except KernelLayoutError:
-        return False
-
-
-def _cfg_str(c) -> str:
-    mode = getattr(c, "mode", "gather")
-    acc = f" {c.acc}" if mode == "vec" else (f" {c.lut} {c.cvt}{'' if c.swap else ' noswap'}" if mode == "tc" else "")
-    return (f"n{c.block_n} k{c.block_k} b{c.block_b or '-'} s{c.split_k} w{c.num_warps} st{c.num_stages} "
-            f"{mode}{acc} {c.levels}")
 
 
 if __name__ == "__main__":
