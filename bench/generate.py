@@ -10,13 +10,16 @@ inference engine (hqf_jax.infer) in bf16 / int8 / int4, at several batch sizes, 
 Timing (the house method): every figure is ``reps`` chained calls of one jitted loop of ``steps`` decode
 steps, after a warm-up call, with block_until_ready only at the end; bytes/s = batch x steps x reps / time.
 The old path's calls include its prefill of an 8-byte prompt (under 1% of a call at 256 steps). Parameters
-are random (speed does not depend on their values) unless --run is given.
+are random (speed does not depend on their values) unless --run is given. Quantized engines on a GPU multiply
+through pallas_kernels.quant.quant_matmul, whose ROUTES table picks the GEMV form at batch <= 2 and the
+tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer shape and batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -120,6 +123,8 @@ def main(argv=None):
         a.heads = 2 if a.heads is None else a.heads
     batches = [int(b) for b in a.batches.split(",")]
     quants = [q.strip() for q in a.quants.split(",")]
+    if any(q != "none" for q in quants):  # quantized layers: print the kernel form the dispatcher picks per shape
+        os.environ.setdefault("HQF_QUANT_DISPATCH", "print")  # and batch (pallas_kernels/quant/dispatch.py ROUTES)
     impls = [x.strip() for x in a.decode_impls.split(",")]
     device = jax.devices()[0].device_kind
     model, cfg, source = build(a)

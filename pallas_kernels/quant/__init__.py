@@ -5,17 +5,28 @@ kernel form over one shared decode module:
     decode    field readers and one decoder per codec (phi-grid, int, NF4): how packed fields become values
     matmul    tiled form (modes "dot" and "fma")
     gemv      GEMV form (mode "vec", batch <= 8 rows per program)
+    tc        tensor-core form for int / NF4 at batch >= 8 (bit planes decoded in registers feed tl.dot)
     gather    row-sorted form (sort=true weights: y_i = sum_j S[i,j] x[P[i,j]])
-    dispatch  BlockConfig, default_blocks and quant_matmul, which picks the form (AUTO_FORMS)
+    dispatch  BlockConfig, default_blocks, the ROUTES table and quant_matmul, which picks the form (choose, explain)
 
-Imports run one way: layout <- decode <- {matmul, gemv, gather} <- dispatch <- this __init__. The package
+Imports run one way: layout <- decode <- {matmul, gemv, gather, tc} <- dispatch <- this __init__. The package
 imports jax and hqf_jax.ops only, never hqf_jax.quant or anything above it: the quantizer side builds a
 PackedWeight with hqf_jax.quant.linear.prepare(q). References: hqf_jax/ops/quant_matmul.py.
 """
 
-from pallas_kernels.quant.dispatch import AUTO_FORMS, BlockConfig, default_blocks, quant_matmul
+from pallas_kernels.quant.dispatch import (
+    AUTO_FORMS,
+    ROUTES,
+    BlockConfig,
+    Route,
+    choose,
+    default_blocks,
+    default_tc_blocks,
+    explain,
+    quant_matmul,
+)
 from pallas_kernels.quant.gather import GatherBlockConfig, gather_matmul
 from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, check_blocks, from_words
 
-__all__ = ["AUTO_FORMS", "BlockConfig", "GatherBlockConfig", "KernelLayoutError", "PackedWeight", "check_blocks",
+__all__ = ["AUTO_FORMS", "ROUTES", "Route", "choose", "default_tc_blocks", "explain", "BlockConfig", "GatherBlockConfig", "KernelLayoutError", "PackedWeight", "check_blocks",
            "default_blocks", "from_words", "gather_matmul", "quant_matmul"]

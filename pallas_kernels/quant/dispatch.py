@@ -2,8 +2,10 @@
 
     y = quant_matmul(x, prepare(q))          # x (B, K) bf16, q quantizes a (K, N) Flax kernel -> y (B, N)
 
-Forms: "vec" (GEMV, at most 8 batch rows per program: gemv.py), "fma" and "dot" (tiled: matmul.py). A config
-with mode="auto" picks by batch through AUTO_FORMS; default_blocks picks the block sizes when none are given.
+Forms: "vec" (GEMV, at most 8 batch rows per program: gemv.py), "fma" and "dot" (tiled: matmul.py), "tc"
+(tensor cores fed from registers by bit planes, int and NF4 only: tc.py). With no blocks, quant_matmul picks
+form and blocks from the ROUTES table (choose(pw, batch); HQF_QUANT_DISPATCH=print prints each choice when a
+shape is traced). An explicit config with mode="auto" picks among vec/fma/dot by batch through AUTO_FORMS.
 Row-sorted weights (sort=true) need gather.gather_matmul, which applies the stored permutation.
 
 Reference: hqf_jax.ops.quant_matmul.dequant_matmul_ref(x, dequantize_matrix(q)).
@@ -13,14 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 
 from pallas_kernels.quant.gemv import ACCS, MAX_VEC_BATCH, supports_vec, vec_layout, vec_matmul
 from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, check_blocks
 from pallas_kernels.quant.matmul import tile_matmul
+from pallas_kernels.quant.tc import check_tc, tc_block_m, tc_matmul, tc_width
 
-MODES = ("auto", "dot", "fma", "vec")
+MODES = ("auto", "dot", "fma", "vec", "tc")
 
 # mode="auto": the first row whose batch bound holds (None: any batch) and whose form fits the weight wins.
 AUTO_FORMS = (
@@ -49,6 +53,9 @@ class BlockConfig:
     levels: str = "exp2"  # phi-grid levels: "exp2" computes +-r**-k, "table" gathers them from a small table
     acc: str = "slot"  # mode vec only: "slot" one column slot at a time in the packed words' shape (gemv.py),
     #                    "step" reduces the decoded tile each block_k step, "tile" accumulates it, reduces once
+    lut: str = "where"  # mode tc, NF4 only: levels by a select tree on the code bits ("where") or a table ("load")
+    swap: bool = True  # mode tc only: y^T = W x^T (weight tile on the tensor core's wide M side; see tc.py)
+    cvt: str = "f32"  # mode tc only: decode in float32 then cast ("f32") or in bf16 throughout ("bf16", <= 4-bit)
 
     def resolved_mode(self, batch: int, vec_ok: bool = False) -> str:
         if self.mode not in MODES or self.levels not in ("exp2", "table") or self.acc not in ACCS:
@@ -86,18 +93,127 @@ def default_blocks(pw: PackedWeight, batch: int) -> BlockConfig:
     return BlockConfig(block_n=max(bn, 16), block_k=bk, split_k=split)
 
 
+def default_tc_blocks(pw: PackedWeight, batch: int, n_sm: int = 132) -> BlockConfig:
+    """Tensor-core blocks: batch tile 16-64, 128 output rows, block_k the first of 256/128 (/64 for int8) that fits,
+    split_k until the grid has about n_sm programs (an H200 has 132 SMs)."""
+    e = 32 // tc_width(pw)
+    bm = tc_block_m(BlockConfig(), batch)
+    bn = 128
+    while pw.rows % bn and bn > 16:
+        bn //= 2
+    bk = next((c for c in (256, 128, 64) if c >= 16 * e and pw.cols % c == 0), 16 * e)
+    return BlockConfig(block_n=bn, block_k=bk, block_b=bm, split_k=auto_split(pw, batch, bm, bn, bk, n_sm),
+                       num_warps=4, num_stages=3, mode="tc")
+
+
+def auto_split(pw: PackedWeight, batch: int, bm: int, bn: int, bk: int, n_sm: int = 132) -> int:
+    """split_k (1-8) doubling while the grid has fewer than n_sm programs and each split keeps >= 4 K steps."""
+    programs = -(-batch // bm) * max(1, pw.rows // bn)
+    split = 1
+    while (split < 8 and programs * split < n_sm and pw.cols % (bk * split * 2) == 0
+           and pw.cols // (bk * split * 2) >= 4):
+        split *= 2
+    return split
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    method: str  # config.method ("int", "nf4", "phi") or "*"
+    max_batch: int | None  # the row holds for batch <= max_batch (None: any batch)
+    form: str  # "vec" | "fma" | "dot" | "tc"
+    shape: tuple[int, int] | None = None  # (in features K, out features N); None: any shape
+    blocks: dict | None = None  # BlockConfig fields; None: default_blocks / default_tc_blocks for the form
+
+
+# The dispatch table of quant_matmul(x, pw) without blocks: the first row whose method, shape and batch bound
+# match AND whose form fits the weight wins (vec needs its layout to fit, tc int/NF4 codes of 2/4/8 bits).
+# Crossovers to fill from the H200 sweep (python -m bench.quant_kernels prints the best config per shape, batch
+# and method as a Route row). Rows for one shape go before the rows for any shape.
+ROUTES: tuple[Route, ...] = (
+    Route("*", 2, "vec"),  # GEMV: read-bound, no tensor core, no padding to 16 rows
+    Route("*", 7, "dot"),  # batch 3-7: tiled tl.dot form (TODO(sweep): vec with block_b <= 8, or tc, may win)
+    Route("int", None, "tc"),  # batch >= 8: tensor cores fed from registers by bit planes
+    Route("nf4", None, "tc"),
+    Route("*", None, "dot"),  # phi-grid and anything tc cannot take
+)
+
+
+def _fits(pw: PackedWeight, blocks: BlockConfig, batch: int) -> bool:
+    """Whether the blocks a route gives can run this weight (else the next route row is tried)."""
+    try:
+        if blocks.mode == "vec":
+            vec_layout(pw, blocks.block_k)
+            return batch <= MAX_VEC_BATCH
+        if blocks.mode == "tc":
+            check_tc(pw, blocks)
+            check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, group_check=False)
+        else:
+            check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k)
+        return True
+    except KernelLayoutError:
+        return False
+
+
+def route_blocks(pw: PackedWeight, batch: int, route: Route) -> BlockConfig:
+    if route.form == "tc":
+        base = default_tc_blocks(pw, batch)
+    elif route.form == "vec":
+        base = default_blocks(pw, 1)
+        if base.mode != "vec":
+            raise KernelLayoutError("the vec layout does not fit this weight")
+    else:
+        base = dataclasses.replace(default_blocks(pw, max(batch, DEFAULT_VEC_MAX_BATCH + 1)), mode=route.form)
+    return dataclasses.replace(base, **(route.blocks or {}))
+
+
+def choose(pw: PackedWeight, batch: int) -> tuple[BlockConfig, int]:
+    """(blocks, index of the ROUTES row) that quant_matmul uses for this weight and batch when given no blocks."""
+    for n, r in enumerate(ROUTES):
+        if r.method not in ("*", pw.cfg.method) or (r.max_batch is not None and batch > r.max_batch):
+            continue
+        if r.shape is not None and tuple(r.shape) != (pw.cols, pw.rows):
+            continue
+        try:
+            blocks = route_blocks(pw, batch, r)
+        except KernelLayoutError:  # e.g. tc on a phi-grid weight
+            continue
+        if _fits(pw, blocks, batch):
+            return blocks, n
+    return default_blocks(pw, batch), -1
+
+
+def explain(pw: PackedWeight, batch: int) -> str:
+    """One line: what quant_matmul picks for this weight and batch, and from which ROUTES row."""
+    blocks, n = choose(pw, batch)
+    row = f"ROUTES[{n}]" if n >= 0 else "no ROUTES row (default_blocks)"
+    return (f"quant_matmul {pw.cfg.name} {pw.cols}x{pw.rows} batch {batch}: {row} -> mode={blocks.mode} "
+            f"n{blocks.block_n} k{blocks.block_k} b{blocks.block_b or '-'} s{blocks.split_k} w{blocks.num_warps} "
+            f"st{blocks.num_stages}")
+
+
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
 def quant_matmul(x: jax.Array, pw: PackedWeight, *, blocks: BlockConfig | None = None,
                  interpret: bool = False) -> jax.Array:
     """y (B, R) = x (B, C) @ dequantize(pw)^T, fused. x is cast to bf16; y has x's dtype."""
+    if x.ndim != 2:
+        raise KernelLayoutError(f"x must be (batch, features), got shape {x.shape}: flatten the leading axes")
     b, k = x.shape
     if k != pw.cols:
         raise KernelLayoutError(f"x has {k} features but the weight expects {pw.cols}")
+    if b == 0:
+        raise KernelLayoutError("x has no rows (batch 0)")
     if "perm" in pw.elem:
         raise KernelLayoutError(f"{pw.cfg.name} is row-sorted (sort=true): use gather_matmul, which applies the "
                                 "stored permutation")
-    blocks = blocks or default_blocks(pw, b)
+    if blocks is None:
+        blocks, _ = choose(pw, b)
+        if os.environ.get("HQF_QUANT_DISPATCH") == "print":
+            print(explain(pw, b))  # at trace time: once per (weight shape, batch)
     mode = blocks.resolved_mode(b, supports_vec(pw, blocks.block_k))
+    if mode == "tc":
+        check_tc(pw, blocks)
+        check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, group_check=False)
+        return tc_matmul(x, pw, blocks, interpret)
     check_blocks(pw, blocks.block_n, blocks.block_k, blocks.split_k, min_block_n=1 if mode == "vec" else 16)
     if mode == "vec":
         return vec_matmul(x, pw, blocks, interpret)

@@ -71,7 +71,8 @@ def from_words(words: dict, bits, cfg, rows: int, cols: int) -> PackedWeight:
     )
 
 
-def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int, min_block_n: int = 16) -> None:
+def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int, min_block_n: int = 16,
+                 group_check: bool = True) -> None:
     def pow2(v):
         return v > 0 and v & (v - 1) == 0
 
@@ -85,7 +86,7 @@ def check_blocks(pw: PackedWeight, block_n: int, block_k: int, split_k: int, min
         problems.append(f"block_n={block_n} must divide the {pw.rows} output features")
     if pw.cols % (block_k * split_k):
         problems.append(f"block_k*split_k={block_k * split_k} must divide the {pw.cols} input features")
-    if g % block_k and block_k % g:
+    if group_check and g % block_k and block_k % g:
         problems.append(f"block_k={block_k} and group_size={g} must divide one another")
     if problems:
         raise KernelLayoutError("; ".join(problems))
