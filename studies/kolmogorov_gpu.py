@@ -1,6 +1,6 @@
 """The Kolmogorov compressor at GPU scale (issue 17), in ONE process:
 
-    python -m studies.kolmogorov_gpu --out runs/kolmogorov_gpu [--size gpu|tiny] [--total-s 510]
+    python -m studies.kolmogorov_gpu --out runs/kolmogorov_gpu [--size gpu|tiny] [--total-s 500]
         [--pretrain-s S --pretrain-steps N] [--warm-s S --warm-steps N] [--grpo-s S --grpo-steps N]
         [--arms cdv,cdv_nogate,ccv,cdv_cc,cqav] [--eval-sources N --eval-samples K] [key=value ...]
 
@@ -24,8 +24,6 @@ as not run). key=value overrides apply to the GRPO config (model, data, rl, grpo
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -44,11 +42,11 @@ from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import make_train_step
 from hqf_jax.trainer.optim import make_optimizer
 
-ARMS = {  # name -> rl overrides on top of the GRPO config
+ARMS = {  # name -> rl overrides on top of the GRPO config, in the order they run (the last ones may not fit)
     "cdv": {},
     "cdv_nogate": {"gate_kind": "none"},
-    "ccv": {"pattern": "ccv"},
     "cdv_cc": {"pattern": "cdv_cc", "cc_in_gradient": True},
+    "ccv": {"pattern": "ccv"},
     "cqav": {"pattern": "cqav"},
 }
 GPU = dict(model=dict(d_model=768, num_layers=12, num_heads=6, qk_dim=768, v_dim=1536, ffn_dim=2560,
@@ -210,17 +208,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", choices=("gpu", "tiny"), default="gpu")
-    ap.add_argument("--total-s", type=float, default=510.0)
-    ap.add_argument("--pretrain-s", type=float, default=100.0)
+    ap.add_argument("--total-s", type=float, default=500.0)
+    ap.add_argument("--pretrain-s", type=float, default=75.0)
     ap.add_argument("--pretrain-steps", type=int, default=100000)
-    ap.add_argument("--warm-s", type=float, default=70.0)
+    ap.add_argument("--warm-s", type=float, default=50.0)
     ap.add_argument("--warm-steps", type=int, default=100000)
     ap.add_argument("--grpo-s", type=float, default=40.0)
     ap.add_argument("--grpo-steps", type=int, default=100000)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--eval-sources", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=4)
-    ap.add_argument("--eval-reserve-s", type=float, default=25.0, help="seconds kept per arm for its evaluation")
+    ap.add_argument("--eval-reserve-s", type=float, default=20.0, help="seconds kept per arm for its evaluation")
     args, overrides = ap.parse_known_args(argv)
     clock = Clock(args.total_s)
     cfg, preset = base_config(args.size, overrides)

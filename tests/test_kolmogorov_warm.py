@@ -2,6 +2,7 @@
 on the pairs through the shared loop decodes its own codes far better than the untrained policy."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from hqf_jax import cli
@@ -39,6 +40,7 @@ def test_pairs_are_the_role_prompts():
     assert b["targets"][0][b["mask"][0]].tolist() == [*cc, EOS_ID]  # only the completion is scored
 
 
+@pytest.mark.slow  # ~70 CPU-seconds: 200 steps of the shared loop, then greedy round trips
 def test_warm_start_makes_codes_decode(tmp_path):
     cfg = cli.load_config("configs/kolmogorov_warm_tiny.py")
     model = lm_task.build_model(cfg)

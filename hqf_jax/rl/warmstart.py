@@ -84,8 +84,8 @@ def roundtrip(policy: nnx.Module, sources: list[bytes], codec: Codec, code_budge
 
 
 def codec_for(cfg, source: SourceFn) -> Codec:
-    """The dictionary: the most byte-saving words of 256 sources drawn with a fixed seed."""
-    sample = b"\n".join(source(np.random.default_rng([cfg.train.seed, 7]), 256))
+    """The dictionary: the most byte-saving words of 2048 sources drawn with a fixed seed."""
+    sample = b"\n".join(source(np.random.default_rng([cfg.train.seed, 7]), 2048))
     return Codec(build_dictionary(sample, int(cfg.warm.dict_size)))
 
 
