@@ -1,6 +1,6 @@
 """The Kolmogorov compressor at GPU scale (issue 17), in ONE process:
 
-    python -m studies.kolmogorov_gpu --out runs/kolmogorov_gpu [--size gpu|tiny] [--total-s 500]
+    python -m studies.kolmogorov_gpu --out runs/kolmogorov_gpu [--size gpu|tiny] [--total-s 520]
         [--pretrain-s S --pretrain-steps N] [--warm-s S --warm-steps N] [--grpo-s S --grpo-steps N]
         [--arms cdv,cdv_nogate,ccv,cdv_cc,cqav] [--eval-sources N --eval-samples K] [key=value ...]
 
@@ -208,17 +208,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", choices=("gpu", "tiny"), default="gpu")
-    ap.add_argument("--total-s", type=float, default=500.0)
-    ap.add_argument("--pretrain-s", type=float, default=75.0)
+    ap.add_argument("--total-s", type=float, default=520.0)
+    ap.add_argument("--pretrain-s", type=float, default=60.0)
     ap.add_argument("--pretrain-steps", type=int, default=100000)
-    ap.add_argument("--warm-s", type=float, default=50.0)
+    ap.add_argument("--warm-s", type=float, default=45.0)
     ap.add_argument("--warm-steps", type=int, default=100000)
-    ap.add_argument("--grpo-s", type=float, default=40.0)
+    ap.add_argument("--grpo-s", type=float, default=45.0)
     ap.add_argument("--grpo-steps", type=int, default=100000)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--eval-sources", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=4)
-    ap.add_argument("--eval-reserve-s", type=float, default=20.0, help="seconds kept per arm for its evaluation")
+    ap.add_argument("--eval-reserve-s", type=float, default=15.0, help="seconds kept per arm for its evaluation")
     args, overrides = ap.parse_known_args(argv)
     clock = Clock(args.total_s)
     cfg, preset = base_config(args.size, overrides)
