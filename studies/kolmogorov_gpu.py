@@ -85,13 +85,20 @@ class Clock:
         return self.total - self.elapsed()
 
 
+_STEPS: dict = {}  # cache_key -> jitted step: the GRPO arms share one compiled train step
+
+
 def fit(loss_fn, model, batch_fn, train_cfg, seconds: float, max_steps: int, log: list, tag: str, every: int = 10,
-        after_step=None, deadline: float = float("inf")):
+        after_step=None, deadline: float = float("inf"), cache_key=None):
     """Train ``model`` in place with the shared trainer's step until ``max_steps``, or ``seconds`` counted after the
     first (compiling) step, or the absolute ``deadline`` (perf_counter); returns (steps, seconds)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, schedule = make_optimizer(train_cfg)
-    step_fn = jax.jit(make_train_step(loss_fn, graphdef, tx, schedule, train_cfg.seed), donate_argnums=(0,))
+    step_fn = _STEPS.get(cache_key) if cache_key is not None else None
+    if step_fn is None:
+        step_fn = jax.jit(make_train_step(loss_fn, graphdef, tx, schedule, train_cfg.seed), donate_argnums=(0,))
+        if cache_key is not None:
+            _STEPS[cache_key] = step_fn
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     t0, step, t1 = time.perf_counter(), 0, None
     while step < max_steps and (step == 0 or (time.perf_counter() - t1 < seconds and time.perf_counter() < deadline)):
@@ -128,7 +135,7 @@ def hack_measure(ep) -> dict:
             "copied_frac": float(np.mean(sig < 0.1)) if sig.size else None}
 
 
-def run_arm(name, cfg, warm_model, frozen, seconds, max_steps, eval_sources, args, workdir, deadline) -> dict:
+def run_arm(name, cfg, warm_model, verifier, seconds, max_steps, eval_sources, args, workdir, deadline) -> dict:
     rl_over = [f"rl.{k}={v}" for k, v in ARMS[name].items()]
     acfg = cli.apply_overrides(cfg, rl_over)
     model = copy_model(warm_model)
@@ -140,11 +147,11 @@ def run_arm(name, cfg, warm_model, frozen, seconds, max_steps, eval_sources, arg
         curve.append({"step": step, **{k[3:]: v for k, v in drv.metrics.items() if k.startswith("rl/")}})
 
     steps, secs = fit(drv.loss_fn, model, drv.batch_fn, acfg.train, seconds, max_steps, [], f"grpo:{name}",
-                      every=10, after_step=after, deadline=deadline)
+                      every=10, after_step=after, deadline=deadline, cache_key=("grpo", drv.gcfg))
     policy = drv.policy()
     ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
     comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
-                         verifier=GainVerifier(frozen, drv.kcfg.prompt_width + drv.kcfg.recon_budget + 8))
+                         verifier=verifier)
     ac = cs.ac_bound_bytes(policy, eval_sources)
     return {"steps": steps, "seconds": secs, "curve": curve, "eval_episode": ev.metrics, "hack": hack_measure(ev),
             "heldout": comp, "ac_bound_bpb": float(8 * ac.sum() / sum(len(s) for s in eval_sources))}
@@ -267,13 +274,14 @@ def main(argv=None):
                "baselines_bpb": cs.baselines_bpb(eval_sources),
                "pretrained_ac_bpb": float(8 * cs.ac_bound_bytes(frozen, eval_sources).sum() / (n * len(eval_sources))),
                "budgets": vars(args), "overrides": overrides, "arms": {}, "log": log}
+    verifier = GainVerifier(frozen, cfg.rl.prompt_width + cfg.rl.recon_budget + 8)  # one instance: one compile
     for i, name in enumerate(arms):
         share = (clock.left() - args.eval_reserve_s * (len(arms) - i)) / (len(arms) - i)
         if share < 10:
             results["arms"][name] = {"skipped": f"{clock.left():.0f} s left of --total-s"}
             continue
         deadline = time.perf_counter() + share  # the arm's share of --total-s, its compiles included
-        results["arms"][name] = run_arm(name, gcfg, model, frozen, args.grpo_s, args.grpo_steps, eval_sources, args,
+        results["arms"][name] = run_arm(name, gcfg, model, verifier, args.grpo_s, args.grpo_steps, eval_sources, args,
                                         work, deadline)
         a = results["arms"][name]
         print(f"[{name}] {a['steps']} steps, eval {a['eval_episode'].get('reward', float('nan')):.3f}, held-out "
