@@ -57,3 +57,14 @@ def test_warm_start_makes_codes_decode(tmp_path):
     print("before", before, "after", after)
     assert after["fidelity"] >= before["fidelity"] + 0.4, (before, after)
     assert after["codec_fidelity"] >= 0.8 and after["ratio"] < 0.7  # its codes are the codec's, and short
+
+
+def test_train_grpo_warmstart_mode_writes_a_run_grpo_can_start_from(tmp_path):
+    from train import grpo as entry
+
+    entry.main(["--config", "configs/kolmogorov_warm_tiny.py", "--workdir", str(tmp_path), "train.steps=2",
+                "train.eval_every=2", "warm.eval_sources=2"])
+    codec = Codec.from_json(__import__("json").loads((tmp_path / "codec.json").read_text()))
+    assert codec.words and all(w in b"the cat sat mat and dog ran far" for w in codec.words)
+    model, cfg, step = lm_task.load_run(tmp_path)
+    assert step == 2 and cfg.mode == "warmstart"
