@@ -113,7 +113,7 @@ def fit(loss_fn, model, batch_fn, train_cfg, seconds: float, max_steps: int, log
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             log.append({"phase": tag, "step": step, "s": time.perf_counter() - t0, **m})
             print(f"[{tag}] step {step} {time.perf_counter() - t0:.0f}s " +
-                  " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("loss", "bpb", "completion_bpb", "kl")),
+                  " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("loss", "bpb", "completion_bpb", "kl", "clip_frac", "ratio_mean")),
                   flush=True)
     jax.block_until_ready(state["params"])
     nnx.update(model, state["params"])
@@ -146,14 +146,15 @@ def run_arm(name, cfg, warm_model, verifier, seconds, max_steps, eval_sources, a
         drv.params, drv.params_step = params, step
         curve.append({"step": step, **{k[3:]: v for k, v in drv.metrics.items() if k.startswith("rl/")}})
 
-    steps, secs = fit(drv.loss_fn, model, drv.batch_fn, acfg.train, seconds, max_steps, [], f"grpo:{name}",
-                      every=10, after_step=after, deadline=deadline, cache_key=("grpo", drv.gcfg))
+    log: list = []  # the loss's kl, clip_frac and ratio_mean every 10 steps (bf16 rollout vs training form)
+    steps, secs = fit(drv.loss_fn, model, drv.batch_fn, acfg.train, seconds, max_steps, log, f"grpo:{name}",
+                      every=1 if args.size == "tiny" else 10, after_step=after, deadline=deadline, cache_key=("grpo", drv.gcfg))
     policy = drv.policy()
     ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
     comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
                          verifier=verifier)
     ac = cs.ac_bound_bytes(policy, eval_sources)
-    return {"steps": steps, "seconds": secs, "curve": curve, "eval_episode": ev.metrics, "hack": hack_measure(ev),
+    return {"steps": steps, "seconds": secs, "curve": curve, "loss_log": log, "eval_episode": ev.metrics, "hack": hack_measure(ev),
             "heldout": comp, "ac_bound_bpb": float(8 * ac.sum() / sum(len(s) for s in eval_sources))}
 
 
@@ -178,14 +179,15 @@ def table(r: dict) -> str:
             lines.append(f"| {name} ({a['steps']} steps) @chrF>={tau} | {h[f'bpb@{tau:g}']:.3f} | "
                          f"{h[f'success@{tau:g}']:.2f} | {h['mean_best_chrf']:.3f} | {h.get('mean_gain_of_best', 0):.3f} |")
         lines.append(f"| {name} policy AC bound | {a['ac_bound_bpb']:.3f} | 1 | 1 | - |")
-    lines += ["", "| arm | eval reward | fidelity | code/source | items used | gate | signal | copied (var<0.1) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| arm | eval reward | fidelity | code/source | items used | gate | signal | copied (var<0.1) | "
+              "clip frac |", "|---|---|---|---|---|---|---|---|---|"]
     for name, a in r["arms"].items():
         if "eval_episode" in a:
             e, h = a["eval_episode"], a["hack"]
             f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
             lines.append(f"| {name} | {e['reward']:.3f} | {e['fidelity']:.3f} | {e['ratio']:.3f} | {f(h['used'])} | "
-                         f"{f(h['gate'])} | {f(h['signal'])} | {f(h['copied_frac'])} |")
+                         f"{f(h['gate'])} | {f(h['signal'])} | {f(h['copied_frac'])} | "
+                         f"{f(float(np.mean([x['clip_frac'] for x in a['loss_log']])) if a['loss_log'] else None)} |")
     return "\n".join(lines)
 
 

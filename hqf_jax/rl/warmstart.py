@@ -22,6 +22,7 @@ from flax import nnx
 from hqf_jax.errors import ConfigError
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, PAD_ID
 from hqf_jax.rl.codecs import Codec, build_dictionary
+from hqf_jax.rl.engine_rollout import engine_rollout, supports_engine
 from hqf_jax.rl.fidelity import chrf
 from hqf_jax.rl.kolmogorov import compressor_prompt, decompressor_prompt
 from hqf_jax.rl.rollout import SampleConfig, completion_bytes, encode_prompts, rollout
@@ -66,9 +67,11 @@ def completion_loss(model, batch, rng):
 
 
 def greedy(policy: nnx.Module, prompts: list[bytes], max_new: int, width: int) -> list[bytes]:
+    """Greedy completions, through the generation engine when the policy is a retention RetNetLM."""
     toks, lens = encode_prompts(prompts, width=width)
-    roll = rollout(policy, toks, lens, jax.random.PRNGKey(0), SampleConfig(max_new_tokens=max_new, top_k=1))
-    return completion_bytes(roll)
+    cfg = SampleConfig(max_new_tokens=max_new, top_k=1)
+    roll_fn = engine_rollout if supports_engine(policy) else rollout
+    return completion_bytes(roll_fn(policy, toks, lens, jax.random.PRNGKey(0), cfg))
 
 
 def roundtrip(policy: nnx.Module, sources: list[bytes], codec: Codec, code_budget: int, recon_budget: int,
