@@ -23,57 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import lzma
-import zlib
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from hqf_jax import cli
-from hqf_jax.ops.constants import EOS_ID
 from hqf_jax.rl import kolmogorov as kg
+from hqf_jax.rl.compress_score import ac_bound_bytes, lzma_raw, zlib_raw
 from hqf_jax.rl.fidelity import fidelity as byte_fidelity
 from hqf_jax.rl.grpo_task import kolmogorov_config
-from hqf_jax.rl.rollout import SampleConfig, completion_bytes, encode_prompts, rollout, teacher_forced_logprobs
+from hqf_jax.rl.rollout import SampleConfig, completion_bytes, encode_prompts, rollout
 from hqf_jax.rl.sources import make_source
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-
-
-def zlib_raw(data: bytes) -> int:
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return len(c.compress(data) + c.flush())
-
-
-def lzma_raw(data: bytes) -> int:
-    return len(lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS))
-
-
-@nnx.jit
-def _tf_logprobs(model, tokens):
-    return teacher_forced_logprobs(model, tokens)
-
-
-def ac_bound_bytes(model, sources: list[bytes], batch: int = 16) -> np.ndarray:
-    """Cross-entropy of each s (BOS s EOS) under the model, in bytes."""
-    width = max(len(s) for s in sources) + 2
-    out = []
-    for i in range(0, len(sources), batch):
-        chunk = sources[i:i + batch]
-        toks, lens = encode_prompts(chunk, width=width - 1)
-        toks = np.concatenate([toks, np.full((len(chunk), 1), 0, np.int32)], axis=1)
-        toks[np.arange(len(chunk)), lens] = EOS_ID
-        lp = np.asarray(_tf_logprobs(model, jnp.asarray(toks)))
-        for j, s in enumerate(chunk):
-            out.append(-lp[j, 1:len(s) + 2].sum() / np.log(2.0) / 8.0)
-    return np.array(out)
-
-
 def policy_codes(model, sources: list[bytes], kcfg: kg.KolmogorovConfig, samples: int, seed: int,
                  batch: int = 8) -> list[list[tuple[bytes, float]]]:
     """For each source: [(code, fidelity of D's greedy decoding)] for `samples` sampled codes + 1 greedy."""

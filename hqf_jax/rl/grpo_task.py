@@ -48,7 +48,10 @@ def kolmogorov_config(rl) -> kg.KolmogorovConfig:
             c_temperature=rl.c_temperature, c_top_p=rl.c_top_p, d_temperature=rl.d_temperature,
             d_greedy=rl.d_greedy, n_inject=rl.n_inject, n_ban=rl.n_ban, ban_len=rl.ban_len,
             constraint_weight=rl.constraint_weight, gate=gate, memory_budget=rl.memory_budget,
-            n_questions=rl.n_questions, question_len=rl.question_len, answer_len=rl.answer_len)
+            n_questions=rl.n_questions, question_len=rl.question_len, answer_len=rl.answer_len,
+            inject_vocab=kg.INJECT_VOCABS[rl.get("inject_vocab", "az")], rollout_impl=rl.get("rollout_impl", "loop"))
+    except KeyError:
+        raise ConfigError(f"rl.inject_vocab={rl.inject_vocab!r}: use one of {sorted(kg.INJECT_VOCABS)}") from None
     except ValueError as e:
         raise ConfigError(f"rl: {e}") from None
 
@@ -84,6 +87,14 @@ class GRPODriver:
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.params_step = 0
         self.ref = None
+        self.verifier = None
+        if self.kcfg.fidelity in ("loglik", "gain"):  # V: a frozen copy of the initial policy
+            from hqf_jax.rl.verifier import GainVerifier
+
+            frozen = nnx.merge(self.graphdef, jax.tree.map(jnp.copy, self.params), self.rest)
+            width = self.kcfg.prompt_width + self.kcfg.recon_budget + 8
+            self.verifier = (GainVerifier if self.kcfg.fidelity == "gain" else kg.LogLikVerifier)(frozen, width)
+        self.mem_ep: kg.Episode | None = None  # cdv_cc with rl.cc_in_gradient: the memory rewrite's episode
         if self.gcfg.beta != 0.0:  # the frozen reference: a copy of the initial policy
             self.ref = nnx.merge(self.graphdef, jax.tree.map(jnp.copy, self.params), self.rest)
         self.source = make_source(cfg.rl, cfg.get("data"), "train")
@@ -156,17 +167,24 @@ class GRPODriver:
             questions = [kg.make_questions(rng, s, kcfg.n_questions, kcfg.question_len, kcfg.answer_len)
                          for s in sources]
         memories = self.memories if kcfg.pattern == "cdv_cc" else None
-        ep = kg.run_episode(model, sources, key, kcfg, constraints=cons, memories=memories, questions=questions)
+        ep = kg.run_episode(model, sources, key, kcfg, constraints=cons, memories=memories, questions=questions,
+                            verifier=self.verifier)
+        self._last_ep = ep
         if update_state:
             for (s, c, _), f in zip(ep.samples, ep.scores["fidelity"]):
                 self.history.add(s, c, float(f), step)
             self.schedule.update(float(ep.rewards.mean()))
-            if kcfg.pattern == "cdv_cc":
+            if kcfg.pattern == "cdv_cc" and self.rl.get("cc_in_gradient", False):
+                from hqf_jax.rl.memory import memory_episode
+
+                self.mem_ep, self.memories = memory_episode(model, self.memories, kg.best_codes(ep, kcfg.group_size),
+                                                            jax.random.fold_in(key, 7), kcfg)
+            elif kcfg.pattern == "cdv_cc":
                 self.memories = kg.update_memories(model, self.memories, kg.best_codes(ep, kcfg.group_size),
                                                    jax.random.fold_in(key, 7), kcfg)
         return ep
 
-    def _rows(self, ep: kg.Episode) -> dict[str, np.ndarray]:
+    def _parts(self, ep: kg.Episode) -> list:
         g = self.gcfg
         rewards = jnp.asarray(ep.rewards)
         adv = np.asarray(advantages_for(rewards, g))
@@ -175,6 +193,10 @@ class GRPODriver:
         parts = [(ep.c, adv, w)]
         if self.rl.train_d:
             parts.append((ep.d, adv[ep.d_owner], w[ep.d_owner]))
+        return parts
+
+    def _rows(self, ep: kg.Episode, mem_ep: kg.Episode | None = None) -> dict[str, np.ndarray]:
+        parts = self._parts(ep) + (self._parts(mem_ep) if mem_ep is not None else [])
         width = max(p[0].tokens.shape[1] for p in parts)
         rows = {
             "tokens": np.concatenate([_pad(np.asarray(r.tokens), width, PAD_ID) for r, _, _ in parts]),
@@ -195,9 +217,12 @@ class GRPODriver:
         k = max(int(self.rl.updates_per_rollout), 1)
         if self.cache is not None and self.cache[0] == step - step % k:
             return self.cache[1]
+        self.mem_ep = None
         ep = self._episode(self.policy(), step)
-        rows = self._rows(ep)
+        rows = self._rows(ep, self.mem_ep)
         self.metrics = {f"rl/{name}": v for name, v in ep.metrics.items()}
+        if self.mem_ep is not None:
+            self.metrics.update({f"rl/mem_{k}": self.mem_ep.metrics[k] for k in ("reward", "fidelity", "ratio")})
         self.metrics["rl/relax_n"] = float(self.schedule.n)
         self.metrics["rl/kept_frac"] = float(rows["weights"].mean())
         self.samples = [(s, c, d, float(r)) for (s, c, d), r in zip(ep.samples, ep.rewards)]

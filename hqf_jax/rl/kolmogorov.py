@@ -38,6 +38,9 @@ from hqf_jax.rl.rollout import (Rollout, SampleConfig, completion_bytes, encode_
 Pattern = Literal["cdv", "ccv", "cdv_cc", "cqav"]
 PATTERNS = ("cdv", "ccv", "cdv_cc", "cqav")
 DEFAULT_INJECT_VOCAB = tuple(bytes([b]) for b in range(ord("a"), ord("z") + 1))
+# the whole byte vocabulary, less the three bytes that delimit the C prompt's fields
+BYTE_INJECT_VOCAB = tuple(bytes([b]) for b in range(256) if b not in b"<>|")
+INJECT_VOCABS = {"az": DEFAULT_INJECT_VOCAB, "bytes": BYTE_INJECT_VOCAB}
 
 
 class KolmogorovConfigError(ValueError):
@@ -49,7 +52,7 @@ class KolmogorovConfig:
     pattern: Pattern = "cdv"
     group_size: int = 8
     lam: float = 0.5  # charge per unit of len(c) / len(s)
-    fidelity: FidelityKind | Literal["loglik"] = "chrf"
+    fidelity: FidelityKind | Literal["loglik", "gain"] = "chrf"  # loglik / gain: a frozen model (verifier.py)
     code_budget: int = 32  # C's max_new_tokens
     recon_budget: int = 64  # D's (and A's) max_new_tokens
     prompt_width: int = 128  # every prompt padded to this many tokens: one compiled rollout
@@ -67,12 +70,15 @@ class KolmogorovConfig:
     n_questions: int = 2  # cqav: questions per code
     question_len: int = 3
     answer_len: int = 4
+    rollout_impl: Literal["loop", "engine"] = "loop"  # rollout.py's step loop, or the generation engine
 
     def __post_init__(self):
         if self.pattern not in PATTERNS:
             raise KolmogorovConfigError(f"pattern {self.pattern!r}: use one of {', '.join(PATTERNS)}")
-        if self.fidelity not in ("chrf", "edit", "mean", "loglik"):
-            raise KolmogorovConfigError(f"fidelity {self.fidelity!r}: use 'chrf', 'edit', 'mean' or 'loglik'")
+        if self.fidelity not in ("chrf", "edit", "mean", "loglik", "gain"):
+            raise KolmogorovConfigError(f"fidelity {self.fidelity!r}: use 'chrf', 'edit', 'mean', 'loglik' or 'gain'")
+        if self.rollout_impl not in ("loop", "engine"):
+            raise KolmogorovConfigError(f"rollout_impl {self.rollout_impl!r}: use 'loop' or 'engine'")
         if self.group_size < 2:
             raise KolmogorovConfigError(f"group_size={self.group_size}: GRPO needs >= 2 codes per source")
 
@@ -189,8 +195,12 @@ class Episode(NamedTuple):
     samples: list  # (source, code, reconstruction-or-answer) byte triples, one per C row
 
 
-def _roll(policy, prompts: list[bytes], key, sample: SampleConfig, width: int) -> Rollout:
+def _roll(policy, prompts: list[bytes], key, sample: SampleConfig, width: int, impl: str = "loop") -> Rollout:
     toks, lens = encode_prompts(prompts, width=width)
+    if impl == "engine":
+        from hqf_jax.rl.engine_rollout import engine_rollout
+
+        return engine_rollout(policy, toks, lens, key, sample)
     return rollout(policy, toks, lens, key, sample)
 
 
@@ -228,7 +238,7 @@ def _metrics(sc: dict, c_roll: Rollout, d_roll: Rollout) -> dict:
 def run_episode(policy: nnx.Module, sources: Sequence[bytes], key: jax.Array, cfg: KolmogorovConfig, *,
                 constraints: Sequence[Constraints] | None = None, memories: Sequence[bytes] | None = None,
                 questions: Sequence[Sequence[tuple[bytes, bytes]]] | None = None,
-                verifier: LogLikVerifier | None = None) -> Episode:
+                verifier=None) -> Episode:
     """C on each source (G codes each), then D (or, for cqav, A on each question) and V.
 
     sources: for 'ccv' pass past codes (see :func:`ccv_sources`); constraints / memories: one per
@@ -244,7 +254,7 @@ def run_episode(policy: nnx.Module, sources: Sequence[bytes], key: jax.Array, cf
     src_r, cons_r = rep(sources), rep(constraints)
     kc, kd = jax.random.split(key)
     c_roll = _roll(policy, [compressor_prompt(s, c, m) for s, c, m in zip(src_r, cons_r, rep(memories))],
-                   kc, cfg.c_sample, cfg.prompt_width)
+                   kc, cfg.c_sample, cfg.prompt_width, cfg.rollout_impl)
     codes = completion_bytes(c_roll)
     if cfg.pattern == "cqav":
         if questions is None:
@@ -256,22 +266,24 @@ def run_episode(policy: nnx.Module, sources: Sequence[bytes], key: jax.Array, cf
                 prompts.append(answer_prompt(c, q))
                 owner.append(i)
                 truth.append(a)
-        d_roll = _roll(policy, prompts, kd, cfg.d_sample, cfg.prompt_width)
+        d_roll = _roll(policy, prompts, kd, cfg.d_sample, cfg.prompt_width, cfg.rollout_impl)
         answers = completion_bytes(d_roll)
         owner = np.array(owner)
-        qf = np.array([byte_fidelity(a, b, "edit" if cfg.fidelity == "loglik" else cfg.fidelity)
+        qf = np.array([byte_fidelity(a, b, "edit" if cfg.fidelity in ("loglik", "gain") else cfg.fidelity)
                        for a, b in zip(truth, answers)], np.float32)
         fid = np.array([qf[owner == i].mean() for i in range(len(codes))], np.float32)
         sc = score(src_r, codes, [b"" for _ in codes], c_roll, cons_r, cfg, fid=fid)
         samples = [(s, c, answers[int(np.argmax(owner == i))]) for i, (s, c) in enumerate(zip(src_r, codes))]
     else:
-        d_roll = _roll(policy, [decompressor_prompt(c) for c in codes], kd, cfg.d_sample, cfg.prompt_width)
+        d_roll = _roll(policy, [decompressor_prompt(c) for c in codes], kd, cfg.d_sample, cfg.prompt_width,
+                       cfg.rollout_impl)
         recons = completion_bytes(d_roll)
         owner = np.arange(len(codes))
         fid = None
-        if cfg.fidelity == "loglik":
+        if cfg.fidelity in ("loglik", "gain"):
             if verifier is None:
-                raise KolmogorovConfigError("fidelity 'loglik' needs verifier=LogLikVerifier(frozen_model, width)")
+                raise KolmogorovConfigError(f"fidelity {cfg.fidelity!r} needs a verifier: LogLikVerifier or "
+                                            "verifier.GainVerifier(frozen_model, width)")
             fid = verifier(src_r, recons)
         sc = score(src_r, codes, recons, c_roll, cons_r, cfg, fid=fid)
         samples = list(zip(src_r, codes, recons))
@@ -295,5 +307,5 @@ def update_memories(policy: nnx.Module, memories: Sequence[bytes], codes: Sequen
     cut to memory_budget bytes."""
     sample = SampleConfig(max_new_tokens=cfg.memory_budget, top_k=1)
     roll = _roll(policy, [compressor_prompt(m + c) for m, c in zip(memories, codes)], key, sample,
-                 cfg.prompt_width)
+                 cfg.prompt_width, cfg.rollout_impl)
     return [b[: cfg.memory_budget] for b in completion_bytes(roll)]

@@ -1,0 +1,301 @@
+"""The Kolmogorov compressor at GPU scale (issue 17), in ONE process:
+
+    python -m studies.kolmogorov_gpu --out runs/kolmogorov_gpu [--size gpu|tiny] [--total-s 520]
+        [--pretrain-s S --pretrain-steps N] [--warm-s S --warm-steps N] [--grpo-s S --grpo-steps N]
+        [--arms cdv,cdv_nogate,ccv,cdv_cc,cqav] [--eval-sources N --eval-samples K] [key=value ...]
+
+1. pretrain a byte LM (--size gpu: configs/lm_125m.py, 128M parameters, bf16) on data.source (GPU: the Python
+   sources at /tmp/pysrc through the byte store) for a time/step budget; valid bpb;
+2. warm start (hqf_jax/rl/warmstart.py): codec pairs (s -> code, code -> s) in the C and D prompts; round trip;
+3. GRPO from the warm-started policy, one arm per pattern (each from the same warm-started parameters): gate,
+   injection over the byte vocabulary and bans on; ``cdv_nogate`` is cdv with the gate off (the hack it stops:
+   injected items used verbatim, measured as items present with near-zero varentropy); ``cdv_cc`` trains the
+   memory rewrite in the gradient; rollouts through the generation engine;
+4. held-out sources compressed by each policy (bits per byte at chrF >= 0.5/0.7/0.9, raw fallback) beside zlib -9,
+   lzma 9e and the arithmetic-coding bound of the pretrained LM and of each policy; the frozen pretrained LM's
+   gain score (hqf_jax/rl/verifier.py) of the best reconstruction beside chrF.
+
+Writes <out>/table.md, results.json and (when matplotlib is there) curves.png. Budgets: each phase stops at its
+steps or its seconds (counted after its first, compiling step), whichever first; the GRPO arms also share what is
+left of --total-s after keeping --eval-reserve-s per arm (compiles included; an arm left with < 10 s is reported
+as not run). key=value overrides apply to the GRPO config (model, data, rl, grpo, train.lr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hqf_jax import cli
+from hqf_jax.report import write_report
+from hqf_jax.rl import compress_score as cs
+from hqf_jax.rl.grpo_task import GRPODriver
+from hqf_jax.rl.verifier import GainVerifier
+from hqf_jax.rl.warmstart import build_warmstart_task, roundtrip
+from hqf_jax.trainer import lm_task
+from hqf_jax.trainer.loop import make_train_step
+from hqf_jax.trainer.optim import make_optimizer
+
+ARMS = {  # name -> rl overrides on top of the GRPO config, in the order they run (the last ones may not fit)
+    "cdv": {},
+    "cdv_nogate": {"gate_kind": "none"},
+    "cdv_cc": {"pattern": "cdv_cc", "cc_in_gradient": True},
+    "ccv": {"pattern": "ccv"},
+    "cqav": {"pattern": "cqav"},
+}
+GPU = dict(model=dict(d_model=768, num_layers=12, num_heads=6, qk_dim=768, v_dim=1536, ffn_dim=2560,
+                      compute_dtype="bfloat16", chunk_size=64),
+           data=dict(source="files", paths="/tmp/pysrc", seq_len=512, batch_size=64),
+           pretrain=dict(lr=1e-3, warmup_steps=100), warm=dict(lr=3e-4, warmup_steps=20),
+           grpo=dict(lr=1e-5, warmup_steps=5))
+TINY = dict(model=dict(d_model=32, num_layers=1, num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64, chunk_size=16),
+            data=dict(source="stdlib", max_files=60, seq_len=64, batch_size=4),
+            pretrain=dict(lr=3e-3, warmup_steps=2), warm=dict(lr=3e-3, warmup_steps=2),
+            grpo=dict(lr=1e-4, warmup_steps=1),
+            rl=dict(source_len=24, code_budget=24, recon_budget=28, prompt_width=56, sources_per_step=2,
+                    group_size=2, memory_budget=6),
+            warm_section=dict(sources_per_step=4, eval_sources=2))
+
+
+def base_config(size: str, overrides: list[str]):
+    c = cli.load_config_file("configs/kolmogorov_grpo.py")
+    p = GPU if size == "gpu" else TINY
+    c.model.update(p["model"])
+    c.data.update(p["data"])
+    c.rl.update(p.get("rl", {}))
+    c.warm.update(p.get("warm_section", {}))
+    c.rl.init_from = ""
+    return cli.apply_overrides(c, overrides), p
+
+
+class Clock:
+    def __init__(self, total_s: float):
+        self.t0, self.total = time.perf_counter(), total_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.total - self.elapsed()
+
+
+_STEPS: dict = {}  # cache_key -> jitted step: the GRPO arms share one compiled train step
+
+
+def fit(loss_fn, model, batch_fn, train_cfg, seconds: float, max_steps: int, log: list, tag: str, every: int = 10,
+        after_step=None, deadline: float = float("inf"), cache_key=None):
+    """Train ``model`` in place with the shared trainer's step until ``max_steps``, or ``seconds`` counted after the
+    first (compiling) step, or the absolute ``deadline`` (perf_counter); returns (steps, seconds)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx, schedule = make_optimizer(train_cfg)
+    step_fn = _STEPS.get(cache_key) if cache_key is not None else None
+    if step_fn is None:
+        step_fn = jax.jit(make_train_step(loss_fn, graphdef, tx, schedule, train_cfg.seed), donate_argnums=(0,))
+        if cache_key is not None:
+            _STEPS[cache_key] = step_fn
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    t0, step, t1 = time.perf_counter(), 0, None
+    while step < max_steps and (step == 0 or (time.perf_counter() - t1 < seconds and time.perf_counter() < deadline)):
+        state, m = step_fn(state, rest, jax.tree.map(jnp.asarray, batch_fn(step)))
+        step += 1
+        if step == 1:
+            jax.block_until_ready(state["params"])
+            t1 = time.perf_counter()
+        if after_step is not None:
+            after_step(step, state["params"])
+        if step % every == 0 or step == max_steps:
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            log.append({"phase": tag, "step": step, "s": time.perf_counter() - t0, **m})
+            print(f"[{tag}] step {step} {time.perf_counter() - t0:.0f}s " +
+                  " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("loss", "bpb", "completion_bpb", "kl", "clip_frac", "ratio_mean")),
+                  flush=True)
+    jax.block_until_ready(state["params"])
+    nnx.update(model, state["params"])
+    return step, time.perf_counter() - t0
+
+
+def copy_model(model):
+    g, s = nnx.split(model)
+    return nnx.merge(g, jax.tree.map(jnp.copy, s))
+
+
+def hack_measure(ep) -> dict:
+    """Verbatim use of injected items: of the codes with items, the fraction containing all of them, and the
+    fraction of present items emitted with varentropy < 0.1 nats^2 (a near-deterministic copy)."""
+    sc = ep.scores
+    sig = sc["signal"][~np.isnan(sc["signal"])]
+    return {"used": float(np.mean(sc["used"])), "gate": float(np.mean(sc["gate"])),
+            "signal": float(np.mean(sig)) if sig.size else None,
+            "copied_frac": float(np.mean(sig < 0.1)) if sig.size else None}
+
+
+def run_arm(name, cfg, warm_model, verifier, seconds, max_steps, eval_sources, args, workdir, deadline) -> dict:
+    rl_over = [f"rl.{k}={v}" for k, v in ARMS[name].items()]
+    acfg = cli.apply_overrides(cfg, rl_over)
+    model = copy_model(warm_model)
+    drv = GRPODriver(acfg, model, workdir / name)
+    curve = []
+
+    def after(step, params):
+        drv.params, drv.params_step = params, step
+        curve.append({"step": step, **{k[3:]: v for k, v in drv.metrics.items() if k.startswith("rl/")}})
+
+    log: list = []  # the loss's kl, clip_frac and ratio_mean every 10 steps (bf16 rollout vs training form)
+    steps, secs = fit(drv.loss_fn, model, drv.batch_fn, acfg.train, seconds, max_steps, log, f"grpo:{name}",
+                      every=1 if args.size == "tiny" else 10, after_step=after, deadline=deadline, cache_key=("grpo", drv.gcfg))
+    policy = drv.policy()
+    ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
+    comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
+                         verifier=verifier)
+    ac = cs.ac_bound_bytes(policy, eval_sources)
+    return {"steps": steps, "seconds": secs, "curve": curve, "loss_log": log, "eval_episode": ev.metrics, "hack": hack_measure(ev),
+            "heldout": comp, "ac_bound_bpb": float(8 * ac.sum() / sum(len(s) for s in eval_sources))}
+
+
+def table(r: dict) -> str:
+    pre, warm, base = r["pretrain"], r["warm"], r["baselines_bpb"]
+    lines = [f"model {r['params']:,} parameters; data {r['data']}; device {r['device']}; total {r['wall_s']:.0f} s",
+             f"pretrain {pre['steps']} steps ({pre['seconds']:.0f} s): valid bpb {pre['valid_bpb']:.3f}",
+             f"warm start {warm['steps']} steps ({warm['seconds']:.0f} s): round trip chrF {warm['after']['fidelity']:.3f}"
+             f" (before {warm['before']['fidelity']:.3f}), code/source {warm['after']['ratio']:.3f}, codec-exact "
+             f"{warm['after']['codec_exact']:.2f}", "",
+             f"held-out: {r['eval_sources']} sources of {r['source_len']} bytes; bits per byte (8 = raw)", "",
+             "| method | bpb | success | chrF best | gain (frozen LM) |", "|---|---|---|---|---|"]
+    for k, v in base.items():
+        lines.append(f"| {k} | {v:.3f} | 1 | 1 | - |")
+    lines.append(f"| pretrained LM arithmetic-coding bound (lossless) | {r['pretrained_ac_bpb']:.3f} | 1 | 1 | - |")
+    for name, a in r["arms"].items():
+        if "heldout" not in a:
+            lines.append(f"| {name} | not run: {a.get('skipped')} | | | |")
+            continue
+        h = a["heldout"]
+        for tau in (0.5, 0.9):
+            lines.append(f"| {name} ({a['steps']} steps) @chrF>={tau} | {h[f'bpb@{tau:g}']:.3f} | "
+                         f"{h[f'success@{tau:g}']:.2f} | {h['mean_best_chrf']:.3f} | {h.get('mean_gain_of_best', 0):.3f} |")
+        lines.append(f"| {name} policy AC bound | {a['ac_bound_bpb']:.3f} | 1 | 1 | - |")
+    lines += ["", "| arm | eval reward | fidelity | code/source | items used | gate | signal | copied (var<0.1) | "
+              "clip frac |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, a in r["arms"].items():
+        if "eval_episode" in a:
+            e, h = a["eval_episode"], a["hack"]
+            f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+            lines.append(f"| {name} | {e['reward']:.3f} | {e['fidelity']:.3f} | {e['ratio']:.3f} | {f(h['used'])} | "
+                         f"{f(h['gate'])} | {f(h['signal'])} | {f(h['copied_frac'])} | "
+                         f"{f(float(np.mean([x['clip_frac'] for x in a['loss_log']])) if a['loss_log'] else None)} |")
+    return "\n".join(lines)
+
+
+def plot(r: dict, out: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, a in r["arms"].items():
+        c = a.get("curve") or []
+        for ax, key in zip(axes, ("reward", "fidelity", "ratio")):
+            ax.plot([x["step"] for x in c], [x.get(key, np.nan) for x in c], label=name, lw=1.2)
+            ax.set_title({"ratio": "code length / source length"}.get(key, key))
+            ax.set_xlabel("GRPO step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return str(out / "curves.png")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--size", choices=("gpu", "tiny"), default="gpu")
+    ap.add_argument("--total-s", type=float, default=520.0)
+    ap.add_argument("--pretrain-s", type=float, default=60.0)
+    ap.add_argument("--pretrain-steps", type=int, default=100000)
+    ap.add_argument("--warm-s", type=float, default=45.0)
+    ap.add_argument("--warm-steps", type=int, default=100000)
+    ap.add_argument("--grpo-s", type=float, default=45.0)
+    ap.add_argument("--grpo-steps", type=int, default=100000)
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--eval-sources", type=int, default=32)
+    ap.add_argument("--eval-samples", type=int, default=4)
+    ap.add_argument("--eval-reserve-s", type=float, default=15.0, help="seconds kept per arm for its evaluation")
+    args, overrides = ap.parse_known_args(argv)
+    clock = Clock(args.total_s)
+    cfg, preset = base_config(args.size, overrides)
+    out = Path(args.out)
+    work = out / "work"
+    arms = [a for a in args.arms.split(",") if a]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise SystemExit(f"unknown arms {bad}: use {sorted(ARMS)}")
+
+    # 1. pretrain
+    pcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["pretrain"].items()] +
+                               [f"train.steps={args.pretrain_steps}", "train.min_lr_ratio=1.0", "train.weight_decay=0.1",
+                                "train.eval_max_bytes=262144"])
+    task, corpus = lm_task.build_task(pcfg)
+    model = task.model
+    log: list = []
+    steps, secs = fit(task.loss_fn, model, task.batch_fn, pcfg.train, args.pretrain_s, args.pretrain_steps, log,
+                      "pretrain", every=50 if args.size == "gpu" else 1)
+    pre = {"steps": steps, "seconds": secs, **task.eval_fn(model)}
+    print(f"[pretrain] {steps} steps, valid bpb {pre['valid_bpb']:.3f}, at {clock.elapsed():.0f}s", flush=True)
+    frozen = copy_model(model)  # V's frozen byte LM
+
+    # 2. warm start
+    wcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["warm"].items()] +
+                               [f"train.steps={args.warm_steps}", "train.min_lr_ratio=1.0"])
+    wtask, codec = build_warmstart_task(wcfg, model)
+    held = corpus.stream("valid")
+    rng = np.random.default_rng([cfg.train.seed, 99])
+    n = cfg.rl.source_len
+    eval_sources = [held[s:s + n].tobytes() for s in rng.integers(0, len(held) - n, args.eval_sources)]
+    rt = lambda m: roundtrip(m, eval_sources[:16], codec, cfg.rl.code_budget, cfg.rl.recon_budget,  # noqa: E731
+                             cfg.rl.prompt_width)
+    before = rt(model)
+    wsteps, wsecs = fit(wtask.loss_fn, model, wtask.batch_fn, wcfg.train, args.warm_s, args.warm_steps, log, "warm",
+                        every=20 if args.size == "gpu" else 1)
+    warm = {"steps": wsteps, "seconds": wsecs, "before": before, "after": rt(model), "codec": codec.to_json()}
+    print(f"[warm] {wsteps} steps, round trip {warm['after']} at {clock.elapsed():.0f}s", flush=True)
+
+    # 3-4. GRPO arms and held-out compression
+    gcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["grpo"].items()] +
+                               [f"train.steps={args.grpo_steps}"])
+    results = {"params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+               "data": f"{cfg.data.source} {cfg.data.get('paths', '')}".strip(), "device": str(jax.devices()[0]),
+               "pretrain": pre, "warm": warm, "eval_sources": len(eval_sources), "source_len": n,
+               "baselines_bpb": cs.baselines_bpb(eval_sources),
+               "pretrained_ac_bpb": float(8 * cs.ac_bound_bytes(frozen, eval_sources).sum() / (n * len(eval_sources))),
+               "budgets": vars(args), "overrides": overrides, "arms": {}, "log": log}
+    verifier = GainVerifier(frozen, cfg.rl.prompt_width + cfg.rl.recon_budget + 8)  # one instance: one compile
+    for i, name in enumerate(arms):
+        share = (clock.left() - args.eval_reserve_s * (len(arms) - i)) / (len(arms) - i)
+        if share < 10:
+            results["arms"][name] = {"skipped": f"{clock.left():.0f} s left of --total-s"}
+            continue
+        deadline = time.perf_counter() + share  # the arm's share of --total-s, its compiles included
+        results["arms"][name] = run_arm(name, gcfg, model, verifier, args.grpo_s, args.grpo_steps, eval_sources, args,
+                                        work, deadline)
+        a = results["arms"][name]
+        print(f"[{name}] {a['steps']} steps, eval {a['eval_episode'].get('reward', float('nan')):.3f}, held-out "
+              f"bpb@0.9 {a['heldout']['bpb@0.9']:.3f} at {clock.elapsed():.0f}s", flush=True)
+    results["wall_s"] = clock.elapsed()
+    text = table(results)
+    write_report(out, text, results)
+    png = plot(results, out)
+    print(text)
+    print(f"\n[kolmogorov_gpu] {out / 'table.md'}, {out / 'results.json'}" + (f", {png}" if png else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
