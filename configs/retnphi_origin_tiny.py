@@ -1,0 +1,9 @@
+"""The origin code's recipe (configs/retnphi_origin.py) on configs/retnphi_tiny.py: the CPU smoke test's arm."""
+
+from configs import retnphi_origin, retnphi_tiny
+
+
+def get_config():
+    c = retnphi_origin.origin_recipe(retnphi_tiny.get_config(), rank=4)
+    c.workdir = "runs/retnphi_origin_tiny"
+    return c
