@@ -23,44 +23,17 @@ results.json and bpb_vs_flops.png into --out (hqf_jax.report).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from hqf_jax import cli
 from hqf_jax.data.catalog import load_corpus
-from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.report import write_report
-from hqf_jax.trainer import token_task
-from hqf_jax.trainer.bootstrap_runs import bpb_at_flops, budget_steps, random_base, run_one, steps_for_flops
+from hqf_jax.trainer.bootstrap_runs import bpb_at_flops, random_base, run_one
+from hqf_jax.trainer.budget import budget_steps, pretrain_token_model, steps_for_flops
 
 ARMS = ("project", "origin", "scratch_a", "scratch_b")
 DATA_KEYS = ("source", "paths", "valid_fraction", "max_files", "store_dir")
-
-
-def pretrain(tcfg, corpus, out: Path, a) -> tuple[Path, dict]:
-    """The token model on a sample of --pretrain-mb of training files; (HF folder, training info)."""
-    folder = out / "token"
-    sub = ByteCorpus(token_task.sample_docs(corpus.train, int(a.pretrain_mb * 2**20)),
-                     token_task.sample_docs(corpus.valid, int(a.valid_mb * 2**20)), "pretraining sample")
-    with tcfg.unlocked():
-        tcfg.train.max_seconds = a.pretrain_seconds * 1.25 + a.compile_allowance
-
-    def steps_for(task):
-        n = a.pretrain_steps or budget_steps(a.pretrain_seconds, task.flops_per_step, a.tflops)
-        tcfg.train.eval_every = max(1, n // 4)
-        return n
-
-    t = time.perf_counter()
-    final, hf = token_task.train_and_export(tcfg, folder, cli.config_to_json(tcfg), corpus=sub, steps_for=steps_for)
-    if hf is None:
-        raise cli.ConfigError(f"the token model's training stopped at step {final['step']} (signal) before export")
-    info = json.loads((hf / "training.json").read_text())
-    n_bytes = sum(len(d) for _, d in sub.train)
-    info.update(corpus_bytes=n_bytes, planned_steps=int(tcfg.train.steps), capped=bool(final.get("max_seconds")),
-                seconds=time.perf_counter() - t, tflops=float(final.get("tflops", 0.0)),
-                bytes_seen=info["tokens"] * info.get("valid_bytes_per_token", 0.0))
-    return hf, info
 
 
 def arm_config(base, name: str, checkpoint: Path, seconds: float, a):
@@ -180,7 +153,9 @@ def main(argv=None):
     tcfg = cli.load_config(a.token_config, [f"data.{k}={base.data[k]}" for k in DATA_KEYS] + token_ov)  # same split
     corpus = load_corpus(base.data)
     print(f"[gpu_bootstrap] {corpus.summary()}")
-    hf, pre = pretrain(tcfg, corpus, out, a)
+    hf, pre = pretrain_token_model(tcfg, corpus, out / "token", pretrain_mb=a.pretrain_mb, valid_mb=a.valid_mb,
+                                   seconds=a.pretrain_seconds, tflops=a.tflops, steps=a.pretrain_steps,
+                                   compile_allowance=a.compile_allowance)
     print(f"[gpu_bootstrap] token model: {pre['steps']} steps, {pre['train_flops']:.3g} FLOPs, {pre['seconds']:.0f} s")
     runs = run_arms(a, base, origin, hf, pre, corpus, out, t0)
     report = {"pretrain": pre, "runs": runs, "checkpoint": str(hf), "seconds": time.perf_counter() - t0,

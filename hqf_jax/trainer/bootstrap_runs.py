@@ -54,15 +54,6 @@ def run_one(cfg, workdir: Path, corpus, progress: bool, steps_for=None) -> dict:
             "lr": float(cfg.train.lr), "bytes_per_step": int(task.units_per_step)}
 
 
-def budget_steps(seconds: float, flops_per_step: float, tflops: float, min_steps: int = 2) -> int:
-    """Steps that fit in `seconds` at an assumed `tflops` (the planned length; train.max_seconds caps the wall)."""
-    return max(min_steps, int(seconds * tflops * 1e12 // max(flops_per_step, 1.0)))
-
-
-def steps_for_flops(flops: float, flops_per_step: float, min_steps: int = 2) -> int:
-    return max(min_steps, math.ceil(flops / max(flops_per_step, 1.0)))
-
-
 def bpb_at_flops(curve: list, flops_per_step: float, flops: float, offset: float = 0.0) -> float:
     """valid bpb of a curve [(step, bpb)] at `flops` (linear in log FLOPs between eval points; nan outside)."""
     pts = [(offset + s * flops_per_step, b) for s, b in curve]
