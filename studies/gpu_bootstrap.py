@@ -1,9 +1,10 @@
 """The bootstrap at GPU scale (issue 18, item 1), one process: pretrain a token model, convert it, train
 the byte arms and a byte model from scratch at equal compute, score all on held-out files.
 
-    HQF_DATA_STORE=/tmp/store python -m studies.gpu_bootstrap --out runs/gpu_bootstrap      # ~8.5 min, one H200
+    HQF_DATA_STORE=/tmp/store python -m studies.gpu_bootstrap --out runs/gpu_bootstrap      # <= 9 min, one H200
 
-Phases (each with a time budget: its steps are planned from the task's FLOPs per step at --tflops, and
+Phases (each with a time budget: its steps are planned from the task's FLOPs per step at --tflops (the arms: at
+the pretraining's measured TFLOP/s unless --arm-tflops), and
 train.max_seconds caps its wall time, compiles included):
   token     a byte-level BPE trained with `tokenizers` on a sample of the training files, then a Llama-shape
             decoder (--token-config, 110M parameters on the GPU) pretrained on --pretrain-mb of training
@@ -43,7 +44,8 @@ def arm_config(base, name: str, checkpoint: Path, seconds: float, a):
         if name.startswith("scratch"):
             cfg.model.train_mode = "full"
             cfg.model.retnphi.byte_init = "random"
-            cfg.model.pop("base_quant", None)
+            if "base_quant" in cfg.model:
+                cfg.model.base_quant = ""
         cfg.train.max_seconds = seconds
     return cfg
 
@@ -52,12 +54,13 @@ def run_arms(a, base, origin, hf: Path, pre: dict, corpus, out: Path, t0: float)
     arms = [x for x in a.arms.split(",") if x]
     runs: dict[str, dict] = {}
     arm_cap = a.arm_seconds * 1.25 + a.compile_allowance
+    arm_tflops = a.arm_tflops or pre.get("tflops") or a.tflops
     for name in ("project", "origin"):
         if name in arms:
             cfg = arm_config(base if name == "project" else origin, name, hf, arm_cap, a)
             print(f"[gpu_bootstrap] {name}: {a.arm_seconds:.0f} s planned")
             runs[name] = run_one(cfg, out / name, corpus, not a.no_progress, lambda task: a.arm_steps or budget_steps(
-                a.arm_seconds, task.flops_per_step, a.tflops))
+                a.arm_seconds, task.flops_per_step, arm_tflops))
     arm_flops = max([r["steps"] * r["flops_per_step"] for r in runs.values()] or [0.0])
     rand = random_base(hf, out, int(base.train.seed) + 1) if any(x.startswith("scratch") for x in arms) else None
     for name, target in (("scratch_a", arm_flops), ("scratch_b", arm_flops + pre["train_flops"])):
@@ -133,11 +136,13 @@ def main(argv=None):
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--pretrain-mb", type=float, default=120.0, help="training text the token model reads (MB)")
     p.add_argument("--valid-mb", type=float, default=4.0, help="held-out text encoded for the token model's eval")
-    p.add_argument("--pretrain-seconds", type=float, default=100.0)
-    p.add_argument("--arm-seconds", type=float, default=40.0, help="per bootstrap arm")
-    p.add_argument("--total-seconds", type=float, default=500.0, help="wall budget; cuts scratch_b")
+    p.add_argument("--pretrain-seconds", type=float, default=90.0)
+    p.add_argument("--arm-seconds", type=float, default=30.0, help="per bootstrap arm")
+    p.add_argument("--total-seconds", type=float, default=510.0, help="wall budget; cuts scratch_b")
     p.add_argument("--compile-allowance", type=float, default=45.0, help="seconds added to each phase's cap")
-    p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans each phase's steps")
+    p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans the pretraining's steps")
+    p.add_argument("--arm-tflops", type=float, default=0.0,
+                   help="throughput that plans the bootstrap arms' steps (0: the pretraining's measured TFLOP/s)")
     p.add_argument("--pretrain-steps", type=int, default=0, help="fixed steps instead of the time budget (tests)")
     p.add_argument("--arm-steps", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -142,7 +142,9 @@ def main(argv=None):
     p.add_argument("--byte-seconds", type=float, default=100.0)
     p.add_argument("--total-seconds", type=float, default=500.0, help="methods left when it is spent are skipped")
     p.add_argument("--compile-allowance", type=float, default=45.0)
-    p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans each phase's steps")
+    p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans the token model's steps")
+    p.add_argument("--byte-tflops", type=float, default=0.0,
+                   help="throughput that plans the byte LM's steps (0: the token pretraining's measured TFLOP/s)")
     p.add_argument("--token-steps", type=int, default=0, help="fixed steps instead of the time budget (tests)")
     p.add_argument("--byte-steps", type=int, default=0)
     p.add_argument("--methods", default=",".join(PHI + BASELINES))
@@ -175,7 +177,8 @@ def main(argv=None):
             r["token_loss_nats"] = r["loss"] * math.log(2) * bpt
     print(f"[quant_real] token model done at {time.perf_counter() - t0:.0f} s")
 
-    task, binfo = pretrain_byte_lm(bcfg, corpus, out / "byte_lm", seconds=a.byte_seconds, tflops=a.tflops,
+    task, binfo = pretrain_byte_lm(bcfg, corpus, out / "byte_lm", seconds=a.byte_seconds,
+                                   tflops=a.byte_tflops or tinfo.get("tflops") or a.tflops,
                                    steps=a.byte_steps, compile_allowance=a.compile_allowance, progress=not a.no_progress)
     params = lm_adapter.params_of(task.model)
     loss_fn = lm_adapter.make_bpb_fn(task.model, corpus.reader("valid"), bcfg.data.seq_len, bcfg.data.batch_size,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hqf_jax import cli
 from hqf_jax.trainer import retnphi_task, token_task
+from hqf_jax.trainer.budget import measured_tflops
 from hqf_jax.trainer.loop import train
 from hqf_jax.trainer.metrics import read_metrics
 
@@ -49,7 +50,7 @@ def run_one(cfg, workdir: Path, corpus, progress: bool, steps_for=None) -> dict:
     counts = retnphi_task.param_counts(task.model, task.trainable)
     return {"curve": curve, "valid_bpb": float(final.get("valid_bpb", curve[-1][1])), "steps": int(final["step"]),
             "planned_steps": int(cfg.train.steps), "capped": bool(final.get("max_seconds", False)),
-            "tflops": float(final.get("tflops", 0.0)),
+            "tflops": measured_tflops(workdir),
             "flops_per_step": float(task.flops_per_step), "params": counts["params"], "trainable": counts["trainable"],
             "lr": float(cfg.train.lr), "bytes_per_step": int(task.units_per_step)}
 

@@ -15,6 +15,7 @@ from hqf_jax.data.corpus import ByteCorpus
 from hqf_jax.nn.retnet import count_params
 from hqf_jax.trainer import lm_task, token_task
 from hqf_jax.trainer.loop import train
+from hqf_jax.trainer.metrics import read_metrics
 
 
 def budget_steps(seconds: float, flops_per_step: float, tflops: float, min_steps: int = 2) -> int:
@@ -25,6 +26,13 @@ def budget_steps(seconds: float, flops_per_step: float, tflops: float, min_steps
 def steps_for_flops(flops: float, flops_per_step: float, min_steps: int = 2) -> int:
     """The fewest whole steps whose FLOPs reach `flops`."""
     return max(min_steps, math.ceil(flops / max(flops_per_step, 1.0)))
+
+
+def measured_tflops(workdir: Path) -> float:
+    """Median TFLOP/s of a run's logged windows after the first (which holds the compile); 0 when none."""
+    vals = [float(m["tflops"]) for m in read_metrics(workdir) if "tflops" in m]
+    vals = vals[1:] or vals
+    return float(sorted(vals)[len(vals) // 2]) if vals else 0.0
 
 
 def pretrain_token_model(tcfg, corpus, folder: Path, *, pretrain_mb: float, valid_mb: float, seconds: float,
@@ -50,7 +58,7 @@ def pretrain_token_model(tcfg, corpus, folder: Path, *, pretrain_mb: float, vali
     info = json.loads((hf / "training.json").read_text())
     info.update(corpus_bytes=sum(len(d) for _, d in sub.train), planned_steps=int(tcfg.train.steps),
                 capped=bool(final.get("max_seconds")), seconds=time.perf_counter() - t,
-                tflops=float(final.get("tflops", 0.0)), bytes_seen=info["tokens"] * info.get("valid_bytes_per_token", 0.0))
+                tflops=measured_tflops(folder), bytes_seen=info["tokens"] * info.get("valid_bytes_per_token", 0.0))
     return hf, info
 
 
@@ -69,5 +77,5 @@ def pretrain_byte_lm(cfg, corpus, workdir: Path, *, seconds: float, tflops: floa
     info = {"params": count_params(task.model), "steps": int(final["step"]), "planned_steps": int(cfg.train.steps),
             "bytes": int(final["step"]) * task.units_per_step, "train_flops": float(final["step"]) * task.flops_per_step,
             "valid_bpb": float(final.get("valid_bpb", float("nan"))), "seconds": time.perf_counter() - t,
-            "capped": bool(final.get("max_seconds")), "tflops": float(final.get("tflops", 0.0))}
+            "capped": bool(final.get("max_seconds")), "tflops": measured_tflops(workdir)}
     return task, info
