@@ -43,8 +43,8 @@ def test_quant_real_weights_tables_both_models(tmp_path, monkeypatch):
         assert list(rows) == METHODS.split(",") and not any(r.get("skipped") for r in rows.values()), name
         assert all(math.isfinite(r["loss"]) for r in m["rows"]), name
         # honest bits: codes + a bf16 scale per 64 weights; sorting adds the permutation (log2 of the row length)
-        assert rows["int8"]["quantized_bits_per_weight"] == pytest.approx(8.25)
-        assert rows["phi5"]["quantized_bits_per_weight"] == pytest.approx(5.25)
+        assert rows["int8"]["quantized_bits_per_weight"] == pytest.approx(8.25, abs=0.01)
+        assert rows["phi5"]["quantized_bits_per_weight"] == pytest.approx(5.25, abs=0.01)
         assert rows["phi5:sort=true"]["quantized_bits_per_weight"] >= rows["phi5"]["quantized_bits_per_weight"] + 6
         assert rows["phi5"]["int_equal_bits"]["method"].startswith("int5")
         assert rows["phi5u4"]["int_equal_bits"]["method"].startswith("int9")
