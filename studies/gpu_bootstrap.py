@@ -138,7 +138,7 @@ def main(argv=None):
     p.add_argument("--valid-mb", type=float, default=4.0, help="held-out text encoded for the token model's eval")
     p.add_argument("--pretrain-seconds", type=float, default=90.0)
     p.add_argument("--arm-seconds", type=float, default=30.0, help="per bootstrap arm")
-    p.add_argument("--total-seconds", type=float, default=510.0, help="wall budget; cuts scratch_b")
+    p.add_argument("--total-seconds", type=float, default=480.0, help="wall budget; cuts scratch_b")
     p.add_argument("--compile-allowance", type=float, default=45.0, help="seconds added to each phase's cap")
     p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans the pretraining's steps")
     p.add_argument("--arm-tflops", type=float, default=0.0,

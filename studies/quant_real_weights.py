@@ -32,9 +32,11 @@ from hqf_jax.report import write_report
 from hqf_jax.trainer import token_task
 from hqf_jax.trainer.budget import pretrain_byte_lm, pretrain_token_model
 
-PHI = ["phi5", "phi5:sort=true", "phi5u4", "phi5u4:sort=true", "phi5u8", "phi:depth=2:dev_bits=4",
-       "phi:depth=2:dev_bits=4:sort=true", "phi:depth=2:dev_kind=grid:dev_bits=4"]
-BASELINES = ["bf16", "int8", "int4", "nf4", "nf4dq"] + [f"int:bits={k}" for k in (3, 5, 6, 7, 9, 10, 12)]
+# the order is the priority: methods left when --total-seconds is spent are skipped (and say so)
+METHODS = ["int8", "int4", "nf4", "phi5", "phi5u4", "phi5u8", "int:bits=5", "int:bits=9", "phi5:sort=true",
+           "phi5u4:sort=true", "phi:depth=2:dev_bits=4", "phi:depth=2:dev_bits=4:sort=true",
+           "phi:depth=2:dev_kind=grid:dev_bits=4", "int:bits=3", "int:bits=6", "int:bits=7", "int:bits=10",
+           "int:bits=12", "nf4dq", "bf16"]
 DATA_KEYS = ("source", "paths", "valid_fraction", "max_files", "store_dir")
 
 
@@ -139,16 +141,16 @@ def main(argv=None):
     p.add_argument("--out", default="runs/quant_real_weights")
     p.add_argument("--pretrain-mb", type=float, default=120.0)
     p.add_argument("--valid-mb", type=float, default=4.0)
-    p.add_argument("--token-seconds", type=float, default=90.0)
-    p.add_argument("--byte-seconds", type=float, default=100.0)
-    p.add_argument("--total-seconds", type=float, default=500.0, help="methods left when it is spent are skipped")
+    p.add_argument("--token-seconds", type=float, default=80.0)
+    p.add_argument("--byte-seconds", type=float, default=90.0)
+    p.add_argument("--total-seconds", type=float, default=470.0, help="methods left when it is spent are skipped")
     p.add_argument("--compile-allowance", type=float, default=45.0)
     p.add_argument("--tflops", type=float, default=150.0, help="assumed throughput that plans the token model's steps")
     p.add_argument("--byte-tflops", type=float, default=0.0,
                    help="throughput that plans the byte LM's steps (0: the token pretraining's measured TFLOP/s)")
     p.add_argument("--token-steps", type=int, default=0, help="fixed steps instead of the time budget (tests)")
     p.add_argument("--byte-steps", type=int, default=0)
-    p.add_argument("--methods", default=",".join(PHI + BASELINES))
+    p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--cluster-weights", type=int, default=4_000_000)
     p.add_argument("--n-null", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
