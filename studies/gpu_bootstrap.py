@@ -83,7 +83,7 @@ def table(report: dict) -> str:
              f"({'capped by time' if pre['capped'] else 'as planned'}), {pre['tokens']:,} tokens "
              f"(~{pre['bytes_seen'] / 2**20:.0f} MB of text seen, of a {pre['corpus_bytes'] / 2**20:.0f} MB corpus), "
              f"{pf:.3g} FLOPs in {pre['seconds']:.0f} s; its valid bpb {pre.get('valid_bpb', float('nan')):.4f}", "",
-             "| arm | trainable / params | steps | bpb@0 | valid bpb | byte FLOPs | FLOPs incl. pretraining | s-a bpb @ same byte FLOPs |",
+             "| arm | trainable / params | steps | bpb@0 | valid bpb | byte FLOPs | FLOPs incl. pretraining | scratch_b bpb at these byte FLOPs |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         boot = not name.startswith("scratch")
