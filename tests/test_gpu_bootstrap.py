@@ -69,3 +69,27 @@ def test_gpu_bootstrap_runs_every_phase_with_equal_compute(tmp_path, monkeypatch
     assert json.loads((out / "results.json").read_text())["pretrain"]["steps"] == 5
     assert (out / "bpb_vs_flops.png").stat().st_size > 10_000
 
+
+
+def test_sample_docs_spreads_over_the_split_in_order_and_reaches_the_budget():
+    from hqf_jax.trainer.token_task import sample_docs
+
+    docs = [(f"d{i:03d}", bytes(10 + i % 7)) for i in range(200)]
+    picked = sample_docs(docs, 500)
+    assert 500 <= sum(len(d) for _, d in picked) < 500 + 16  # stops at the first doc that reaches it (<= 16 bytes)
+    assert picked == sorted(picked) and picked == sample_docs(docs, 500)  # original order, deterministic
+    assert int(picked[-1][0][1:]) > 100  # not the first folder's files
+    assert sample_docs(docs, 0) == docs
+
+
+def test_budgets_and_curve_reading():
+    from hqf_jax.trainer.bootstrap_runs import bpb_at_flops
+    from hqf_jax.trainer.budget import budget_steps, steps_for_flops
+
+    assert budget_steps(10.0, 1e12, 100.0) == 1000  # 10 s at 100 TFLOP/s, 1 TFLOP a step
+    assert steps_for_flops(10.5e12, 1e12) == 11  # the fewest whole steps that reach the target
+    curve = [(0, 8.0), (10, 4.0), (100, 2.0)]
+    assert bpb_at_flops(curve, 1.0, 10.0) == 4.0 and bpb_at_flops(curve, 1.0, 100.0) == 2.0
+    assert bpb_at_flops(curve, 1.0, math.sqrt(10 * 100)) == pytest.approx(3.0)  # linear in log FLOPs
+    assert math.isnan(bpb_at_flops(curve, 1.0, 1000.0))
+    assert bpb_at_flops(curve, 1.0, 5.0) == 8.0  # before the first eval (no log scale from 0): the step-0 value
