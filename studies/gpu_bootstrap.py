@@ -60,7 +60,7 @@ def run_arms(a, base, origin, hf: Path, pre: dict, corpus, out: Path, t0: float)
             cfg = arm_config(base if name == "project" else origin, name, hf, arm_cap, a)
             print(f"[gpu_bootstrap] {name}: {a.arm_seconds:.0f} s planned")
             runs[name] = run_one(cfg, out / name, corpus, not a.no_progress, lambda task: a.arm_steps or budget_steps(
-                a.arm_seconds, task.flops_per_step, arm_tflops))
+                a.arm_seconds, task.flops_per_step, arm_tflops), budgeted=True)
     arm_flops = max([r["steps"] * r["flops_per_step"] for r in runs.values()] or [0.0])
     rand = random_base(hf, out, int(base.train.seed) + 1) if any(x.startswith("scratch") for x in arms) else None
     for name, target in (("scratch_a", arm_flops), ("scratch_b", arm_flops + pre["train_flops"])):
@@ -71,7 +71,7 @@ def run_arms(a, base, origin, hf: Path, pre: dict, corpus, out: Path, t0: float)
         cfg = arm_config(base, name, rand, cap, a)
         print(f"[gpu_bootstrap] {name}: {target:.3g} FLOPs planned, capped at {cap:.0f} s")
         runs[name] = run_one(cfg, out / name, corpus, not a.no_progress,
-                             lambda task, f=target: steps_for_flops(f, task.flops_per_step))
+                             lambda task, f=target: steps_for_flops(f, task.flops_per_step), budgeted=True)
         runs[name]["target_flops"] = target
     return runs
 

@@ -27,12 +27,16 @@ def random_base(checkpoint: Path, out: Path, seed: int) -> Path:
     return folder
 
 
-def run_one(cfg, workdir: Path, corpus, progress: bool, steps_for=None) -> dict:
+def run_one(cfg, workdir: Path, corpus, progress: bool, steps_for=None, budgeted: bool = False) -> dict:
     """Train one RetNPhi run (resuming if its folder has checkpoints); returns its curve and compute.
-    ``steps_for(task)`` (optional) sets train.steps once the task (and its FLOPs per step) is built."""
+    ``steps_for(task)`` (optional) sets train.steps once the task (and its FLOPs per step) is built;
+    ``budgeted``: a time-budgeted run, which pays neither the text samples' decode compile nor a checkpoint at
+    every improving eval (only the last step is saved)."""
     sha = retnphi_task.base_sha256(cfg)
     retnphi_task.check_same_base(workdir, sha)
     task, _ = retnphi_task.build_task(cfg, corpus)
+    if budgeted:
+        task.sample_fn, task.best_metric = None, None
     cfg.base_sha256 = sha
     if steps_for is not None:
         with cfg.unlocked():

@@ -47,6 +47,7 @@ def pretrain_token_model(tcfg, corpus, folder: Path, *, pretrain_mb: float, vali
         tcfg.train.max_seconds = seconds * 1.25 + compile_allowance
 
     def steps_for(task):
+        task.sample_fn, task.best_metric = None, None  # no samples (decode compile), no best-step saves
         n = steps or budget_steps(seconds, task.flops_per_step, tflops)
         tcfg.train.eval_every = max(1, n // 4)
         return n
@@ -67,6 +68,7 @@ def pretrain_byte_lm(cfg, corpus, workdir: Path, *, seconds: float, tflops: floa
     """The byte LM of `cfg` (configs/lm*.py) for `steps` or a `seconds` budget. Returns (task with the trained
     model, info: params, steps, bytes, train_flops, valid_bpb, wall seconds, capped)."""
     task, _ = lm_task.build_task(cfg, corpus)
+    task.sample_fn, task.best_metric = None, None  # no samples (decode compile), no best-step saves
     with cfg.unlocked():
         cfg.train.steps = steps or budget_steps(seconds, task.flops_per_step, tflops)
         cfg.train.max_seconds = seconds * 1.25 + compile_allowance
