@@ -180,7 +180,9 @@ def main(argv=None):
             r["token_loss_nats"] = r["loss"] * math.log(2) * bpt
     print(f"[quant_real] token model done at {time.perf_counter() - t0:.0f} s")
 
-    task, binfo = pretrain_byte_lm(bcfg, corpus, out / "byte_lm", seconds=a.byte_seconds,
+    left = a.total_seconds - (time.perf_counter() - t0) - 150.0  # keep ~150 s for its compile, methods and report
+    byte_seconds = max(15.0, min(a.byte_seconds, left))
+    task, binfo = pretrain_byte_lm(bcfg, corpus, out / "byte_lm", seconds=byte_seconds,
                                    tflops=a.byte_tflops or tinfo.get("tflops") or a.tflops,
                                    steps=a.byte_steps, compile_allowance=a.compile_allowance, progress=not a.no_progress)
     params = lm_adapter.params_of(task.model)
