@@ -23,6 +23,7 @@ def get_config():
         dtype="float32",  # compute dtype; bfloat16 on GPU
         param_dtype="float32",  # frozen base storage; bfloat16 halves it
         train_mode="lora",  # lora: frozen base + adapters, norms, byte tables | full: every parameter
+        base_quant="",  # "nf4" / "int4" / ...: round the frozen base through that quantizer (QLoRA's 4-bit base)
         retnphi=dict(
             form="chunkwise", chunk_size=32, position="hf", rope_context=None, gamma_exp_first=-5.0,
             gamma_exp_last=-12.0, group_norm=True, gate="none", byte_init="tokens", remat=False, seed=0,

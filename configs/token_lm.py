@@ -14,7 +14,8 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.task = "token_lm"
     c.workdir = "runs/token_lm"
-    c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=4096, min_frequency=2))
+    c.compute_dtype = "float32"  # the decoder's compute dtype (bfloat16 on a GPU); parameters stay float32
+    c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=4096, min_frequency=2, sample_bytes=0))  # 0: all train docs
     c.model = ml_collections.ConfigDict(dict(
         hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
         head_dim=0,  # 0: hidden_size // num_attention_heads

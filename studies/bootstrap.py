@@ -31,8 +31,7 @@ from pathlib import Path
 from hqf_jax import cli
 from hqf_jax.data.catalog import load_corpus
 from hqf_jax.trainer import retnphi_task, token_task
-from hqf_jax.trainer.loop import train
-from hqf_jax.trainer.metrics import read_metrics
+from hqf_jax.trainer.bootstrap_runs import random_base, run_one
 
 METHODS = ("scratch", "lora", "full", "scratch_eq")
 
@@ -53,18 +52,6 @@ def ensure_token_model(checkpoint: Path, token_config: str) -> dict:
     return json.loads(info.read_text()) if info.exists() else {}
 
 
-def random_base(checkpoint: Path, out: Path, seed: int) -> Path:
-    """An HF folder with the token model's config.json and tokenizer but freshly initialised weights."""
-    folder = out / "random_base"
-    if not (folder / "model.safetensors").exists():
-        from transformers import AutoConfig
-
-        hf_config = AutoConfig.from_pretrained(str(checkpoint))
-        tokenizer = token_task.load_tokenizer(checkpoint)
-        token_task.save_hf(token_task.build_decoder(hf_config, seed), hf_config, tokenizer, folder)
-    return folder
-
-
 def run_config(base_cfg, method: str, steps: int, checkpoint: Path, lr: float | None):
     cfg = cli.config_from_json(cli.config_to_json(base_cfg))
     cfg.task = "retnphi"
@@ -76,26 +63,6 @@ def run_config(base_cfg, method: str, steps: int, checkpoint: Path, lr: float | 
     if lr is not None:
         cfg.train.lr = float(lr)
     return cfg
-
-
-def run_one(cfg, workdir: Path, corpus, progress: bool) -> dict:
-    """Train one run (resuming if its folder has checkpoints); returns its curve and compute."""
-    sha = retnphi_task.base_sha256(cfg)
-    retnphi_task.check_same_base(workdir, sha)
-    task, _ = retnphi_task.build_task(cfg, corpus)
-    cfg.base_sha256 = sha
-    step0 = workdir / "step0.json"
-    if not step0.exists():  # the converted model before any byte training
-        workdir.mkdir(parents=True, exist_ok=True)
-        step0.write_text(json.dumps(task.eval_fn(task.model)))
-    final = train(task, cfg.train, cfg.mesh, workdir, cli.config_to_json(cfg), progress=progress)
-    curve = [(0, json.loads(step0.read_text())["valid_bpb"])]
-    curve += [(int(m["step"]), float(m["valid_bpb"])) for m in read_metrics(workdir) if "valid_bpb" in m]
-    curve = sorted(dict(curve).items())  # a resumed run may log a step twice: keep the last
-    counts = retnphi_task.param_counts(task.model, task.trainable)
-    return {"curve": curve, "valid_bpb": float(final.get("valid_bpb", curve[-1][1])), "steps": int(final["step"]),
-            "flops_per_step": float(task.flops_per_step), "params": counts["params"], "trainable": counts["trainable"],
-            "lr": float(cfg.train.lr), "bytes_per_step": int(task.units_per_step)}
 
 
 def plot(results: dict, pretrain_flops: float, path: Path) -> None:

@@ -400,3 +400,19 @@ def test_dropout_zero_is_the_old_model_and_dropout_acts_only_in_training():
     assert l1 != l0[0] and np.isfinite(l1)
     with pytest.raises(ValueError, match="model.dropout"):
         RetNetConfig(**base, dropout=1.0).validate()
+
+
+def test_max_seconds_makes_the_step_it_passes_the_last_one(tmp_path):
+    """train.max_seconds (the GPU studies' time budget): the step that passes it is logged, evaluated and saved as
+    the last one, the result says so, and metrics.jsonl records the event."""
+    task = tiny_task(evals=[1.5])
+    inner = task.batch_fn
+    task.batch_fn = lambda step: (time.sleep(0.2), inner(step))[1]
+    cfg = tiny_cfg(**{"train.steps": 1000})
+    with cfg.unlocked():
+        cfg.train.max_seconds = 1.0
+    final = train(task, cfg.train, cfg.mesh, tmp_path, progress=False)
+    assert final["max_seconds"] is True and 1 <= final["step"] < 1000
+    assert saved_steps(tmp_path)[-1] == final["step"] and final["valid_bpb"] == 1.5
+    assert any("max_seconds" in json.dumps(m) for m in read_metrics(tmp_path))
+    assert "max_seconds" not in run_tiny(tmp_path / "uncapped")  # without it nothing changes

@@ -67,6 +67,9 @@ class RetNPhiConfig:
     byte_init_std: float | None = None  # random init std (None: std of the token embedding)
     remat: bool = False  # recompute each block in the backward pass (nnx.remat): keeps only block inputs
     seed: int = 0
+    # lora mode: besides the adapters, Params whose path has a name containing one of these are trained
+    # (the origin recipe thaws only ("post_attention_layernorm", "byte_embed", "byte_head"))
+    trainable: tuple = ("norm", "byte_embed", "byte_head")
 
     def __post_init__(self):
         for name, value, valid in (
@@ -86,12 +89,16 @@ class RetNPhiConfig:
         bad = set(d) - valid
         if bad:
             raise RetNPhiConfigError(f"unknown retnphi keys {sorted(bad)}; valid: {sorted(valid)}")
-        return cls(**dict(d))
+        d = dict(d)
+        if "trainable" in d:
+            d["trainable"] = tuple(d["trainable"])
+        return cls(**d)
 
     def trainable_filter(self) -> TrainableFilter:
-        """Adapters + norms (RMSNorms and the retention GroupNorm) + byte embedding + byte head (+ new gate)."""
+        """Adapters + Params named by `trainable` (default: norms (RMSNorms and the retention GroupNorm), byte
+        embedding, byte head) (+ the new gate)."""
         extra = ("ret_gate",) if self.gate == "swish" else ()
-        return TrainableFilter(("norm", "byte_embed", "byte_head") + extra)
+        return TrainableFilter(tuple(self.trainable) + extra)
 
 
 def retention_gammas(num_heads: int, exp_first: float, exp_last: float) -> np.ndarray:

@@ -176,6 +176,10 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
         return nnx.merge(graphdef, state["params"], rest)
 
     total = int(train_cfg.steps)
+    # train.max_seconds > 0: a wall-clock cap from here (compiles included); the step it passes becomes the last
+    max_seconds = float(train_cfg.get("max_seconds", 0) or 0)
+    deadline = time.perf_counter() + max_seconds if max_seconds > 0 else None
+    capped = False
     last: dict[str, float] = {}
     bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
                unit="step", dynamic_ncols=True)
@@ -187,6 +191,9 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
                 state, metrics = jit_step(state, rest, shd.put_batch(task.batch_fn(step), mesh))
                 step += 1
                 n_window += 1
+                if deadline is not None and step < total and time.perf_counter() > deadline:
+                    total, capped = step, True  # the last step: logged, evaluated and saved as any last step
+                    writer.event(step, "max_seconds", seconds=max_seconds)
                 for hook in task.interventions:
                     state = hook(step, state, writer, last) or state
                 if step % train_cfg.log_every == 0 or step == total:
@@ -239,6 +246,8 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
         writer.close()
     task.model = current_model()
     last["step"] = step
+    if capped:
+        last["max_seconds"] = True
     if stopper.signal:
         last["signal"] = stopper.signal
     if best.exhausted:

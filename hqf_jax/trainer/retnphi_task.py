@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 from flax import nnx
 
 from hqf_jax.data.batching import WindowSampler
@@ -47,10 +48,40 @@ def build_model(cfg) -> tuple[RetNPhi, object]:
         if got != want:
             raise CheckpointError(f"the base checkpoint {cfg.model.checkpoint} changed since this run trained "
                                   f"(sha256 {got[:12]}... != {want[:12]}...); restore that folder or retrain")
+    m = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
+    base_quant = m.pop("base_quant", "")
     try:
-        return build_retnphi(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model), progress=False)
+        model, trainable = build_retnphi(m, progress=False)
     except _USER_ERRORS as e:
         raise ConfigError(str(e)) from None
+    if base_quant:
+        quantize_frozen_base(model, trainable, base_quant)
+    return model, trainable
+
+
+def quantize_frozen_base(model: RetNPhi, trainable, method: str) -> dict:
+    """model.base_quant (e.g. "nf4", "int4"): every frozen dense weight round-trips through that quantizer
+    (hqf_jax.quant), so the adapters train on the values a 4-bit base holds (QLoRA's base). The weights stay
+    stored dequantized in model.param_dtype: the numerics of a quantized base, not its memory saving."""
+    from hqf_jax import quant as Q
+
+    trainable_paths = {p for p, _ in nnx.to_flat_state(nnx.state(model, trainable))}
+    n = 0
+    for path, mod in nnx.iter_modules(model):
+        if isinstance(mod, Linear) and (*path, "weight") not in trainable_paths:
+            w = mod.weight.get_value()
+            try:
+                w_q = Q.dequantize(Q.quantize(w, method)).astype(w.dtype)
+            except Q.QuantConfigError as e:
+                raise ConfigError(f"model.base_quant={method!r}: {e}") from None
+            mod.weight.set_value(w_q)
+            if isinstance(mod, LoRALinear) and mod.magnitude is not None:  # DoRA starts at the identity again
+                mag = mod.magnitude.get_value()
+                mod.magnitude.set_value(jnp.linalg.norm(w_q.astype(jnp.float32), axis=1).astype(mag.dtype))
+            n += int(w.size)
+    if n == 0:
+        raise ConfigError(f"model.base_quant={method!r}: no frozen dense weight to quantize (train_mode=full?)")
+    return {"method": method, "weights": n}
 
 
 def check_same_base(workdir: str | Path, sha: str) -> None:

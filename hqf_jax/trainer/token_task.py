@@ -134,11 +134,26 @@ def llama_config(model_cfg, tokenizer):
 
 
 def decoder_config(hf_config, dtype: str = "float32") -> DecoderConfig:
-    return DecoderConfig.from_hf(hf_config.to_dict(), dtype=dtype)
+    """Compute in `dtype` (bfloat16 on a GPU), parameters always float32."""
+    return DecoderConfig.from_hf(hf_config.to_dict(), dtype=dtype, param_dtype="float32")
 
 
-def build_decoder(hf_config, seed: int) -> HFDecoderLM:
-    return HFDecoderLM(decoder_config(hf_config), rngs=nnx.Rngs(seed))
+def build_decoder(hf_config, seed: int, dtype: str = "float32") -> HFDecoderLM:
+    return HFDecoderLM(decoder_config(hf_config, dtype), rngs=nnx.Rngs(seed))
+
+
+def sample_docs(docs, max_bytes: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Documents of `docs` (a sequence) in a fixed random order until `max_bytes` are reached (0: all of them,
+    in order); kept in their original order. A sample spread over the whole split, not its first folder."""
+    if not max_bytes:
+        return list(docs)
+    picked, n = [], 0
+    for i in np.random.default_rng(seed).permutation(len(docs)):
+        if n >= max_bytes:
+            break
+        picked.append(int(i))
+        n += len(docs[int(i)][1])
+    return [docs[i] for i in sorted(picked)]
 
 
 def count_params(model: nnx.Module) -> int:
@@ -251,7 +266,8 @@ def prepare_data(cfg, workdir: str | Path, corpus: ByteCorpus | None = None):
         return load_tokenizer(tok_dir), np.load(paths["train"]), np.load(paths["valid"])
     corpus = corpus or load_corpus(cfg.data)
     print(f"[token_lm] {corpus.summary()}; training a {cfg.tokenizer.vocab_size}-token byte-level BPE")
-    tokenizer = train_tokenizer(doc_texts(corpus.train), int(cfg.tokenizer.vocab_size), int(cfg.tokenizer.min_frequency))
+    sample = sample_docs(corpus.train, int(cfg.tokenizer.get("sample_bytes", 0)))  # 0: the whole training split
+    tokenizer = train_tokenizer(doc_texts(sample), int(cfg.tokenizer.vocab_size), int(cfg.tokenizer.min_frequency))
     workdir.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, tok_dir)
     tokenizer = load_tokenizer(tok_dir)
@@ -265,7 +281,7 @@ def build_task(cfg, workdir: str | Path, corpus: ByteCorpus | None = None):
     """(task, hf_config, tokenizer) for the shared loop."""
     tokenizer, train_ids, valid_ids = prepare_data(cfg, workdir, corpus)
     hf_config = llama_config(cfg.model, tokenizer)
-    model = build_decoder(hf_config, cfg.train.seed)
+    model = build_decoder(hf_config, cfg.train.seed, cfg.get("compute_dtype", "float32"))
     lengths = token_byte_lengths(tokenizer)
     bos = tokenizer.bos_token_id
     tokens_per_step = cfg.data.seq_len * cfg.data.batch_size
@@ -287,12 +303,16 @@ def build_task(cfg, workdir: str | Path, corpus: ByteCorpus | None = None):
     return task, hf_config, tokenizer
 
 
-def train_and_export(cfg, workdir: str | Path, config_json: str | None = None) -> tuple[dict, Path | None]:
+def train_and_export(cfg, workdir: str | Path, config_json: str | None = None, corpus: ByteCorpus | None = None,
+                     steps_for=None) -> tuple[dict, Path | None]:
     """Train the token model of ``cfg`` in ``workdir`` (resuming) and, when the run completed, write its HF folder
     ``<workdir>/hf`` (config, safetensors, tokenizer, training.json). Returns (the loop's final metrics, the HF
-    folder, or None when a signal stopped the run first). What ``train.token_lm`` and the bootstrap study run."""
+    folder, or None when a signal stopped the run first). What ``train.token_lm`` and the bootstrap study run.
+    ``corpus`` replaces the one cfg.data names; ``steps_for(task)`` sets train.steps once the task is built."""
     workdir = Path(workdir)
-    task, hf_config, tokenizer = build_task(cfg, workdir)
+    task, hf_config, tokenizer = build_task(cfg, workdir, corpus)
+    if steps_for is not None:  # e.g. a study's time budget: steps from the task's FLOPs per step
+        cfg.train.steps = int(steps_for(task))
     final = train(task, cfg.train, cfg.mesh, workdir, config_json)
     if final.get("signal"):
         return final, None
