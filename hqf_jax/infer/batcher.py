@@ -103,28 +103,43 @@ class Batcher:
                 continue
             self.active[slot] = req
 
+    def _deliver(self, ids, snapshot):
+        """Hand out one finished chunk (ids on the device) to the requests that were in the slots when it ran."""
+        ids = np.asarray(ids)
+        now = time.perf_counter()
+        for slot, req in enumerate(snapshot):
+            if req is None or req.emitted >= req.max_tokens:
+                continue  # a slot that was free, or a request already complete (its extra chunk is dropped)
+            take = min(self.chunk, req.max_tokens - req.emitted)
+            req.first_byte = req.first_byte or now
+            req.out.put(bytes(int(i) for i in ids[slot, :take]))
+            req.emitted += take
+            if req.emitted >= req.max_tokens:
+                req.out.put(None)
+                if self.active[slot] is req:
+                    self.active[slot] = None
+
     def _loop(self):
+        """Pipelined: chunk k+1 is dispatched before chunk k's ids are copied to the host, so the device never
+        waits on the host; a request that ends in chunk k rides along in chunk k+1, whose bytes are dropped."""
+        inflight = None
         while not self._stop.is_set():
             try:
                 self._admit()
-                if not any(self.active):
+                if not any(self.active) and inflight is None:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                self.state, ids = self.engine.decode(self.state, self.chunk)
-                self.steps += 1
-                now = time.perf_counter()
-                for slot, req in enumerate(self.active):
-                    if req is None:
-                        continue
-                    take = min(self.chunk, req.max_tokens - req.emitted)
-                    req.first_byte = req.first_byte or now
-                    req.out.put(bytes(int(i) for i in ids[slot, :take]))
-                    req.emitted += take
-                    if req.emitted >= req.max_tokens:
-                        req.out.put(None)
-                        self.active[slot] = None
+                nxt = None
+                if any(r is not None and r.emitted < r.max_tokens for r in self.active):
+                    self.state, dev = self.engine.decode_device(self.state, self.chunk)
+                    self.steps += 1
+                    nxt = (dev, list(self.active))
+                if inflight is not None:
+                    self._deliver(*inflight)
+                inflight = nxt
             except Exception as e:  # never leave a client waiting: fail every request in flight, keep serving
+                inflight = None
                 for slot, req in enumerate(self.active):
                     if req is not None:
                         req.error = f"generation failed: {type(e).__name__}: {e}"
