@@ -139,8 +139,7 @@ def build(args, config):
         model, cfg, _ = lm_task.load_run(args.run)
         return model, cfg, args.run
     cfg = cli.load_config_file(config)
-    if args.heads is not None:
-        cfg = cli.apply_overrides(cfg, [f"model.extra_heads={args.heads}"])
+    cfg = cli.apply_overrides(cfg, list(args.set) + ([f"model.extra_heads={args.heads}"] if args.heads is not None else []))
     return lm_task.build_model(cfg), cfg, config
 
 
@@ -202,6 +201,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/lm_125m.py")
     p.add_argument("--configs", default=None, help="comma-separated configs, each benched in turn (overrides --config)")
+    p.add_argument("--set", action="append", default=[],
+                   help="a config override KEY=VALUE (repeatable), e.g. data.source=files data.paths=/tmp/pysrc")
     p.add_argument("--run", default=None, help="a train.lm run folder (its trained weights) instead of --config")
     p.add_argument("--batches", default="1,8,64,256")
     p.add_argument("--quants", default="none,int8,int4", help="engine weight formats: none (bf16), int8, int4, nf4")
