@@ -171,14 +171,22 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
         for impl in impls:
             if q != "none" and impl.startswith("fused"):
                 continue  # the fused step runs unquantized weights
-            engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
-                            unroll=a.unroll)
-            wb = engine.weight_bytes()
-            if data is not None and q not in bpb:
-                bpb[q] = held_out_bpb(engine, data, a.bpb_seq)
-            ops = ops_per_step(engine) if a.count_ops else None
+            try:  # a path that cannot build or compile here is reported as a row; the others still run
+                engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
+                                unroll=a.unroll)
+                wb = engine.weight_bytes()
+                if data is not None and q not in bpb:
+                    bpb[q] = held_out_bpb(engine, data, a.bpb_seq)
+                ops = ops_per_step(engine) if a.count_ops else None
+            except Exception as e:  # noqa: BLE001
+                print(f"FAILED engine bf16 {q} {impl}: {type(e).__name__}: {str(e)[:300]}")
+                continue
             for b in batches:
-                bps, comp = time_engine(engine, b, a.steps, a.reps)
+                try:
+                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
                 out.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b, weight_bytes=wb,
                                 bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
