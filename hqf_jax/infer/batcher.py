@@ -30,6 +30,7 @@ class Request:
     seed: int = 0
     out: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # bytes chunks, then None
     emitted: int = 0
+    dispatched: int = 0  # bytes asked of the device so far (emitted + the chunk in flight)
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_byte: float | None = None
     error: str | None = None
@@ -87,8 +88,9 @@ class Batcher:
 
     def _admit(self):
         for slot in range(self.num_slots):
-            if self.active[slot] is not None:
-                continue
+            held = self.active[slot]
+            if held is not None and held.dispatched < held.max_tokens:
+                continue  # busy; a slot whose request is complete once the chunk in flight lands is free now
             try:
                 req = self.pending.get_nowait()
             except queue.Empty:
@@ -121,7 +123,8 @@ class Batcher:
 
     def _loop(self):
         """Pipelined: chunk k+1 is dispatched before chunk k's ids are copied to the host, so the device never
-        waits on the host; a request that ends in chunk k rides along in chunk k+1, whose bytes are dropped."""
+        waits on the host. A request is dispatched only for the bytes it still needs, and its slot takes the next
+        request as soon as its last chunk is dispatched (before that chunk's bytes land)."""
         inflight = None
         while not self._stop.is_set():
             try:
@@ -131,24 +134,33 @@ class Batcher:
                     self._wake.clear()
                     continue
                 nxt = None
-                if any(r is not None and r.emitted < r.max_tokens for r in self.active):
+                live = [r for r in self.active if r is not None and r.dispatched < r.max_tokens]
+                if live:
                     self.state, dev = self.engine.decode_device(self.state, self.chunk)
                     self.steps += 1
-                    nxt = (dev, list(self.active))
+                    for r in live:
+                        r.dispatched += self.chunk
+                    ids = {id(r) for r in live}
+                    nxt = (dev, [r if id(r) in ids else None for r in self.active])
                 if inflight is not None:
                     self._deliver(*inflight)
                 inflight = nxt
             except Exception as e:  # never leave a client waiting: fail every request in flight, keep serving
+                self._fail(inflight, f"generation failed: {type(e).__name__}: {e}")
                 inflight = None
-                for slot, req in enumerate(self.active):
-                    if req is not None:
-                        req.error = f"generation failed: {type(e).__name__}: {e}"
-                        req.out.put(None)
-                        self.active[slot] = None
-        for req in self.active:
-            if req is not None:
-                req.error = "the server is shutting down"
-                req.out.put(None)
+        self._fail(inflight, "the server is shutting down")
+
+    def _fail(self, inflight, message: str):
+        """End every unfinished request (in a slot, or waiting for the chunk in flight) with ``message``."""
+        seen, reqs = set(), []
+        for r in list(self.active) + (list(inflight[1]) if inflight else []):
+            if r is not None and id(r) not in seen and r.emitted < r.max_tokens:
+                seen.add(id(r))
+                reqs.append(r)
+        for req in reqs:
+            req.error = message
+            req.out.put(None)
+        self.active = [None] * self.num_slots
 
 
 def utf8_pieces(chunks):
