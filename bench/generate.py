@@ -191,6 +191,15 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                                 bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
                                 else None))
+            for u in ([] if q != "none" else a.extra_unrolls):  # the loop unrolled: batch 1, where it matters
+                try:
+                    engine.unroll = u
+                    bps, comp = time_engine(engine, 1, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine bf16 {impl} unroll {u}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                out.append(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
+                                limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
         engine = Engine(model, dtype="bfloat16")
@@ -219,6 +228,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")
+    p.add_argument("--extra-unrolls", default="", help="e.g. 4,8: unquantized paths again at batch 1 with the "
+                   "decode loop unrolled that many times")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)
@@ -235,6 +246,7 @@ def main(argv=None):
         a.heads = 2 if a.heads is None else a.heads
         a.bpb_seq = min(a.bpb_seq, 128)
     batches = [int(b) for b in a.batches.split(",")]
+    a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
     quants = [q.strip() for q in a.quants.split(",")]
     impls = [x.strip() for x in a.decode_impls.split(",")]
     device = jax.devices()[0].device_kind
