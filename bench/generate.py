@@ -2,8 +2,9 @@
 inference engine (hqf_jax.infer) in bf16 / int8 / int4, at several batch sizes, beside the weight-read limit
 (the engine's weight bytes over the copy bandwidth measured in the same run).
 
-    python -m bench.generate [--config configs/lm_125m.py | --run RUN] [--batches 1,8,64,256]
-                             [--quants none,int8,int4] [--steps 256] [--decode-impls jnp,pallas] [--out FILE]
+    python -m bench.generate [--configs configs/lm_125m.py,configs/lm_1b.py | --run RUN] [--batches 1,8,64,256]
+                             [--quants none,int8,int4] [--steps 256] [--decode-impls jnp,fused,fused_pallas]
+                             [--count-ops] [--bpb-bytes 262144] [--out FILE]
     python -m bench.generate --run RUN_WITH_HEADS   # adds self-speculative rows: bytes/s, accepted bytes/verify
     python -m bench.generate --small      # the tiny config, CPU-sized; what the test runs
 
@@ -13,6 +14,10 @@ The old path's calls include its prefill of an 8-byte prompt (under 1% of a call
 are random (speed does not depend on their values) unless --run is given. Quantized engines on a GPU multiply
 through pallas_kernels.quant.quant_matmul, whose ROUTES table picks the GEMV form at batch <= 2 and the
 tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer shape and batch.
+"compiles" counts backend compiles inside the timed calls (0 unless a call recompiles; a recompile per call once showed as 136 bytes/s).
+--count-ops adds each decode step's op count (kernels launched, roughly) from the compiled loop's HLO on
+this device; --bpb-bytes N adds each quant mode's held-out bits per byte against bf16's (same run, same
+bytes; random weights without --run, where only the difference means anything).
 """
 
 from __future__ import annotations
@@ -41,27 +46,82 @@ def copy_bandwidth(nbytes: int, reps: int) -> float:
     return 2 * nbytes * reps / (time.perf_counter() - t)
 
 
-def time_old(model, batch: int, steps: int, reps: int) -> float:
+COMPILES = [0]
+
+
+def _on_event(name, *_a, **_k):
+    if "backend_compile" in name:
+        COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def time_old(model, batch: int, steps: int, reps: int) -> tuple[float, int]:
+    """(bytes/s, compiles inside the timed calls)."""
     prompts = jnp.asarray(np.stack([generate.encode_prompt(b"The quic")] * batch))
     run = lambda i: generate.sample(model, prompts, steps, jax.random.PRNGKey(i), temperature=1.0)
     run(0).block_until_ready()
+    before = COMPILES[0]
     t = time.perf_counter()
     outs = [run(i + 1) for i in range(reps)]
     jax.block_until_ready(outs)
-    return batch * steps * reps / (time.perf_counter() - t)
+    return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
 
 
-def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> float:
+def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[float, int]:
     slots = engine.prefill([b"The quic"] * batch, Settings.make(batch, 0, temperature=1.0, top_p=0.95))
     slots, out = engine.decode_device(slots, steps)
     jax.block_until_ready(out)
+    before = COMPILES[0]
     t = time.perf_counter()
     outs = []
     for _ in range(reps):
         slots, out = engine.decode_device(slots, steps)
         outs.append(out)
     jax.block_until_ready(outs)
-    return batch * steps * reps / (time.perf_counter() - t)
+    return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
+
+
+def ops_per_step(engine: Engine) -> int:
+    """Non-trivial top-level ops of one decode step (the compiled loop body on this device) at batch 1."""
+    from hqf_jax.infer.engine import _decode
+    from hqf_jax.infer.hlo_count import loop_body_ops
+
+    slots = engine.prefill([b"ab"], Settings.make(1, 0, temperature=1.0, top_p=0.95))
+    low = _decode.lower(engine.graphdef, engine.weights, engine.fused_weights, slots, 8, engine.vocab_limit,
+                        engine.decode_impl, engine.interpret, 1)
+    return int(sum(loop_body_ops(low.compile().as_text()).values()))
+
+
+def held_out_bpb(engine: Engine, data: np.ndarray, seq_len: int) -> float:
+    """Bits per byte of the engine's prepared weights on ``data`` (rows of seq_len + 1 bytes), chunkwise form."""
+    from flax import nnx
+
+    from hqf_jax.infer.engine import forward, init_state
+
+    rows = data[: len(data) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1).astype(np.int32)
+
+    @jax.jit
+    def nll(weights, toks):
+        model = nnx.merge(engine.graphdef, weights)
+        b = toks.shape[0]
+        logits, _ = forward(model, toks[:, :-1], init_state(model.cfg, jnp.zeros((b,), jnp.int32)))
+        lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        return -jnp.take_along_axis(lp, toks[:, 1:, None], -1).sum()
+
+    total = sum(float(nll(engine.weights, jnp.asarray(rows[i:i + 8]))) for i in range(0, len(rows), 8))
+    return total / (rows.shape[0] * seq_len) / np.log(2)
+
+
+def held_out_bytes(cfg, n: int) -> np.ndarray | None:
+    try:
+        from hqf_jax.trainer import lm_task
+
+        return np.asarray(lm_task.load_corpus(cfg.data).stream("valid")[:n])
+    except Exception as e:  # noqa: BLE001 - the bench still runs; the table says bpb is missing
+        print(f"held-out data unavailable ({type(e).__name__}: {e}); no bpb column")
+        return None
 
 
 def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int) -> tuple[float, float]:
@@ -75,16 +135,15 @@ def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int
     return len(prompts) * steps * reps / (time.perf_counter() - t), float(np.mean(per))
 
 
-def build(args):
+def build(args, config):
     from hqf_jax.trainer import lm_task
 
     if args.run:
         model, cfg, _ = lm_task.load_run(args.run)
         return model, cfg, args.run
-    cfg = cli.load_config_file(args.config)
-    if args.heads is not None:
-        cfg = cli.apply_overrides(cfg, [f"model.extra_heads={args.heads}"])
-    return lm_task.build_model(cfg), cfg, args.config
+    cfg = cli.load_config_file(config)
+    cfg = cli.apply_overrides(cfg, list(args.set) + ([f"model.extra_heads={args.heads}"] if args.heads is not None else []))
+    return lm_task.build_model(cfg), cfg, config
 
 
 def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
@@ -101,15 +160,85 @@ def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
         return [b"The quick brown fox jumps over the lazy dog. " * 2] * n
 
 
+def bench_model(a, config, bw, rows, batches, quants, impls):
+    model, cfg, source = build(a, config)
+    out = []
+    if not a.no_old:
+        for b in batches:
+            bps, comp = time_old(model, b, a.steps, a.reps)
+            out.append(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
+                            bytes_per_s=bps, compiles=comp))
+    data = held_out_bytes(cfg, a.bpb_bytes) if a.bpb_bytes else None
+    bpb = {}
+    for q in quants:
+        for impl in impls:
+            if q != "none" and impl.startswith("fused"):
+                continue  # the fused step runs unquantized weights
+            try:  # a path that cannot build or compile here is reported as a row; the others still run
+                engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
+                                unroll=a.unroll)
+                wb = engine.weight_bytes()
+                if data is not None and q not in bpb:
+                    try:
+                        bpb[q] = held_out_bpb(engine, data, a.bpb_seq)
+                    except Exception as e:  # noqa: BLE001 - the speed rows still run
+                        print(f"FAILED bpb of {q}: {type(e).__name__}: {str(e)[:300]}")
+                ops = ops_per_step(engine) if a.count_ops else None
+            except Exception as e:  # noqa: BLE001
+                print(f"FAILED engine bf16 {q} {impl}: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            for b in batches:
+                try:
+                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                out.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b, weight_bytes=wb,
+                                bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
+                                bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
+                                else None))
+            for u in ([] if q != "none" else a.extra_unrolls):  # the loop unrolled: batch 1, where it matters
+                try:
+                    engine.unroll = u
+                    bps, comp = time_engine(engine, 1, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine bf16 {impl} unroll {u}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                out.append(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
+                                limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
+            del engine
+    if model.cfg.extra_heads:
+        engine = Engine(model, dtype="bfloat16")
+        for b in batches:
+            prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
+            bps, per = time_speculative(engine, prompts, a.steps, a.reps)
+            out.append(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
+                            weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
+                            limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
+    for r in out:
+        r.update(config=source, heads=model.cfg.extra_heads)
+    rows.extend(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/lm_125m.py")
+    p.add_argument("--configs", default=None, help="comma-separated configs, each benched in turn (overrides --config)")
+    p.add_argument("--set", action="append", default=[],
+                   help="a config override KEY=VALUE (repeatable), e.g. data.source=files data.paths=/tmp/pysrc")
     p.add_argument("--run", default=None, help="a train.lm run folder (its trained weights) instead of --config")
     p.add_argument("--batches", default="1,8,64,256")
     p.add_argument("--quants", default="none,int8,int4", help="engine weight formats: none (bf16), int8, int4, nf4")
-    p.add_argument("--decode-impls", default="jnp", help="jnp and/or pallas (the decode-step kernel)")
+    p.add_argument("--decode-impls", default="jnp,fused,fused_pallas",
+                   help="jnp, pallas (the step kernel), fused (one projection dot; XLA mixer), fused_pallas")
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
+    p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")
+    p.add_argument("--extra-unrolls", default="", help="e.g. 4,8: unquantized paths again at batch 1 with the "
+                   "decode loop unrolled that many times")
+    p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
+    p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
+    p.add_argument("--bpb-seq", type=int, default=2048)
     p.add_argument("--no-old", action="store_true", help="skip the old path")
     p.add_argument("--copy-mib", type=int, default=2048, help="array size of the copy-bandwidth probe")
     p.add_argument("--heads", type=int, default=None,
@@ -121,50 +250,39 @@ def main(argv=None):
     if a.small:
         a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "2", 8, 2, 16, "none,int8"
         a.heads = 2 if a.heads is None else a.heads
+        a.bpb_seq = min(a.bpb_seq, 128)
     batches = [int(b) for b in a.batches.split(",")]
+    a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
     quants = [q.strip() for q in a.quants.split(",")]
     if any(q != "none" for q in quants):  # quantized layers: print the kernel form the dispatcher picks per shape
         os.environ.setdefault("HQF_QUANT_DISPATCH", "print")  # and batch (pallas_kernels/quant/dispatch.py ROUTES)
     impls = [x.strip() for x in a.decode_impls.split(",")]
     device = jax.devices()[0].device_kind
-    model, cfg, source = build(a)
     bw = copy_bandwidth(a.copy_mib << 20, 20 if not a.small else 3)
     rows = []
-    if not a.no_old:
-        for b in batches:
-            rows.append(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
-                             bytes_per_s=time_old(model, b, a.steps, a.reps)))
-    for q in quants:
-        for impl in impls:
-            engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl)
-            wb = engine.weight_bytes()
-            for b in batches:
-                rows.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b,
-                                 weight_bytes=wb, bytes_per_s=time_engine(engine, b, a.steps, a.reps),
-                                 limit_bytes_per_s=b * bw / wb))
-    if model.cfg.extra_heads:
-        engine = Engine(model, dtype="bfloat16")
-        for b in batches:
-            prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
-            bps, per = time_speculative(engine, prompts, a.steps, a.reps)
-            rows.append(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
-                             weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
-                             limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
+    for config in (a.configs.split(",") if a.configs and not a.run else [a.config]):
+        bench_model(a, config, bw, rows, batches, quants, impls)
     for r in rows:
-        r.update(device=device, config=source, steps=a.steps, copy_gb_s=bw / 1e9, heads=model.cfg.extra_heads,
-                 date=time.strftime("%Y-%m-%d"))
+        r.update(device=device, steps=a.steps, copy_gb_s=bw / 1e9, date=time.strftime("%Y-%m-%d"))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)
-    print(f"\nbench.generate on {device}, {source}; copy bandwidth {bw / 1e9:.0f} GB/s; {a.steps} steps x {a.reps} calls")
-    print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'weight MB':>9s} {'limit bytes/s':>14s} {'% limit':>7s}")
+    print(f"\nbench.generate on {device}; copy bandwidth {bw / 1e9:.0f} GB/s; {a.steps} steps x {a.reps} calls; "
+          f"unroll {a.unroll}; {time.strftime('%Y-%m-%d')}")
+    print(f"{'config':22s} {'path':40s} {'batch':>5s} {'bytes/s':>11s} {'weight MB':>9s} {'limit B/s':>11s} "
+          f"{'% limit':>7s} {'ops/step':>8s} {'bpb (+cost)':>15s} {'compiles':>8s}")
     for r in rows:
         lim = r.get("limit_bytes_per_s")
         wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r["weight_bytes"] else "        -"
-        lim_s = f"{lim:14,.0f}" if lim else "             -"
+        lim_s = f"{lim:11,.0f}" if lim else "          -"
         pct = f"{100 * r['bytes_per_s'] / lim:6.1f}%" if lim else "      -"
+        ops = f"{r['ops_per_step']:8d}" if r.get("ops_per_step") else "       -"
+        bpb = (f"{r['bpb']:.4f} ({r['bpb_cost']:+.4f})" if r.get("bpb") is not None and r.get("bpb_cost") is not None
+               else "-")
         spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
-        print(f"{r['path']:44s} {r['batch']:5d} {r['bytes_per_s']:12,.0f} {wb} {lim_s} {pct}{spec}")
+        cfg_name = str(r["config"]).split("/")[-1]
+        print(f"{cfg_name:22s} {r['path']:40s} {r['batch']:5d} {r['bytes_per_s']:11,.0f} {wb} {lim_s} {pct} {ops} "
+              f"{bpb:>15s} {r.get('compiles', 0):8d}{spec}")
     return rows
 
 

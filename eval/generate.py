@@ -70,10 +70,17 @@ def main(argv=None):
 
 
 def byte_stream(model, prompt: bytes, a):
-    """The engine for the RetNet byte LM; other byte models (RetNPhi) through their own recurrent step."""
+    """The engine for the RetNet byte LM; other byte models (RetNPhi) through the recurrent-model engine
+    (their own step in an on-device loop), or their old step-by-step stream when quantized."""
     if isinstance(model, RetNetLM):
         engine = Engine(model, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl, decode_impl=a.decode_impl,
                         allow_eos=True)
+        return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
+                             top_k=a.top_k, top_p=a.top_p)
+    if not a.quant:
+        from hqf_jax.infer.recurrent import RecurrentEngine
+
+        engine = RecurrentEngine(model, dtype=a.dtype, allow_eos=True)
         return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
                              top_k=a.top_k, top_p=a.top_p)
     if a.quant:

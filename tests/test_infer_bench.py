@@ -7,11 +7,15 @@ import pytest
 def test_bench_generate_small(tmp_path):
     from bench.generate import main
 
-    rows = main(["--small", "--out", str(tmp_path / "rows.json")])
+    rows = main(["--small", "--count-ops", "--bpb-bytes", "4096", "--out", str(tmp_path / "rows.json")])
     paths = {r["path"] for r in rows}
     assert any(p.startswith("old") for p in paths) and "engine bf16 jnp" in paths and "engine bf16 int8 jnp" in paths
+    assert "engine bf16 fused" in paths and "engine bf16 fused_pallas" in paths
+    by = {r["path"]: r for r in rows}
+    assert by["engine bf16 fused"]["ops_per_step"] < by["engine bf16 jnp"]["ops_per_step"]
+    assert by["engine bf16 jnp"]["bpb_cost"] == 0.0 and 0 < by["engine bf16 int8 jnp"]["bpb"] < 16
     for r in rows:
-        assert r["bytes_per_s"] > 0 and r["device"] and r["date"]
+        assert r["bytes_per_s"] > 0 and r["device"] and r["date"] and r.get("compiles", 0) == 0
         if r["path"].startswith("engine"):
             assert r["limit_bytes_per_s"] > 0 and r["weight_bytes"] > 0
     assert (tmp_path / "rows.json").exists()
@@ -24,3 +28,21 @@ def test_bench_serve_load_small():
     res = main(["--small"])
     assert res["requests"] == 6 and res["errors"] == 0
     assert res["bytes"] == 6 * 16 and res["bytes_per_s"] > 0 and res["p99_s"] >= res["p50_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_generate_retnphi_small():
+    from bench.generate_retnphi import main
+
+    rows = main(["--small"])
+    names = [r[0] for r in rows]
+    assert any(n.startswith("token decoder KV-cache") for n in names) and "RetNPhi engine float32" in names
+    assert all(bps > 0 and comp == 0 for _, _, bps, comp in rows)  # no recompile inside a timed call
+
+
+@pytest.mark.slow
+def test_bench_serve_load_compares_with_batched():
+    from bench.serve_load import main
+
+    res = main(["--small", "--decode-impl", "fused"])
+    assert res["errors"] == 0 and res["batched_bytes_per_s"] > 0 and 0 < res["fraction_of_batched"]

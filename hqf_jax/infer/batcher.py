@@ -30,6 +30,7 @@ class Request:
     seed: int = 0
     out: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # bytes chunks, then None
     emitted: int = 0
+    dispatched: int = 0  # bytes asked of the device so far (emitted + the chunk in flight)
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     first_byte: float | None = None
     error: str | None = None
@@ -87,8 +88,9 @@ class Batcher:
 
     def _admit(self):
         for slot in range(self.num_slots):
-            if self.active[slot] is not None:
-                continue
+            held = self.active[slot]
+            if held is not None and held.dispatched < held.max_tokens:
+                continue  # busy; a slot whose request is complete once the chunk in flight lands is free now
             try:
                 req = self.pending.get_nowait()
             except queue.Empty:
@@ -103,37 +105,62 @@ class Batcher:
                 continue
             self.active[slot] = req
 
+    def _deliver(self, ids, snapshot):
+        """Hand out one finished chunk (ids on the device) to the requests that were in the slots when it ran."""
+        ids = np.asarray(ids)
+        now = time.perf_counter()
+        for slot, req in enumerate(snapshot):
+            if req is None or req.emitted >= req.max_tokens:
+                continue  # a slot that was free, or a request already complete (its extra chunk is dropped)
+            take = min(self.chunk, req.max_tokens - req.emitted)
+            req.first_byte = req.first_byte or now
+            req.out.put(bytes(int(i) for i in ids[slot, :take]))
+            req.emitted += take
+            if req.emitted >= req.max_tokens:
+                req.out.put(None)
+                if self.active[slot] is req:
+                    self.active[slot] = None
+
     def _loop(self):
+        """Pipelined: chunk k+1 is dispatched before chunk k's ids are copied to the host, so the device never
+        waits on the host. A request is dispatched only for the bytes it still needs, and its slot takes the next
+        request as soon as its last chunk is dispatched (before that chunk's bytes land)."""
+        inflight = None
         while not self._stop.is_set():
             try:
                 self._admit()
-                if not any(self.active):
+                if not any(self.active) and inflight is None:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                self.state, ids = self.engine.decode(self.state, self.chunk)
-                self.steps += 1
-                now = time.perf_counter()
-                for slot, req in enumerate(self.active):
-                    if req is None:
-                        continue
-                    take = min(self.chunk, req.max_tokens - req.emitted)
-                    req.first_byte = req.first_byte or now
-                    req.out.put(bytes(int(i) for i in ids[slot, :take]))
-                    req.emitted += take
-                    if req.emitted >= req.max_tokens:
-                        req.out.put(None)
-                        self.active[slot] = None
+                nxt = None
+                live = [r for r in self.active if r is not None and r.dispatched < r.max_tokens]
+                if live:
+                    self.state, dev = self.engine.decode_device(self.state, self.chunk)
+                    self.steps += 1
+                    for r in live:
+                        r.dispatched += self.chunk
+                    ids = {id(r) for r in live}
+                    nxt = (dev, [r if id(r) in ids else None for r in self.active])
+                if inflight is not None:
+                    self._deliver(*inflight)
+                inflight = nxt
             except Exception as e:  # never leave a client waiting: fail every request in flight, keep serving
-                for slot, req in enumerate(self.active):
-                    if req is not None:
-                        req.error = f"generation failed: {type(e).__name__}: {e}"
-                        req.out.put(None)
-                        self.active[slot] = None
-        for req in self.active:
-            if req is not None:
-                req.error = "the server is shutting down"
-                req.out.put(None)
+                self._fail(inflight, f"generation failed: {type(e).__name__}: {e}")
+                inflight = None
+        self._fail(inflight, "the server is shutting down")
+
+    def _fail(self, inflight, message: str):
+        """End every unfinished request (in a slot, or waiting for the chunk in flight) with ``message``."""
+        seen, reqs = set(), []
+        for r in list(self.active) + (list(inflight[1]) if inflight else []):
+            if r is not None and id(r) not in seen and r.emitted < r.max_tokens:
+                seen.add(id(r))
+                reqs.append(r)
+        for req in reqs:
+            req.error = message
+            req.out.put(None)
+        self.active = [None] * self.num_slots
 
 
 def utf8_pieces(chunks):

@@ -29,13 +29,14 @@ import numpy as np
 from flax import nnx
 
 from hqf_jax.errors import HqfError
+from hqf_jax.infer import fused
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.ops import retention as ret
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
 from hqf_jax.ops.sampling import sample_rows
 
 DTYPES = ("float32", "bfloat16")
-DECODE_IMPLS = ("jnp", "pallas")
+DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas")  # fused*: hqf_jax.infer.fused
 QUANT_IMPLS = ("auto", "reference", "pallas")
 
 
@@ -215,19 +216,30 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
     return Slots(state, _pick(logits[:, -1], settings, emitted, vocab_limit), emitted, settings)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret"))
-def _decode(graphdef, weights, slots: Slots, n, vocab_limit, decode_impl, interpret):
+def step_logits(model, fw, token, state, decode_impl: str, interpret: bool):
+    """One decode step token (B,) -> logits (B, V) float32, state: the module-by-module step (jnp | pallas)
+    or the fused one (fused | fused_pallas, with ``fw`` from fused.fuse_weights)."""
+    if decode_impl.startswith("fused"):
+        impl = "pallas" if decode_impl == "fused_pallas" else "xla"
+        return fused.fused_step(model, fw, token, state, impl, interpret)
+    logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
+    return logits[:, 0], state
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll"))
+def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1):
     model = nnx.merge(graphdef, weights)
 
     def body(i, carry):
         state, token, emitted, out = carry
         out = out.at[:, i].set(token)
-        logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
-        nxt = _pick(logits[:, 0], slots.settings, emitted + 1, vocab_limit)
+        logits, state = step_logits(model, fw, token, state, decode_impl, interpret)
+        nxt = _pick(logits, slots.settings, emitted + 1, vocab_limit)
         return state, nxt, emitted + 1, out
 
     out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
-    state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out))
+    state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out),
+                                                   unroll=max(1, min(unroll, n)))
     return Slots(state, token, emitted, slots.settings), out
 
 
@@ -246,13 +258,18 @@ class Engine:
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
-                 prompt_bucket: int = 64):
+                 prompt_bucket: int = 64, unroll: int = 1):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl)
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
+        if decode_impl.startswith("fused") and quant:
+            raise EngineError("the fused decode step runs bf16/float32 weights; quantized engines use jnp or pallas")
+        # the fused step reads the projections concatenated (made once here); the model's own kernels are not read
+        self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
         self.decode_impl = decode_impl
+        self.unroll = int(unroll)
         self.interpret = jax.default_backend() == "cpu"
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
         self.prompt_bucket = int(prompt_bucket)
@@ -266,7 +283,14 @@ class Engine:
         return cls(model, **kw)
 
     def weight_bytes(self) -> int:
-        return weight_bytes(self.model)
+        """Bytes the decode step reads per step (the fused step reads the concatenated projections instead
+        of the per-layer ones)."""
+        if self.fused_weights is None:
+            return weight_bytes(self.model)
+        per = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.fused_weights))
+        dup = sum(getattr(b.retention, n).kernel[...].nbytes for b in self.model.blocks for n in "qkvg")
+        dup += sum(getattr(b.ffn, n).kernel[...].nbytes for b in self.model.blocks for n in ("gate", "up"))
+        return weight_bytes(self.model) - dup + per
 
     def _pad(self, prompts) -> tuple[jax.Array, jax.Array]:
         ids = [encode(p) for p in prompts]
@@ -287,14 +311,13 @@ class Engine:
 
     def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
         """n bytes per row in one jitted on-device loop -> (slots after, ids (B, n) on the host)."""
-        slots, out = _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit, self.decode_impl,
-                             self.interpret)
+        slots, out = self.decode_device(slots, n)
         return slots, np.asarray(out)
 
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
-        return _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit, self.decode_impl,
-                       self.interpret)
+        return _decode(self.graphdef, self.weights, self.fused_weights, slots, int(n), self.vocab_limit,
+                       self.decode_impl, self.interpret, self.unroll)
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:
         """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""

@@ -1,0 +1,163 @@
+"""Generation speed of RetNPhi (a converted decoder, random-init at the given size: speed does not depend on
+the values) through the engine (hqf_jax.infer.recurrent) against the old path (nn.generate.sample) and the
+same-size token decoder's KV-cache generation in bytes/s at a measured bytes per token.
+
+    python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--steps 256] [--data-paths /tmp/pysrc]
+    python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
+
+Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabulary size on the first
+``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
+said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
+"compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
+earlier bench report 136 B/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hqf_jax import cli
+from hqf_jax.infer.engine import Settings
+from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.nn import generate
+from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
+
+_LLAMA = dict(model_type="llama", rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
+              tie_word_embeddings=False)
+SIZES = {
+    "tiny": dict(_LLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2),
+    "1b": dict(_LLAMA, vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+               num_attention_heads=32, num_key_value_heads=4),  # TinyLlama-1.1B shape
+}
+COMPILES = [0]
+
+
+def _on_event(name, *_a, **_k):
+    if "backend_compile" in name:
+        COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def timed(fn, reps: int) -> tuple[float, int]:
+    """(seconds per call, compiles during the timed calls) after one warm-up call."""
+    jax.block_until_ready(fn(0))
+    before = COMPILES[0]
+    t = time.perf_counter()
+    outs = [fn(i + 1) for i in range(reps)]
+    jax.block_until_ready(outs)
+    return (time.perf_counter() - t) / reps, COMPILES[0] - before
+
+
+def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: float) -> tuple[float, str]:
+    files = sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []
+    if not files:
+        return assumed, "assumed"
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    text, size = [], 0
+    for f in files:
+        with open(f, "rb") as fh:
+            text.append(fh.read().decode("utf-8", "replace"))
+        size += len(text[-1])
+        if size > (mb + 1) * 2**20:
+            break
+    cut = int(mb * 2**20)
+    body = "".join(text)
+    train, held = body[:cut], body[cut:cut + 2**20]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator([train[i:i + 65536] for i in range(0, len(train), 65536)],
+                            trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    n = len(tok.encode(held).ids)
+    return len(held.encode("utf-8")) / max(n, 1), f"measured: BPE({vocab}) on {mb:g} MB, 1 MB held out"
+
+
+def kv_cache_tokens_per_s(decoder: HFDecoderLM, batch: int, steps: int, reps: int, prefill: int = 64) -> tuple:
+    gd, st = nnx.split(decoder)
+    prompt = jnp.ones((batch, prefill), jnp.int32)
+
+    @jax.jit
+    def run(st, prompt, key):
+        m = nnx.merge(gd, st)
+        cache = m.init_cache(batch, prefill + steps)
+        logits, cache = m.decode(prompt, cache)
+
+        def body(carry, i):
+            tok, cache = carry
+            lg, cache = m.decode(tok[:, None], cache)
+            nxt = jax.random.categorical(jax.random.fold_in(key, i), lg[:, -1].astype(jnp.float32))
+            return (nxt.astype(jnp.int32), cache), None
+
+        first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
+        (tok, _), _ = jax.lax.scan(body, (first, cache), jnp.arange(steps))
+        return tok
+
+    sec, comp = timed(lambda i: run(st, prompt, jax.random.PRNGKey(i)), reps)
+    return batch * steps / sec, comp
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="1b", choices=sorted(SIZES))
+    p.add_argument("--batches", default="1,8,64")
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--data-paths", default=None, help="a folder of .py files for the bytes-per-token tokenizer")
+    p.add_argument("--bpe-mb", type=float, default=8.0)
+    p.add_argument("--bytes-per-token", type=float, default=4.0, help="used (and said so) without --data-paths")
+    p.add_argument("--no-old", action="store_true")
+    p.add_argument("--small", action="store_true")
+    a = p.parse_args(argv)
+    if a.small:
+        a.size, a.batches, a.steps, a.reps, a.dtype, a.bpe_mb = "tiny", "2", 8, 2, "float32", 0.05
+    batches = [int(b) for b in a.batches.split(",")]
+    device = jax.devices()[0].device_kind
+    cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
+    decoder = HFDecoderLM(cfg, rngs=nnx.Rngs(0))
+    bpt, how = measure_bytes_per_token(a.data_paths, cfg.vocab_size, a.bpe_mb, a.bytes_per_token)
+    rows = []
+    for b in batches:
+        tps, comp = kv_cache_tokens_per_s(decoder, b, a.steps, a.reps)
+        rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok)", b, tps * bpt, comp))
+    model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64))
+    del decoder
+    engine = RecurrentEngine(model, dtype=a.dtype)
+    for b in batches:
+        prompts = [b"The quick brown fox jumps"] * b
+        if not a.no_old:
+            enc = jnp.asarray(np.stack([generate.encode_prompt(x) for x in prompts]))
+            sec, comp = timed(lambda i: generate.sample(engine.model, enc, a.steps, jax.random.PRNGKey(i)), a.reps)
+            rows.append(("RetNPhi old path (nn.generate.sample)", b, b * a.steps / sec, comp))
+        slots = engine.prefill(prompts, Settings.make(b, 0, temperature=1.0, top_p=0.95))
+        state = {"s": slots}
+
+        def call(i):
+            state["s"], out = engine.decode_device(state["s"], a.steps)
+            return out
+
+        sec, comp = timed(call, a.reps)
+        rows.append((f"RetNPhi engine {a.dtype}", b, b * a.steps / sec, comp))
+    print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
+          f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
+    print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
+    for name, b, bps, comp in rows:
+        print(f"{name:44s} {b:5d} {bps:12,.0f} {comp:8d}")
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

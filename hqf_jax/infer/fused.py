@@ -1,0 +1,128 @@
+"""The fused decode step of the byte LM: fewer, larger launches per layer than the module-by-module step.
+
+Batch-1 decode is bound by launches and latency, not by reading weights (bench.generate; docs/generation.md).
+Counted from the compiled HLO of the engine's decode loop (tests/test_infer_fused.py prints nothing; the
+figures are in docs/generation.md): the module-by-module step is ~45 ops per layer (4 + 3 projection dots,
+per-layer rotary and decay-norm tables, the retention step, group norm and gating each in several fusions).
+This step does per layer
+
+    RMSNorm -> one dot with [Wq | Wk | Wv | Wg] -> retention step + group norm + swish gate -> dot Wo ->
+    residual + RMSNorm -> one dot with [Wgate | Wup] -> silu * up -> dot Wdown -> residual
+
+with the rotary/xPos tables and the decay-row norms computed once per step for all layers (every layer has
+the same positions and gammas). ``impl="xla"`` writes the middle part in jnp (XLA fuses it);
+``impl="pallas"`` runs it as one Pallas kernel per layer (pallas_kernels/retention_decode_fused.py) that
+reads q, k, v and the gate straight from the projection output. Same logits as ``engine.forward``'s
+recurrent step (tests in float32; the Pallas kernel in interpret mode on CPU).
+
+Weights: ``fuse_weights`` concatenates the projections once, when the engine prepares its parameters
+(bf16 or float32). Quantized engines keep the module-by-module step (their layers are hqf_jax.quant's).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hqf_jax.ops import retention as ret
+
+FUSED_IMPLS = ("xla", "pallas")
+
+
+def fuse_weights(model) -> dict:
+    """Concatenated projection kernels per layer, in the model's parameter dtype: {"qkvg": [(d, 2qk+2v)],
+    "gu": [(d, 2f)]}. Raises ValueError when a layer is not a plain nnx.Linear (a quantized model)."""
+    qkvg, gu = [], []
+    for block in model.blocks:
+        m, f = block.retention, block.ffn
+        layers = (m.q, m.k, m.v, m.g, f.gate, f.up)
+        if not all(type(x) is nnx.Linear and x.bias is None for x in layers):
+            raise ValueError("the fused step needs plain bias-free nnx.Linear projections (not a quantized model)")
+        qkvg.append(jnp.concatenate([x.kernel[...] for x in layers[:4]], axis=1))
+        gu.append(jnp.concatenate([f.gate.kernel[...], f.up.kernel[...]], axis=1))
+    g0 = np.asarray(model.blocks[0].retention.gammas[...])
+    if any(not np.array_equal(np.asarray(b.retention.gammas[...]), g0) for b in model.blocks):
+        raise ValueError("the fused step shares one decay table across layers; this model's gammas differ")
+    return {"qkvg": qkvg, "gu": gu}
+
+
+def position_tables(cfg, offset: jax.Array):
+    """cos, sin, xPos scale (B, Dk/2) float32 at each row's position ``offset`` (B,) (identity for 'none')."""
+    dk = cfg.qk_dim // cfg.num_heads
+    pos = jnp.asarray(offset)[:, None]  # (B, 1)
+    if cfg.position == "none":
+        one = jnp.ones((pos.shape[0], dk // 2), jnp.float32)
+        return one, jnp.zeros_like(one), one
+    angles = ret.rotary_angles(pos, dk, cfg.rope_theta)[:, 0]  # (B, Dk/2)
+    if cfg.position == "xpos":
+        zeta = (jnp.arange(0, dk, 2, dtype=jnp.float32) + 0.4 * dk) / (1.4 * dk)
+        scale = zeta ** (pos.astype(jnp.float32) / 512.0)  # rotate_qk's xpos_scale_base
+    else:
+        scale = jnp.ones_like(angles)
+    return jnp.cos(angles), jnp.sin(angles), scale
+
+
+def _rot(x, cos, sin):  # rotate-half on (B, H, Dk) with (B, 1, Dk/2) tables
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+
+def mixer_xla(h, gn_scale, gammas, rnorm, tables, state: ret.RetentionState, cfg):
+    """The jnp form of the fused kernel: h (B, 2qk+2v) the projection output -> gated, group-normed retention
+    output (B, v) float32 and the state after the step. rnorm (B, H)."""
+    b = h.shape[0]
+    nh, qk, v = cfg.num_heads, cfg.qk_dim, cfg.v_dim
+    dk, dv = qk // nh, v // nh
+    f = h.astype(jnp.float32)
+    q, k = f[:, :qk].reshape(b, nh, dk), f[:, qk:2 * qk].reshape(b, nh, dk)
+    vv, gate = f[:, 2 * qk:2 * qk + v].reshape(b, nh, dv), f[:, 2 * qk + v:]
+    cos, sin, xs = (t[:, None, :] for t in tables)
+    q1, q2 = _rot(q, cos, sin)
+    k1, k2 = _rot(k, cos, sin)
+    q = jnp.concatenate([q1 * xs, q2 * xs], -1)
+    k = jnp.concatenate([k1 / xs, k2 / xs], -1) * dk**-0.5
+    g = gammas.astype(jnp.float32)[None, :, None]
+    kv = state.kv * g[..., None] + k[..., :, None] * vv[..., None, :]
+    ksum = state.ksum * g + k
+    num = jnp.einsum("bhd,bhdv->bhv", q, kv, precision="highest")
+    rowsum = jnp.sum(q * ksum, -1)
+    r = rnorm[..., None]
+    o = num * r / jnp.maximum(jnp.abs(rowsum[..., None] * r), 1.0)  # (B, H, Dv)
+    mean = o.mean(-1, keepdims=True)
+    var = jnp.maximum((o * o).mean(-1, keepdims=True) - mean * mean, 0.0)
+    y = ((o - mean) * (jax.lax.rsqrt(var + cfg.norm_eps) * gn_scale.astype(jnp.float32).reshape(nh, dv)))
+    y = y.reshape(b, v) * jax.nn.sigmoid(gate) * gate
+    return y, ret.RetentionState(kv, ksum, state.offset + 1)
+
+
+def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False):
+    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as engine.forward)."""
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    x = model.embed(token).astype(dtype)  # (B, d)
+    offset = jnp.asarray(state[0].offset)
+    tables = position_tables(cfg, offset)
+    gammas = model.blocks[0].retention.gammas[...].astype(jnp.float32)
+    rnorm = ret.row_norm(offset[:, None], gammas)[..., 0]  # (B, H)
+    nxt = offset + 1
+    new = []
+    for i, (block, s) in enumerate(zip(model.blocks, state)):
+        m = block.retention
+        h = jnp.dot(block.norm1(x).astype(dtype), fw["qkvg"][i].astype(dtype))
+        gn = m.group_norm.scale[...]
+        if impl == "pallas":
+            from pallas_kernels.retention_decode_fused import fused_mixer  # here: loads Triton only when asked
+
+            y, s = fused_mixer(h, gn, gammas, rnorm, tables, s, cfg.num_heads, cfg.norm_eps, interpret=interpret)
+        else:
+            y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
+        x = x + m.o(y.astype(dtype))
+        gu = jnp.dot(block.norm2(x).astype(dtype), fw["gu"][i].astype(dtype))
+        a, u = gu[:, :cfg.ffn_dim], gu[:, cfg.ffn_dim:]
+        x = x + block.ffn.down(nnx.silu(a) * u)
+        new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
+    logits = model.head(model.norm(x).astype(jnp.float32))
+    return logits, tuple(new)
