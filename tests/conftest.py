@@ -48,6 +48,14 @@ LONG_MODULES = ["test_notebooks.py", "test_sharding.py", "test_train_lm.py", "te
                 "test_multiprocess.py", "test_train_retnphi_study.py", "test_grpo_train.py", "test_retnet_model.py"]
 
 
+def pytest_configure(config):
+    """pytest-xdist >= 3.7 reorders the files of --dist loadfile by their number of tests (most first) unless told
+    not to: that ran test_multiprocess.py (one test, about a minute) among the very last, alone on one worker.
+    Keep the order below instead (same as --no-loadscope-reorder; a no-op without xdist)."""
+    if getattr(config.option, "loadscopereorder", None) is not None:
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     """Long modules first; tests marked gpu need a GPU backend: `JAX_PLATFORMS=cuda python -m pytest -m gpu`."""
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
