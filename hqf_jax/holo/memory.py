@@ -112,7 +112,9 @@ def init_memory(config: HoloConfig, vectors: jnp.ndarray | None = None) -> HoloS
             raise HoloConfigError(
                 f"grounded embeddings need a ({config.vocab_size}, D) vector table; pass vectors= or use embedding='haar'"
             )
-        emb = so4.grounded_so4(jnp.asarray(vectors), config.angle_scale)
+        # full float32 matmuls: a GPU's default (TF32-like) precision leaves the rotations ~1e-3 off SO(4)
+        with jax.default_matmul_precision("highest"):
+            emb = so4.grounded_so4(jnp.asarray(vectors), config.angle_scale)
     else:
         emb = so4.haar_so4(jax.random.key(config.seed), (config.vocab_size,))
     so4.check_so4(emb, what="token embeddings")
