@@ -23,14 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from hqf_jax.errors import NonFiniteError
 from hqf_jax.trainer import mfu
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.best import BestKeeper
 from hqf_jax.trainer.checkpoint import Checkpointer, abstract_like
-from hqf_jax.trainer.metrics import MetricWriter
+from hqf_jax.trainer.metrics import MetricWriter, Progress
 from hqf_jax.trainer.optim import make_optimizer
 from hqf_jax.trainer.runlock import RunLock
 from hqf_jax.trainer.signals import Stopper
@@ -181,8 +180,7 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
     deadline = time.perf_counter() + max_seconds if max_seconds > 0 else None
     capped = False
     last: dict[str, float] = {}
-    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
-               unit="step", dynamic_ncols=True)
+    bar = Progress(total, start, progress and jax.process_index() == 0)
     t_window, n_window = time.perf_counter(), 0
     step = start
     try:
@@ -193,6 +191,7 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
                 n_window += 1
                 if deadline is not None and step < total and time.perf_counter() > deadline:
                     total, capped = step, True  # the last step: logged, evaluated and saved as any last step
+                    bar.total = total
                     writer.event(step, "max_seconds", seconds=max_seconds)
                 for hook in task.interventions:
                     state = hook(step, state, writer, last) or state
@@ -213,7 +212,7 @@ def _train(task, train_cfg, mesh_cfg, workdir, config_json, progress, devices, s
                                              f"it (saved steps {ckpt.all_steps()} are kept); lower train.lr or check "
                                              "the data, then re-run the same command to resume")
                     last.update(metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
+                    bar.log(step, loss=f"{metrics['loss']:.3f}", **{f"{task.unit_name}/s": f"{rate:,.0f}"})
                     t_window, n_window = time.perf_counter(), 0
                 improved = None
                 if task.eval_fn and (step % train_cfg.eval_every == 0 or step == total):

@@ -8,6 +8,7 @@ have rows in several segments, one per segment; ``latest_rows`` keeps the newest
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -96,3 +97,30 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         newest[r["step"]] = max(newest.get(r["step"], 0), r.get("segment", 0))
     return [r for r in rows if r.get("segment", 0) == newest[r["step"]]]
+
+
+class Progress:
+    """The training loop's progress: a tqdm bar on a terminal; plain lines at every log step when stderr is a file
+    or a pipe (no carriage-return floods under nohup or a scheduler); nothing when disabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, unit: str = "step"):
+        from tqdm.auto import tqdm
+
+        self.enabled, self.total = enabled, total
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, disable=not self.interactive, unit=unit, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def log(self, step: int, **fields: str) -> None:
+        if self.interactive:
+            self.bar.set_postfix(**fields)
+        elif self.enabled:
+            print(f"[train] step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
