@@ -15,10 +15,14 @@
    lzma 9e and the arithmetic-coding bound of the pretrained LM and of each policy; the frozen pretrained LM's
    gain score (hqf_jax/rl/verifier.py) of the best reconstruction beside chrF.
 
-Writes <out>/table.md, results.json and (when matplotlib is there) curves.png. Budgets: each phase stops at its
-steps or its seconds (counted after its first, compiling step), whichever first; the GRPO arms also share what is
-left of --total-s after keeping --eval-reserve-s per arm (compiles included; an arm left with < 10 s is reported
-as not run). key=value overrides apply to the GRPO config (model, data, rl, grpo, train.lr).
+Writes <out>/table.md, results.json and (when matplotlib is there) curves.png. Budgets: pretrain and warm start stop
+at their steps or their seconds (counted after their first, compiling step), whichever first. The GRPO arms: their
+configs are checked before any training, with one rl.prompt_width raised to the longest prompt any arm can build;
+then every arm takes its first (compiling: rollouts, engine, train step) step, off the arms' clocks; then each arm
+trains for min(--grpo-s, its share of what is left of --total-s after keeping --eval-reserve-s per arm) and is
+scored (table: steps, training seconds and first-step seconds per arm). An arm that raises is recorded with its
+error and the next one goes on; the table is always written. key=value overrides apply to the GRPO config (model,
+data, rl, grpo, train.lr).
 """
 
 from __future__ import annotations

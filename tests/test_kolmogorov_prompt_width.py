@@ -50,3 +50,41 @@ def test_too_small_width_is_refused_at_load_time():
     k = kolmogorov_config(cli.apply_overrides(c, ["rl.prompt_width=131"]).rl)
     with pytest.raises(RolloutError):  # one byte more than the bound no longer fits
         encode_prompts([p + b"x" for p in longest_prompts(k, 96)], width=131)
+
+
+def test_a_failing_arm_is_recorded_and_the_others_go_on(monkeypatch):
+    """run_arms: an arm raising in its first step or in its training is recorded with its error, the others are
+    trained for min(--grpo-s, their share) after every first step, and the table names the failure."""
+    calls = []
+
+    class FakeArm:
+        def __init__(self, name, acfg, model, work, every):
+            calls.append(("start", name))
+            if name == "ccv":
+                raise RuntimeError("boom at start")
+            self.name, self.first_s = name, 1.0
+
+        def train_and_score(self, seconds, max_steps, verifier, eval_sources, args, deadline):
+            calls.append(("train", seconds))
+            if self.name == "cqav":  # fails in its training
+                raise RolloutError("a prompt of 131 tokens exceeds width=128")
+            return {"steps": 3, "seconds": seconds, "first_step_s": 1.0, "curve": [], "loss_log": [],
+                    "eval_episode": {"reward": 0.1, "fidelity": 0.5, "ratio": 0.5},
+                    "hack": {"used": 1.0, "gate": 1.0, "signal": None, "copied_frac": None},
+                    "heldout": {"bpb@0.5": 7.0, "bpb@0.9": 8.0, "success@0.5": 0.5, "success@0.9": 0.0,
+                                "mean_best_chrf": 0.6, "mean_gain_of_best": 0.1}, "ac_bound_bpb": 6.0}
+
+    monkeypatch.setattr(study, "Arm", FakeArm)
+    args = type("A", (), {"eval_reserve_s": 0.0, "size": "tiny", "grpo_steps": 5, "grpo_s": 1.0})()
+    results = {"arms": {}}
+    study.run_arms(["cdv", "ccv", "cqav"], {"cdv": None, "ccv": None, "cqav": None}, None, None, [], args, None, study.Clock(1e9), results)
+    assert calls == [("start", "cdv"), ("start", "ccv"), ("start", "cqav"), ("train", 1.0), ("train", 1.0)]
+    assert "heldout" in results["arms"]["cdv"]
+    assert results["arms"]["ccv"]["error"] == "RuntimeError: boom at start"
+    assert results["arms"]["cqav"]["error"].startswith("RolloutError: a prompt of 131")
+    results.update(params=1, data="d", device="cpu", wall_s=1.0, eval_sources=1, source_len=8, pretrained_ac_bpb=7.0,
+                   baselines_bpb={"zlib": 9.0}, pretrain={"steps": 1, "seconds": 1.0, "valid_bpb": 8.0},
+                   warm={"steps": 1, "seconds": 1.0, "before": {"fidelity": 0.1},
+                         "after": {"fidelity": 0.2, "ratio": 1.0, "codec_exact": 0.0}})
+    text = study.table(results)
+    assert "| ccv | failed: RuntimeError: boom at start |" in text and "| cdv | 3 | 1.0 | 1.0 |" in text
