@@ -15,16 +15,21 @@
    lzma 9e and the arithmetic-coding bound of the pretrained LM and of each policy; the frozen pretrained LM's
    gain score (hqf_jax/rl/verifier.py) of the best reconstruction beside chrF.
 
-Writes <out>/table.md, results.json and (when matplotlib is there) curves.png. Budgets: each phase stops at its
-steps or its seconds (counted after its first, compiling step), whichever first; the GRPO arms also share what is
-left of --total-s after keeping --eval-reserve-s per arm (compiles included; an arm left with < 10 s is reported
-as not run). key=value overrides apply to the GRPO config (model, data, rl, grpo, train.lr).
+Writes <out>/table.md, results.json and (when matplotlib is there) curves.png. Budgets: pretrain and warm start stop
+at their steps or their seconds (counted after their first, compiling step), whichever first. The GRPO arms: their
+configs are checked before any training, with one rl.prompt_width raised to the longest prompt any arm can build;
+then every arm takes its first (compiling: rollouts, engine, train step) step, off the arms' clocks; then each arm
+trains for min(--grpo-s, its share of what is left of --total-s after keeping --eval-reserve-s per arm) and is
+scored (table: steps, training seconds and first-step seconds per arm). An arm that raises is recorded with its
+error and the next one goes on; the table is always written. key=value overrides apply to the GRPO config (model,
+data, rl, grpo, train.lr).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -35,7 +40,8 @@ from flax import nnx
 from hqf_jax import cli
 from hqf_jax.report import write_report
 from hqf_jax.rl import compress_score as cs
-from hqf_jax.rl.grpo_task import GRPODriver
+from hqf_jax.rl import kolmogorov as kg
+from hqf_jax.rl.grpo_task import GRPODriver, kolmogorov_config
 from hqf_jax.rl.verifier import GainVerifier
 from hqf_jax.rl.warmstart import build_warmstart_task, roundtrip
 from hqf_jax.trainer import lm_task
@@ -88,36 +94,55 @@ class Clock:
 _STEPS: dict = {}  # cache_key -> jitted step: the GRPO arms share one compiled train step
 
 
+class Fit:
+    """Train ``model`` in place with the shared trainer's step, in pieces: ``advance`` runs steps until a step count,
+    a number of seconds (of this call) or an absolute ``deadline`` (perf_counter), so the first (compiling) step can
+    run before a clock starts; ``finish`` writes the parameters back into the model."""
+
+    def __init__(self, loss_fn, model, batch_fn, train_cfg, log: list, tag: str, every: int = 10, after_step=None,
+                 cache_key=None):
+        self.model, self.batch_fn, self.log, self.tag, self.every, self.after = model, batch_fn, log, tag, every, after_step
+        graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        tx, schedule = make_optimizer(train_cfg)
+        self.step_fn = _STEPS.get(cache_key) if cache_key is not None else None
+        if self.step_fn is None:
+            self.step_fn = jax.jit(make_train_step(loss_fn, graphdef, tx, schedule, train_cfg.seed), donate_argnums=(0,))
+            if cache_key is not None:
+                _STEPS[cache_key] = self.step_fn
+        self.state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        self.step, self.t0 = 0, time.perf_counter()
+
+    def advance(self, max_steps: int, seconds: float = float("inf"), deadline: float = float("inf")) -> float:
+        """Steps until ``max_steps`` in all, ``seconds`` or ``deadline``; returns this call's seconds (synced)."""
+        t = time.perf_counter()
+        while self.step < max_steps and time.perf_counter() - t < seconds and time.perf_counter() < deadline:
+            self.state, m = self.step_fn(self.state, self.rest, jax.tree.map(jnp.asarray, self.batch_fn(self.step)))
+            self.step += 1
+            if self.after is not None:
+                self.after(self.step, self.state["params"])
+            if self.step % self.every == 0 or self.step == max_steps:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                el = time.perf_counter() - self.t0
+                self.log.append({"phase": self.tag, "step": self.step, "s": el, **m})
+                print(f"[{self.tag}] step {self.step} {el:.0f}s " + " ".join(
+                    f"{k}={v:.4f}" for k, v in m.items()
+                    if k in ("loss", "bpb", "completion_bpb", "kl", "clip_frac", "ratio_mean")), flush=True)
+        jax.block_until_ready(self.state["params"])
+        return time.perf_counter() - t
+
+    def finish(self):
+        nnx.update(self.model, self.state["params"])
+
+
 def fit(loss_fn, model, batch_fn, train_cfg, seconds: float, max_steps: int, log: list, tag: str, every: int = 10,
         after_step=None, deadline: float = float("inf"), cache_key=None):
-    """Train ``model`` in place with the shared trainer's step until ``max_steps``, or ``seconds`` counted after the
-    first (compiling) step, or the absolute ``deadline`` (perf_counter); returns (steps, seconds)."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, schedule = make_optimizer(train_cfg)
-    step_fn = _STEPS.get(cache_key) if cache_key is not None else None
-    if step_fn is None:
-        step_fn = jax.jit(make_train_step(loss_fn, graphdef, tx, schedule, train_cfg.seed), donate_argnums=(0,))
-        if cache_key is not None:
-            _STEPS[cache_key] = step_fn
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    t0, step, t1 = time.perf_counter(), 0, None
-    while step < max_steps and (step == 0 or (time.perf_counter() - t1 < seconds and time.perf_counter() < deadline)):
-        state, m = step_fn(state, rest, jax.tree.map(jnp.asarray, batch_fn(step)))
-        step += 1
-        if step == 1:
-            jax.block_until_ready(state["params"])
-            t1 = time.perf_counter()
-        if after_step is not None:
-            after_step(step, state["params"])
-        if step % every == 0 or step == max_steps:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            log.append({"phase": tag, "step": step, "s": time.perf_counter() - t0, **m})
-            print(f"[{tag}] step {step} {time.perf_counter() - t0:.0f}s " +
-                  " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("loss", "bpb", "completion_bpb", "kl", "clip_frac", "ratio_mean")),
-                  flush=True)
-    jax.block_until_ready(state["params"])
-    nnx.update(model, state["params"])
-    return step, time.perf_counter() - t0
+    """Train ``model`` in place until ``max_steps``, or ``seconds`` counted after the first (compiling) step, or
+    the absolute ``deadline``; returns (steps, seconds in all)."""
+    f = Fit(loss_fn, model, batch_fn, train_cfg, log, tag, every, after_step, cache_key)
+    first = f.advance(min(1, max_steps))
+    rest = f.advance(max_steps, seconds, deadline)
+    f.finish()
+    return f.step, first + rest
 
 
 def copy_model(model):
@@ -135,27 +160,91 @@ def hack_measure(ep) -> dict:
             "copied_frac": float(np.mean(sig < 0.1)) if sig.size else None}
 
 
-def run_arm(name, cfg, warm_model, verifier, seconds, max_steps, eval_sources, args, workdir, deadline) -> dict:
-    rl_over = [f"rl.{k}={v}" for k, v in ARMS[name].items()]
-    acfg = cli.apply_overrides(cfg, rl_over)
-    model = copy_model(warm_model)
-    drv = GRPODriver(acfg, model, workdir / name)
-    curve = []
+def arm_configs(gcfg, arms: list[str]) -> dict:
+    """Each arm's GRPO config, with one rl.prompt_width for all: the configured one raised to the longest prompt
+    any of the arms can build (kolmogorov.prompt_tokens_needed), so no arm meets a RolloutError mid-run; every
+    config is checked here, before any training (a bad key raises ConfigError now)."""
+    over = {name: [f"rl.{k}={v}" for k, v in ARMS[name].items()] for name in arms}
+    need = [kg.prompt_tokens_needed(kolmogorov_config(cli.apply_overrides(gcfg, over[name] + ["rl.prompt_width=100000"]).rl),
+                                    int(gcfg.rl.source_len)) for name in arms]
+    width = max([int(gcfg.rl.prompt_width)] + need)
+    if width != gcfg.rl.prompt_width:
+        print(f"[kolmogorov_gpu] rl.prompt_width {gcfg.rl.prompt_width} -> {width}: the longest prompt of "
+              f"{dict(zip(arms, need))}", flush=True)
+    out = {name: cli.apply_overrides(gcfg, over[name] + [f"rl.prompt_width={width}"]) for name in arms}
+    for c in out.values():
+        kolmogorov_config(c.rl)  # raises ConfigError (naming the key) if anything else is off
+    return out
 
-    def after(step, params):
-        drv.params, drv.params_step = params, step
-        curve.append({"step": step, **{k[3:]: v for k, v in drv.metrics.items() if k.startswith("rl/")}})
 
-    log: list = []  # the loss's kl, clip_frac and ratio_mean every 10 steps (bf16 rollout vs training form)
-    steps, secs = fit(drv.loss_fn, model, drv.batch_fn, acfg.train, seconds, max_steps, log, f"grpo:{name}",
-                      every=1 if args.size == "tiny" else 10, after_step=after, deadline=deadline, cache_key=("grpo", drv.gcfg))
-    policy = drv.policy()
-    ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
-    comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
-                         verifier=verifier)
-    ac = cs.ac_bound_bytes(policy, eval_sources)
-    return {"steps": steps, "seconds": secs, "curve": curve, "loss_log": log, "eval_episode": ev.metrics, "hack": hack_measure(ev),
-            "heldout": comp, "ac_bound_bpb": float(8 * ac.sum() / sum(len(s) for s in eval_sources))}
+class Arm:
+    """One GRPO arm: its driver and training run; ``start`` takes the first (compiling) step before the clocks."""
+
+    def __init__(self, name, acfg, warm_model, workdir, every):
+        self.name, self.cfg = name, acfg
+        self.model = copy_model(warm_model)
+        self.drv = GRPODriver(acfg, self.model, workdir / name)
+        self.curve: list = []
+        self.log: list = []  # the loss's kl, clip_frac and ratio_mean every 10 steps (bf16 rollout vs training form)
+
+        def after(step, params):
+            self.drv.params, self.drv.params_step = params, step
+            self.curve.append({"step": step, **{k[3:]: v for k, v in self.drv.metrics.items() if k.startswith("rl/")}})
+
+        self.fit = Fit(self.drv.loss_fn, self.model, self.drv.batch_fn, acfg.train, self.log, f"grpo:{name}",
+                       every=every, after_step=after, cache_key=("grpo", self.drv.gcfg))
+        self.first_s = self.fit.advance(1)  # rollout, engine and train-step compiles
+
+    def train_and_score(self, seconds, max_steps, verifier, eval_sources, args, deadline) -> dict:
+        secs = self.fit.advance(max_steps, seconds, deadline)
+        self.fit.finish()
+        drv = self.drv
+        policy = drv.policy()
+        ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
+        comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
+                             verifier=verifier)
+        ac = cs.ac_bound_bytes(policy, eval_sources)
+        return {"steps": self.fit.step, "seconds": secs, "first_step_s": self.first_s, "curve": self.curve,
+                "loss_log": self.log, "eval_episode": ev.metrics, "hack": hack_measure(ev), "heldout": comp,
+                "ac_bound_bpb": float(8 * ac.sum() / sum(len(s) for s in eval_sources))}
+
+
+def run_arms(arms, acfgs, model, verifier, eval_sources, args, work, clock, results) -> None:
+    """Every arm's first step first (all compiles, off the arms' clocks), then each arm trains for min(--grpo-s, its
+    share of what is left of --total-s less --eval-reserve-s per arm) and is scored. An arm that raises is recorded
+    with its error and the next one goes on."""
+    def fail(name, e):
+        traceback.print_exc()
+        results["arms"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        print(f"[{name}] failed: {results['arms'][name]['error']}", flush=True)
+
+    started = {}
+    for i, name in enumerate(arms):
+        if clock.left() < args.eval_reserve_s * (len(arms) - i):
+            results["arms"][name] = {"skipped": f"{clock.left():.0f} s left of --total-s before its first step"}
+            continue
+        try:
+            started[name] = Arm(name, acfgs[name], model, work, 1 if args.size == "tiny" else 10)
+            print(f"[{name}] first step (compiles) {started[name].first_s:.0f}s at {clock.elapsed():.0f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 -- one arm's failure must not lose the others
+            fail(name, e)
+    todo = [n for n in arms if n in started]
+    for i, name in enumerate(todo):
+        arm = started.pop(name)
+        if clock.left() < args.eval_reserve_s / 2:
+            results["arms"][name] = {"skipped": f"{clock.left():.0f} s left of --total-s after its first step"}
+            continue
+        share = max(0.0, (clock.left() - args.eval_reserve_s * (len(todo) - i)) / (len(todo) - i))
+        try:
+            a = arm.train_and_score(min(args.grpo_s, share), args.grpo_steps, verifier, eval_sources, args,
+                                    time.perf_counter() + share)
+            results["arms"][name] = a
+            print(f"[{name}] {a['steps']} steps in {a['seconds']:.0f}s (+{a['first_step_s']:.0f}s first step), eval "
+                  f"{a['eval_episode'].get('reward', float('nan')):.3f}, held-out bpb@0.9 {a['heldout']['bpb@0.9']:.3f}"
+                  f" at {clock.elapsed():.0f}s", flush=True)
+        except Exception as e:  # noqa: BLE001
+            fail(name, e)
+        del arm
 
 
 def table(r: dict) -> str:
@@ -172,20 +261,21 @@ def table(r: dict) -> str:
     lines.append(f"| pretrained LM arithmetic-coding bound (lossless) | {r['pretrained_ac_bpb']:.3f} | 1 | 1 | - |")
     for name, a in r["arms"].items():
         if "heldout" not in a:
-            lines.append(f"| {name} | not run: {a.get('skipped')} | | | |")
+            why = f"failed: {a['error']}" if "error" in a else f"not run: {a.get('skipped')}"
+            lines.append(f"| {name} | {why.replace('|', '/')} | | | |")
             continue
         h = a["heldout"]
         for tau in (0.5, 0.9):
             lines.append(f"| {name} ({a['steps']} steps) @chrF>={tau} | {h[f'bpb@{tau:g}']:.3f} | "
                          f"{h[f'success@{tau:g}']:.2f} | {h['mean_best_chrf']:.3f} | {h.get('mean_gain_of_best', 0):.3f} |")
         lines.append(f"| {name} policy AC bound | {a['ac_bound_bpb']:.3f} | 1 | 1 | - |")
-    lines += ["", "| arm | eval reward | fidelity | code/source | items used | gate | signal | copied (var<0.1) | "
-              "clip frac |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| arm | steps | train s | first step s | eval reward | fidelity | code/source | items used | gate | "
+              "signal | copied (var<0.1) | clip frac |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in r["arms"].items():
         if "eval_episode" in a:
             e, h = a["eval_episode"], a["hack"]
             f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-            lines.append(f"| {name} | {e['reward']:.3f} | {e['fidelity']:.3f} | {e['ratio']:.3f} | {f(h['used'])} | "
+            lines.append(f"| {name} | {a['steps']} | {a['seconds']:.1f} | {a['first_step_s']:.1f} | {e['reward']:.3f} | {e['fidelity']:.3f} | {e['ratio']:.3f} | {f(h['used'])} | "
                          f"{f(h['gate'])} | {f(h['signal'])} | {f(h['copied_frac'])} | "
                          f"{f(float(np.mean([x['clip_frac'] for x in a['loss_log']])) if a['loss_log'] else None)} |")
     return "\n".join(lines)
@@ -237,6 +327,9 @@ def main(argv=None):
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise SystemExit(f"unknown arms {bad}: use {sorted(ARMS)}")
+    gcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["grpo"].items()] +
+                               [f"train.steps={args.grpo_steps}"])
+    acfgs = arm_configs(gcfg, arms)  # every arm's config checked (and its prompt width set) before any training
 
     # 1. pretrain
     pcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["pretrain"].items()] +
@@ -268,30 +361,22 @@ def main(argv=None):
     print(f"[warm] {wsteps} steps, round trip {warm['after']} at {clock.elapsed():.0f}s", flush=True)
 
     # 3-4. GRPO arms and held-out compression
-    gcfg = cli.apply_overrides(cfg, [f"train.{k}={v}" for k, v in preset["grpo"].items()] +
-                               [f"train.steps={args.grpo_steps}"])
     results = {"params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
                "data": f"{cfg.data.source} {cfg.data.get('paths', '')}".strip(), "device": str(jax.devices()[0]),
                "pretrain": pre, "warm": warm, "eval_sources": len(eval_sources), "source_len": n,
                "baselines_bpb": cs.baselines_bpb(eval_sources),
                "pretrained_ac_bpb": float(8 * cs.ac_bound_bytes(frozen, eval_sources).sum() / (n * len(eval_sources))),
-               "budgets": vars(args), "overrides": overrides, "arms": {}, "log": log}
-    verifier = GainVerifier(frozen, cfg.rl.prompt_width + cfg.rl.recon_budget + 8)  # one instance: one compile
-    for i, name in enumerate(arms):
-        share = (clock.left() - args.eval_reserve_s * (len(arms) - i)) / (len(arms) - i)
-        if share < 10:
-            results["arms"][name] = {"skipped": f"{clock.left():.0f} s left of --total-s"}
-            continue
-        deadline = time.perf_counter() + share  # the arm's share of --total-s, its compiles included
-        results["arms"][name] = run_arm(name, gcfg, model, verifier, args.grpo_s, args.grpo_steps, eval_sources, args,
-                                        work, deadline)
-        a = results["arms"][name]
-        print(f"[{name}] {a['steps']} steps, eval {a['eval_episode'].get('reward', float('nan')):.3f}, held-out "
-              f"bpb@0.9 {a['heldout']['bpb@0.9']:.3f} at {clock.elapsed():.0f}s", flush=True)
-    results["wall_s"] = clock.elapsed()
-    text = table(results)
-    write_report(out, text, results)
-    png = plot(results, out)
+               "budgets": vars(args), "overrides": overrides, "arms": {}, "log": log,
+               "prompt_width": int(next(iter(acfgs.values())).rl.prompt_width) if acfgs else None}
+    width = max([int(c.rl.prompt_width) for c in acfgs.values()] + [int(cfg.rl.prompt_width)])
+    verifier = GainVerifier(frozen, width + cfg.rl.recon_budget + 8)  # one instance: one compile
+    try:
+        run_arms(arms, acfgs, model, verifier, eval_sources, args, work, clock, results)
+    finally:  # the table is written whatever happened to the arms
+        results["wall_s"] = clock.elapsed()
+        text = table(results)
+        write_report(out, text, results)
+        png = plot(results, out)
     print(text)
     print(f"\n[kolmogorov_gpu] {out / 'table.md'}, {out / 'results.json'}" + (f", {png}" if png else ""))
     return results

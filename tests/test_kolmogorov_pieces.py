@@ -18,7 +18,7 @@ def tiny(*overrides):
 
 
 def test_memory_rewrite_rows_join_the_gradient(tmp_path):
-    cfg = tiny("rl.pattern=cdv_cc", "rl.cc_in_gradient=True", "rl.memory_budget=6")
+    cfg = tiny("rl.pattern=cdv_cc", "rl.cc_in_gradient=True", "rl.memory_budget=6", "rl.prompt_width=25")
     _, drv = build_grpo_task(cfg, tmp_path)
     rows = drv.batch_fn(0)
     n, g = cfg.rl.sources_per_step * cfg.rl.group_size, cfg.rl.group_size

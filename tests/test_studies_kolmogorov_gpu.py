@@ -22,6 +22,7 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     assert saved["warm"]["steps"] == 3
     for name, a in r["arms"].items():
         assert a["steps"] == 2 and [c["step"] for c in a["curve"]] == [1, 2], name
+        assert a["first_step_s"] > 0 and a["seconds"] > 0 and "error" not in a
         assert all(math.isfinite(c["reward"]) for c in a["curve"])
         h = a["heldout"]
         assert 0 <= h["success@0.9"] <= 1 and 0 < h["bpb@0.9"] <= 8.0 + 1e-9  # raw fallback bounds it by 8
@@ -30,4 +31,4 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     assert r["arms"]["cdv_nogate"]["hack"]["gate"] == 1.0  # gate off: every code keeps its fidelity
     for k in ("zlib -9, per source", "lzma 9e, one stream"):
         assert 0 < r["baselines_bpb"][k] < 16
-    assert "| cdv_nogate |" in (tmp_path / "table.md").read_text()
+    assert "| cdv_nogate | 2 |" in (tmp_path / "table.md").read_text()  # steps, train s, first step s per arm

@@ -42,7 +42,7 @@ def kolmogorov_config(rl) -> kg.KolmogorovConfig:
     gate = GateConfig(signal=rl.gate_signal, kind=rl.gate_kind, tau=rl.gate_tau, threshold=rl.gate_threshold,
                       positions=rl.gate_positions)
     try:
-        return kg.KolmogorovConfig(
+        kcfg = kg.KolmogorovConfig(
             pattern=rl.pattern, group_size=rl.group_size, lam=rl.lam, fidelity=rl.fidelity,
             code_budget=rl.code_budget, recon_budget=rl.recon_budget, prompt_width=rl.prompt_width,
             c_temperature=rl.c_temperature, c_top_p=rl.c_top_p, d_temperature=rl.d_temperature,
@@ -50,6 +50,8 @@ def kolmogorov_config(rl) -> kg.KolmogorovConfig:
             constraint_weight=rl.constraint_weight, gate=gate, memory_budget=rl.memory_budget,
             n_questions=rl.n_questions, question_len=rl.question_len, answer_len=rl.answer_len,
             inject_vocab=kg.INJECT_VOCABS[rl.get("inject_vocab", "az")], rollout_impl=rl.get("rollout_impl", "loop"))
+        kg.check_prompt_width(kcfg, int(rl.source_len))  # at load time, not as a RolloutError mid-run
+        return kcfg
     except KeyError:
         raise ConfigError(f"rl.inject_vocab={rl.inject_vocab!r}: use one of {sorted(kg.INJECT_VOCABS)}") from None
     except ValueError as e:

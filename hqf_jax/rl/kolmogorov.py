@@ -123,6 +123,36 @@ def verifier_prompt(recon: bytes) -> bytes:
     return b"<v>" + recon + b"</v>"
 
 
+def prompt_tokens_needed(cfg: KolmogorovConfig, source_len: int) -> int:
+    """The longest prompt (in tokens, BOS included) any episode of ``cfg`` can build from sources of at most
+    ``source_len`` bytes: C's (items, memory, source; ccv re-compresses codes), D's, A's (cqav) and the cdv_cc
+    memory rewrite's (kolmogorov.update_memories, or memory.memory_episode). ``prompt_width`` must be >= this."""
+    def items(n: int, size: int) -> int:  # b" +" + n items joined by b"|"
+        return 0 if n <= 0 else 2 + n * size + (n - 1)
+
+    item = max((len(v) for v in cfg.inject_vocab), default=0)
+    src = max(source_len, cfg.code_budget) if cfg.pattern == "ccv" else source_len
+    mem = 3 + cfg.memory_budget if cfg.pattern == "cdv_cc" else 0
+    c = 2 + items(cfg.n_inject, item) + items(cfg.n_ban, cfg.ban_len) + mem + 1 + src + 4
+    d = 3 + cfg.code_budget + 4
+    need = [c, d]
+    if cfg.pattern == "cqav":
+        need.append(3 + cfg.code_budget + 1 + cfg.question_len + 4)
+    if cfg.pattern == "cdv_cc":  # the rewrite compresses memory + code (no items), then D decodes the memory
+        need += [2 + 1 + cfg.memory_budget + cfg.code_budget + 4, 3 + cfg.memory_budget + 4]
+    return 1 + max(need)
+
+
+def check_prompt_width(cfg: KolmogorovConfig, source_len: int, key: str = "rl.prompt_width") -> None:
+    """Raise KolmogorovConfigError (naming ``key``) when a prompt of ``cfg`` could exceed ``cfg.prompt_width``."""
+    need = prompt_tokens_needed(cfg, source_len)
+    if need > cfg.prompt_width:
+        raise KolmogorovConfigError(
+            f"{key}={cfg.prompt_width} is too small for pattern {cfg.pattern!r}: its longest prompt takes {need} "
+            f"tokens (source_len={source_len}, code_budget={cfg.code_budget}, memory_budget={cfg.memory_budget}, "
+            f"n_inject={cfg.n_inject}, n_ban={cfg.n_ban}): set {key}={need} or more")
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 
