@@ -16,7 +16,7 @@ from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import BlockConfig, KernelLayoutError, choose, explain, quant_matmul
 from pallas_kernels.quant import dispatch
-from pallas_kernels.quant.tc import nf4_where, permute_x
+from pallas_kernels.quant.tc import SMEM_LIMIT_BYTES, nf4_where, permute_x, tc_smem_bytes
 
 
 def _case(spec, k, n, b, seed=0):
@@ -72,9 +72,10 @@ def test_permute_x_puts_each_plane_contiguous():
 def test_routes_pick_gemv_then_dot_then_tc():
     _, q = _case("int4", 256, 64, 1)
     pw = prepare(q)
-    modes = {b: choose(pw, b)[0].mode for b in (1, 2, 3, 7, 8, 64, 300)}
-    assert modes == {1: "vec", 2: "vec", 3: "dot", 7: "dot", 8: "tc", 64: "tc", 300: "tc"}
-    assert "mode=tc" in explain(pw, 8) and "ROUTES[2]" in explain(pw, 8)
+    modes = {b: choose(pw, b)[0].mode for b in (1, 2, 4, 5, 7, 8, 64, 300)}
+    assert modes == {1: "vec", 2: "vec", 4: "vec", 5: "dot", 7: "dot", 8: "tc", 64: "tc", 300: "tc"}
+    n = dispatch.ROUTES.index(dispatch.Route("int", None, "tc"))
+    assert "mode=tc" in explain(pw, 8) and f"ROUTES[{n}]" in explain(pw, 8)
     _, qp = _case("phi5u8", 256, 64, 1)
     assert choose(prepare(qp), 16)[0].mode == "dot"  # tc takes int / NF4 only: the next row
     _, qs = _case("int4:group_size=32", 96, 32, 1)
@@ -89,10 +90,41 @@ def test_routes_table_is_editable_and_auto_path_matches_reference(monkeypatch, c
     monkeypatch.setattr(dispatch, "ROUTES", (row,) + dispatch.ROUTES)
     blocks, n = choose(pw, 12)
     assert n == 0 and (blocks.block_n, blocks.lut, blocks.split_k, blocks.mode) == (16, "load", 2, "tc")
-    assert choose(pw, 17)[1] == 4  # above the row's batch bound: the general nf4 row
+    assert choose(pw, 17)[1] == dispatch.ROUTES.index(dispatch.Route("nf4", None, "tc"))  # past the row's bound
     monkeypatch.setenv("HQF_QUANT_DISPATCH", "print")
     _check(quant_matmul(x, pw, interpret=True), x, q)
     assert "ROUTES[0] -> mode=tc n16" in capsys.readouterr().out
+
+
+def test_tc_smem_model_matches_the_h200():
+    """The one measured point: int8 at block_n 128, block_k 256, block_m 64, 3 stages asked the H200 for 245760
+    bytes (over its 232448); int4 at the same blocks ran. fit_smem brings the int8 blocks under the limit."""
+    big = BlockConfig(block_n=128, block_k=256, block_b=64, num_stages=3, mode="tc")
+    assert tc_smem_bytes(big, 8, 100) == 245760 > SMEM_LIMIT_BYTES == 232448
+    assert tc_smem_bytes(big, 4, 100) <= SMEM_LIMIT_BYTES
+    assert tc_smem_bytes(dataclasses.replace(big, num_stages=2), 8, 100) == 2 * 245760 // 3
+    pw = prepare(_case("int8", 1024, 512, 1)[1])
+    fit = dispatch.fit_smem(pw, big, 100)
+    assert fit == dataclasses.replace(big, num_stages=2)  # stages first, block_k kept
+    assert dispatch.fit_smem(pw, big, 100, limit=60_000).block_k < 256  # then block_k halves
+    with pytest.raises(KernelLayoutError, match="shared memory"):
+        dispatch.fit_smem(pw, dataclasses.replace(big, block_n=4096), 100)
+
+
+@pytest.mark.parametrize("spec", ["int8", "int4", "nf4"])
+def test_every_route_fits_shared_memory(spec):
+    """Every ROUTES row that can take the weight, resolved at the sweep's shapes and others, asks for at most
+    SMEM_LIMIT_BYTES; so does the dispatcher's choice (the int8 default used to ask for 245760)."""
+    for k, n in ((1024, 512), (768, 2560), (4096, 11008), (11008, 4096)):
+        pw = prepare(Q.quantize(jnp.full((k, n), 0.01), spec))
+        w = dispatch.tc_width(pw)
+        for b in (8, 16, 64, 100, 256, 16384):
+            blocks, _ = choose(pw, b)
+            assert blocks.mode != "tc" or tc_smem_bytes(blocks, w, b) <= SMEM_LIMIT_BYTES, (spec, k, n, b, blocks)
+            for row in dispatch.ROUTES:
+                if row.form == "tc" and row.method in ("*", pw.cfg.method):
+                    blocks = dispatch.route_blocks(pw, b, row)
+                    assert tc_smem_bytes(blocks, w, b) <= SMEM_LIMIT_BYTES, (row, spec, k, n, b, blocks)
 
 
 def test_tc_refuses_what_it_cannot_run():

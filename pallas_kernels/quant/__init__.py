@@ -7,9 +7,10 @@ kernel form over one shared decode module:
     gemv      GEMV form (mode "vec", batch <= 8 rows per program)
     tc        tensor-core form for int / NF4 at batch >= 8 (bit planes decoded in registers feed tl.dot)
     gather    row-sorted form (sort=true weights: y_i = sum_j S[i,j] x[P[i,j]])
-    dispatch  BlockConfig, default_blocks, the ROUTES table and quant_matmul, which picks the form (choose, explain)
+    dispatch  BlockConfig, default_blocks, fit_smem and quant_matmul, which picks the form (choose, explain)
+    routes    the ROUTES table (measured crossovers, H200 sweep of 2026-11-30)
 
-Imports run one way: layout <- decode <- {matmul, gemv, gather, tc} <- dispatch <- this __init__. The package
+Imports run one way: layout <- decode <- {matmul, gemv, gather, tc}, routes <- dispatch <- this __init__. The package
 imports jax and hqf_jax.ops only, never hqf_jax.quant or anything above it: the quantizer side builds a
 PackedWeight with hqf_jax.quant.linear.prepare(q). References: hqf_jax/ops/quant_matmul.py.
 """

@@ -22,7 +22,11 @@ import jax
 from pallas_kernels.quant.gemv import ACCS, MAX_VEC_BATCH, supports_vec, vec_layout, vec_matmul
 from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight, check_blocks
 from pallas_kernels.quant.matmul import tile_matmul
-from pallas_kernels.quant.tc import check_tc, tc_block_m, tc_matmul, tc_width
+from pallas_kernels.quant.routes import ROUTES, Route
+from pallas_kernels.quant.tc import (MIN_DOT_K, SMEM_LIMIT_BYTES, check_tc, tc_block_m, tc_matmul, tc_smem_bytes,
+                                     tc_width)
+
+# ROUTES and Route are re-exported here: the table lives in pallas_kernels/quant/routes.py
 
 MODES = ("auto", "dot", "fma", "vec", "tc")
 
@@ -102,8 +106,26 @@ def default_tc_blocks(pw: PackedWeight, batch: int, n_sm: int = 132) -> BlockCon
     while pw.rows % bn and bn > 16:
         bn //= 2
     bk = next((c for c in (256, 128, 64) if c >= 16 * e and pw.cols % c == 0), 16 * e)
-    return BlockConfig(block_n=bn, block_k=bk, block_b=bm, split_k=auto_split(pw, batch, bm, bn, bk, n_sm),
-                       num_warps=4, num_stages=3, mode="tc")
+    return fit_smem(pw, BlockConfig(block_n=bn, block_k=bk, block_b=bm, split_k=auto_split(pw, batch, bm, bn, bk, n_sm),
+                                    num_warps=4, num_stages=3, mode="tc"), batch)
+
+
+def fit_smem(pw: PackedWeight, blocks: BlockConfig, batch: int, limit: int = SMEM_LIMIT_BYTES) -> BlockConfig:
+    """tc blocks whose shared memory (tc.tc_smem_bytes) fits limit: num_stages down to 2, then block_k halved
+    while each plane keeps tl.dot's minimum K, then 1 stage; KernelLayoutError if nothing fits."""
+    w = tc_width(pw)
+    e = 32 // w
+    while tc_smem_bytes(blocks, w, batch) > limit:
+        if blocks.num_stages > 2:
+            blocks = dataclasses.replace(blocks, num_stages=blocks.num_stages - 1)
+        elif blocks.block_k // 2 >= e * MIN_DOT_K and (blocks.block_k // 2) % e == 0:
+            blocks = dataclasses.replace(blocks, block_k=blocks.block_k // 2)
+        elif blocks.num_stages > 1:
+            blocks = dataclasses.replace(blocks, num_stages=1)
+        else:
+            raise KernelLayoutError(f"mode='tc': blocks {blocks} need {tc_smem_bytes(blocks, w, batch)} bytes of "
+                                    f"shared memory, over the {limit} limit: lower block_n or block_b")
+    return blocks
 
 
 def auto_split(pw: PackedWeight, batch: int, bm: int, bn: int, bk: int, n_sm: int = 132) -> int:
@@ -114,28 +136,6 @@ def auto_split(pw: PackedWeight, batch: int, bm: int, bn: int, bk: int, n_sm: in
            and pw.cols // (bk * split * 2) >= 4):
         split *= 2
     return split
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    method: str  # config.method ("int", "nf4", "phi") or "*"
-    max_batch: int | None  # the row holds for batch <= max_batch (None: any batch)
-    form: str  # "vec" | "fma" | "dot" | "tc"
-    shape: tuple[int, int] | None = None  # (in features K, out features N); None: any shape
-    blocks: dict | None = None  # BlockConfig fields; None: default_blocks / default_tc_blocks for the form
-
-
-# The dispatch table of quant_matmul(x, pw) without blocks: the first row whose method, shape and batch bound
-# match AND whose form fits the weight wins (vec needs its layout to fit, tc int/NF4 codes of 2/4/8 bits).
-# Crossovers to fill from the H200 sweep (python -m bench.quant_kernels prints the best config per shape, batch
-# and method as a Route row). Rows for one shape go before the rows for any shape.
-ROUTES: tuple[Route, ...] = (
-    Route("*", 2, "vec"),  # GEMV: read-bound, no tensor core, no padding to 16 rows
-    Route("*", 7, "dot"),  # batch 3-7: tiled tl.dot form (TODO(sweep): vec with block_b <= 8, or tc, may win)
-    Route("int", None, "tc"),  # batch >= 8: tensor cores fed from registers by bit planes
-    Route("nf4", None, "tc"),
-    Route("*", None, "dot"),  # phi-grid and anything tc cannot take
-)
 
 
 def _fits(pw: PackedWeight, blocks: BlockConfig, batch: int) -> bool:
@@ -155,15 +155,19 @@ def _fits(pw: PackedWeight, blocks: BlockConfig, batch: int) -> bool:
 
 
 def route_blocks(pw: PackedWeight, batch: int, route: Route) -> BlockConfig:
-    if route.form == "tc":
-        base = default_tc_blocks(pw, batch)
+    """The row's blocks over BlockConfig() (as bench.quant_kernels prints them), or the form's defaults when the
+    row has none; tc blocks shrunk to fit SMEM_LIMIT_BYTES (fit_smem)."""
+    if route.blocks is not None:
+        blocks = BlockConfig(mode=route.form, **route.blocks)
+    elif route.form == "tc":
+        blocks = default_tc_blocks(pw, batch)
     elif route.form == "vec":
-        base = default_blocks(pw, 1)
-        if base.mode != "vec":
+        blocks = default_blocks(pw, 1)
+        if blocks.mode != "vec":
             raise KernelLayoutError("the vec layout does not fit this weight")
     else:
-        base = dataclasses.replace(default_blocks(pw, max(batch, DEFAULT_VEC_MAX_BATCH + 1)), mode=route.form)
-    return dataclasses.replace(base, **(route.blocks or {}))
+        blocks = dataclasses.replace(default_blocks(pw, max(batch, DEFAULT_VEC_MAX_BATCH + 1)), mode=route.form)
+    return fit_smem(pw, blocks, batch) if route.form == "tc" else blocks
 
 
 def choose(pw: PackedWeight, batch: int) -> tuple[BlockConfig, int]:

@@ -42,6 +42,9 @@ TC_METHODS = ("int", "nf4")
 LUTS = ("where", "load")  # NF4 level lookup: a select tree on the 4 code bits, or a gather load from a table
 CVTS = ("f32", "bf16")  # decode arithmetic: float32 then one cast, or bf16 throughout (16-bit ops)
 MIN_DOT_K = 16  # tl.dot's smallest K (bf16)
+# The most shared memory one program may ask for: Hopper (H100/H200) lets a block opt into 227 KiB (the H200
+# reports 232448 bytes). The dispatcher never picks tc blocks whose tc_smem_bytes exceeds it (dispatch.fit_smem).
+SMEM_LIMIT_BYTES = 227 * 1024
 
 
 def tc_width(pw: PackedWeight) -> int:
@@ -80,6 +83,18 @@ def check_tc(pw: PackedWeight, blocks) -> None:
 
 def tc_block_m(blocks, batch: int) -> int:
     return blocks.block_b or min(max(16, next_pow2(batch)), 64)
+
+
+def tc_smem_bytes(blocks, width: int, batch: int) -> int:
+    """Shared memory the Triton lowering of the tc form asks for: num_stages copies of one K step's operands,
+    each the packed words (block_n, block_k / E) uint32, the x tile (block_m, block_k) bf16 (all E planes) and one
+    decoded bf16 plane (block_n, block_k / E) that the dot reads from shared memory. Calibrated on the H200:
+    int8 with block_n 128, block_k 256, block_m 64, 3 stages asked for 245760 bytes (= this model), int4 at the
+    same blocks (172032 here) ran."""
+    e = 32 // width
+    kp = blocks.block_k // e
+    per_stage = blocks.block_n * kp * 4 + tc_block_m(blocks, batch) * blocks.block_k * 2 + blocks.block_n * kp * 2
+    return blocks.num_stages * per_stage
 
 
 def nf4_where(codes: jax.Array, dtype=jnp.float32) -> jax.Array:
