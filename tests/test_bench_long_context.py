@@ -5,7 +5,7 @@ import pytest
 from bench import long_context
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_small_long_context_bench_times_the_transformer_baseline(capsys):
     rows = long_context.main(["--small", "--baseline", "transformer,mixer"])
     names = {name for name, *_ in rows}

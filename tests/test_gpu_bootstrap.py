@@ -18,7 +18,7 @@ TINY_TOKEN = ["token.tokenizer.vocab_size=300", "token.tokenizer.sample_bytes=20
               "token.train.warmup_steps=1", "token.train.eval_max_tokens=256"]
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_gpu_bootstrap_runs_every_phase_with_equal_compute(tmp_path, monkeypatch):
     from studies import gpu_bootstrap
     from tests.helpers import ROOT

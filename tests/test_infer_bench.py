@@ -3,7 +3,7 @@
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_bench_generate_small(tmp_path):
     from bench.generate import main
 
@@ -21,7 +21,7 @@ def test_bench_generate_small(tmp_path):
     assert (tmp_path / "rows.json").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_bench_serve_load_small():
     from bench.serve_load import main
 
@@ -30,7 +30,7 @@ def test_bench_serve_load_small():
     assert res["bytes"] == 6 * 16 and res["bytes_per_s"] > 0 and res["p99_s"] >= res["p50_s"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_bench_generate_retnphi_small():
     from bench.generate_retnphi import main
 
@@ -40,7 +40,7 @@ def test_bench_generate_retnphi_small():
     assert all(bps > 0 and comp == 0 for _, _, bps, comp in rows)  # no recompile inside a timed call
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_bench_serve_load_compares_with_batched():
     from bench.serve_load import main
 

@@ -19,7 +19,7 @@ TINY = ["model.d_model=64", "model.num_layers=2", "model.num_heads=2", "model.qk
         "token.train.warmup_steps=1", "token.train.eval_max_tokens=256"]
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_quant_real_weights_tables_both_models(tmp_path, monkeypatch):
     from studies import quant_real_weights
     from tests.helpers import ROOT

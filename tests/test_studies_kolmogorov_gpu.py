@@ -9,7 +9,7 @@ import pytest
 from studies import kolmogorov_gpu as study
 
 
-@pytest.mark.slow  # ~100 CPU-seconds: five GRPO arms, each with its rollout compiles
+@pytest.mark.study  # ~100 CPU-seconds: five GRPO arms, each with its rollout compiles
 def test_tiny_study_runs_end_to_end(tmp_path):
     r = study.main(["--out", str(tmp_path), "--size", "tiny", "--pretrain-steps", "3", "--warm-steps", "3",
                     "--grpo-steps", "2", "--eval-sources", "3", "--eval-samples", "2", "--total-s", "1e9",

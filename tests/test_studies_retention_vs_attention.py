@@ -8,7 +8,7 @@ import pytest
 from studies import retention_vs_attention as rva
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_small_study_writes_table_json_and_plots(tmp_path):
     rows, gaps = rva.main(["--small", "--out", str(tmp_path), "--budget", "1.5"])
     for name in ("table.md", "results.json", "bpb_vs_flops.png", "bpb_vs_time.png"):

@@ -12,7 +12,7 @@ from hqf_jax.data.sources import stdlib_root
 from hqf_jax.trainer import lm_task, token_task
 
 
-@pytest.mark.slow
+@pytest.mark.study
 def test_bootstrap_study_runs_all_methods_with_equal_compute_bookkeeping(tmp_path, monkeypatch):
     from studies import bootstrap as bootstrap_study
     from tests.helpers import ROOT
