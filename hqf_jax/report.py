@@ -16,3 +16,12 @@ def write_report(out: str | Path, table_md: str, results) -> Path:
         results = dataclasses.asdict(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return out
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    """Lay out, write and close a matplotlib figure (a study's plot beside its table)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

@@ -23,6 +23,8 @@ to <out>/bootstrap_study.png and the numbers to <out>/results.json.
 
 from __future__ import annotations
 
+from hqf_jax.report import save_figure
+
 import argparse
 import json
 import math
@@ -87,9 +89,7 @@ def plot(results: dict, pretrain_flops: float, path: Path) -> None:
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

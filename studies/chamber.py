@@ -18,6 +18,8 @@ and a PNG of the validation curves with the intervention events go to ``<out>``.
 
 from __future__ import annotations
 
+from hqf_jax.report import save_figure
+
 import argparse
 import json
 from pathlib import Path
@@ -91,9 +93,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("held-out bpb")
     ax.set_title("music path: validation bpb per arm (dotted: interventions)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

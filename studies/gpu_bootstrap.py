@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hqf_jax import cli
 from hqf_jax.data.catalog import load_corpus
-from hqf_jax.report import write_report
+from hqf_jax.report import write_report, save_figure
 from hqf_jax.trainer.bootstrap_runs import bpb_at_flops, random_base, run_one
 from hqf_jax.trainer.budget import budget_steps, pretrain_token_model, steps_for_flops
 
@@ -122,9 +122,7 @@ def plot(report: dict, path: Path) -> None:
                title="pretraining counted" if counted else "pretraining not counted")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -42,7 +42,7 @@ from hqf_jax.holo import baselines as bl
 from hqf_jax.holo import memory as hm
 from hqf_jax.holo import tower
 from hqf_jax.ops.constants import PHI_INV
-from hqf_jax.report import write_report
+from hqf_jax.report import write_report, save_figure
 
 SCALES = {
     "tiny": dict(levels=(1, 2), vocab=64, points=(16, 64, 256, 1024), queries=256, chunk=256, dims=(16, 64)),
@@ -156,9 +156,7 @@ def plot(results: dict, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("recall of stored pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(results: dict) -> str:

@@ -28,7 +28,7 @@ from hqf_jax.data.catalog import load_corpus
 from hqf_jax.quant import lm_adapter
 from hqf_jax.quant.analysis import band_statistics, collect_matrices, energy_split
 from hqf_jax.quant.evaluate import evaluate_methods
-from hqf_jax.report import write_report
+from hqf_jax.report import write_report, save_figure
 from hqf_jax.trainer import token_task
 from hqf_jax.trainer.budget import pretrain_byte_lm, pretrain_token_model
 
@@ -129,9 +129,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set(xlabel="bits per weight (quantized leaves)", ylabel="valid bits per byte", title=name, yscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

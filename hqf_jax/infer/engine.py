@@ -251,7 +251,36 @@ def _put(slots: Slots, new: Slots, rows: jax.Array) -> Slots:
 # ----------------------------------------------------------------------------- the engine
 
 
-class Engine:
+class ByteGenerator:
+    """generate_ids / generate / stream for any engine with ``prefill(prompts, settings) -> slots`` and
+    ``decode(slots, n) -> (slots, (B, n) ids)`` (Engine, and RecurrentEngine for other byte models)."""
+
+    def generate_ids(self, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:
+        """(B, max_new) generated ids."""
+        settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
+        if max_new < 0:
+            raise EngineError(f"max_new must be >= 0; got {max_new}")
+        _, ids = self.decode(self.prefill(prompts, settings), max_new)
+        return ids
+
+    def generate(self, prompts, max_new: int, **kw) -> list[bytes]:
+        """Continuations as bytes, cut at EOS when the engine allows it."""
+        return [ids_to_bytes(row) for row in self.generate_ids(prompts, max_new, **kw)]
+
+    def stream(self, prompt: bytes, max_new: int, *, chunk: int = 32, **kw):
+        """Yield byte values of one prompt, ``chunk`` bytes per device call; stops at EOS."""
+        slots = self.prefill([prompt], Settings.make(1, **kw))
+        left = int(max_new)
+        while left > 0:
+            slots, ids = self.decode(slots, min(chunk, left))
+            for i in ids[0]:
+                if int(i) >= NUM_BYTES:  # EOS (or any non-byte id)
+                    return
+                yield int(i)
+            left -= ids.shape[1]
+
+
+class Engine(ByteGenerator):
     """Byte generation with weights prepared once. ``dtype`` float32 | bfloat16; ``quant`` a hqf_jax.quant
     method (int8, int4, nf4, phi5u8, ...) for the dense layers; ``decode_impl`` jnp | pallas for the
     recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD)."""
@@ -322,30 +351,6 @@ class Engine:
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:
         """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""
         return _put(slots, new, jnp.asarray(rows, jnp.int32))
-
-    def generate_ids(self, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:
-        """(B, max_new) generated ids."""
-        settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
-        if max_new < 0:
-            raise EngineError(f"max_new must be >= 0; got {max_new}")
-        _, ids = self.decode(self.prefill(prompts, settings), max_new)
-        return ids
-
-    def generate(self, prompts, max_new: int, **kw) -> list[bytes]:
-        """Continuations as bytes, cut at EOS when the engine allows it."""
-        return [ids_to_bytes(row) for row in self.generate_ids(prompts, max_new, **kw)]
-
-    def stream(self, prompt: bytes, max_new: int, *, chunk: int = 32, **kw):
-        """Yield byte values of one prompt, ``chunk`` bytes per device call; stops at EOS."""
-        slots = self.prefill([prompt], Settings.make(1, **kw))
-        left = int(max_new)
-        while left > 0:
-            slots, ids = self.decode(slots, min(chunk, left))
-            for i in ids[0]:
-                if int(i) == EOS_ID or int(i) >= NUM_BYTES:
-                    return
-                yield int(i)
-            left -= ids.shape[1]
 
 
 def ids_to_bytes(ids) -> bytes:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.engine import DTYPES, EngineError, Settings, Slots, _pick, encode, ids_to_bytes
+from hqf_jax.infer.engine import DTYPES, ByteGenerator, EngineError, Settings, Slots, _pick, encode
 from hqf_jax.ops.constants import NUM_BYTES
 
 
@@ -58,7 +58,7 @@ def cast_params(model: nnx.Module, dtype: str) -> nnx.Module:
     return nnx.merge(gd, p, rest)
 
 
-class RecurrentEngine:
+class RecurrentEngine(ByteGenerator):
     """Byte generation for any model with the byte-LM interface; see the module docstring."""
 
     def __init__(self, model: nnx.Module, *, dtype: str | None = "bfloat16", allow_eos: bool = False):
@@ -85,25 +85,3 @@ class RecurrentEngine:
     def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
         slots, out = self.decode_device(slots, n)
         return slots, np.asarray(out)
-
-    def generate_ids(self, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:
-        if max_new < 0:
-            raise EngineError(f"max_new must be >= 0; got {max_new}")
-        _, ids = self.decode(self.prefill(prompts, Settings.make(len(prompts), seed, temperature, top_k, top_p)),
-                             max_new)
-        return ids
-
-    def generate(self, prompts, max_new: int, **kw) -> list[bytes]:
-        return [ids_to_bytes(row) for row in self.generate_ids(prompts, max_new, **kw)]
-
-    def stream(self, prompt: bytes, max_new: int, *, chunk: int = 32, **kw):
-        """Yield byte values of one prompt, ``chunk`` bytes per device call; stops at EOS."""
-        slots = self.prefill([prompt], Settings.make(1, **kw))
-        left = int(max_new)
-        while left > 0:
-            slots, ids = self.decode(slots, min(chunk, left))
-            for i in ids[0]:
-                if int(i) >= NUM_BYTES:
-                    return
-                yield int(i)
-            left -= ids.shape[1]
