@@ -49,6 +49,7 @@ from hqf_jax.trainer.loop import make_train_step
 from hqf_jax.trainer.optim import make_optimizer
 
 ARMS = {  # name -> rl overrides on top of the GRPO config, in the order they run (the last ones may not fit)
+    "warm": {},  # no GRPO step: the warm-started policy scored like the arms (what GRPO adds is measured against it)
     "cdv": {},
     "cdv_nogate": {"gate_kind": "none"},
     "cdv_cc": {"pattern": "cdv_cc", "cc_in_gradient": True},
@@ -193,10 +194,11 @@ class Arm:
 
         self.fit = Fit(self.drv.loss_fn, self.model, self.drv.batch_fn, acfg.train, self.log, f"grpo:{name}",
                        every=every, after_step=after, cache_key=("grpo", self.drv.gcfg))
-        self.first_s = self.fit.advance(1)  # rollout, engine and train-step compiles
+        self.trains = name != "warm"
+        self.first_s = self.fit.advance(1) if self.trains else 0.0  # rollout, engine and train-step compiles
 
     def train_and_score(self, seconds, max_steps, verifier, eval_sources, args, deadline) -> dict:
-        secs = self.fit.advance(max_steps, seconds, deadline)
+        secs = self.fit.advance(max_steps if self.trains else 0, seconds, deadline)
         self.fit.finish()
         drv = self.drv
         policy = drv.policy()
@@ -314,7 +316,7 @@ def main(argv=None):
     ap.add_argument("--warm-steps", type=int, default=100000)
     ap.add_argument("--grpo-s", type=float, default=45.0)
     ap.add_argument("--grpo-steps", type=int, default=100000)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="'warm' scores the warm-started policy without GRPO")
     ap.add_argument("--eval-sources", type=int, default=32)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--eval-reserve-s", type=float, default=15.0, help="seconds kept per arm for its evaluation")
