@@ -78,7 +78,10 @@ def test_gate_verbatim_append_vs_dense_use():
     assert kg.score([SOURCE], [code_app], [SOURCE], r_app, cons, hard)["gate"][0] == 0.0
     assert kg.score([SOURCE], [code_den], [SOURCE], r_den, cons, hard)["gate"][0] == 1.0
     off = kg.KolmogorovConfig(lam=0.0, gate=GateConfig(kind="none"))
-    assert kg.score([SOURCE], [code_app], [SOURCE], r_app, cons, off)["reward"][0] == 1.0
+    sc_off = kg.score([SOURCE], [code_app], [SOURCE], r_app, cons, off)
+    assert sc_off["reward"][0] == 1.0 and sc_off["gate"][0] == 1.0
+    # gate off still measures the signal (the gate-off arm's verbatim copies are seen): the same as gated
+    assert sc_off["signal"][0] == pytest.approx(float(sc_app["signal"][0])) and np.isfinite(sc_off["signal"][0])
 
 
 def test_reward_hand_case():

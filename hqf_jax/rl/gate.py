@@ -88,8 +88,9 @@ def code_gate(code: bytes, items: Sequence[bytes], offset: int, varentropy_row: 
               entropy_row: np.ndarray, cfg: GateConfig) -> tuple[float, float]:
     """(gate, mean signal at the used items) for one code given its rollout rows of statistics.
 
-    No items: gate 1 (nothing to check), signal NaN."""
-    if not items or cfg.kind == "none":
+    No items: gate 1 (nothing to check), signal NaN. kind "none": gate 1, the signal still measured (how the
+    gate-off arm's copies of injected items are seen)."""
+    if not items:
         return 1.0, float("nan")
     row = varentropy_row if cfg.signal == "varentropy" else entropy_row
     gs, sig = [], []
@@ -100,4 +101,4 @@ def code_gate(code: bytes, items: Sequence[bytes], offset: int, varentropy_row: 
         v = float(np.mean(row[pos]))
         sig.append(v)
         gs.append(float(gate_value(np.float64(v), cfg)))
-    return float(np.mean(gs)), (float(np.mean(sig)) if sig else float("nan"))
+    return (1.0 if cfg.kind == "none" else float(np.mean(gs))), (float(np.mean(sig)) if sig else float("nan"))
