@@ -47,6 +47,7 @@ from hqf_jax.rl.warmstart import build_warmstart_task, roundtrip
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import make_train_step
 from hqf_jax.trainer.optim import make_optimizer
+from studies.kolmogorov_gpu_report import plot, table
 
 ARMS = {  # name -> rl overrides on top of the GRPO config, in the order they run (the last ones may not fit)
     "warm": {},  # no GRPO step: the warm-started policy scored like the arms (what GRPO adds is measured against it)
@@ -202,7 +203,9 @@ class Arm:
         self.fit.finish()
         drv = self.drv
         policy = drv.policy()
-        ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)
+        relaxed, drv.schedule.n = drv.schedule.n, drv.schedule.n_start  # items at the configured level, whatever
+        ev = drv._episode(policy, 2**31 - 1, sources=list(drv.eval_sources), update_state=False)  # the schedule did
+        drv.schedule.n = relaxed
         comp = cs.policy_bpb(policy, eval_sources, drv.kcfg, args.eval_samples, jax.random.PRNGKey(5),
                              verifier=verifier)
         ac = cs.ac_bound_bytes(policy, eval_sources)
@@ -247,62 +250,6 @@ def run_arms(arms, acfgs, model, verifier, eval_sources, args, work, clock, resu
         except Exception as e:  # noqa: BLE001
             fail(name, e)
         del arm
-
-
-def table(r: dict) -> str:
-    pre, warm, base = r["pretrain"], r["warm"], r["baselines_bpb"]
-    lines = [f"model {r['params']:,} parameters; data {r['data']}; device {r['device']}; total {r['wall_s']:.0f} s",
-             f"pretrain {pre['steps']} steps ({pre['seconds']:.0f} s): valid bpb {pre['valid_bpb']:.3f}",
-             f"warm start {warm['steps']} steps ({warm['seconds']:.0f} s): round trip chrF {warm['after']['fidelity']:.3f}"
-             f" (before {warm['before']['fidelity']:.3f}), code/source {warm['after']['ratio']:.3f}, codec-exact "
-             f"{warm['after']['codec_exact']:.2f}", "",
-             f"held-out: {r['eval_sources']} sources of {r['source_len']} bytes; bits per byte (8 = raw)", "",
-             "| method | bpb | success | chrF best | gain (frozen LM) |", "|---|---|---|---|---|"]
-    for k, v in base.items():
-        lines.append(f"| {k} | {v:.3f} | 1 | 1 | - |")
-    lines.append(f"| pretrained LM arithmetic-coding bound (lossless) | {r['pretrained_ac_bpb']:.3f} | 1 | 1 | - |")
-    for name, a in r["arms"].items():
-        if "heldout" not in a:
-            why = f"failed: {a['error']}" if "error" in a else f"not run: {a.get('skipped')}"
-            lines.append(f"| {name} | {why.replace('|', '/')} | | | |")
-            continue
-        h = a["heldout"]
-        for tau in (0.5, 0.9):
-            lines.append(f"| {name} ({a['steps']} steps) @chrF>={tau} | {h[f'bpb@{tau:g}']:.3f} | "
-                         f"{h[f'success@{tau:g}']:.2f} | {h['mean_best_chrf']:.3f} | {h.get('mean_gain_of_best', 0):.3f} |")
-        lines.append(f"| {name} policy AC bound | {a['ac_bound_bpb']:.3f} | 1 | 1 | - |")
-    lines += ["", "| arm | steps | train s | first step s | eval reward | fidelity | code/source | items used | gate | "
-              "signal | copied (var<0.1) | clip frac |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, a in r["arms"].items():
-        if "eval_episode" in a:
-            e, h = a["eval_episode"], a["hack"]
-            f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-            lines.append(f"| {name} | {a['steps']} | {a['seconds']:.1f} | {a['first_step_s']:.1f} | {e['reward']:.3f} | {e['fidelity']:.3f} | {e['ratio']:.3f} | {f(h['used'])} | "
-                         f"{f(h['gate'])} | {f(h['signal'])} | {f(h['copied_frac'])} | "
-                         f"{f(float(np.mean([x['clip_frac'] for x in a['loss_log']])) if a['loss_log'] else None)} |")
-    return "\n".join(lines)
-
-
-def plot(r: dict, out: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, a in r["arms"].items():
-        c = a.get("curve") or []
-        for ax, key in zip(axes, ("reward", "fidelity", "ratio")):
-            ax.plot([x["step"] for x in c], [x.get(key, np.nan) for x in c], label=name, lw=1.2)
-            ax.set_title({"ratio": "code length / source length"}.get(key, key))
-            ax.set_xlabel("GRPO step")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
-    return str(out / "curves.png")
 
 
 def main(argv=None):

@@ -36,3 +36,14 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     for k in ("zlib -9, per source", "lzma 9e, one stream"):
         assert 0 < r["baselines_bpb"][k] < 16
     assert "| cdv_nogate | 2 |" in (tmp_path / "table.md").read_text()  # steps, train s, first step s per arm
+
+
+def test_curve_windows_by_constraint_level():
+    from studies.kolmogorov_gpu_report import by_level
+
+    curve = [{"step": i, "relax_n": 2 if i <= 3 else 0, "reward": float(i), "used": 0.5 if i <= 3 else 1.0,
+              "signal": None if i > 3 else 0.25 * i} for i in range(1, 6)]
+    w = by_level(curve)
+    assert [(x["n"], x["from"], x["to"]) for x in w] == [(2, 1, 3), (0, 4, 5)]
+    assert w[0]["reward"] == 2.0 and w[1]["reward"] == 4.5 and w[0]["used"] == 0.5
+    assert w[0]["signal"] == 0.5 and w[1]["signal"] is None and w[0]["gate"] is None  # missing keys: no mean
