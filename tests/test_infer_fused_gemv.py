@@ -57,9 +57,10 @@ def test_gemv_kernel_bf16_weights_float32_logits():
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("b", [1, 8, 64])
-def test_gemv_kernels_lower_to_triton_at_125m_shapes(b):
-    d, qkvg, v, f, vocab = 768, 4608, 1536, 2560, 259  # configs/lm_125m.py
+@pytest.mark.parametrize("b, shapes", [(1, "125m"), (8, "125m"), (64, "125m"), (1, "1b"), (24, "1b")])
+def test_gemv_kernels_lower_to_triton_at_125m_and_1b_shapes(b, shapes):
+    d, v, f = {"125m": (768, 1536, 2560), "1b": (2048, 4096, 5632)}[shapes]  # configs/lm_125m.py, lm_1b.py
+    qkvg, vocab = 2 * d + 2 * v, 259
     sd = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
     cases = [(sd(b, d), sd(d, qkvg), sd(d), None, {}), (sd(b, v), sd(v, d), None, sd(b, d), {}),
              (sd(b, d), sd(d, 2 * f), sd(d), None, {"glu": True}), (sd(b, f), sd(f, d), None, sd(b, d), {}),
@@ -102,6 +103,19 @@ def test_gemv_step_matches_recurrent_and_xla_step_float32(position):
             np.testing.assert_allclose(np.asarray(a.ksum), np.asarray(b.ksum), rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(np.asarray(a.offset), np.asarray(b.offset))
         token = jnp.argmax(ref[:, 0, :256], -1).astype(jnp.int32)
+
+
+def test_gemv_step_bf16_as_close_to_the_recurrent_step_as_the_xla_step():
+    eng = Engine(tiny(), dtype="bfloat16", decode_impl="fused_gemv", prompt_bucket=8)
+    slots = eng.prefill([b"hello world", b"ab"], Settings.make(2))
+    model = nnx.merge(eng.graphdef, eng.weights)
+    token = jnp.asarray([7, 200], jnp.int32)
+    ref = forward(model, token[:, None], slots.state)[0][:, 0]
+    xla = fused_step(model, eng.fused_weights, token, slots.state, "xla")[0]
+    got, state = fused_step(model, eng.fused_weights, token, slots.state, "gemv", interpret=True)
+    assert got.dtype == jnp.float32 and state[0].kv.dtype == jnp.float32
+    err, err_xla = float(jnp.abs(got - ref).max()), float(jnp.abs(xla - ref).max())
+    assert err < max(2 * err_xla, 0.02) and err < 0.02 * float(jnp.abs(ref).max()) + 0.05, (err, err_xla)
 
 
 def test_gemv_engine_greedy_bytes_equal():
