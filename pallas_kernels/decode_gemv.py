@@ -74,6 +74,18 @@ def reference(x, w, norm_scale=None, eps: float = 1e-6, residual=None, glu: bool
     return y.astype(out_dtype or (residual.dtype if residual is not None else x.dtype))
 
 
+def _load(ref, mask):
+    return plgpu.load(ref, mask=mask, other=None if mask is None else 0.0)
+
+
+def _outer(rows, cols, shape):
+    """The 2-D mask of a row mask and a column mask, either None when that edge is not ragged."""
+    if rows is None or cols is None:
+        return None if rows is None and cols is None else jnp.broadcast_to(
+            rows[:, None] if cols is None else cols[None, :], shape)
+    return rows[:, None] & cols[None, :]
+
+
 def _kernel(*refs, b: int, k: int, n: int, blocks: GemvBlocks, norm: bool, res: bool, glu: bool, eps: float):
     x_ref, w_ref, *rest = refs
     s_ref = rest.pop(0) if norm else None
@@ -83,18 +95,17 @@ def _kernel(*refs, b: int, k: int, n: int, blocks: GemvBlocks, norm: bool, res: 
     dot = bb >= DOT_MIN_B
     n0 = pl.program_id(0) * bn
     r0 = pl.program_id(1) * bb  # 0 in the broadcast form (one row tile); traced, so rows index as arrays
-    cols = n0 + jnp.arange(bn)
-    cmask = cols < n
     nk = pl.cdiv(k, bk)
     ks = lambda t: pl.ds(t * bk, bk)
-    kmask = lambda t: t * bk + jnp.arange(bk) < k
-    rmask = (r0 + jnp.arange(bb) < b) if dot else None
+    # masks only on ragged edges (None otherwise: unmasked loads vectorise without proof of alignment)
+    cmask = None if n % bn == 0 else n0 + jnp.arange(bn) < n
+    kmask = lambda t: None if k % bk == 0 else t * bk + jnp.arange(bk) < k
+    rmask = None if not dot or b % bb == 0 else r0 + jnp.arange(bb) < b
 
     def load_x(t):  # (bb, bk) in the tensor-core form, else a list of bb rows (bk,)
         if dot:
-            m = rmask[:, None] & kmask(t)[None, :]
-            return plgpu.load(x_ref.at[pl.ds(r0, bb), ks(t)], mask=m, other=0.0).astype(F32)
-        return [plgpu.load(x_ref.at[r0 + r, ks(t)], mask=kmask(t), other=0.0).astype(F32) for r in range(bb)]
+            return _load(x_ref.at[pl.ds(r0, bb), ks(t)], _outer(rmask, kmask(t), (bb, bk))).astype(F32)
+        return [_load(x_ref.at[r0 + r, ks(t)], kmask(t)).astype(F32) for r in range(bb)]
 
     if norm:
         def sq(t, acc):
@@ -107,18 +118,18 @@ def _kernel(*refs, b: int, k: int, n: int, blocks: GemvBlocks, norm: bool, res: 
         inv = lax.rsqrt(ss / k + eps) if dot else [lax.rsqrt(v / k + eps) for v in ss]
 
     def step(t, acc):
-        wm = kmask(t)[:, None] & cmask[None, :]
-        tiles = [plgpu.load(w_ref.at[ks(t), pl.ds(n0 + h * n, bn)], mask=wm, other=0.0) for h in range(1 + glu)]
+        wm = _outer(kmask(t), cmask, (bk, bn))
+        tiles = [_load(w_ref.at[ks(t), pl.ds(n0 + h * n, bn)], wm) for h in range(1 + glu)]  # glu: gate, up
         xs = load_x(t)
         if norm:
-            s = plgpu.load(s_ref.at[ks(t)], mask=kmask(t), other=0.0).astype(F32)
+            s = _load(s_ref.at[ks(t)], kmask(t)).astype(F32)
             xs = xs * inv[:, None] * s[None, :] if dot else [v * i * s for v, i in zip(xs, inv)]
         if dot:
             xw = xs.astype(w_ref.dtype)
             return tuple(a + jnp.dot(xw, w, preferred_element_type=F32) for a, w in zip(acc, tiles))
         tiles = [w.astype(F32) for w in tiles]
-        return tuple(a + v[:, None] * tiles[j % len(tiles)] for j, (a, v) in
-                     enumerate(zip(acc, [v for v in xs for _ in tiles])))
+        per_acc = [(v, w) for v in xs for w in tiles]  # accumulators: row 0 (gate, up), row 1 ...
+        return tuple(a + v[:, None] * w for a, (v, w) in zip(acc, per_acc))
 
     shape = (bb, bn) if dot else (bk, bn)
     acc = lax.fori_loop(0, nk, step, (jnp.zeros(shape, F32),) * ((1 + glu) * (1 if dot else bb)))
@@ -128,15 +139,15 @@ def _kernel(*refs, b: int, k: int, n: int, blocks: GemvBlocks, norm: bool, res: 
     outs = [acc[j * per] * jax.nn.sigmoid(acc[j * per]) * acc[j * per + 1] if glu else acc[j]
             for j in range(len(acc) // per)]
     if dot:
-        m = rmask[:, None] & cmask[None, :]
+        m = _outer(rmask, cmask, (bb, bn))
         y = outs[0]
         if res:
-            y = y + plgpu.load(r_ref.at[pl.ds(r0, bb), pl.ds(n0, bn)], mask=m, other=0.0).astype(F32)
+            y = y + _load(r_ref.at[pl.ds(r0, bb), pl.ds(n0, bn)], m).astype(F32)
         plgpu.store(o_ref.at[pl.ds(r0, bb), pl.ds(n0, bn)], y.astype(o_ref.dtype), mask=m)
         return
     for r, y in enumerate(outs):
         if res:
-            y = y + plgpu.load(r_ref.at[r0 + r, pl.ds(n0, bn)], mask=cmask, other=0.0).astype(F32)
+            y = y + _load(r_ref.at[r0 + r, pl.ds(n0, bn)], cmask).astype(F32)
         plgpu.store(o_ref.at[r0 + r, pl.ds(n0, bn)], y.astype(o_ref.dtype), mask=cmask)
 
 

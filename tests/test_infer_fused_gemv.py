@@ -39,6 +39,8 @@ def operands(b, k, n, mode, dtype=jnp.float32, seed=0):
     (20, 72, 50, "norm", None),                     # tensor-core form, rows masked (block 32)
     (20, 100, 40, "norm_glu", GemvBlocks(16, 32, 16)),  # two row tiles
     (17, 40, 24, "res", None),
+    (2, 64, 32, "norm_glu", GemvBlocks(2, 32, 16)),  # no ragged edge: unmasked loads
+    (32, 64, 32, "norm", GemvBlocks(16, 32, 16)),
 ])
 def test_gemv_kernel_equals_reference(b, k, n, mode, blocks):
     x, w, s, r = operands(b, k, n, mode)
