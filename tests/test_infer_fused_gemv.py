@@ -6,6 +6,8 @@ equal the recurrent step and the 'xla' fused step over several steps of a left-p
 bytes equal the jnp engine's; the step lowered for CUDA is 5 Triton kernels per layer plus the head's, with no
 XLA dot left."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,34 +89,43 @@ def tiny(position="xpos", layers=2):
     return RetNetLM(cfg, nnx.Rngs(1))
 
 
+def three_steps(eng):
+    """Jitted (weights, fused weights, token (B,), state) -> (logits (B, V), state) of the recurrent step, the
+    'xla' fused step and the gemv step (interpret mode)."""
+    def make(fn):
+        return jax.jit(lambda w, fw, t, s: fn(nnx.merge(eng.graphdef, w), fw, t, s))
+
+    ref = make(lambda m, fw, t, s: (lambda o: (o[0][:, 0], o[1]))(forward(m, t[:, None], s)))
+    xla = make(lambda m, fw, t, s: fused_step(m, fw, t, s, "xla"))
+    gemv = make(lambda m, fw, t, s: fused_step(m, fw, t, s, "gemv", interpret=True))
+    return [functools.partial(f, eng.weights, eng.fused_weights) for f in (ref, xla, gemv)]
+
+
 @pytest.mark.parametrize("position", ["xpos", "rope"])
 def test_gemv_step_matches_recurrent_and_xla_step_float32(position):
     eng = Engine(tiny(position), dtype="float32", decode_impl="fused_gemv", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab", b"x"], Settings.make(3))
-    model = nnx.merge(eng.graphdef, eng.weights)
+    ref_step, xla_step, gemv_step = three_steps(eng)
     s_ref = s_xla = s_new = slots.state
     token = jnp.asarray([7, 200, 33], jnp.int32)
     for _ in range(3):
-        ref, s_ref = forward(model, token[:, None], s_ref)
-        xla, s_xla = fused_step(model, eng.fused_weights, token, s_xla, "xla")
-        got, s_new = fused_step(model, eng.fused_weights, token, s_new, "gemv", interpret=True)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-4, atol=2e-4)
+        ref, s_ref = ref_step(token, s_ref)
+        xla, s_xla = xla_step(token, s_xla)
+        got, s_new = gemv_step(token, s_new)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=2e-4, atol=2e-4)
         np.testing.assert_allclose(np.asarray(got), np.asarray(xla), rtol=2e-4, atol=2e-4)
         for a, b in zip(s_new, s_ref):
             np.testing.assert_allclose(np.asarray(a.kv), np.asarray(b.kv), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(np.asarray(a.ksum), np.asarray(b.ksum), rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(np.asarray(a.offset), np.asarray(b.offset))
-        token = jnp.argmax(ref[:, 0, :256], -1).astype(jnp.int32)
+        token = jnp.argmax(ref[:, :256], -1).astype(jnp.int32)
 
 
 def test_gemv_step_bf16_as_close_to_the_recurrent_step_as_the_xla_step():
     eng = Engine(tiny(), dtype="bfloat16", decode_impl="fused_gemv", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab"], Settings.make(2))
-    model = nnx.merge(eng.graphdef, eng.weights)
     token = jnp.asarray([7, 200], jnp.int32)
-    ref = forward(model, token[:, None], slots.state)[0][:, 0]
-    xla = fused_step(model, eng.fused_weights, token, slots.state, "xla")[0]
-    got, state = fused_step(model, eng.fused_weights, token, slots.state, "gemv", interpret=True)
+    (ref, _), (xla, _), (got, state) = (f(token, slots.state) for f in three_steps(eng))
     assert got.dtype == jnp.float32 and state[0].kv.dtype == jnp.float32
     err, err_xla = float(jnp.abs(got - ref).max()), float(jnp.abs(xla - ref).max())
     assert err < max(2 * err_xla, 0.02) and err < 0.02 * float(jnp.abs(ref).max()) + 0.05, (err, err_xla)
