@@ -230,7 +230,8 @@ def main(argv=None):
     p.add_argument("--batches", default="1,8,64,256")
     p.add_argument("--quants", default="none,int8,int4", help="engine weight formats: none (bf16), int8, int4, nf4")
     p.add_argument("--decode-impls", default="jnp,fused,fused_pallas",
-                   help="jnp, pallas (the step kernel), fused (one projection dot; XLA mixer), fused_pallas")
+                   help="jnp, pallas (the step kernel), fused (one projection dot; XLA mixer), fused_pallas, "
+                   "fused_gemv (every projection a Pallas GEMV with norm / silu*up / residual fused in)")
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")

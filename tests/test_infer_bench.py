@@ -22,6 +22,17 @@ def test_bench_generate_small(tmp_path):
 
 
 @pytest.mark.study
+def test_bench_generate_small_fused_gemv():
+    """The GPU command's form (fused_pallas against fused_gemv, ops per step) runs end to end on a CPU."""
+    from bench.generate import main
+
+    rows = main(["--small", "--no-old", "--decode-impls", "fused_pallas,fused_gemv", "--count-ops"])
+    by = {r["path"]: r for r in rows}
+    for p in ("engine bf16 fused_pallas", "engine bf16 fused_gemv"):
+        assert by[p]["bytes_per_s"] > 0 and by[p]["ops_per_step"] > 0 and by[p]["compiles"] == 0
+
+
+@pytest.mark.study
 def test_bench_serve_load_small():
     from bench.serve_load import main
 

@@ -36,7 +36,7 @@ from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
 from hqf_jax.ops.sampling import sample_rows
 
 DTYPES = ("float32", "bfloat16")
-DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas")  # fused*: hqf_jax.infer.fused
+DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_gemv")  # fused*: hqf_jax.infer.fused
 QUANT_IMPLS = ("auto", "reference", "pallas")
 
 
@@ -218,9 +218,9 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
 
 def step_logits(model, fw, token, state, decode_impl: str, interpret: bool):
     """One decode step token (B,) -> logits (B, V) float32, state: the module-by-module step (jnp | pallas)
-    or the fused one (fused | fused_pallas, with ``fw`` from fused.fuse_weights)."""
+    or the fused one (fused | fused_pallas | fused_gemv, with ``fw`` from fused.fuse_weights)."""
     if decode_impl.startswith("fused"):
-        impl = "pallas" if decode_impl == "fused_pallas" else "xla"
+        impl = {"fused": "xla", "fused_pallas": "pallas", "fused_gemv": "gemv"}[decode_impl]
         return fused.fused_step(model, fw, token, state, impl, interpret)
     logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
     return logits[:, 0], state
@@ -290,11 +290,11 @@ class Engine(ByteGenerator):
                  prompt_bucket: int = 64, unroll: int = 1):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
+        if decode_impl.startswith("fused") and quant:
+            raise EngineError("the fused decode step runs bf16/float32 weights; quantized engines use jnp or pallas")
         self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl)
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
-        if decode_impl.startswith("fused") and quant:
-            raise EngineError("the fused decode step runs bf16/float32 weights; quantized engines use jnp or pallas")
         # the fused step reads the projections concatenated (made once here); the model's own kernels are not read
         self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
         self.decode_impl = decode_impl

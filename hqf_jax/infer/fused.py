@@ -12,8 +12,14 @@ This step does per layer
 with the rotary/xPos tables and the decay-row norms computed once per step for all layers (every layer has
 the same positions and gammas). ``impl="xla"`` writes the middle part in jnp (XLA fuses it);
 ``impl="pallas"`` runs it as one Pallas kernel per layer (pallas_kernels/retention_decode_fused.py) that
-reads q, k, v and the gate straight from the projection output. Same logits as ``engine.forward``'s
-recurrent step (tests in float32; the Pallas kernel in interpret mode on CPU).
+reads q, k, v and the gate straight from the projection output. ``gemv_step`` (decode_impl "fused_gemv")
+also moves the projections into Pallas GEMV kernels with their neighbours fused in
+(pallas_kernels/decode_gemv.py), five kernels per layer and one for the head:
+
+    [RMSNorm + dot Wqkvg] -> [mixer] -> [x + dot Wo] -> [RMSNorm + dot [Wgate|Wup] + silu * up] -> [x + dot Wdown]
+
+Same logits as ``engine.forward``'s recurrent step (tests in float32; the Pallas kernels in interpret mode
+on CPU).
 
 Weights: ``fuse_weights`` concatenates the projections once, when the engine prepares its parameters
 (bf16 or float32). Quantized engines keep the module-by-module step (their layers are hqf_jax.quant's).
@@ -28,7 +34,7 @@ from flax import nnx
 
 from hqf_jax.ops import retention as ret
 
-FUSED_IMPLS = ("xla", "pallas")
+FUSED_IMPLS = ("xla", "pallas", "gemv")
 
 
 def fuse_weights(model) -> dict:
@@ -98,16 +104,47 @@ def mixer_xla(h, gn_scale, gammas, rnorm, tables, state: ret.RetentionState, cfg
     return y, ret.RetentionState(kv, ksum, state.offset + 1)
 
 
-def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False):
-    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as engine.forward)."""
+def _per_step(model, state):
+    """What every layer shares in one step: position tables, gammas, decay-row norms (B, H), next offset."""
+    offset = jnp.asarray(state[0].offset)
+    gammas = model.blocks[0].retention.gammas[...].astype(jnp.float32)
+    rnorm = ret.row_norm(offset[:, None], gammas)[..., 0]
+    return position_tables(model.cfg, offset), gammas, rnorm, offset + 1
+
+
+def gemv_step(model, fw: dict, token: jax.Array, state: tuple, interpret: bool = False):
+    """``fused_step`` with every projection a Pallas GEMV (norms, silu * up and residual adds fused in)."""
+    from pallas_kernels.decode_gemv import decode_gemv  # here: loads Triton only when asked
+    from pallas_kernels.retention_decode_fused import fused_mixer
+
     cfg = model.cfg
     dtype = jnp.dtype(cfg.compute_dtype)
     x = model.embed(token).astype(dtype)  # (B, d)
-    offset = jnp.asarray(state[0].offset)
-    tables = position_tables(cfg, offset)
-    gammas = model.blocks[0].retention.gammas[...].astype(jnp.float32)
-    rnorm = ret.row_norm(offset[:, None], gammas)[..., 0]  # (B, H)
-    nxt = offset + 1
+    tables, gammas, rnorm, nxt = _per_step(model, state)
+    new = []
+    for i, (block, s) in enumerate(zip(model.blocks, state)):
+        m, f = block.retention, block.ffn
+        h = decode_gemv(x, fw["qkvg"][i], block.norm1.scale[...], eps=block.norm1.epsilon, interpret=interpret)
+        y, s = fused_mixer(h, m.group_norm.scale[...], gammas, rnorm, tables, s, cfg.num_heads, cfg.norm_eps,
+                           interpret=interpret)
+        x = decode_gemv(y, m.o.kernel[...], None, x, interpret=interpret)
+        a = decode_gemv(x, fw["gu"][i], block.norm2.scale[...], eps=block.norm2.epsilon, glu=True,
+                        interpret=interpret)
+        x = decode_gemv(a, f.down.kernel[...], None, x, interpret=interpret)
+        new.append(ret.RetentionState(s.kv, s.ksum, nxt))
+    logits = decode_gemv(x, model.head.kernel[...], model.norm.scale[...], eps=model.norm.epsilon,
+                         out_dtype=jnp.float32, interpret=interpret)
+    return logits, tuple(new)
+
+
+def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False):
+    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as engine.forward)."""
+    if impl == "gemv":
+        return gemv_step(model, fw, token, state, interpret)
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    x = model.embed(token).astype(dtype)  # (B, d)
+    tables, gammas, rnorm, nxt = _per_step(model, state)
     new = []
     for i, (block, s) in enumerate(zip(model.blocks, state)):
         m = block.retention
