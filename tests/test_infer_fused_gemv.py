@@ -186,3 +186,18 @@ def test_gemv_step_is_five_kernels_per_layer_and_no_xla_dot():
     assert calls == per_layer * layers + ["decode_gemv_norm"], calls
     before = step_calls("fused_pallas", layers)
     assert before.count("retention_decode_fused") == layers and before.count("dot") == 4 * layers + 1, before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b, k, n, mode", [(1, 768, 3072, "norm"), (8, 1536, 768, "res"), (1, 768, 2560, "norm_glu"),
+                                           (8, 768, 2560, "norm_glu"), (64, 768, 3072, "norm"), (64, 2560, 768, "res"),
+                                           (5, 2048, 256, "norm")])
+def test_gemv_kernels_on_gpu(b, k, n, mode):
+    """The compiled Triton kernels (not interpret mode) at the 125M shapes, bf16 operands, against the float32
+    reference of the same bf16 numbers: within bf16 rounding of the output."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("needs a GPU")
+    x, w, s, r = operands(b, k, n, mode, jnp.bfloat16)
+    got = decode_gemv(x, w, s, r, eps=1e-5, glu="glu" in mode, out_dtype=jnp.float32)
+    want = reference(x, w, s, 1e-5, r, "glu" in mode, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-2, atol=2e-2)
