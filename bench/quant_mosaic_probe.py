@@ -54,10 +54,11 @@ def mosaic_op(config):
 
 
 def per_channel(w, dtype, levels: int):
-    """(N, K) integer weight in ``dtype`` and (N,) float32 scales of a (K, N) float weight, symmetric per output."""
+    """(N, K) integer weight in ``dtype``, (N,) float32 scales and the dequantized (N, K) matrix (the reference's
+    orientation, as dequantize_matrix) of a (K, N) float weight; symmetric, one scale per output."""
     s = jnp.max(jnp.abs(w), axis=0) / levels
-    q = jnp.clip(jnp.round(w / s), -levels, levels).T
-    return q.astype(jnp.int8).astype(dtype), s, (q * s[:, None]).T  # the dequantized (K, N) weight for the reference
+    q = jnp.clip(jnp.round(w / s), -levels, levels).T  # (N, K)
+    return q.astype(jnp.int8).astype(dtype), s, q * s[:, None]
 
 
 def main(argv=None):
