@@ -34,16 +34,7 @@ import numpy as np
 from hqf_jax import cli
 from hqf_jax.infer.engine import Engine, Settings
 from hqf_jax.nn import generate
-
-
-def copy_bandwidth(nbytes: int, reps: int) -> float:
-    """Bytes/s of y = x + 1 over a float32 array of ``nbytes`` (one read and one write per element)."""
-    x = jnp.zeros((nbytes // 4,), jnp.float32)
-    loop = jax.jit(lambda x: jax.lax.fori_loop(0, reps, lambda i, y: y + 1.0, x))
-    loop(x).block_until_ready()
-    t = time.perf_counter()
-    loop(x).block_until_ready()
-    return 2 * nbytes * reps / (time.perf_counter() - t)
+from hqf_jax.quant.kernel_timing import copy_bandwidth
 
 
 COMPILES = [0]

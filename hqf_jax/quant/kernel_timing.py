@@ -116,3 +116,13 @@ def check(y, ref, x, wm, bound=None) -> tuple[bool, float]:
 def bf16_weight(w):
     """bf16 (N, K) matrix of a (K, N) kernel: the XLA baseline's weight."""
     return jnp.asarray(w).T.astype(jnp.bfloat16)
+
+
+def copy_bandwidth(nbytes: int, reps: int) -> float:
+    """Bytes/s of y = x + 1 over a float32 array of ``nbytes`` (one read and one write per element)."""
+    x = jnp.zeros((nbytes // 4,), jnp.float32)
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, reps, lambda i, y: y + 1.0, x))
+    loop(x).block_until_ready()
+    t = time.perf_counter()
+    loop(x).block_until_ready()
+    return 2 * nbytes * reps / (time.perf_counter() - t)
