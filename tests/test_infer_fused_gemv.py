@@ -201,3 +201,14 @@ def test_gemv_kernels_on_gpu(b, k, n, mode):
     got = decode_gemv(x, w, s, r, eps=1e-5, glu="glu" in mode, out_dtype=jnp.float32)
     want = reference(x, w, s, 1e-5, r, "glu" in mode, out_dtype=jnp.float32)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["norm", "res", "norm_glu"])
+def test_probe_xla_form_is_the_kernels_work(mode):
+    """bench.decode_gemv_probe times each kernel against xla_form: the same work (bf16 rounding apart)."""
+    from bench.decode_gemv_probe import xla_form
+
+    x, w, s, r = operands(3, 64, 96, mode, jnp.bfloat16)
+    got = xla_form(x, w, s, r, "glu" in mode).astype(jnp.float32)
+    want = reference(x, w, s, 1e-6, r, "glu" in mode, out_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-2, atol=2e-2)
