@@ -89,7 +89,7 @@ def held_out_bpb(engine: Engine, data: np.ndarray, seq_len: int) -> float:
     """Bits per byte of the engine's prepared weights on ``data`` (rows of seq_len + 1 bytes), chunkwise form."""
     from flax import nnx
 
-    from hqf_jax.infer.engine import forward, init_state
+    from hqf_jax.infer.step import forward, init_state
 
     rows = data[: len(data) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1).astype(np.int32)
 

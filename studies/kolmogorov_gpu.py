@@ -42,12 +42,12 @@ from hqf_jax.report import write_report
 from hqf_jax.rl import compress_score as cs
 from hqf_jax.rl import kolmogorov as kg
 from hqf_jax.rl.grpo_task import GRPODriver, kolmogorov_config
+from hqf_jax.rl.kolmogorov_report import plot, table
 from hqf_jax.rl.verifier import GainVerifier
 from hqf_jax.rl.warmstart import build_warmstart_task, roundtrip
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import make_train_step
 from hqf_jax.trainer.optim import make_optimizer
-from studies.kolmogorov_gpu_report import plot, table
 
 ARMS = {  # name -> rl overrides on top of the GRPO config, in the order they run (the last ones may not fit)
     "warm": {},  # no GRPO step: the warm-started policy scored like the arms (what GRPO adds is measured against it)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from hqf_jax.infer import Engine, EngineError, Settings
-from hqf_jax.infer.engine import forward, init_state
+from hqf_jax.infer.step import forward, init_state
 from hqf_jax.nn import generate
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.ops import retention as ret

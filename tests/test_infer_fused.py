@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from hqf_jax.infer import Engine, Settings
-from hqf_jax.infer.engine import _decode, forward
+from hqf_jax.infer.engine import _decode
+from hqf_jax.infer.step import forward
 from hqf_jax.infer.fused import fused_step
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 

@@ -16,7 +16,8 @@ from flax import nnx
 from jax import export
 
 from hqf_jax.infer import Engine, Settings
-from hqf_jax.infer.engine import _decode, forward
+from hqf_jax.infer.engine import _decode
+from hqf_jax.infer.step import forward
 from hqf_jax.infer.fused import fused_step
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from pallas_kernels.decode_gemv import GemvBlocks, decode_gemv, pick_blocks, reference

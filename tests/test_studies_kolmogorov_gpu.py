@@ -39,7 +39,7 @@ def test_tiny_study_runs_end_to_end(tmp_path):
 
 
 def test_curve_windows_by_constraint_level():
-    from studies.kolmogorov_gpu_report import by_level
+    from hqf_jax.rl.kolmogorov_report import by_level
 
     curve = [{"step": i, "relax_n": 2 if i <= 3 else 0, "reward": float(i), "used": 0.5 if i <= 3 else 1.0,
               "signal": None if i > 3 else 0.25 * i} for i in range(1, 6)]

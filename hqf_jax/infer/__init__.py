@@ -3,4 +3,5 @@ per-row sampling), self-speculative decoding with the extra heads, the continuou
 server that `python -m serve` runs. Imports ops, nn, quant, trainer (to load a run) and pallas_kernels (the
 decode kernel, on request); imported by entry points (eval, serve, bench) only. See docs/generation.md."""
 
-from hqf_jax.infer.engine import Engine, EngineError, Settings, Slots, encode, forward, ids_to_bytes, prepare_model
+from hqf_jax.infer.engine import Engine, EngineError, Settings, Slots, encode, ids_to_bytes, prepare_model
+from hqf_jax.infer.step import forward

@@ -12,9 +12,8 @@ nothing to the retention state (its keys and values are zeroed) and every row ke
 (``RetentionState.offset`` is (B,)), so each row computes exactly what it would compute alone. A row's
 sampling key for its j-th byte is fold_in(PRNGKey(seed), j): its output does not depend on its batch.
 
-The per-layer maths is the model's own modules (norms, projections, group norm, SwiGLU; quantized layers
-through hqf_jax.quant) around the retention step, which is ``ops.retention.retention_step`` (jnp) or the
-Pallas decode kernel (``decode_impl="pallas"``).
+The per-layer maths (hqf_jax/infer/step.py) is the model's own modules (norms, projections, group norm,
+SwiGLU; quantized layers through hqf_jax.quant) around the retention step, or one of the fused steps.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ from flax import nnx
 
 from hqf_jax.errors import HqfError
 from hqf_jax.infer import fused
-from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
-from hqf_jax.ops import retention as ret
+from hqf_jax.infer.step import forward, init_state, step_logits
+from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
 from hqf_jax.ops.sampling import sample_rows
 
@@ -122,82 +121,6 @@ def weight_bytes(model: nnx.Module) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model))))
 
 
-# ----------------------------------------------------------------------------- the forward pass
-
-
-def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None):
-    cfg = m.cfg
-    b, t, _ = x.shape
-    q, k, v = m._heads(m.q(x)), m._heads(m.k(x)), m._heads(m.v(x))
-    positions = jnp.asarray(state.offset)[:, None] + jnp.arange(t)  # (B, T): each row's own positions
-    q, k = ret.rotate_qk(q, k, positions[:, None, :], cfg.position, cfg.rope_theta)
-    gammas = m.gammas[...]
-    if valid is not None:  # left padding: no key, no value, so the state stays exactly zero through it
-        k = k * valid[:, None, :, None].astype(k.dtype)
-        v = v * valid[:, None, :, None].astype(v.dtype)
-    if t == 1:
-        if decode_impl == "pallas":
-            from pallas_kernels.retention_decode import retention_decode_step  # here: loads Triton only when asked
-
-            y, state = retention_decode_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state, interpret=interpret)
-        else:
-            y, state = ret.retention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gammas, state)
-        y = y[:, :, None]
-    else:
-        if kvs is not None:  # speculative verify: the state is taken later, after as many steps as accepted
-            kvs.append((state, k, v, gammas))
-        y, state = ret.retention_chunkwise(q, k, v, gammas, state, cfg.chunk_size)
-    y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)
-    y = m.group_norm(y.reshape(b * t, cfg.v_dim).astype(jnp.float32)).reshape(b, t, cfg.v_dim).astype(x.dtype)
-    return m.o(nnx.swish(m.g(x)) * y), state
-
-
-def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array | None = None,
-            decode_impl: str = "jnp", interpret: bool = False, kvs: list | None = None, return_hidden=False):
-    """tokens (B, T) -> logits (B, T, V) float32 and the state after them; state offsets (B,). T == 1 takes the
-    recurrent step, T > 1 the chunkwise form. ``valid`` (B, T) marks real tokens (False: left padding).
-    ``kvs`` (a list) collects each layer's (state before, k, v, gammas) for ``absorb``; ``return_hidden`` adds
-    the normed hidden state (B, T, d) float32 (what the extra heads read)."""
-    cfg = model.cfg
-    dtype = jnp.dtype(cfg.compute_dtype)
-    x = model.embed(tokens).astype(dtype)
-    new = []
-    for block, s in zip(model.blocks, state):
-        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret, kvs)
-        x = x + y
-        x = x + block.ffn(block.norm2(x).astype(dtype))
-        new.append(s)
-    hidden = model.norm(x).astype(jnp.float32)
-    logits = model.head(hidden)
-    return (logits, tuple(new), hidden) if return_hidden else (logits, tuple(new))
-
-
-def absorb(kvs: list, keep: jax.Array) -> tuple:
-    """The state after the first ``keep`` (B,) steps of a chunk, per row, from what ``forward(kvs=...)``
-    collected: S = gamma^m S_0 + sum_{i<m} gamma^(m-1-i) k_i^T v_i (and z alike), offset + m."""
-    out = []
-    for state, k, v, gammas in kvs:
-        g = gammas.astype(jnp.float32)
-        t, dk = k.shape[2], k.shape[3]
-        m = keep.astype(jnp.float32)[:, None, None]  # (B, 1, 1)
-        i = jnp.arange(t, dtype=jnp.float32)[None, None, :]
-        w = jnp.where(i < m, g[None, :, None] ** jnp.maximum(m - 1.0 - i, 0.0), 0.0)  # (B, H, T)
-        kw = k.astype(jnp.float32) * (dk**-0.5) * w[..., None]
-        gm = g[None, :] ** keep.astype(jnp.float32)[:, None]  # (B, H)
-        kv = state.kv * gm[..., None, None] + jnp.einsum("bhtd,bhtv->bhdv", kw, v.astype(jnp.float32))
-        ksum = state.ksum * gm[..., None] + kw.sum(2)
-        out.append(ret.RetentionState(kv, ksum, state.offset + keep.astype(jnp.int32)))
-    return tuple(out)
-
-
-def init_state(cfg: RetNetConfig, offsets: jax.Array) -> tuple:
-    b = offsets.shape[0]
-    dk, dv = cfg.qk_dim // cfg.num_heads, cfg.v_dim // cfg.num_heads
-    return tuple(ret.RetentionState(jnp.zeros((b, cfg.num_heads, dk, dv), jnp.float32),
-                                    jnp.zeros((b, cfg.num_heads, dk), jnp.float32), offsets.astype(jnp.int32))
-                 for _ in range(cfg.num_layers))
-
-
 # ----------------------------------------------------------------------------- jitted stages
 
 
@@ -214,16 +137,6 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
     logits, state = forward(model, tokens, init_state(model.cfg, lengths - t), valid)
     emitted = jnp.zeros_like(lengths)
     return Slots(state, _pick(logits[:, -1], settings, emitted, vocab_limit), emitted, settings)
-
-
-def step_logits(model, fw, token, state, decode_impl: str, interpret: bool):
-    """One decode step token (B,) -> logits (B, V) float32, state: the module-by-module step (jnp | pallas)
-    or the fused one (fused | fused_pallas | fused_gemv, with ``fw`` from fused.fuse_weights)."""
-    if decode_impl.startswith("fused"):
-        impl = {"fused": "xla", "fused_pallas": "pallas", "fused_gemv": "gemv"}[decode_impl]
-        return fused.fused_step(model, fw, token, state, impl, interpret)
-    logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
-    return logits[:, 0], state
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll"))

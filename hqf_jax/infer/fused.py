@@ -18,7 +18,7 @@ also moves the projections into Pallas GEMV kernels with their neighbours fused 
 
     [RMSNorm + dot Wqkvg] -> [mixer] -> [x + dot Wo] -> [RMSNorm + dot [Wgate|Wup] + silu * up] -> [x + dot Wdown]
 
-Same logits as ``engine.forward``'s recurrent step (tests in float32; the Pallas kernels in interpret mode
+Same logits as ``step.forward``'s recurrent step (tests in float32; the Pallas kernels in interpret mode
 on CPU).
 
 Weights: ``fuse_weights`` concatenates the projections once, when the engine prepares its parameters
@@ -138,7 +138,7 @@ def gemv_step(model, fw: dict, token: jax.Array, state: tuple, interpret: bool =
 
 
 def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False):
-    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as engine.forward)."""
+    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as step.forward)."""
     if impl == "gemv":
         return gemv_step(model, fw, token, state, interpret)
     cfg = model.cfg

@@ -7,7 +7,7 @@ Leviathan et al. 2023; Chen et al. 2023). At the first rejection the next pendin
 residual max(p_j - q_j, 0) (normalised); when every draft is accepted it is drawn from p after d_k. So every
 emitted byte has exactly the distribution of plain sampling with the same temperature / top-k / top-p (the
 target p is the filtered distribution; greedy rows use one-hot distributions, which makes the output equal
-to greedy decoding). The state keeps the pending byte and the accepted drafts only (``engine.absorb``).
+to greedy decoding). The state keeps the pending byte and the accepted drafts only (``step.absorb``).
 
     ids, stats = speculative_generate(engine, prompts, max_new, temperature=..., seed=...)
     stats["bytes_per_verify"]   # accepted bytes per verify pass (1 + accepted drafts), over all rows
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.engine import Engine, EngineError, Settings, absorb, forward, init_state
+from hqf_jax.infer.engine import Engine, EngineError, Settings
+from hqf_jax.infer.step import absorb, forward, init_state
 from hqf_jax.ops.sampling import filter_logits_rows
 
 

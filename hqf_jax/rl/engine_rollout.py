@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hqf_jax.infer.engine import forward, init_state
+from hqf_jax.infer.step import forward, init_state
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import PAD_ID
 from hqf_jax.rl.rollout import Rollout, RolloutError, SampleConfig

@@ -1,4 +1,4 @@
-"""The table and the curves of studies.kolmogorov_gpu (results dict -> markdown, png)."""
+"""The table and the curves of studies.kolmogorov_gpu (its results dict -> markdown, png)."""
 
 from __future__ import annotations
 
