@@ -8,6 +8,8 @@ import pytest
 from hqf_jax.ops import retention as R
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# jitted: one compile per form and shape instead of one per primitive in eager mode (the suite's CPU time)
+RJ = jax.jit(R.retention, static_argnames=("mode", "chunk_size"))
 
 
 def _inputs(seed, b, h, t, dk, dv):
@@ -39,7 +41,7 @@ def test_forms_agree_with_naive(t, chunk):
     g = R.default_gammas(3, base=-2.0)  # strong decays so every term matters
     ref = _naive(q, k, v, g)
     for mode in R.MODES:
-        o, _ = R.retention(q, k, v, g, mode=mode, chunk_size=chunk)
+        o, _ = RJ(q, k, v, g, mode=mode, chunk_size=chunk)
         np.testing.assert_allclose(np.asarray(o), ref, rtol=2e-5, atol=2e-5, err_msg=mode)
 
 
@@ -49,11 +51,11 @@ def test_state_carries_across_calls(split):
     t, chunk = 19, 4
     q, k, v = _inputs(1, 2, 4, t, 8, 8)
     g = R.default_gammas(4)
-    full, full_state = R.retention(q, k, v, g, mode="parallel")
+    full, full_state = RJ(q, k, v, g, mode="parallel")
     for first in R.MODES:
         for second in R.MODES:
-            o1, s = R.retention(q[:, :, :split], k[:, :, :split], v[:, :, :split], g, mode=first, chunk_size=chunk)
-            o2, s2 = R.retention(q[:, :, split:], k[:, :, split:], v[:, :, split:], g, mode=second, chunk_size=chunk, state=s)
+            o1, s = RJ(q[:, :, :split], k[:, :, :split], v[:, :, :split], g, mode=first, chunk_size=chunk)
+            o2, s2 = RJ(q[:, :, split:], k[:, :, split:], v[:, :, split:], g, mode=second, chunk_size=chunk, state=s)
             np.testing.assert_allclose(np.concatenate([o1, o2], 2), full, rtol=1e-5, atol=1e-5, err_msg=f"{first}->{second}")
             for a, b in zip(s2, full_state):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -68,8 +70,8 @@ def test_parallel_and_chunkwise_gradients_agree():
         o, s = R.retention(q, k, v, g, mode=mode, chunk_size=8)
         return (o * w).sum() + 0.1 * s.kv.sum()
 
-    gp = jax.grad(lambda *a: loss("parallel", *a), argnums=(0, 1, 2))(q, k, v)
-    gc = jax.grad(lambda *a: loss("chunkwise", *a), argnums=(0, 1, 2))(q, k, v)
+    gp = jax.jit(jax.grad(lambda *a: loss("parallel", *a), argnums=(0, 1, 2)))(q, k, v)
+    gc = jax.jit(jax.grad(lambda *a: loss("chunkwise", *a), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(gp, gc):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -107,7 +109,7 @@ def test_many_heads_with_gamma_rounding_to_one_stay_finite_and_exact():
     q, k, v = _inputs(7, 1, 32, 9, 4, 4)
     ref = _naive(q, k, v, np.where(np.asarray(g) < 1, np.asarray(g, np.float64), 1 - 1e-12))
     for mode in R.MODES:
-        o, _ = R.retention(q, k, v, g, mode=mode, chunk_size=4)
+        o, _ = RJ(q, k, v, g, mode=mode, chunk_size=4)
         assert np.isfinite(np.asarray(o)).all(), mode
         np.testing.assert_allclose(np.asarray(o), ref, rtol=2e-5, atol=2e-5, err_msg=mode)
 
@@ -129,7 +131,7 @@ def test_per_row_offsets_equal_each_row_at_its_own_offset(mode):
     g = R.default_gammas(2, base=-2.0)
     offsets = jnp.asarray([0, 4, 37], jnp.int32)
     st = R.init_state(3, 2, 8, 8)._replace(offset=offsets)
-    o, state = R.retention(q, k, v, g, mode=mode, chunk_size=4, state=st)
+    o, state = RJ(q, k, v, g, mode=mode, chunk_size=4, state=st)
     for r, off in enumerate([0, 4, 37]):
         want = _naive(q[r:r + 1], k[r:r + 1], v[r:r + 1], g, offset=off)
         np.testing.assert_allclose(np.asarray(o[r:r + 1]), want, rtol=1e-4, atol=1e-4)
