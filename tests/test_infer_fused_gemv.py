@@ -102,7 +102,9 @@ def three_steps(eng):
     return [functools.partial(f, eng.weights, eng.fused_weights) for f in (ref, xla, gemv)]
 
 
-@pytest.mark.parametrize("position", ["xpos", "rope"])
+# xPos only: the gemv step changes the projections, not the position tables or the mixer, whose RoPE and
+# no-position cases tests/test_infer_fused.py checks
+@pytest.mark.parametrize("position", ["xpos"])
 def test_gemv_step_matches_recurrent_and_xla_step_float32(position):
     eng = Engine(tiny(position), dtype="float32", decode_impl="fused_gemv", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab", b"x"], Settings.make(3))
