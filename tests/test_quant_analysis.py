@@ -108,19 +108,24 @@ def test_evaluate_methods_on_an_in_file_model():
 
 
 def test_lm_adapter_round_trip_and_quantized_byte_lm():
+    from flax import nnx
+
     from hqf_jax import quant as Q
     from hqf_jax.quant import lm_adapter
+
+    fwd = nnx.jit(lambda m, t: m(t))  # jitted: eager calls pay one XLA compile per primitive and shape
 
     model, _ = lm_adapter.random_model("configs/lm_tiny.py", seed=0)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(2, 16)), jnp.int32)
     params = lm_adapter.params_of(model)
-    np.testing.assert_array_equal(np.asarray(lm_adapter.with_params(model, params)(tokens)), np.asarray(model(tokens)))
+    np.testing.assert_array_equal(np.asarray(fwd(lm_adapter.with_params(model, params), tokens)),
+                                  np.asarray(fwd(model, tokens)))
     qtree = Q.quantize_tree(params, None, "phi5u8")
     assert Q.tree_accounting(qtree)["quantized_numel"] > 0.8 * sum(x.size for x in jax.tree_util.tree_leaves(params))
-    y = model(tokens)
+    y = fwd(model, tokens)
 
     def dev(tree):  # logit change; this random-init model is sensitive (1e-4 relative noise moves logits ~0.07)
-        return float(jnp.sqrt(jnp.mean((lm_adapter.with_params(model, Q.restore_tree(tree))(tokens) - y) ** 2)))
+        return float(jnp.sqrt(jnp.mean((fwd(lm_adapter.with_params(model, Q.restore_tree(tree)), tokens) - y) ** 2)))
 
     # phi5+u8 (13.5 bits, weight SQNR ~60 dB) must disturb the model less than a plain bf16 cast (~56 dB)
     assert dev(qtree) < dev(Q.quantize_tree(params, None, "bf16"))
