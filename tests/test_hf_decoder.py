@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 import transformers
 from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
@@ -37,6 +38,9 @@ def _save(model_cls, config, folder, **save_kw):
     return model
 
 
+forward = nnx.jit(lambda m, x: m(x))  # one compile per model and shape, not one per primitive (eager)
+
+
 def _compare(model, folder, lengths, seed=0):
     jm = load_hf_decoder(str(folder), progress=False)
     rng = np.random.default_rng(seed)
@@ -45,7 +49,7 @@ def _compare(model, folder, lengths, seed=0):
         ids = rng.integers(0, V, size=(2, t)).astype(np.int64)
         with torch.no_grad():
             ref = model(torch.from_numpy(ids)).logits.numpy()
-        out = np.asarray(jm(jnp.asarray(ids, jnp.int32)))
+        out = np.asarray(forward(jm, jnp.asarray(ids, jnp.int32)))
         assert out.shape == ref.shape
         diff = float(np.abs(out - ref).max())
         assert diff < TOL, (t, diff)
@@ -85,7 +89,7 @@ def test_phi3_longrope_short_and_long(tmp_path):
     ids = np.arange(24, dtype=np.int32)[None] % V
     with torch.no_grad():
         ref = model(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
-    wrong = np.asarray(load_hf_decoder(str(other), progress=False)(jnp.asarray(ids)))
+    wrong = np.asarray(forward(load_hf_decoder(str(other), progress=False), jnp.asarray(ids)))
     assert np.abs(wrong - ref).max() > 100 * TOL
 
 
@@ -158,14 +162,12 @@ def test_mistral_sliding_window_sharded(tmp_path):
 def test_bf16_load_casts_every_weight(tmp_path):
     model = _save(transformers.Phi3ForCausalLM, _phi3_config(tie=True), tmp_path / "phi3")
     jm = load_hf_decoder(str(tmp_path / "phi3"), dtype="bfloat16", progress=False)
-    import flax.nnx as nnx
-
     dtypes = {v.get_value().dtype for _, v in nnx.to_flat_state(nnx.state(jm, nnx.Param))}
     assert dtypes == {jnp.dtype(jnp.bfloat16)}
     ids = np.arange(12, dtype=np.int64)[None] % V
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits.numpy()
-    out = np.asarray(jm(jnp.asarray(ids, jnp.int32)))
+    out = np.asarray(forward(jm, jnp.asarray(ids, jnp.int32)))
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
 
 
@@ -235,11 +237,12 @@ def test_kv_cache_decode_matches_full_forward(tmp_path):
         tmp_path / "m")
     jm = load_hf_decoder(str(tmp_path / "m"), progress=False)
     ids = jnp.asarray(np.random.default_rng(1).integers(0, V, (2, 10)), jnp.int32)
-    full = jm(ids)
-    logits, cache = jm.decode(ids[:, :6], jm.init_cache(2, 16))  # prefill
+    full = forward(jm, ids)
+    decode = nnx.jit(lambda m, x, c: m.decode(x, c))  # one compile per shape, not one per primitive (eager)
+    logits, cache = decode(jm, ids[:, :6], jm.init_cache(2, 16))  # prefill
     steps = [logits]
     for i in range(6, 10):
-        lg, cache = jm.decode(ids[:, i:i + 1], cache)
+        lg, cache = decode(jm, ids[:, i:i + 1], cache)
         steps.append(lg)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
     assert int(cache.length) == 10

@@ -15,6 +15,11 @@ from hqf_jax.holo import language
 from hqf_jax.holo import memory as hm
 from hqf_jax.holo.ngram import KneserNey
 
+# jitted: one compile per shape, not one per primitive and shape in eager mode
+_jit = lambda f: jax.jit(f, static_argnums=(1, 2))  # codebooks: (key, vocab, dim)
+HRR = (bl.hrr_init, _jit(bl.hrr_codebook), jax.jit(bl.hrr_store), jax.jit(bl.hrr_scores))
+FHRR = (bl.fhrr_init, _jit(bl.fhrr_codebook), jax.jit(bl.fhrr_store), jax.jit(bl.fhrr_scores))
+
 
 def _pairs(n, vocab, seed):
     rng = np.random.default_rng(seed)
@@ -22,12 +27,8 @@ def _pairs(n, vocab, seed):
 
 
 def test_hrr_and_fhrr_recall_few_pairs_and_degrade():
-    for init, book, store, scores in (
-        (bl.hrr_init, bl.hrr_codebook, bl.hrr_store, bl.hrr_scores),
-        (bl.fhrr_init, bl.fhrr_codebook, bl.fhrr_store, bl.fhrr_scores),
-    ):
+    for init, book, store, scores in (HRR, FHRR):
         cb = book(jax.random.key(0), 512, 256)
-        store, scores = jax.jit(store), jax.jit(scores)
         accs = []
         for n in (1, 8, 400):
             ctx, tgt = _pairs(n, 512, n)
@@ -37,11 +38,12 @@ def test_hrr_and_fhrr_recall_few_pairs_and_degrade():
 
 
 def test_vsa_keys_are_order_sensitive():
-    cb = bl.fhrr_codebook(jax.random.key(1), 64, 64)
+    init, book, store, scores = FHRR
+    cb = book(jax.random.key(1), 64, 64)
     ctx = jnp.array([[1, 2, 3, 4]], jnp.int32)
-    tr = bl.fhrr_store(bl.fhrr_init(1, 64), cb, ctx, jnp.array([5]))
-    s_fwd = bl.fhrr_scores(tr, cb, ctx)[0, 5]
-    s_rev = bl.fhrr_scores(tr, cb, ctx[:, ::-1])[0, 5]
+    tr = store(init(1, 64), cb, ctx, jnp.array([5]))
+    s_fwd = scores(tr, cb, ctx)[0, 5]
+    s_rev = scores(tr, cb, ctx[:, ::-1])[0, 5]
     assert float(s_fwd) > 0.99 * 32 and abs(float(s_rev)) < 0.5 * 32
 
 
@@ -149,21 +151,21 @@ def test_fhrr_unbinds_a_single_pair_exactly():
     """One pair in a trace: multiplying by the conjugate key returns the target phasor itself (exact inverse),
     so the target scores d/2 (= <v, v> over d/2 unit phasors) and every other token scores far less."""
     d, vocab = 128, 300
-    ph = bl.fhrr_codebook(jax.random.key(3), vocab, d)
+    init, book, store, scores = FHRR
+    ph = book(jax.random.key(3), vocab, d)
     ctx, tgt = jnp.array([[7, 1, 299, 42]], jnp.int32), jnp.array([11], jnp.int32)
-    tr = bl.fhrr_store(bl.fhrr_init(1, d), ph, ctx, tgt)
+    tr = store(init(1, d), ph, ctx, tgt)
     k = np.asarray(ph, np.float64)[[7, 1, 299, 42]]
     key = sum(np.roll(k[l], l) for l in range(4))  # reference: phase of the ordered, rolled binding
     trace = np.asarray(tr[0, 0], np.float64) + 1j * np.asarray(tr[0, 1], np.float64)
     np.testing.assert_allclose(trace * np.exp(-1j * key), np.exp(1j * np.asarray(ph[11], np.float64)), atol=1e-4)
-    s = np.asarray(bl.fhrr_scores(tr, ph, ctx))[0]
+    s = np.asarray(scores(tr, ph, ctx))[0]
     assert abs(s[11] - d / 2) < 1e-3 and np.max(np.delete(s, 11)) < 0.5 * d / 2
 
 
 @pytest.mark.parametrize("kind", ["hrr", "fhrr"])
 def test_vsa_store_valid_mask_equals_storing_only_the_valid_rows(kind):
-    init, book, store = ((bl.hrr_init, bl.hrr_codebook, bl.hrr_store) if kind == "hrr"
-                         else (bl.fhrr_init, bl.fhrr_codebook, bl.fhrr_store))
+    init, book, store, _ = HRR if kind == "hrr" else FHRR
     cb = book(jax.random.key(0), 64, 32)
     ctx, tgt = _pairs(10, 64, 5)
     valid = jnp.arange(10) < 6

@@ -14,6 +14,9 @@ from hqf_jax.holo.hashing import hash_rows
 from hqf_jax.holo.prototypes import top_k_per_bucket
 from hqf_jax.ops import clifford, so4
 
+# jitted: one compile per shape, not one per primitive and shape in eager mode
+route = jax.jit(tower.route, static_argnums=1)
+aggregate_levels = jax.jit(tower.aggregate_levels, static_argnums=1)
 
 # ---------------------------------------------------------------- episodic cache
 def test_episodic_exact_recall_last_write_wins():
@@ -60,16 +63,16 @@ def test_hash_is_order_sensitive_and_deterministic():
 
 # ---------------------------------------------------------------- tower
 def test_route_prefix_structure_and_aggregation():
-    mv = clifford.from_matrix(so4.haar_so4_raw(jax.random.key(0), (500,)))
-    leaf = np.asarray(tower.route(mv, 3))
+    mv = jax.jit(lambda k: clifford.from_matrix(so4.haar_so4_raw(k, (500,))))(jax.random.key(0))
+    leaf = np.asarray(route(mv, 3))
     assert leaf.min() >= 0 and leaf.max() < 16**3
-    np.testing.assert_array_equal(leaf, np.asarray(tower.route(mv, 3)))  # deterministic
+    np.testing.assert_array_equal(leaf, np.asarray(route(mv, 3)))  # deterministic
     assert len(np.unique(leaf)) > 350  # random contexts spread over the leaves
     # a tiny perturbation (far below every resolution) keeps the coarse digits
-    near = np.asarray(tower.route(mv + 1e-7, 3))
+    near = np.asarray(route(mv + 1e-7, 3))
     assert (near >> 8 == leaf >> 8).mean() > 0.95
     leaves = jax.random.normal(jax.random.key(1), (16**2, 4, 4))
-    agg = tower.aggregate_levels(leaves, 2)
+    agg = aggregate_levels(leaves, 2)
     assert agg.shape[0] == tower.tower_size(2) == 1 + 16 + 256
     np.testing.assert_allclose(np.asarray(agg[0]), np.asarray(leaves.sum(0)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(agg[1 + 5]), np.asarray(leaves[5 * 16 : 6 * 16].sum(0)), rtol=1e-5, atol=1e-5)

@@ -9,6 +9,12 @@ from hypothesis import strategies as st
 
 from hqf_jax.ops import so4
 
+# jitted: one compile per shape, not one per primitive and shape in eager mode (hypothesis draws many lengths)
+haar_raw = jax.jit(so4.haar_so4_raw, static_argnums=(1, 2))
+context_product = jax.jit(so4.context_product, static_argnames="axis")
+so4_exp = jax.jit(so4.so4_exp)
+grounded_so4 = jax.jit(so4.grounded_so4)
+expm = jax.jit(jax.scipy.linalg.expm)
 
 def _orth_err(m):
     m = np.asarray(m, np.float64)
@@ -39,28 +45,28 @@ def test_check_so4_rejects_reflections():
 
 def test_so4_exp_matches_expm():
     theta = jax.random.normal(jax.random.key(3), (64, 6)) * 2.0
-    want = jax.scipy.linalg.expm(so4.angles_to_algebra(theta))
-    np.testing.assert_allclose(np.asarray(so4.so4_exp(theta)), np.asarray(want), atol=5e-5)
-    np.testing.assert_allclose(np.asarray(so4.so4_exp(jnp.zeros((6,)))), np.eye(4), atol=0)
+    want = expm(so4.angles_to_algebra(theta))
+    np.testing.assert_allclose(np.asarray(so4_exp(theta)), np.asarray(want), atol=5e-5)
+    np.testing.assert_allclose(np.asarray(so4_exp(jnp.zeros((6,)))), np.eye(4), atol=0)
 
 
 def test_grounded_embeddings_are_rotations_and_respect_similarity():
     base = jax.random.normal(jax.random.key(4), (50, 32))
     table = jnp.concatenate([base, base[:5] + 1e-3 * jax.random.normal(jax.random.key(5), (5, 32))])
-    e = so4.grounded_so4(table)
+    e = grounded_so4(table)
     so4.check_so4(e)
     near = np.linalg.norm(np.asarray(e[:5] - e[50:]), axis=(1, 2)).max()
     far = np.median(np.linalg.norm(np.asarray(e[:25] - e[25:50]), axis=(1, 2)))
     assert near < 0.05 * far
     # deterministic: same table, same rotations
-    np.testing.assert_array_equal(np.asarray(so4.grounded_so4(table)), np.asarray(e))
+    np.testing.assert_array_equal(np.asarray(grounded_so4(table)), np.asarray(e))
 
 
 @settings(max_examples=6, deadline=None)
 @given(st.sampled_from([1, 2, 3, 7, 64, 1000, 4097]), st.integers(0, 2**31 - 1))
 def test_context_product_stays_so4_and_matches_fold(length, seed):
-    mats = so4.haar_so4_raw(jax.random.key(seed), (length,))
-    prod = so4.context_product(mats, axis=0)
+    mats = haar_raw(jax.random.key(seed), (length,))
+    prod = context_product(mats, axis=0)
     want = np.eye(4)
     for m in np.asarray(mats, np.float64):
         want = want @ m
@@ -74,12 +80,12 @@ def test_context_product_stays_so4_and_matches_fold(length, seed):
 @given(st.sampled_from([1, 4, 16, 256, 4096]), st.integers(0, 2**31 - 1))
 def test_unbinding_exact_for_single_pair(length, seed):
     k1, k2 = jax.random.split(jax.random.key(seed))
-    ctx = so4.context_product(so4.haar_so4_raw(k1, (length,)), axis=0)
-    target = so4.haar_so4_raw(k2)
+    ctx = context_product(haar_raw(k1, (length,)), axis=0)
+    target = haar_raw(k2)
     memory = so4.bind(ctx, target)
     np.testing.assert_allclose(np.asarray(so4.unbind(memory, ctx)), np.asarray(target), atol=1e-4)
 
 
 def test_bind_order_matters():
-    a, b = so4.haar_so4_raw(jax.random.key(7), (2,))
+    a, b = haar_raw(jax.random.key(7), (2,))
     assert float(jnp.abs(so4.bind(a, b) - so4.bind(b, a)).max()) > 1e-2

@@ -108,9 +108,11 @@ def test_sample_rows_equals_sample_token_per_row():
     logits = jax.random.normal(jax.random.PRNGKey(1), (4, 259)) * 3
     keys = jax.random.split(jax.random.PRNGKey(2), 4)
     temps, ks, ps = [0.0, 1.0, 0.7, 1.3], [0, 0, 20, 5], [1.0, 0.9, 1.0, 0.5]
-    got = sample_rows(keys, logits, jnp.asarray(temps), jnp.asarray(ks), jnp.asarray(ps), vocab_limit=256)
+    rows = jax.jit(sample_rows, static_argnames="vocab_limit")  # jitted: one compile, not one per primitive
+    one = jax.jit(sample_token, static_argnames=("temperature", "top_k", "top_p", "vocab_limit"))
+    got = rows(keys, logits, jnp.asarray(temps), jnp.asarray(ks), jnp.asarray(ps), vocab_limit=256)
     for r in range(4):
-        want = sample_token(keys[r], logits[r], temps[r], ks[r], ps[r], vocab_limit=256)
+        want = one(keys[r], logits[r], temperature=temps[r], top_k=ks[r], top_p=ps[r], vocab_limit=256)
         assert int(got[r]) == int(want)
 
 
@@ -138,8 +140,9 @@ def test_retention_step_equals_recurrent_form():
     v = jax.random.normal(rng[2], (b, h, 1, dv))
     gam = ret.default_gammas(h)
     st = ret.RetentionState(jax.random.normal(rng[3], (b, h, dk, dv)), jnp.ones((b, h, dk)), jnp.int32(5))
-    want, ws = ret.retention(q, k, v, gam, mode="recurrent", state=st)
-    got, gs = ret.retention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], gam, st._replace(offset=jnp.full((b,), 5)))
+    want, ws = jax.jit(ret.retention, static_argnames="mode")(q, k, v, gam, mode="recurrent", state=st)
+    got, gs = jax.jit(ret.retention_step)(q[:, :, 0], k[:, :, 0], v[:, :, 0], gam,
+                                          st._replace(offset=jnp.full((b,), 5)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want[:, :, 0]), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(gs.kv), np.asarray(ws.kv), rtol=1e-6, atol=1e-6)
 

@@ -15,6 +15,12 @@ from hqf_jax.rl.rollout import RolloutError
 from hqf_jax.rl.sampling import process_logits
 from hqf_jax.rl.toy_policy import TinyGRULM
 
+# the references run jitted: one compile each, not one per primitive and shape in eager mode
+forward = nnx.jit(lambda m, t: m(t))
+teacher_forced_stats = jax.jit(ro.teacher_forced_stats)
+sampling_logprobs = jax.jit(lambda lg, t, k, p: jax.nn.log_softmax(process_logits(lg, t, k, p), -1),
+                            static_argnums=(1, 2, 3))
+
 PROMPTS = [b"<c>hello there</c>", b"<d>x</d>", b"<c>a much longer prompt, with more bytes</c>"]
 
 
@@ -44,8 +50,8 @@ def test_sampled_engine_rollout_scores_its_tokens_like_the_model():
     p, lens = ro.encode_prompts(PROMPTS, width=56)
     cfg = ro.SampleConfig(max_new_tokens=16, temperature=0.7, top_k=40, top_p=0.9, stop_token=EOS_ID)
     r = engine_rollout(model, p, lens, jax.random.PRNGKey(3), cfg)
-    logits = model(r.tokens)
-    tf_lp, tf_ent, tf_var = ro.teacher_forced_stats(logits, r.tokens)
+    logits = forward(model, r.tokens)
+    tf_lp, tf_ent, tf_var = teacher_forced_stats(logits, r.tokens)
     live = np.asarray(r.mask).copy()
     gen = live.copy()
     for i, n in enumerate(lens):
@@ -55,7 +61,7 @@ def test_sampled_engine_rollout_scores_its_tokens_like_the_model():
     # the sampling distribution is the step loop's: process_logits of the (BOS/PAD-suppressed) model logits
     lg = np.asarray(logits[:, :-1]).copy()
     lg[..., list(cfg.suppress_tokens)] = -1e30
-    slp = jax.nn.log_softmax(process_logits(lg, cfg.temperature, cfg.top_k, cfg.top_p), -1)
+    slp = sampling_logprobs(lg, cfg.temperature, cfg.top_k, cfg.top_p)
     want = np.take_along_axis(np.asarray(slp), np.asarray(r.tokens)[:, 1:, None], -1)[..., 0]
     np.testing.assert_allclose(np.asarray(r.sample_logprobs)[:, 1:][gen[:, 1:]], want[gen[:, 1:]], atol=2e-4)
     assert np.isfinite(np.asarray(r.sample_logprobs)[gen]).all()
