@@ -7,6 +7,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # byte stores built by tests (hqf_jax.data.store) go to one temporary folder, not the user's ~/.cache
 os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf_jax_test_stores"))
+# On the CPU the suite's time is mostly XLA compiles of tiny programs: LLVM at -O0 compiles them faster (tests' own
+# subprocesses inherit it). Measured on this 2-core machine, same code: 19.1 min with it, 22.8 without (2026-11-30).
+# A GPU run of the gpu-marked tests keeps the default.
+if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 
 # The longest modules first (measured on 2 cores), so that `pytest -n 2 --dist loadfile` does not end with one

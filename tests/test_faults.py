@@ -212,7 +212,10 @@ def test_flipped_bit_is_reported_and_the_newest_intact_step_offered_then_used(tm
     with pytest.raises(CheckpointError) as e:
         run_tiny(work, **{"train.steps": 6})
     msg = one_line(str(e.value))
-    assert "step 4" in msg and "differs from the checksum" in msg and "4.sums.json" in msg
+    # the flip lands in the largest data file: where the container still decodes, the checksum catches it;
+    # where it breaks the file's own encoding (which happens depends on the saved bytes), the restore does
+    assert "step 4" in msg and "corrupt" in msg, msg
+    assert ("differs from the checksum" in msg and "4.sums.json" in msg) or "files there include" in msg, msg
     assert "newest intact step is 2" in msg and "train.resume_fallback=true" in msg
     assert saved_steps(work) == [2, 4]  # nothing moved or deleted without the flag
 
