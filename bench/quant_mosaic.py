@@ -1,0 +1,129 @@
+"""Sweep of the Hopper (Mosaic GPU) quantized matmul (pallas_kernels/quant/mosaic.py) beside the same-run bf16 XLA
+matmul, the read floor of the Mosaic weight's bytes and the kernel the ROUTES table picks today (Triton-backend
+GEMV / tensor-core forms, quant_matmul without blocks), on one weight per (shape, method), in one process.
+
+    python -m bench.quant_mosaic [--shapes 4096x11008,4096x4096,11008x4096] [--methods int4,nf4]
+                                 [--batches 1,4,8,16,32,64,256] [--budget-s 360]
+
+Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2. For each cell every Mosaic config
+(split_k x pipeline stages) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
+bf16-rounding bound of hqf_jax/quant/kernel_timing.py; one that fails is listed, never timed or reported best.
+Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop subtracted).
+Speed-up = t_bf16 / t. Ideal (memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are
+the best passing Mosaic config per cell as rows for the dispatcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from hqf_jax import quant as Q
+from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
+from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for, tolerance
+from hqf_jax.quant.linear import prepare
+from hqf_jax.quant.qtensor import dequantize_matrix
+from pallas_kernels.quant import quant_matmul
+from pallas_kernels.quant import mosaic as M
+
+
+def configs(k: int, group: int, batch: int) -> list:
+    steps = k // group
+    out = []
+    for sk in (1, 2, 4, 8):
+        if steps % sk or steps // sk < 2:
+            continue
+        for st in (3, 6):
+            out.append(M.MosaicBlocks(split_k=sk, stages=st))
+    if batch > 64:
+        out += [M.MosaicBlocks(block_b=64, split_k=c.split_k, stages=c.stages) for c in out[:2]]
+    return out
+
+
+def cfg_str(c: M.MosaicBlocks) -> str:
+    return f"sk{c.split_k}/st{c.stages}" + (f"/bb{c.block_b}" if c.block_b else "")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="4096x11008,4096x4096,11008x4096")
+    ap.add_argument("--methods", default="int4,nf4")
+    ap.add_argument("--batches", default="1,4,8,16,32,64,256")
+    ap.add_argument("--target-s", type=float, default=0.05)
+    ap.add_argument("--budget-s", type=float, default=360.0)
+    ap.add_argument("--no-routes", action="store_true", help="skip the ROUTES (Triton) kernel column")
+    a = ap.parse_args(argv)
+    dev = jax.devices()[0]
+    if dev.platform != "gpu" or "H100" not in dev.device_kind and "H200" not in dev.device_kind:
+        print(f"bench.quant_mosaic needs a Hopper GPU (H100/H200); this is {dev.device_kind}", file=sys.stderr)
+        return 2
+    print(f"device {dev.device_kind}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}", flush=True)
+    t0, rows, best_rows = time.perf_counter(), [], []
+    for shape in a.shapes.split(","):
+        k, n = (int(v) for v in shape.split("x"))
+        w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
+        w16 = bf16_weight(w)
+        w16s = [w16] + [copy_tree(w16) for _ in range(copies_for(k * n * 2, False) - 1)]
+        for method in a.methods.split(","):
+            q = Q.quantize(w, method)
+            pw = prepare(q)
+            mw = M.prepare_mosaic(pw)
+            wm = dequantize_matrix(q)
+            mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
+            pws = [pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)]
+            ideal = k * n * 2 / mw.nbytes
+            floor_ws = [jax.random.bits(jax.random.key(100 + c), (mw.nbytes // 4,), jnp.uint32) for c in range(len(mws))]
+            floor = None
+            for b in (int(v) for v in a.batches.split(",")):
+                if time.perf_counter() - t0 > a.budget_s:
+                    print(f"{shape} {q.cfg.name} b={b}: left out (past --budget-s)", flush=True)
+                    continue
+                x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
+                ref = dequant_matmul_ref(x, wm)
+                bound = tolerance(x, wm, ref)
+                t16, _ = time_for(bf16_matmul, x, w16s, n, a.target_s, False)
+                if floor is None:  # reads the weight's bytes and x[:, :1] only: once per weight
+                    floor = time_floor(x, floor_ws, n, a.target_s, False)
+                t_route = float("nan")
+                if not a.no_routes:
+                    ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
+                    t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
+                best = None
+                for c in configs(k, mw.group, b):
+                    op = lambda x, m, c=c: M.mosaic_matmul(x, m, c)  # noqa: E731
+                    try:
+                        ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)
+                        if not ok:
+                            print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: FAILS its check (rel {rel:.1e})")
+                            continue
+                        t, _ = time_for(op, x, mws, n, a.target_s, False)
+                    except Exception as e:  # noqa: BLE001 -- a config Mosaic rejects must not end the sweep
+                        print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: FAILED {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+                        continue
+                    print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: {t * 1e6:.1f} us (bf16 {t16 * 1e6:.1f}, "
+                          f"floor {floor * 1e6:.1f})", flush=True)
+                    if best is None or t < best[1]:
+                        best = (c, t)
+                rows.append((shape, q.cfg.name, b, t16, floor, t_route, best, ideal))
+                if best:
+                    best_rows.append((shape, method, b, best[0], t16 / best[1]))
+    print("\n| shape KxN | method | batch | bf16 µs | read floor µs | ROUTES µs (x bf16) | Mosaic best | µs | "
+          "x bf16 | ideal |\n|---|---|---|---|---|---|---|---|---|---|")
+    for shape, name, b, t16, floor, tr, best, ideal in rows:
+        mb = f"{cfg_str(best[0])} | {best[1] * 1e6:.1f} | {t16 / best[1]:.2f}x" if best else "FAIL | - | -"
+        print(f"| {shape} | {name} | {b} | {t16 * 1e6:.1f} | {floor * 1e6:.1f} | {tr * 1e6:.1f} ({t16 / tr:.2f}x) | "
+              f"{mb} | {ideal:.2f}x |")
+    print("\nbest passing Mosaic config per cell:")
+    for shape, method, b, c, sp in best_rows:
+        print(f"    ({shape!r}, {method!r}, {b}, {cfg_str(c)!r}),  # {sp:.2f}x bf16")
+    print(f"\nsweep wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
