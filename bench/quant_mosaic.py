@@ -6,7 +6,7 @@ GEMV / tensor-core forms, quant_matmul without blocks), on one weight per (shape
                                  [--batches 1,4,8,16,32,64,256] [--budget-s 360]
 
 Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2. For each cell every Mosaic config
-(split_k x pipeline stages) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
+(groups per step x rows per warpgroup x accumulator form, split_k filling the SMs) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
 bf16-rounding bound of hqf_jax/quant/kernel_timing.py; one that fails is listed, never timed or reported best.
 Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop subtracted).
 Speed-up = t_bf16 / t. Ideal (memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are
@@ -16,6 +16,7 @@ the best passing Mosaic config per cell as rows for the dispatcher.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -31,21 +32,35 @@ from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
 
 
-def configs(k: int, group: int, batch: int) -> list:
-    steps = k // group
+def auto_split(n: int, ng: int, batch: int, blocks: M.MosaicBlocks, n_sm: int = 132) -> int:
+    """The smallest power-of-two split_k giving at least one program per SM (at least 2 steps each)."""
+    progs = n // (M.COMPUTE_WGS * blocks.wg_rows) * -(-batch // M.tile_b_for(batch, blocks))
+    sk = 1
+    while progs * sk < n_sm and ng % (2 * sk * blocks.groups) == 0 and ng // (2 * sk * blocks.groups) >= 2:
+        sk *= 2
+    return sk
+
+
+def configs(n: int, k: int, group: int, batch: int) -> list:
+    """Kernel variants (groups per step x rows per warpgroup x accumulator; the value accumulator at one group
+    per step only) at the filling split_k, and the first at twice it."""
+    ng = k // group
     out = []
-    for sk in (1, 2, 4, 8):
-        if steps % sk or steps // sk < 2:
-            continue
-        for st in (3, 6):
-            out.append(M.MosaicBlocks(split_k=sk, stages=st))
-    if batch > 64:
-        out += [M.MosaicBlocks(block_b=64, split_k=c.split_k, stages=c.stages) for c in out[:2]]
+    for groups in (1, 2, 4):
+        for wg_rows in (64, 128):
+            for acc in ("value", "ref") if groups == 1 else ("ref",):
+                c = M.MosaicBlocks(groups=groups, wg_rows=wg_rows, acc=acc, stages=4)
+                if ng % groups or n % (M.COMPUTE_WGS * wg_rows):
+                    continue
+                out.append(dataclasses.replace(c, split_k=auto_split(n, ng, batch, c)))
+    c = out[0]
+    if ng % (2 * c.split_k * c.groups) == 0:
+        out.append(dataclasses.replace(c, split_k=2 * c.split_k))
     return out
 
 
 def cfg_str(c: M.MosaicBlocks) -> str:
-    return f"sk{c.split_k}/st{c.stages}" + (f"/bb{c.block_b}" if c.block_b else "")
+    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}" + (f"/bb{c.block_b}" if c.block_b else "")
 
 
 def main(argv=None):
@@ -93,7 +108,7 @@ def main(argv=None):
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
                 best = None
-                for c in configs(k, mw.group, b):
+                for c in configs(n, k, mw.group, b):
                     op = lambda x, m, c=c: M.mosaic_matmul(x, m, c)  # noqa: E731
                     try:
                         ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)

@@ -43,11 +43,11 @@ def test_layout_is_the_quantized_weight(spec):
     is the dequantized weight within the bf16 roundings of each element."""
     _, q = _case(spec, 256, 128, 1)
     mw = M.prepare_mosaic(prepare(q))
-    assert mw.w.dtype == jnp.int4 and mw.w.shape == (128, 256)
+    assert mw.w.dtype == jnp.int4 and mw.shape == (128, 256) and mw.w.shape == (256 // mw.group, 128, mw.group)
     assert mw.scale.shape == (256 // mw.group, 128) and mw.scale.dtype == jnp.bfloat16
     assert (mw.offset is not None) == spec.startswith("int4z")
     codes = np.asarray(q.codes["q"], np.int64)
-    signed = np.asarray(mw.w.astype(jnp.int32))
+    signed = np.asarray(mw.w.astype(jnp.int32)).transpose(1, 0, 2).reshape(128, 256)
     centre = 7 if spec in ("int4", "int4:group_size=128") else 8
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
@@ -66,12 +66,13 @@ def test_nf4_select_tree_is_the_table():
                                       NF4_LEVELS.astype(dt).astype(np.float32))
 
 
-@pytest.mark.parametrize("spec,b,split_k", [("int4", 16, 1), ("int4z:group_size=128", 37, 2), ("nf4", 8, 1)])
-def test_kernel_traces(spec, b, split_k):
-    """The kernel body traces (shapes, specs, the pipeline's carry) for each codec; output shape and dtype."""
+@pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("int4z:group_size=128", 37, {"split_k": 2}),
+                                         ("nf4", 8, {"groups": 2, "acc": "ref"}), ("int4", 64, {"wg_rows": 128})])
+def test_kernel_traces(spec, b, over):
+    """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
     x, q = _case(spec, 512, 256, b)
     mw = M.prepare_mosaic(prepare(q))
-    out = jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(split_k=split_k)), x, mw)
+    out = jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(**over)), x, mw)
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
@@ -92,13 +93,15 @@ def test_refuses_what_it_cannot_run():
     mw = M.prepare_mosaic(prepare(q))
     with pytest.raises(KernelLayoutError, match="split_k=3"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(split_k=3))
+    with pytest.raises(KernelLayoutError, match="wg_rows=128"):
+        M.mosaic_matmul(x, mw, M.MosaicBlocks(wg_rows=128))  # 2 x 128 rows do not divide 128 outputs
     with pytest.raises(KernelLayoutError, match="block_b=12"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(block_b=12))
 
 
 GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in
-             [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2)), (64, M.MosaicBlocks(stages=2)),
-              (100, M.MosaicBlocks(block_b=64))]]
+             [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2, acc="ref")), (64, M.MosaicBlocks(stages=2)),
+              (100, M.MosaicBlocks(block_b=64, groups=2)), (32, M.MosaicBlocks(groups=4, wg_rows=128, acc="ref"))]]
 
 
 @pytest.mark.gpu
