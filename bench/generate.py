@@ -161,13 +161,13 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                             bytes_per_s=bps, compiles=comp))
     data = held_out_bytes(cfg, a.bpb_bytes) if a.bpb_bytes else None
     bpb = {}
-    for q in quants:
+    for q, qi in [(q, qi) for q in quants for qi in (["auto"] if q == "none" else a.quant_impls.split(","))]:
         for impl in impls:
             if q != "none" and impl.startswith("fused"):
                 continue  # the fused step runs unquantized weights
             try:  # a path that cannot build or compile here is reported as a row; the others still run
                 engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
-                                unroll=a.unroll)
+                                unroll=a.unroll, quant_impl=qi)
                 wb = engine.weight_bytes()
                 if data is not None and q not in bpb:
                     try:
@@ -184,7 +184,8 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
-                out.append(dict(path=f"engine bf16{'' if q == 'none' else ' ' + q} {impl}", batch=b, weight_bytes=wb,
+                qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
+                out.append(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb,
                                 bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
                                 else None))
@@ -223,6 +224,8 @@ def main(argv=None):
     p.add_argument("--decode-impls", default="jnp,fused,fused_pallas",
                    help="jnp, pallas (the step kernel), fused (one projection dot; XLA mixer), fused_pallas, "
                    "fused_gemv (every projection a Pallas GEMV with norm / silu*up / residual fused in)")
+    p.add_argument("--quant-impls", default="auto", help="quantized layers' kernels, each benched: auto, pallas "
+                   "(Triton forms), mosaic (Hopper, int4/NF4), reference")
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")

@@ -6,7 +6,8 @@ GEMV / tensor-core forms, quant_matmul without blocks), on one weight per (shape
                                  [--batches 1,4,8,16,32,64,256] [--budget-s 360]
 
 Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2. For each cell every Mosaic config
-(groups per step x rows per warpgroup x accumulator form, split_k filling the SMs) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
+(the weight's plan, its value-accumulator variant, and the three next rows-per-warpgroup x groups-per-step
+forms by the plan's cost model at their best split_k) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
 bf16-rounding bound of hqf_jax/quant/kernel_timing.py; one that fails is listed, never timed or reported best.
 Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop subtracted).
 Speed-up = t_bf16 / t. Ideal (memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are
@@ -16,7 +17,6 @@ the best passing Mosaic config per cell as rows for the dispatcher.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
@@ -30,37 +30,41 @@ from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
+from pallas_kernels.quant.mosaic_layout import PROGRAM_US, STEP_US
 
 
-def auto_split(n: int, ng: int, batch: int, blocks: M.MosaicBlocks, n_sm: int = 132) -> int:
-    """The smallest power-of-two split_k giving at least one program per SM (at least 2 steps each)."""
-    progs = n // (M.COMPUTE_WGS * blocks.wg_rows) * -(-batch // M.tile_b_for(batch, blocks))
-    sk = 1
-    while progs * sk < n_sm and ng % (2 * sk * blocks.groups) == 0 and ng // (2 * sk * blocks.groups) >= 2:
-        sk *= 2
-    return sk
+def configs(mw: M.MosaicWeight, batch: int, n_sm: int = 132) -> list:
+    """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the best split_k of each other
+    (rows per warpgroup, groups per step) that divides the weight's padded groups (by the plan's cost model)."""
+    n, _ = mw.shape
+    ng = mw.w.shape[0]
+    out = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")]
+    alts = []
+    for (wr, gr), t in STEP_US.items():
+        if (wr, gr) == (mw.plan.wg_rows, mw.plan.groups) or n % (M.COMPUTE_WGS * wr):
+            continue
+        tiles = n // (M.COMPUTE_WGS * wr)
+        cands = [sk for sk in range(1, 33) if ng % (sk * gr) == 0]
+        if not cands:
+            continue
+        sk = min(cands, key=lambda sk: -(-tiles * sk // n_sm) * (ng // (sk * gr) * t + PROGRAM_US))
+        alts.append((-(-tiles * sk // n_sm) * (ng // (sk * gr) * t + PROGRAM_US), M.MosaicBlocks(
+            wg_rows=wr, groups=gr, split_k=sk)))
+    return out + [c for _, c in sorted(alts, key=lambda a: a[0])[:3]]
 
 
-def configs(n: int, k: int, group: int, batch: int) -> list:
-    """Kernel variants (groups per step x rows per warpgroup x accumulator; the value accumulator at one group
-    per step only) at the filling split_k, and the first at twice it."""
-    ng = k // group
-    out = []
-    for groups in (1, 2, 4):
-        for wg_rows in (64, 128):
-            for acc in ("value", "ref") if groups == 1 else ("ref",):
-                c = M.MosaicBlocks(groups=groups, wg_rows=wg_rows, acc=acc, stages=4)
-                if ng % groups or n % (M.COMPUTE_WGS * wg_rows):
-                    continue
-                out.append(dataclasses.replace(c, split_k=auto_split(n, ng, batch, c)))
-    c = out[0]
-    if ng % (2 * c.split_k * c.groups) == 0:
-        out.append(dataclasses.replace(c, split_k=2 * c.split_k))
-    return out
+def cfg_str(c: M.MosaicBlocks, mw: M.MosaicWeight | None = None, batch: int = 1) -> str:
+    if mw is not None:
+        c = M.resolve(mw, batch, c)
+    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
 
 
-def cfg_str(c: M.MosaicBlocks) -> str:
-    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}" + (f"/bb{c.block_b}" if c.block_b else "")
+def row_md(row, mw=None) -> str:
+    shape, name, b, t16, floor, tr, best, ideal = row
+    mb = (f"{cfg_str(best[0], mw, b) if mw else best[0]} | {best[1] * 1e6:.1f} | {t16 / best[1]:.2f}x" if best
+          else "FAIL | - | -")
+    return (f"| {shape} | {name} | {b} | {t16 * 1e6:.1f} | {floor * 1e6:.1f} | {tr * 1e6:.1f} ({t16 / tr:.2f}x) | "
+            f"{mb} | {ideal:.2f}x |")
 
 
 def main(argv=None):
@@ -108,34 +112,33 @@ def main(argv=None):
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
                 best = None
-                for c in configs(n, k, mw.group, b):
+                for c in configs(mw, b):
                     op = lambda x, m, c=c: M.mosaic_matmul(x, m, c)  # noqa: E731
                     try:
                         ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)
                         if not ok:
-                            print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: FAILS its check (rel {rel:.1e})")
+                            print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: FAILS its check (rel {rel:.1e})")
                             continue
                         t, _ = time_for(op, x, mws, n, a.target_s, False)
                     except Exception as e:  # noqa: BLE001 -- a config Mosaic rejects must not end the sweep
-                        print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: FAILED {type(e).__name__}: "
+                        print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: FAILED {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
                         continue
-                    print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c)}: {t * 1e6:.1f} us (bf16 {t16 * 1e6:.1f}, "
+                    print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: {t * 1e6:.1f} us (bf16 {t16 * 1e6:.1f}, "
                           f"floor {floor * 1e6:.1f})", flush=True)
                     if best is None or t < best[1]:
                         best = (c, t)
                 rows.append((shape, q.cfg.name, b, t16, floor, t_route, best, ideal))
+                print("ROW " + row_md(rows[-1], mw), flush=True)
                 if best:
-                    best_rows.append((shape, method, b, best[0], t16 / best[1]))
+                    best_rows.append((shape, method, b, cfg_str(best[0], mw, b), t16 / best[1]))
     print("\n| shape KxN | method | batch | bf16 µs | read floor µs | ROUTES µs (x bf16) | Mosaic best | µs | "
           "x bf16 | ideal |\n|---|---|---|---|---|---|---|---|---|---|")
-    for shape, name, b, t16, floor, tr, best, ideal in rows:
-        mb = f"{cfg_str(best[0])} | {best[1] * 1e6:.1f} | {t16 / best[1]:.2f}x" if best else "FAIL | - | -"
-        print(f"| {shape} | {name} | {b} | {t16 * 1e6:.1f} | {floor * 1e6:.1f} | {tr * 1e6:.1f} ({t16 / tr:.2f}x) | "
-              f"{mb} | {ideal:.2f}x |")
+    for row in rows:
+        print(row_md(row))
     print("\nbest passing Mosaic config per cell:")
     for shape, method, b, c, sp in best_rows:
-        print(f"    ({shape!r}, {method!r}, {b}, {cfg_str(c)!r}),  # {sp:.2f}x bf16")
+        print(f"    ({shape!r}, {method!r}, {b}, {c!r}),  # {sp:.2f}x bf16")
     print(f"\nsweep wall time {time.perf_counter() - t0:.0f} s")
     return 0
 

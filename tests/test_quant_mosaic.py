@@ -43,11 +43,14 @@ def test_layout_is_the_quantized_weight(spec):
     is the dequantized weight within the bf16 roundings of each element."""
     _, q = _case(spec, 256, 128, 1)
     mw = M.prepare_mosaic(prepare(q))
-    assert mw.w.dtype == jnp.int4 and mw.shape == (128, 256) and mw.w.shape == (256 // mw.group, 128, mw.group)
-    assert mw.scale.shape == (256 // mw.group, 128) and mw.scale.dtype == jnp.bfloat16
+    ng = 256 // mw.group
+    assert mw.w.dtype == jnp.int4 and mw.shape == (128, 256) and mw.w.shape[1:] == (128, mw.group)
+    assert mw.w.shape[0] == mw.plan.n_groups >= ng and mw.scale.shape == (mw.plan.n_groups, 128)
+    assert mw.scale.dtype == jnp.bfloat16
     assert (mw.offset is not None) == spec.startswith("int4z")
     codes = np.asarray(q.codes["q"], np.int64)
-    signed = np.asarray(mw.w.astype(jnp.int32)).transpose(1, 0, 2).reshape(128, 256)
+    signed = np.asarray(mw.w.astype(jnp.int32))[:ng].transpose(1, 0, 2).reshape(128, 256)
+    assert not np.any(np.asarray(mw.w.astype(jnp.int32))[ng:]) and not np.any(np.asarray(mw.scale)[ng:])
     centre = 7 if spec in ("int4", "int4:group_size=128") else 8
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
@@ -56,7 +59,35 @@ def test_layout_is_the_quantized_weight(spec):
     roundings = 3 if spec.startswith("nf4") else 2
     err = np.abs(model - wm) / np.maximum(np.abs(wm), 1e-30)
     assert np.all((err <= roundings * 2.0**-8) | (wm == 0)), float(np.max(err))
-    assert mw.nbytes < 128 * 256 * 2 / 3  # 4 bits a weight plus bf16 group multipliers
+    assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
+
+
+@pytest.mark.parametrize("n,ng", [(11008, 64), (4096, 172), (4096, 64), (768, 72), (2048, 88), (256, 3)])
+def test_plan_fills_one_wave_with_little_padding(n, ng):
+    p = M.plan_for(n, ng)
+    tiles = n // (2 * p.wg_rows)
+    assert n % (2 * p.wg_rows) == 0 and p.n_groups % (p.split_k * p.groups) == 0
+    assert ng <= p.n_groups <= ng * 1.05 and p.n_groups // (p.split_k * p.groups) >= min(4, ng)
+    assert tiles * p.split_k <= 132 or p.split_k == 1  # never a second, partial wave made by the split
+
+
+def test_padded_groups_change_nothing():
+    x, q = _case("int4z:group_size=64", 192, 128, 4)
+    pw = prepare(q)
+    a, b = M.prepare_mosaic(pw), M.prepare_mosaic(pw, M.Plan(64, 2, 2, 8))  # 3 groups padded to 8
+    assert b.w.shape[0] == 8 and b.shape == a.shape == (128, 192)
+    np.testing.assert_array_equal(np.asarray(M.decode_model(a)), np.asarray(M.decode_model(b)))
+    blocks = M.resolve(b, 4)
+    assert (blocks.split_k, blocks.groups, blocks.wg_rows, blocks.block_b) == (2, 2, 64, 16)
+
+
+def test_resolve_fits_shared_memory():
+    _, q = _case("int4", 1024, 256, 1)
+    mw = M.prepare_mosaic(prepare(q), M.Plan(128, 4, 1, 16))
+    r = M.resolve(mw, 256)  # a 128-row batch tile does not fit beside 4 groups of 256 rows: it shrinks
+    assert r.block_b < 128 and M.smem_bytes(r.block_b, 64, 4, 128, r.stages, False) <= M.SMEM_BYTES
+    with pytest.raises(KernelLayoutError, match="shared memory"):
+        M.resolve(mw, 256, M.MosaicBlocks(block_b=128, stages=4))
 
 
 def test_nf4_select_tree_is_the_table():
@@ -67,7 +98,8 @@ def test_nf4_select_tree_is_the_table():
 
 
 @pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("int4z:group_size=128", 37, {"split_k": 2}),
-                                         ("nf4", 8, {"groups": 2, "acc": "ref"}), ("int4", 64, {"wg_rows": 128})])
+                                         ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
+                                         ("int4", 64, {"wg_rows": 128, "acc": "value"})])
 def test_kernel_traces(spec, b, over):
     """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
     x, q = _case(spec, 512, 256, b)
@@ -91,8 +123,8 @@ def test_refuses_what_it_cannot_run():
         M.prepare_mosaic(prepare(qn))
     x, q = _case("int4", 256, 128, 8)
     mw = M.prepare_mosaic(prepare(q))
-    with pytest.raises(KernelLayoutError, match="split_k=3"):
-        M.mosaic_matmul(x, mw, M.MosaicBlocks(split_k=3))
+    with pytest.raises(KernelLayoutError, match="split_k=3 x groups=1"):
+        M.mosaic_matmul(x, mw, M.MosaicBlocks(split_k=3, groups=1))
     with pytest.raises(KernelLayoutError, match="wg_rows=128"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(wg_rows=128))  # 2 x 128 rows do not divide 128 outputs
     with pytest.raises(KernelLayoutError, match="block_b=12"):
@@ -100,8 +132,9 @@ def test_refuses_what_it_cannot_run():
 
 
 GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in
-             [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2, acc="ref")), (64, M.MosaicBlocks(stages=2)),
-              (100, M.MosaicBlocks(block_b=64, groups=2)), (32, M.MosaicBlocks(groups=4, wg_rows=128, acc="ref"))]]
+             [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2, groups=1, acc="value")),
+              (64, M.MosaicBlocks(stages=2, groups=1, split_k=1)), (100, M.MosaicBlocks(block_b=64, groups=2)),
+              (32, M.MosaicBlocks(groups=4, wg_rows=128, split_k=1)), (300, M.MosaicBlocks())]]
 
 
 @pytest.mark.gpu
@@ -109,3 +142,33 @@ GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in
 def test_mosaic_on_gpu(spec, b, blocks):
     x, q = _case(spec, 1024, 512, b, seed=b)
     _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q)), blocks), x, q)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4", "int4z:group_size=128"])
+def test_mosaic_padded_plan_on_gpu(spec):
+    """A plan that pads K (5 groups -> 6, split 3): the padded groups contribute nothing."""
+    x, q = _case(spec, 5 * (128 if "128" in spec else 64), 256, 24, seed=3)
+    _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), M.Plan(64, 1, 3, 6))), x, q)
+
+
+def test_quant_linear_takes_the_hopper_form_where_it_can():
+    """impl="mosaic": int4 layers hold the Hopper layout, a layer it cannot take (int8) keeps the Triton forms;
+    on a CPU qlinear says the form needs a Hopper GPU; the engine's auto choice there is the XLA reference, and
+    weight bytes count int4 codes at half a byte."""
+    from hqf_jax.infer.engine import auto_quant_impl, weight_bytes
+    from hqf_jax.quant.linear import qlinear
+    from hqf_jax.quant.model import QuantLinear
+    from hqf_jax.quant.config import QuantConfigError
+
+    x, q4 = _case("int4", 256, 128, 2)
+    _, q8 = _case("int8", 256, 128, 2)
+    l4, l8 = QuantLinear(q4, "mosaic"), QuantLinear(q8, "mosaic")
+    assert l4.impl == "mosaic" and isinstance(l4.weight.get_value(), M.MosaicWeight)
+    assert l8.impl == "pallas"
+    mw = l4.weight.get_value()
+    assert weight_bytes(l4) == mw.nbytes == 128 * mw.plan.n_groups * 64 // 2 + mw.scale.size * 2
+    if jax.default_backend() == "cpu":
+        with pytest.raises(QuantConfigError, match="Hopper GPU"):
+            qlinear(x, mw, "mosaic")
+        assert auto_quant_impl("int4") == "reference"

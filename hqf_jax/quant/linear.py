@@ -3,10 +3,13 @@
     y = qlinear(x, q, impl="reference")   # dequantize in XLA, bf16 matmul (any codec, any device)
     y = qlinear(x, q, impl="pallas")      # fused Pallas kernel on the packed words (phi / int / NF4; GPU, or
                                           # interpret=True on CPU); never writes the dequantized weight
+    y = qlinear(x, q, impl="mosaic")      # Hopper (Mosaic GPU) kernel, 4-bit int / NF4: int4 codes group by
+                                          # group, wgmma fed from registers (pallas_kernels/quant/mosaic.py)
 
 x (..., K) with q quantizing a Flax kernel (K, N) -> y (..., N) in x's dtype (bf16 products, f32 accumulation).
 For impl="pallas" pass q through prepare_for(q, "pallas") (= prepare(q), the kernels' PackedWeight) once and
-reuse the result. The kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that
+reuse the result; for impl="mosaic" through prepare_for(q, "mosaic") (its MosaicWeight; mosaic_supports(q) says
+whether the form takes the weight: 4-bit codes, groups of 64/128/256, outputs a multiple of 128). The kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that
 importing this module does not load Pallas's Triton backend.
 """
 
@@ -20,7 +23,7 @@ from hqf_jax.ops.quant_matmul import dequant_matmul_ref
 from hqf_jax.quant.config import NF4Config, QuantConfig, QuantConfigError
 from hqf_jax.quant.qtensor import QTensor, dequantize_matrix, field_bits_per_element, pack
 
-IMPLS = ("reference", "pallas")
+IMPLS = ("reference", "pallas", "mosaic")
 
 
 def prepare(q: QTensor):
@@ -29,6 +32,18 @@ def prepare(q: QTensor):
 
     r, c = q.matrix_shape
     return from_words(pack(q), q.bits, q.cfg, r, c)
+
+
+def mosaic_supports(q: QTensor) -> bool:
+    """Whether the Hopper form (impl="mosaic") takes this weight."""
+    from pallas_kernels.quant.layout import KernelLayoutError
+    from pallas_kernels.quant.mosaic_layout import check_mosaic
+
+    try:
+        check_mosaic(prepare(q))
+    except KernelLayoutError:
+        return False
+    return True
 
 
 def placeholder(cfg: QuantConfig, rows: int, cols: int):
@@ -52,6 +67,10 @@ def prepare_for(q: QTensor, impl: str):
         return q
     if impl == "pallas":
         return prepare(q)
+    if impl == "mosaic":
+        from pallas_kernels.quant.mosaic_layout import prepare_mosaic  # here, not at the top: keeps Pallas unloaded
+
+        return prepare_mosaic(prepare(q))
     raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
 
 
@@ -68,6 +87,15 @@ def qlinear(x: jax.Array, w, impl: str = "reference", *, interpret: bool = False
         if not isinstance(w, PackedWeight):
             raise QuantConfigError("impl='pallas' takes the kernel layout: w = prepare_for(q, 'pallas')")
         y = quant_matmul(x2, w, blocks=blocks, interpret=interpret)
+    elif impl == "mosaic":
+        from pallas_kernels.quant.mosaic import MosaicWeight, mosaic_matmul  # here: keeps Pallas unloaded
+
+        if not isinstance(w, MosaicWeight):
+            raise QuantConfigError("impl='mosaic' takes the Hopper layout: w = prepare_for(q, 'mosaic')")
+        if jax.default_backend() != "gpu":
+            raise QuantConfigError("impl='mosaic' runs on a Hopper GPU only (Mosaic GPU has no CPU path): use "
+                                   "impl='pallas' (interpret mode) or 'reference' here")
+        y = mosaic_matmul(x2, w)
     else:
         raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
     return jnp.reshape(y, (*lead, y.shape[-1]))

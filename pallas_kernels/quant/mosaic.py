@@ -1,16 +1,10 @@
 """Hopper form (mode "mosaic") of the fused dequantize-matmul for 4-bit int and NF4 weights: Pallas's Mosaic GPU
 backend, so that the copy engine (TMA) streams the weight and the tensor cores (wgmma) take the decoded tile
-straight from registers. Issue 22's kernel for batch >= 8; the GEMV form (gemv.py) stays below.
+straight from registers. Issue 22's kernel for batch >= 8 (and below where it measures faster than the GEMV
+form). The weight layout and the launch plan: pallas_kernels/quant/mosaic_layout.py.
 
-Layout, made once at prepare time (prepare_mosaic, from the same PackedWeight the other forms read):
-  * w      (K / g, N, g) int4, the signed codes group by group (each group a 2-D tile of its own, so a pipeline
-           step can take several groups and each keeps its own swizzled tile): int: code - centre (symmetric: 2**(bits-1) - 1, so [-7, 7]) or code - 8
-           (asymmetric); NF4: code - 8. XLA stores int4 two to a byte, so the weight streams at 4 bits.
-  * scale  (K / g, N) bfloat16: the group multiplier (int scale, NF4 absmax with double quantization resolved).
-  * offset (K / g, N) bfloat16 or None: asymmetric int only, 8 - zero (a small integer, exact in bf16), added to
-           the code before the scale so that (code - zero) stays exact and nothing cancels.
-The group multipliers are rounded to bf16 here; the products with the codes are rounded to bf16 in the kernel
-(the value wgmma reads): both within the bf16 rounding of the weight that the reference applies.
+    mw = prepare_mosaic(prepare(q))      # once: int4 codes group by group, bf16 group multipliers
+    y = mosaic_matmul(x, mw)             # x (B, K) bf16 -> y (B, N)
 
 The kernel computes y^T = W x^T: per program 2 compute warpgroups own wg_rows output rows each (wgmma's M side,
 64 or 128), the batch tile is wgmma's N side (16-128), and one warpgroup issues the copies
@@ -20,11 +14,11 @@ to bf16 (int4 -> bf16 in registers: prmt/lop3/sub), for NF4 maps the integer to 
 multiplies by the row's group scale (one broadcast per row), and issues wgmma with x^T from shared memory; the
 step waits for its wgmmas once. The accumulator is either carried as a value ("value") or lives in one
 accumulator ref for the whole K loop ("ref"). split_k splits the K steps over programs (f32 partials summed by
-XLA) so that tall-K shapes fill the GPU.
+XLA) so that the programs fill the SMs (the weight's plan picks it, with the group padding that makes it divide).
 
 Hopper only (sm_90a): Mosaic GPU has no CPU lowering and its CPU interpreter does not run warp-specialized
-pipelines in jax 0.10 (tests/test_quant_mosaic.py checks the layout prep and the jnp model of the kernel on CPU,
-the kernel itself on the GPU).
+pipelines in jax 0.10 (tests/test_quant_mosaic.py checks the layout, the jnp model of the kernel and the
+kernel's tracing on CPU, the kernel itself on the GPU).
 """
 
 from __future__ import annotations
@@ -37,115 +31,33 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hqf_jax.ops import quant_grids as qg
-from pallas_kernels.quant.decode import decoder, tables_for
-from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight
+from pallas_kernels.quant.layout import KernelLayoutError
+from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, MosaicWeight, Plan, check_mosaic, decode_model,
+                                                nf4_level, plan_for, prepare_mosaic)
 
-MOSAIC_METHODS = ("int", "nf4")
-COMPUTE_WGS = 2
+__all__ = ["MosaicBlocks", "MosaicWeight", "Plan", "check_mosaic", "decode_model", "mosaic_matmul",
+           "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve"]
+
 MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
-
-
-@dataclasses.dataclass(frozen=True)
-class MosaicWeight:
-    w: jax.Array  # (K // group, N, group) int4 signed codes
-    scale: jax.Array  # (K // group, N) bfloat16
-    offset: jax.Array | None  # (K // group, N) bfloat16 integers 8 - zero, asymmetric int only
-    group: int
-    method: str  # "int" | "nf4"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        ng, n, g = self.w.shape
-        return n, ng * g
-
-    @property
-    def nbytes(self) -> int:
-        n, k = self.shape
-        extra = self.scale.size * 2 * (1 if self.offset is None else 2)
-        return n * k // 2 + extra
-
-
-jax.tree_util.register_dataclass(MosaicWeight, data_fields=["w", "scale", "offset"], meta_fields=["group", "method"])
+SMEM_BYTES = 232448 - 4096  # the H200's opt-in shared memory per block, less room for barriers
 
 
 @dataclasses.dataclass(frozen=True)
 class MosaicBlocks:
-    block_b: int | None = None  # batch tile (wgmma N): None = the batch padded to a power of two in [16, 128]
-    split_k: int = 1  # programs along K (partials summed in float32 by XLA)
-    stages: int = 4  # pipeline depth (max_concurrent_steps)
-    groups: int = 1  # groups of g input columns per pipeline step
-    wg_rows: int = 64  # output rows per compute warpgroup (wgmma M: 64 or 128)
-    acc: str = "value"  # "value": the accumulator carried through the pipeline; "ref": one accumulator ref
+    """None: the weight's plan (wg_rows, groups, split_k), the batch padded to a power of two in [16, 128]
+    (block_b), the deepest pipeline up to 4 that fits shared memory (stages)."""
+    block_b: int | None = None
+    split_k: int | None = None  # programs along K (partials summed in float32 by XLA)
+    stages: int | None = None  # pipeline depth (max_concurrent_steps)
+    groups: int | None = None  # groups of g input columns per pipeline step
+    wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
+    acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
 
 
-def check_mosaic(pw: PackedWeight) -> None:
-    """KernelLayoutError naming every reason the Mosaic form cannot take this weight."""
-    cfg = pw.cfg
-    problems = []
-    if cfg.method not in MOSAIC_METHODS:
-        problems.append(f"mode='mosaic' takes int4 and NF4 weights, not {cfg.name}")
-    elif pw.bits_dict.get("q") != 4:
-        problems.append(f"mode='mosaic' needs 4-bit codes, {cfg.name} has {pw.bits_dict.get('q')}")
-    g = getattr(cfg, "group_size", None) or pw.cols
-    if g not in (64, 128, 256):
-        problems.append(f"group_size={g}: the Mosaic form steps one group per pipeline stage, use 64, 128 or 256")
-    if pw.rows % (COMPUTE_WGS * 64):
-        problems.append(f"the {pw.rows} output features must be a multiple of {COMPUTE_WGS * 64}")
-    if problems:
-        raise KernelLayoutError("; ".join(problems))
-
-
-def _codes(pw: PackedWeight) -> jax.Array:
-    """(R, C) uint32 codes of the 4-bit field q (code e of a word at bits [4e, 4e + 4))."""
-    (words,) = pw.elem["q"]
-    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
-    return ((words[:, :, None] >> shifts) & jnp.uint32(15)).reshape(pw.rows, pw.cols)
-
-
-def prepare_mosaic(pw: PackedWeight) -> MosaicWeight:
-    """The Mosaic form's layout of a 4-bit int / NF4 PackedWeight (one XLA pass; nothing is dequantized)."""
-    check_mosaic(pw)
-    cfg = pw.cfg
-    g = getattr(cfg, "group_size", None) or pw.cols
-    ng = pw.cols // g
-    flat = jnp.arange(pw.rows * ng, dtype=jnp.int32).reshape(pw.rows, ng)
-    (mult,), offset = decoder(cfg).scales(pw, pw.group, tables_for(cfg), flat)  # (R, ng) float32
-    codes = _codes(pw).astype(jnp.int32)
-    off = None
-    if cfg.method == "int" and cfg.symmetric:
-        signed = codes - (2 ** (cfg.bits - 1) - 1)
-    else:
-        signed = codes - 8
-        if offset is not None:
-            off = (8.0 - offset).T.astype(jnp.bfloat16)
-    w3 = signed.reshape(pw.rows, ng, g).transpose(1, 0, 2)
-    return MosaicWeight(w=w3.astype(jnp.int4), scale=mult.T.astype(jnp.bfloat16), offset=off, group=g,
-                        method=cfg.method)
-
-
-def nf4_level(v: jax.Array) -> jax.Array:
-    """NF4 level of v = code - 8 (any float dtype; exact small integers in [-8, 7]): a balanced select tree."""
-    levels = [float(x) for x in qg.NF4_LEVELS]
-
-    def tree(lo: int, hi: int):  # levels[lo:hi] for codes lo..hi-1
-        if hi - lo == 1:
-            return jnp.asarray(levels[lo], v.dtype)
-        mid = (lo + hi) // 2
-        return jnp.where(v >= jnp.asarray(mid - 8, v.dtype), tree(mid, hi), tree(lo, mid))
-
-    return tree(0, 16)
-
-
-def decode_model(mw: MosaicWeight) -> jax.Array:
-    """(N, K) float32 weight exactly as the kernel feeds wgmma (bf16 products), in jnp: the kernel's reference."""
-    ng, n, g = mw.w.shape
-    v = mw.w.astype(jnp.float32).astype(jnp.bfloat16).transpose(1, 0, 2).reshape(n, ng * g)
-    if mw.method == "nf4":
-        v = nf4_level(v)
-    if mw.offset is not None:
-        v = v + jnp.repeat(mw.offset.T, mw.group, axis=1)
-    return (v * jnp.repeat(mw.scale.T, mw.group, axis=1)).astype(jnp.float32)
+def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool) -> int:
+    cta_n = COMPUTE_WGS * wg_rows
+    stage = tb * groups * g * 2 + groups * cta_n * g // 2 + groups * cta_n * 2 * (2 if has_offset else 1)
+    return stages * stage + COMPUTE_WGS * wg_rows * tb * 4
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -158,21 +70,36 @@ def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
     return tb
 
 
-def check_blocks(mw: MosaicWeight, batch: int, blocks: MosaicBlocks) -> tuple[int, int]:
-    """(batch tile, steps per program), or KernelLayoutError naming every problem."""
-    n, k = mw.shape
-    ng = k // mw.group
+def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) -> MosaicBlocks:
+    """Every field of blocks filled in (plan, batch tile, fitting stages), or KernelLayoutError naming every
+    problem."""
+    b = blocks or MosaicBlocks()
+    p = mw.plan
+    b = dataclasses.replace(b, split_k=b.split_k or p.split_k, groups=b.groups or p.groups,
+                            wg_rows=b.wg_rows or p.wg_rows)
+    n, _ = mw.shape
+    ng = mw.w.shape[0]
     problems = []
-    if blocks.wg_rows not in (64, 128) or n % (COMPUTE_WGS * blocks.wg_rows):
-        problems.append(f"wg_rows={blocks.wg_rows}: use 64 or 128 with {COMPUTE_WGS} x wg_rows dividing the {n} "
+    if b.wg_rows not in (64, 128) or n % (COMPUTE_WGS * b.wg_rows):
+        problems.append(f"wg_rows={b.wg_rows}: use 64 or 128 with {COMPUTE_WGS} x wg_rows dividing the {n} "
                         "output features")
-    if blocks.acc not in ("value", "ref"):
-        problems.append(f"acc={blocks.acc!r}: use 'value' or 'ref'")
-    if ng % (blocks.split_k * blocks.groups):
-        problems.append(f"split_k={blocks.split_k} x groups={blocks.groups} must divide the {ng} groups along K")
+    if b.acc not in ("value", "ref"):
+        problems.append(f"acc={b.acc!r}: use 'value' or 'ref'")
+    if ng % (b.split_k * b.groups):
+        problems.append(f"split_k={b.split_k} x groups={b.groups} must divide the {ng} groups along K (plan the "
+                        "weight for them: prepare_mosaic(pw, Plan(...)))")
     if problems:
         raise KernelLayoutError("; ".join(problems))
-    return tile_b_for(batch, blocks), ng // (blocks.split_k * blocks.groups)
+    tb = tile_b_for(batch, b)
+    has_off = mw.offset is not None
+    tiles = [tb] if b.block_b is not None else [t for t in (128, 64, 32, 16) if t <= tb]  # auto: shrink to fit
+    for t in tiles:
+        stages = [b.stages] if b.stages is not None else [4, 3, 2]
+        fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off) <= SMEM_BYTES]
+        if fits:
+            return dataclasses.replace(b, block_b=t, stages=fits[0])
+    raise KernelLayoutError(f"block_b={tiles[-1]} x groups={b.groups} x wg_rows={b.wg_rows} x stages={stages[-1]} "
+                            "needs more shared memory than the GPU has: lower block_b, groups, wg_rows or stages")
 
 
 def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = None) -> jax.Array:
@@ -180,15 +107,15 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
-    blocks = blocks or MosaicBlocks()
     n, k = mw.shape
     b, kx = x.shape
     if kx != k:
         raise KernelLayoutError(f"x has {kx} features, the weight {k}")
-    tb, steps = check_blocks(mw, b, blocks)
-    g, gs_n, wr, sk = mw.group, blocks.groups, blocks.wg_rows, blocks.split_k
+    blocks = resolve(mw, b, blocks)
+    tb, g, gs_n, wr, sk = blocks.block_b, mw.group, blocks.groups, blocks.wg_rows, blocks.split_k
+    steps = mw.w.shape[0] // (sk * gs_n)
     bp = -(-b // tb) * tb
-    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, bp - b), (0, 0)))
+    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, bp - b), (0, mw.w.shape[0] * g - k)))
     cta_n = COMPUTE_WGS * wr
     nf4 = mw.method == "nf4"
 

@@ -1,0 +1,168 @@
+"""The Hopper form's weight layout (MosaicWeight), made once at prepare time from a 4-bit int / NF4 PackedWeight,
+its launch plan, and the jnp model of what the kernel (pallas_kernels/quant/mosaic.py) feeds the tensor cores.
+
+Layout:
+  * w      (K' / g, N, g) int4, the signed codes group by group (each group its own 2-D tile, so a pipeline step
+           can take several groups and each keeps its own swizzled tile): int: code - centre (symmetric:
+           2**(bits-1) - 1, so [-7, 7]) or code - 8 (asymmetric); NF4: code - 8. XLA stores int4 two to a byte.
+  * scale  (K' / g, N) bfloat16: the group multiplier (int scale, NF4 absmax with double quantization resolved).
+  * offset (K' / g, N) bfloat16 or None: asymmetric int only, 8 - zero (a small integer, exact in bf16), added to
+           the code before the scale so that (code - zero) stays exact and nothing cancels.
+K' >= K: the groups are padded (zero codes, zero scales) to a multiple of split_k x groups-per-step of the plan,
+so that one wave of programs covers the GPU (plan_for). The group multipliers are rounded to bf16 here and the
+products with the codes in the kernel: both within the bf16 rounding of the weight that the reference applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from hqf_jax.ops import quant_grids as qg
+from pallas_kernels.quant.decode import decoder, tables_for
+from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight
+
+MOSAIC_METHODS = ("int", "nf4")
+COMPUTE_WGS = 2
+N_SM = 132  # H100 / H200 SXM
+
+# Microseconds per pipeline step of one program (2 compute warpgroups x wg_rows rows, `groups` groups of 64
+# int4 columns), measured with fewer programs than SMs: `python -m bench.quant_mosaic` on one H200, 2026-11-30,
+# 11008x4096 int4/g64 at batch 1. The kernel is bound by its per-step latency, not by the copy engine (a step
+# of 128 x 64 int4 reads in ~0.14 us at the SM's share of the bandwidth), so longer steps amortise it.
+STEP_US = {(64, 1): 0.41, (64, 2): 0.69, (64, 4): 1.08, (128, 1): 0.59, (128, 2): 1.10, (128, 4): 1.83}
+PROGRAM_US = 1.0  # per wave: epilogue (accumulator -> shared -> global) and launch, estimated
+MAX_PAD = 0.05  # at most this share of padded groups
+MIN_STEPS = 4  # pipeline steps per program, where the weight has that many groups (the copies need a few in flight)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    wg_rows: int
+    groups: int
+    split_k: int
+    n_groups: int  # K' / g, padded
+
+
+def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
+    """The cheapest (rows per warpgroup, groups per step, split_k, padded groups) by STEP_US: waves x (steps x step
+    time + PROGRAM_US), for batch tiles of one (batch <= 128), with at least MIN_STEPS steps a program where the
+    weight has that many groups. Step times scale with g / 64."""
+    best = None
+    for (wr, gr), t in STEP_US.items():
+        if n % (COMPUTE_WGS * wr):
+            continue
+        tiles = n // (COMPUTE_WGS * wr)
+        for sk in range(1, 33):
+            unit = sk * gr
+            ngp = -(-ng // unit) * unit
+            if ngp - ng > MAX_PAD * ng or ngp // unit < min(MIN_STEPS, ng):
+                continue
+            waves = -(-tiles * sk // n_sm)
+            cost = waves * (ngp // unit * t * g / 64 + PROGRAM_US)
+            if best is None or cost < best[0]:
+                best = (cost, Plan(wr, gr, sk, ngp))
+    if best is None:
+        raise KernelLayoutError(f"no Mosaic plan for {n} outputs and {ng} groups")
+    return best[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicWeight:
+    w: jax.Array  # (K' // group, N, group) int4 signed codes
+    scale: jax.Array  # (K' // group, N) bfloat16
+    offset: jax.Array | None  # (K' // group, N) bfloat16 integers 8 - zero, asymmetric int only
+    group: int
+    method: str  # "int" | "nf4"
+    k: int  # input features (before padding)
+    plan: Plan
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w.shape[1], self.k
+
+    @property
+    def nbytes(self) -> int:
+        ng, n, g = self.w.shape
+        extra = self.scale.size * 2 * (1 if self.offset is None else 2)
+        return n * ng * g // 2 + extra
+
+
+jax.tree_util.register_dataclass(MosaicWeight, data_fields=["w", "scale", "offset"],
+                                 meta_fields=["group", "method", "k", "plan"])
+
+
+def check_mosaic(pw: PackedWeight) -> None:
+    """KernelLayoutError naming every reason the Mosaic form cannot take this weight."""
+    cfg = pw.cfg
+    problems = []
+    if cfg.method not in MOSAIC_METHODS:
+        problems.append(f"mode='mosaic' takes int4 and NF4 weights, not {cfg.name}")
+    elif pw.bits_dict.get("q") != 4:
+        problems.append(f"mode='mosaic' needs 4-bit codes, {cfg.name} has {pw.bits_dict.get('q')}")
+    g = getattr(cfg, "group_size", None) or pw.cols
+    if g not in (64, 128, 256):
+        problems.append(f"group_size={g}: the Mosaic form steps one group per pipeline stage, use 64, 128 or 256")
+    if pw.rows % (COMPUTE_WGS * 64):
+        problems.append(f"the {pw.rows} output features must be a multiple of {COMPUTE_WGS * 64}")
+    if problems:
+        raise KernelLayoutError("; ".join(problems))
+
+
+def _codes(pw: PackedWeight) -> jax.Array:
+    """(R, C) uint32 codes of the 4-bit field q (code e of a word at bits [4e, 4e + 4))."""
+    (words,) = pw.elem["q"]
+    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
+    return ((words[:, :, None] >> shifts) & jnp.uint32(15)).reshape(pw.rows, pw.cols)
+
+
+def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None) -> MosaicWeight:
+    """The Mosaic form's layout of a 4-bit int / NF4 PackedWeight (one XLA pass; nothing is dequantized)."""
+    check_mosaic(pw)
+    cfg = pw.cfg
+    g = getattr(cfg, "group_size", None) or pw.cols
+    ng = pw.cols // g
+    plan = plan or plan_for(pw.rows, ng, g)
+    if plan.n_groups < ng:
+        raise KernelLayoutError(f"plan.n_groups={plan.n_groups} is below the weight's {ng} groups")
+    flat = jnp.arange(pw.rows * ng, dtype=jnp.int32).reshape(pw.rows, ng)
+    (mult,), offset = decoder(cfg).scales(pw, pw.group, tables_for(cfg), flat)  # (R, ng) float32
+    codes = _codes(pw).astype(jnp.int32)
+    off = None
+    if cfg.method == "int" and cfg.symmetric:
+        signed = codes - (2 ** (cfg.bits - 1) - 1)
+    else:
+        signed = codes - 8
+        if offset is not None:
+            off = (8.0 - offset).T.astype(jnp.bfloat16)
+    pad = plan.n_groups - ng
+    w3 = jnp.pad(signed.reshape(pw.rows, ng, g).transpose(1, 0, 2), ((0, pad), (0, 0), (0, 0)))
+    off = None if off is None else jnp.pad(off, ((0, pad), (0, 0)))
+    return MosaicWeight(w=w3.astype(jnp.int4), scale=jnp.pad(mult.T.astype(jnp.bfloat16), ((0, pad), (0, 0))),
+                        offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan)
+
+
+def nf4_level(v: jax.Array) -> jax.Array:
+    """NF4 level of v = code - 8 (any float dtype; exact small integers in [-8, 7]): a balanced select tree."""
+    levels = [float(x) for x in qg.NF4_LEVELS]
+
+    def tree(lo: int, hi: int):  # levels[lo:hi] for codes lo..hi-1
+        if hi - lo == 1:
+            return jnp.asarray(levels[lo], v.dtype)
+        mid = (lo + hi) // 2
+        return jnp.where(v >= jnp.asarray(mid - 8, v.dtype), tree(mid, hi), tree(lo, mid))
+
+    return tree(0, 16)
+
+
+def decode_model(mw: MosaicWeight) -> jax.Array:
+    """(N, K) float32 weight exactly as the kernel feeds wgmma (bf16 products), in jnp: the kernel's reference."""
+    ng, n, g = mw.w.shape
+    v = mw.w.astype(jnp.float32).astype(jnp.bfloat16).transpose(1, 0, 2).reshape(n, ng * g)
+    if mw.method == "nf4":
+        v = nf4_level(v)
+    if mw.offset is not None:
+        v = v + jnp.repeat(mw.offset.T, g, axis=1)
+    return (v * jnp.repeat(mw.scale.T, g, axis=1)).astype(jnp.float32)[:, :mw.k]
