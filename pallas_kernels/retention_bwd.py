@@ -29,7 +29,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pallas_kernels.retention_common import F32, _Cfg, _decay_matrix, _dot, _params, _positions, _state_weights, _states
+from pallas_kernels.retention_common import (
+    F32, _Cfg, _decay_matrix, _dot, _params, _positions, _state_call, _state_weights, _states,
+)
 
 # ----------------------------------------------------------------------------- reverse state kernel
 
@@ -59,38 +61,8 @@ def _dstate_kernel(lg_ref, q_ref, g_ref, gr_ref, dht_ref, dzt_ref, dhs_ref, dzs_
 
 
 def _dstates(cfg: _Cfg, lg, q, gnum, grs, dht, dzt):
-    bh, tp, dk = q.shape
-    dv = gnum.shape[-1]
-    n, tl = cfg.n_chunks, cfg.tiling
-    bk, bv = min(tl.block_k_state, dk), min(tl.block_v_state, dv)
-    nk, nv = dk // bk, dv // bv
-    return pl.pallas_call(
-        functools.partial(_dstate_kernel, cfg=cfg),
-        grid=(nk, nv, bh),
-        in_specs=[
-            pl.BlockSpec(lg.shape, lambda ik, iv, b: (0,)),
-            pl.BlockSpec((None, tp, bk), lambda ik, iv, b: (b, 0, ik)),
-            pl.BlockSpec((None, tp, bv), lambda ik, iv, b: (b, 0, iv)),
-            pl.BlockSpec((None, tp), lambda ik, iv, b: (b, 0)),
-            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
-            pl.BlockSpec((None, bk), lambda ik, iv, b: (b, ik)),
-        ],
-        out_specs=[
-            pl.BlockSpec((None, n, bk, bv), lambda ik, iv, b: (b, 0, ik, iv)),
-            pl.BlockSpec((None, None, n, bk), lambda ik, iv, b: (b, iv, 0, ik)),
-            pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
-            pl.BlockSpec((None, None, bk), lambda ik, iv, b: (b, iv, ik)),
-        ],
-        out_shape=[
-            jax.ShapeDtypeStruct((bh, n, dk, dv), q.dtype),
-            jax.ShapeDtypeStruct((bh, nv, n, dk), F32),
-            jax.ShapeDtypeStruct((bh, dk, dv), F32),
-            jax.ShapeDtypeStruct((bh, nv, dk), F32),
-        ],
-        compiler_params=_params(tl.warps_state, tl.stages_state),
-        interpret=cfg.interpret,
-        name="retention_dstates",
-    )(lg, q, gnum, grs, dht, dzt)
+    """dhs (BH, N, Dk, Dv) q's dtype, dzs (BH, NV, N, Dk) f32, dS_0 (BH, Dk, Dv) f32, dz_0 (BH, NV, Dk) f32."""
+    return _state_call(_dstate_kernel, cfg, lg, q, gnum, (grs,), dht, dzt, dtype=q.dtype, name="retention_dstates")
 
 
 # ----------------------------------------------------------------------------- dq, dk, dv kernel

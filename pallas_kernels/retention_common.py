@@ -1,6 +1,7 @@
 """What the forward and backward Pallas retention kernels share (pallas_kernels/retention.py and
 retention_bwd.py import it; it imports neither): the tiling and the static call config, the in-kernel helpers,
-and the state kernel, which the backward re-runs when the forward states were not saved.
+the state kernel, which the backward re-runs when the forward states were not saved, and the state call that it
+and the backward's reverse state kernel share.
 """
 
 from __future__ import annotations
@@ -106,20 +107,24 @@ def _state_kernel(lg_ref, k_ref, v_ref, h0_ref, z0_ref, hs_ref, zs_ref, ht_ref, 
     zt_ref[...] = z
 
 
-def _states(cfg: _Cfg, lg, k, v, h0, z0):
-    """hs (BH, N, Dk, Dv) input dtype, zs (BH, NV, N, Dk) f32, hT (BH, Dk, Dv) f32, zT (BH, NV, Dk) f32."""
-    bh, tp, dk = k.shape
-    dv = v.shape[-1]
+def _state_call(kernel, cfg: _Cfg, lg, x, y, rows: tuple, h, z, *, dtype, name: str):
+    """Run a (reverse) state kernel over the grid (Dk tiles, Dv tiles, BH) on the inputs lg, x (BH, T, Dk),
+    y (BH, T, Dv), each of `rows` (BH, T), h (BH, Dk, Dv), z (BH, Dk). Outputs: the per-chunk states
+    (BH, N, Dk, Dv) in `dtype`, their z's (BH, NV, N, Dk) f32, and the last state (BH, Dk, Dv) and z (BH, NV, Dk)
+    in f32."""
+    bh, tp, dk = x.shape
+    dv = y.shape[-1]
     n, tl = cfg.n_chunks, cfg.tiling
     bk, bv = min(tl.block_k_state, dk), min(tl.block_v_state, dv)
     nk, nv = dk // bk, dv // bv
     return pl.pallas_call(
-        functools.partial(_state_kernel, cfg=cfg),
+        functools.partial(kernel, cfg=cfg),
         grid=(nk, nv, bh),
         in_specs=[
             pl.BlockSpec(lg.shape, lambda ik, iv, b: (0,)),
             pl.BlockSpec((None, tp, bk), lambda ik, iv, b: (b, 0, ik)),
             pl.BlockSpec((None, tp, bv), lambda ik, iv, b: (b, 0, iv)),
+            *[pl.BlockSpec((None, tp), lambda ik, iv, b: (b, 0)) for _ in rows],
             pl.BlockSpec((None, bk, bv), lambda ik, iv, b: (b, ik, iv)),
             pl.BlockSpec((None, bk), lambda ik, iv, b: (b, ik)),
         ],
@@ -130,12 +135,17 @@ def _states(cfg: _Cfg, lg, k, v, h0, z0):
             pl.BlockSpec((None, None, bk), lambda ik, iv, b: (b, iv, ik)),
         ],
         out_shape=[
-            jax.ShapeDtypeStruct((bh, n, dk, dv), k.dtype),
+            jax.ShapeDtypeStruct((bh, n, dk, dv), dtype),
             jax.ShapeDtypeStruct((bh, nv, n, dk), F32),
             jax.ShapeDtypeStruct((bh, dk, dv), F32),
             jax.ShapeDtypeStruct((bh, nv, dk), F32),
         ],
         compiler_params=_params(tl.warps_state, tl.stages_state),
         interpret=cfg.interpret,
-        name="retention_states",
-    )(lg, k, v, h0, z0)
+        name=name,
+    )(lg, x, y, *rows, h, z)
+
+
+def _states(cfg: _Cfg, lg, k, v, h0, z0):
+    """hs (BH, N, Dk, Dv) input dtype, zs (BH, NV, N, Dk) f32, hT (BH, Dk, Dv) f32, zT (BH, NV, Dk) f32."""
+    return _state_call(_state_kernel, cfg, lg, k, v, (), h0, z0, dtype=k.dtype, name="retention_states")
