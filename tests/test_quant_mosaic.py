@@ -94,19 +94,16 @@ def test_kernel_traces(spec, b, over):
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
-def test_refuses_what_it_cannot_run():
-    _, q8 = _case("int8", 256, 128, 1)
-    with pytest.raises(KernelLayoutError, match="4-bit"):
-        M.prepare_mosaic(prepare(q8))
-    _, qphi = _case("phi5u8", 256, 128, 1)
-    with pytest.raises(KernelLayoutError, match="int4 and NF4"):
-        M.prepare_mosaic(prepare(qphi))
-    _, q32 = _case("int4:group_size=32", 256, 128, 1)
-    with pytest.raises(KernelLayoutError, match="group_size=32"):
-        M.prepare_mosaic(prepare(q32))
-    _, qn = _case("int4", 256, 96, 1)
-    with pytest.raises(KernelLayoutError, match="multiple of 128"):
-        M.prepare_mosaic(prepare(qn))
+@pytest.mark.parametrize("spec,n,message", [("int8", 128, "4-bit"), ("phi5u8", 128, "int4 and NF4"),
+                                            ("int4:group_size=32", 128, "group_size=32"),
+                                            ("int4", 96, "multiple of 128")])
+def test_refuses_weights_it_cannot_take(spec, n, message):
+    _, q = _case(spec, 256, n, 1)
+    with pytest.raises(KernelLayoutError, match=message):
+        M.prepare_mosaic(prepare(q))
+
+
+def test_refuses_options_it_cannot_run():
     x, q = _case("int4", 256, 128, 8)
     mw = M.prepare_mosaic(prepare(q))
     with pytest.raises(KernelLayoutError, match="split_k=3 x groups=1"):
