@@ -24,7 +24,7 @@ from flax import nnx
 from hqf_jax.infer.step import forward, init_state
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import PAD_ID
-from hqf_jax.rl.rollout import Rollout, RolloutError, SampleConfig
+from hqf_jax.rl.rollout import Rollout, RolloutError, SampleConfig, one_device_placement
 from hqf_jax.rl.sampling import NEG_INF, process_logits, token_stats
 
 
@@ -102,17 +102,6 @@ def _engine_rollout(graphdef, params, prompts, prompt_lens, key, cfg: SampleConf
     return Rollout(tokens, lp, slp, ent, var, mask, prompt_lens, n_gen, stopped)
 
 
-def _one_placement(params):
-    """Parameters that all live on one device, committed to it as a SingleDeviceSharding: jit keys its cache on
-    the placement, so fresh (uncommitted), restored (committed) and trainer-placed (a 1-device mesh) copies of
-    one model would each compile the rollout again; placed alike they share one executable. Parameters spread
-    over several devices are left as they are."""
-    devices = {d for x in jax.tree.leaves(params) for d in x.sharding.device_set}
-    if len(devices) != 1:
-        return params
-    return jax.device_put(params, jax.sharding.SingleDeviceSharding(devices.pop()))
-
-
 def engine_rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg: SampleConfig) -> Rollout:
     """Sample completions like :func:`hqf_jax.rl.rollout.rollout` through the engine's prefill and decode step.
 
@@ -124,5 +113,5 @@ def engine_rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg:
         raise RolloutError("the engine rollout stops on the stop token only: use rl.rollout_impl=loop for stop "
                            "sequences")
     graphdef, params = nnx.split(model)
-    return _engine_rollout(graphdef, _one_placement(params), jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
+    return _engine_rollout(graphdef, one_device_placement(params), jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
                            key, cfg)
