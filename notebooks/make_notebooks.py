@@ -78,10 +78,10 @@ from hqf_jax.trainer.loop import train
 
 WORKDIR = os.path.join(RUNS, "01_quickstart")
 shutil.rmtree(WORKDIR, ignore_errors=True)  # this notebook starts a fresh run each time
-if SMALL:  # 173k parameters, 80 steps of 8 x 128 bytes: a CPU smoke run (it will not beat gzip)
+if SMALL:  # 173k parameters, 40 steps of 8 x 128 bytes: a CPU smoke run (it will not beat gzip)
     cfg = cli.load_config_file(os.path.join(CONFIGS, "lm_tiny.py"))
-    cfg = cli.apply_overrides(cfg, ["train.steps=80", "train.warmup_steps=10", "data.batch_size=8", "train.log_every=10",
-                                    "train.eval_every=80", "train.ckpt_every=40", "train.sample_every=80",
+    cfg = cli.apply_overrides(cfg, ["train.steps=40", "train.warmup_steps=10", "data.batch_size=8", "train.log_every=5",
+                                    "train.eval_every=40", "train.ckpt_every=20", "train.sample_every=40",
                                     "train.eval_max_bytes=8192"])
 else:  # the README's default job: ~1.4M parameters, 800 steps of 32 x 256 bytes (a few minutes on a GPU)
     cfg = cli.load_config_file(os.path.join(CONFIGS, "lm.py"))
@@ -280,8 +280,8 @@ from hqf_jax.trainer.loop import train
 WORKDIR = os.path.join(RUNS, "03_quantize")
 shutil.rmtree(WORKDIR, ignore_errors=True)
 cfg = cli.load_config_file(os.path.join(CONFIGS, "lm_tiny.py"))
-cfg = cli.apply_overrides(cfg, ["train.steps=80", "train.warmup_steps=10", "data.batch_size=8", "train.eval_every=80",
-                                "train.ckpt_every=80", "train.sample_every=80", "train.eval_max_bytes=8192"]
+cfg = cli.apply_overrides(cfg, ["train.steps=40", "train.warmup_steps=10", "data.batch_size=8", "train.eval_every=40",
+                                "train.ckpt_every=40", "train.sample_every=40", "train.eval_max_bytes=8192"]
                           if SMALL else ["train.steps=600"])
 task, corpus = lm_task.build_task(cfg)
 task.eval_fn = task.sample_fn = None  # every method is scored below, the unquantized model first
@@ -500,7 +500,7 @@ WORKDIR = os.path.join(RUNS, "05_grpo")
 shutil.rmtree(WORKDIR, ignore_errors=True)
 cfg = cli.load_config_file(os.path.join(CONFIGS, "grpo_tiny.py"))
 if SMALL:
-    cfg = cli.apply_overrides(cfg, ["train.steps=120", "train.ckpt_every=60", "train.eval_every=1000", "train.sample_every=60"])
+    cfg = cli.apply_overrides(cfg, ["train.steps=60", "train.ckpt_every=30", "train.eval_every=1000", "train.sample_every=30"])
 print("grpo:", cfg.grpo.variant, "| rl:", {k: cfg.rl[k] for k in ("source", "source_len", "group_size", "lam", "code_budget")})
 task, driver = build_grpo_task(cfg, WORKDIR)
 task.eval_fn = None  # held-out evaluation below (eval.kolmogorov_eval)

@@ -24,7 +24,7 @@ from flax import nnx
 from hqf_jax.infer.step import forward, init_state
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import PAD_ID
-from hqf_jax.rl.rollout import Rollout, RolloutError, SampleConfig
+from hqf_jax.rl.rollout import Rollout, RolloutError, SampleConfig, one_device_placement
 from hqf_jax.rl.sampling import NEG_INF, process_logits, token_stats
 
 
@@ -113,5 +113,5 @@ def engine_rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg:
         raise RolloutError("the engine rollout stops on the stop token only: use rl.rollout_impl=loop for stop "
                            "sequences")
     graphdef, params = nnx.split(model)
-    return _engine_rollout(graphdef, params, jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
+    return _engine_rollout(graphdef, one_device_placement(params), jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
                            key, cfg)

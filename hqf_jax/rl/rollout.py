@@ -210,6 +210,17 @@ def supports_prefill(model: nnx.Module) -> bool:
         return False
 
 
+def one_device_placement(params):
+    """Parameters that all live on one device, committed to it as a SingleDeviceSharding (no copy): jit keys its
+    cache on the placement, so fresh (uncommitted), restored (committed) and trainer-placed (a 1-device mesh)
+    copies of one model would each compile a rollout again; placed alike they share one executable. Parameters
+    spread over several devices are left as they are."""
+    devices = {d for x in jax.tree.leaves(params) for d in x.sharding.device_set}
+    if len(devices) != 1:
+        return params
+    return jax.device_put(params, jax.sharding.SingleDeviceSharding(devices.pop()))
+
+
 def rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg: SampleConfig,
             form: Literal["recurrent", "parallel"] = "recurrent", prefill: bool = True) -> Rollout:
     """Sample completions of a batch of prompts (jitted; compiled once per shape and config).
@@ -233,7 +244,7 @@ def rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg: Sample
     if prefill and form == "recurrent" and supports_prefill(model):
         n = (int(np.min(np.asarray(prompt_lens))) - 1) // PREFILL_BUCKET * PREFILL_BUCKET
     graphdef, params = nnx.split(model)
-    return _rollout_jit(graphdef, params, prompts, prompt_lens, key, cfg, form, n)
+    return _rollout_jit(graphdef, one_device_placement(params), prompts, prompt_lens, key, cfg, form, n)
 
 
 def teacher_forced_stats(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
