@@ -11,28 +11,14 @@ import numpy as np
 import pytest
 
 from hqf_jax import quant as Q
-from hqf_jax.ops.quant_matmul import dequant_matmul_ref
 from hqf_jax.quant.linear import prepare
-from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import BlockConfig, KernelLayoutError, choose, explain, quant_matmul
 from pallas_kernels.quant import dispatch
 from pallas_kernels.quant.tc import SMEM_LIMIT_BYTES, nf4_where, permute_x, tc_smem_bytes
+from tests.quant_cases import check_product, quant_case
 
 
-def _case(spec, k, n, b, seed=0):
-    kw, kx = jax.random.split(jax.random.key(seed))
-    q = Q.quantize(jax.random.normal(kw, (k, n)) * 0.05, spec)
-    return jax.random.normal(kx, (b, k)).astype(jnp.bfloat16), q
-
-
-def _check(y, x, q):
-    """|y - ref| within bf16 rounding of the weights and of the output (as tests/test_quant_kernels.py)."""
-    wm = dequantize_matrix(q)
-    ref = np.asarray(dequant_matmul_ref(x, wm), np.float32)
-    y = np.asarray(y, np.float32)
-    scale = np.abs(np.asarray(x, np.float32)) @ np.abs(np.asarray(wm, np.float32)).T
-    assert y.shape == ref.shape
-    assert np.all(np.abs(y - ref) <= 2.0**-7 * (scale + np.abs(ref)) + 1e-6), float(np.max(np.abs(y - ref)))
+_case, _check = quant_case, check_product
 
 
 TC = BlockConfig(block_n=32, block_k=128, block_b=16, mode="tc")
