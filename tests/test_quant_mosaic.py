@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hqf_jax.ops.quant_grids import NF4_LEVELS
-from hqf_jax.quant.linear import prepare
+from hqf_jax.quant.config import parse_method
+from hqf_jax.quant.linear import placeholder, prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import KernelLayoutError
 from pallas_kernels.quant import mosaic as M
@@ -18,6 +19,13 @@ from tests.quant_cases import check_product, quant_case
 
 
 _case, _check = quant_case, check_product
+_prep = jax.jit(M.prepare_mosaic, static_argnums=1)  # one compile per weight shape, not one per eager op
+_model = jax.jit(M.decode_model)
+
+
+def _abstract(spec, k, n, plan=None):
+    """The MosaicWeight of a (k, n) weight quantized by spec, shapes only (no quantization work)."""
+    return jax.eval_shape(lambda pw: M.prepare_mosaic(pw, plan), placeholder(parse_method(spec), n, k))
 
 
 SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256"]
@@ -28,7 +36,7 @@ def test_layout_is_the_quantized_weight(spec):
     """prepare_mosaic keeps every code (int4 in range, exact) and the group multipliers; the kernel's jnp model
     is the dequantized weight within the bf16 roundings of each element."""
     _, q = _case(spec, 256, 128, 1)
-    mw = M.prepare_mosaic(prepare(q))
+    mw = _prep(prepare(q))
     ng = 256 // mw.group
     assert mw.w.dtype == jnp.int4 and mw.shape == (128, 256) and mw.w.shape[1:] == (128, mw.group)
     assert mw.w.shape[0] == mw.plan.n_groups >= ng and mw.scale.shape == (mw.plan.n_groups, 128)
@@ -40,7 +48,7 @@ def test_layout_is_the_quantized_weight(spec):
     centre = 7 if spec in ("int4", "int4:group_size=128") else 8
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
-    model = np.asarray(M.decode_model(mw))
+    model = np.asarray(_model(mw))
     # bf16 roundings (unit 2^-8): the multiplier and the product; NF4 also its level
     roundings = 3 if spec.startswith("nf4") else 2
     err = np.abs(model - wm) / np.maximum(np.abs(wm), 1e-30)
@@ -60,16 +68,15 @@ def test_plan_fills_one_wave_with_little_padding(n, ng):
 def test_padded_groups_change_nothing():
     x, q = _case("int4z:group_size=64", 192, 128, 4)
     pw = prepare(q)
-    a, b = M.prepare_mosaic(pw), M.prepare_mosaic(pw, M.Plan(64, 2, 2, 8))  # 3 groups padded to 8
+    a, b = _prep(pw), _prep(pw, M.Plan(64, 2, 2, 8))  # 3 groups padded to 8
     assert b.w.shape[0] == 8 and b.shape == a.shape == (128, 192)
-    np.testing.assert_array_equal(np.asarray(M.decode_model(a)), np.asarray(M.decode_model(b)))
+    np.testing.assert_array_equal(np.asarray(_model(a)), np.asarray(_model(b)))
     blocks = M.resolve(b, 4)
     assert (blocks.split_k, blocks.groups, blocks.wg_rows, blocks.block_b) == (2, 2, 64, 16)
 
 
 def test_resolve_fits_shared_memory():
-    _, q = _case("int4", 1024, 256, 1)
-    mw = M.prepare_mosaic(prepare(q), M.Plan(128, 4, 1, 16))
+    mw = _abstract("int4", 1024, 256, M.Plan(128, 4, 1, 16))
     r = M.resolve(mw, 256)  # a 128-row batch tile does not fit beside 4 groups of 256 rows: it shrinks
     assert r.block_b < 128 and M.smem_bytes(r.block_b, 64, 4, 128, r.stages, False) <= M.SMEM_BYTES
     with pytest.raises(KernelLayoutError, match="shared memory"):
@@ -88,9 +95,8 @@ def test_nf4_select_tree_is_the_table():
                                          ("int4", 64, {"wg_rows": 128, "acc": "value"})])
 def test_kernel_traces(spec, b, over):
     """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
-    x, q = _case(spec, 512, 256, b)
-    mw = M.prepare_mosaic(prepare(q))
-    out = jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(**over)), x, mw)
+    x = jax.ShapeDtypeStruct((b, 512), jnp.bfloat16)
+    out = jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(**over)), x, _abstract(spec, 512, 256))
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
@@ -130,10 +136,9 @@ GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(sp
 def test_gpu_cases_fit(spec, b, blocks):
     """Every GPU case's options resolve (shared memory, divisibility) for its weight: a GPU failure is the
     kernel's, not the case's. (The H200 run of 2026-11-30 had two g=256 cases over the shared memory.)"""
-    _, q = _case(spec, 1024, 512, 1)
-    r = M.resolve(M.prepare_mosaic(prepare(q)), b, blocks)
-    assert M.smem_bytes(r.block_b, M.prepare_mosaic(prepare(q)).group, r.groups, r.wg_rows, r.stages,
-                        spec.startswith("int4z")) <= M.SMEM_BYTES
+    mw = _abstract(spec, 1024, 512)
+    r = M.resolve(mw, b, blocks)
+    assert M.smem_bytes(r.block_b, mw.group, r.groups, r.wg_rows, r.stages, spec.startswith("int4z")) <= M.SMEM_BYTES
 
 
 @pytest.mark.gpu
