@@ -44,7 +44,6 @@ def test_layout_is_the_quantized_weight(spec):
     assert (mw.offset is not None) == spec.startswith("int4z")
     codes = np.asarray(q.codes["q"], np.int64)
     signed = np.asarray(mw.w.astype(jnp.int32))[:ng].transpose(1, 0, 2).reshape(128, 256)
-    assert not np.any(np.asarray(mw.w.astype(jnp.int32))[ng:]) and not np.any(np.asarray(mw.scale)[ng:])
     centre = 7 if spec in ("int4", "int4:group_size=128") else 8
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
@@ -56,13 +55,18 @@ def test_layout_is_the_quantized_weight(spec):
     assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
 
 
-@pytest.mark.parametrize("n,ng", [(11008, 64), (4096, 172), (4096, 64), (768, 72), (2048, 88), (256, 3)])
-def test_plan_fills_one_wave_with_little_padding(n, ng):
-    p = M.plan_for(n, ng)
+@pytest.mark.parametrize("n,ng,g", [(11008, 64, 64), (4096, 172, 64), (4096, 64, 64), (768, 72, 64),
+                                    (2048, 88, 64), (256, 3, 64), (28672, 16, 256), (12288, 32, 256)])
+def test_plan_splits_into_full_waves_and_fits(n, ng, g):
+    """The plan divides its padded groups, pads <= 5%, keeps >= 4 steps a program, does not split K into a
+    mostly-empty last wave, and (groups of 256: a 4-groups-per-step form would not fit) runs at every batch."""
+    p = M.plan_for(n, ng, g)
     tiles = n // (2 * p.wg_rows)
     assert n % (2 * p.wg_rows) == 0 and p.n_groups % (p.split_k * p.groups) == 0
     assert ng <= p.n_groups <= ng * 1.05 and p.n_groups // (p.split_k * p.groups) >= min(4, ng)
-    assert tiles * p.split_k <= 132 or p.split_k == 1  # never a second, partial wave made by the split
+    progs = tiles * p.split_k
+    assert progs <= 132 or p.split_k == 1 or -(-progs // 132) * 132 <= 1.5 * progs  # no mostly-empty last wave
+    assert M.smem_bytes(16, g, p.groups, p.wg_rows, 2, True) <= M.SMEM_BYTES
 
 
 def test_padded_groups_change_nothing():
@@ -70,6 +74,9 @@ def test_padded_groups_change_nothing():
     pw = prepare(q)
     a, b = _prep(pw), _prep(pw, M.Plan(64, 2, 2, 8))  # 3 groups padded to 8
     assert b.w.shape[0] == 8 and b.shape == a.shape == (128, 192)
+    # the padded groups are zero codes, zero scales and zero offsets: they add nothing whatever x holds there
+    for arr in (b.w.astype(jnp.int32), b.scale, b.offset):
+        assert not np.any(np.asarray(arr)[3:]) and np.any(np.asarray(arr)[:3])
     np.testing.assert_array_equal(np.asarray(_model(a)), np.asarray(_model(b)))
     blocks = M.resolve(b, 4)
     assert (blocks.split_k, blocks.groups, blocks.wg_rows, blocks.block_b) == (2, 2, 64, 16)
@@ -114,6 +121,8 @@ def test_refuses_options_it_cannot_run():
     mw = M.prepare_mosaic(prepare(q))
     with pytest.raises(KernelLayoutError, match="split_k=3 x groups=1"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(split_k=3, groups=1))
+    with pytest.raises(KernelLayoutError, match="stages=0"):
+        M.resolve(mw, 8, M.MosaicBlocks(stages=0))
     with pytest.raises(KernelLayoutError, match="wg_rows=128"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(wg_rows=128))  # 2 x 128 rows do not divide 128 outputs
     with pytest.raises(KernelLayoutError, match="block_b=12"):
@@ -134,11 +143,11 @@ GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(sp
 
 @pytest.mark.parametrize("spec,b,blocks", GPU_CASES)
 def test_gpu_cases_fit(spec, b, blocks):
-    """Every GPU case's options resolve (shared memory, divisibility) for its weight: a GPU failure is the
-    kernel's, not the case's. (The H200 run of 2026-11-30 had two g=256 cases over the shared memory.)"""
-    mw = _abstract(spec, 1024, 512)
-    r = M.resolve(mw, b, blocks)
-    assert M.smem_bytes(r.block_b, mw.group, r.groups, r.wg_rows, r.stages, spec.startswith("int4z")) <= M.SMEM_BYTES
+    """Every GPU case's options resolve for its weight (divisibility, and shared memory by the form's own
+    estimate, smem_bytes: Mosaic's real allocation is only checked on the GPU). The H200 run of 2026-11-30 had
+    two g=256 cases that resolve now refuses."""
+    r = M.resolve(_abstract(spec, 1024, 512), b, blocks)
+    assert r.block_b >= 16 and r.stages >= 1
 
 
 @pytest.mark.gpu

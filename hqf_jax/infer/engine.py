@@ -87,16 +87,12 @@ def _keys(settings: Settings, emitted: jax.Array) -> jax.Array:
 
 
 def auto_quant_impl(quant: str) -> str:
-    """quant_impl="auto": for 4-bit int on an H100/H200 the Hopper form (layers it cannot take keep the Triton
-    forms; its NF4 select tree measured slower than the Triton forms, so NF4 stays there), the Triton forms on
-    another GPU, the XLA reference on a CPU."""
-    if jax.default_backend() != "gpu":
-        return "reference"
-    from hqf_jax.quant.config import parse_method
-
-    cfg, kind = parse_method(quant), jax.devices()[0].device_kind
-    hopper = "H100" in kind or "H200" in kind
-    return "mosaic" if hopper and cfg.method == "int" and cfg.bits == 4 else "pallas"
+    """quant_impl="auto": the Triton forms (impl "pallas") on a GPU, the XLA reference on a CPU. The Hopper form
+    (impl "mosaic", int4 on H100/H200) is opt-in: it measured 1.35-2.42x a bf16 matmul on three large shapes at
+    batch 1-32 but has not been measured inside generation or at the byte LMs' layer shapes, and it lost to the
+    Triton GEMV at 4096x4096 batch 1 (docs/BENCHMARKS.md)."""
+    del quant
+    return "pallas" if jax.default_backend() == "gpu" else "reference"
 
 
 def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = None,

@@ -32,14 +32,13 @@ import numpy as np
 from jax import lax
 
 from pallas_kernels.quant.layout import KernelLayoutError
-from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, MosaicWeight, Plan, check_mosaic, decode_model,
-                                                nf4_level, plan_for, prepare_mosaic)
+from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, SMEM_BYTES, MosaicWeight, Plan, check_mosaic,
+                                                decode_model, nf4_level, plan_for, prepare_mosaic, smem_bytes)
 
 __all__ = ["MosaicBlocks", "MosaicWeight", "Plan", "check_mosaic", "decode_model", "mosaic_matmul",
-           "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve"]
+           "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve", "smem_bytes"]
 
 MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
-SMEM_BYTES = 232448 - 4096  # the H200's opt-in shared memory per block, less room for barriers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +51,6 @@ class MosaicBlocks:
     groups: int | None = None  # groups of g input columns per pipeline step
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
-
-
-def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool) -> int:
-    cta_n = COMPUTE_WGS * wg_rows
-    stage = tb * groups * g * 2 + groups * cta_n * g // 2 + groups * cta_n * 2 * (2 if has_offset else 1)
-    return stages * stage + COMPUTE_WGS * wg_rows * tb * 4
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -83,6 +76,8 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
     if b.wg_rows not in (64, 128) or n % (COMPUTE_WGS * b.wg_rows):
         problems.append(f"wg_rows={b.wg_rows}: use 64 or 128 with {COMPUTE_WGS} x wg_rows dividing the {n} "
                         "output features")
+    if b.stages is not None and b.stages < 1:
+        problems.append(f"stages={b.stages}: the pipeline needs at least one stage")
     if b.acc not in ("value", "ref"):
         problems.append(f"acc={b.acc!r}: use 'value' or 'ref'")
     if ng % (b.split_k * b.groups):

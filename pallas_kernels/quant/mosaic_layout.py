@@ -35,7 +35,14 @@ N_SM = 132  # H100 / H200 SXM
 STEP_US = {(64, 1): 0.41, (64, 2): 0.69, (64, 4): 1.08, (128, 1): 0.59, (128, 2): 1.10, (128, 4): 1.83}
 PROGRAM_US = 1.0  # per wave: epilogue (accumulator -> shared -> global) and launch, estimated
 MAX_PAD = 0.05  # at most this share of padded groups
+SMEM_BYTES = 232448 - 4096  # the H200's opt-in shared memory per block, less room for barriers
 MIN_STEPS = 4  # pipeline steps per program, where the weight has that many groups (the copies need a few in flight)
+
+
+def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool) -> int:
+    cta_n = COMPUTE_WGS * wg_rows
+    stage = tb * groups * g * 2 + groups * cta_n * g // 2 + groups * cta_n * 2 * (2 if has_offset else 1)
+    return stages * stage + COMPUTE_WGS * wg_rows * tb * 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +56,11 @@ class Plan:
 def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
     """The cheapest (rows per warpgroup, groups per step, split_k, padded groups) by STEP_US: waves x (steps x step
     time + PROGRAM_US), for batch tiles of one (batch <= 128), with at least MIN_STEPS steps a program where the
-    weight has that many groups. Step times scale with g / 64."""
+    weight has that many groups, and only forms that fit shared memory at the smallest batch tile (16) with two
+    stages (so that every batch runs: resolve shrinks the tile). Step times scale with g / 64."""
     best = None
     for (wr, gr), t in STEP_US.items():
-        if n % (COMPUTE_WGS * wr):
+        if n % (COMPUTE_WGS * wr) or smem_bytes(16, g, gr, wr, 2, True) > SMEM_BYTES:
             continue
         tiles = n // (COMPUTE_WGS * wr)
         for sk in range(1, 33):
