@@ -9,7 +9,7 @@ Layout:
   * offset (K' / g, N) bfloat16 or None: asymmetric int only, 8 - zero (a small integer, exact in bf16), added to
            the code before the scale so that (code - zero) stays exact and nothing cancels.
 K' >= K: the groups are padded (zero codes, zero scales) to a multiple of split_k x groups-per-step of the plan,
-so that one wave of programs covers the GPU (plan_for). The group multipliers are rounded to bf16 here and the
+so that the programs fill the GPU in full waves (plan_for). The group multipliers are rounded to bf16 here and the
 products with the codes in the kernel: both within the bf16 rounding of the weight that the reference applies.
 """
 
