@@ -31,27 +31,20 @@ from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
-from pallas_kernels.quant.mosaic_layout import PROGRAM_US, STEP_US
+from pallas_kernels.quant.mosaic_layout import plan_options
 
 
-def configs(mw: M.MosaicWeight, batch: int, n_sm: int = 132) -> list:
-    """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the best split_k of each other
-    (rows per warpgroup, groups per step) that divides the weight's padded groups (by the plan's cost model)."""
+def configs(mw: M.MosaicWeight) -> list:
+    """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the cheapest split of each of
+    the three next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
+    plan's own cost model, mosaic_layout.plan_options)."""
     n, _ = mw.shape
-    ng = mw.w.shape[0]
-    out = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")]
-    alts = []
-    for (wr, gr), t in STEP_US.items():
-        if (wr, gr) == (mw.plan.wg_rows, mw.plan.groups) or n % (M.COMPUTE_WGS * wr):
-            continue
-        tiles = n // (M.COMPUTE_WGS * wr)
-        cands = [sk for sk in range(1, 33) if ng % (sk * gr) == 0]
-        if not cands:
-            continue
-        sk = min(cands, key=lambda sk: -(-tiles * sk // n_sm) * (ng // (sk * gr) * t + PROGRAM_US))
-        alts.append((-(-tiles * sk // n_sm) * (ng // (sk * gr) * t + PROGRAM_US), M.MosaicBlocks(
-            wg_rows=wr, groups=gr, split_k=sk)))
-    return out + [c for _, c in sorted(alts, key=lambda a: a[0])[:3]]
+    out, seen = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")], {(mw.plan.wg_rows, mw.plan.groups)}
+    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
+        if (p.wg_rows, p.groups) not in seen and len(out) < 5:
+            seen.add((p.wg_rows, p.groups))
+            out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))
+    return out
 
 
 def cfg_str(c: M.MosaicBlocks, mw: M.MosaicWeight | None = None, batch: int = 1) -> str:
@@ -116,7 +109,7 @@ def main(argv=None):
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
                 best, timed = None, []
-                cands = configs(mw, b)
+                cands = configs(mw)
                 if a.keep and ranked:
                     cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep]]
                 for c in cands:

@@ -167,9 +167,8 @@ def test_mosaic_padded_plan_on_gpu(spec):
 
 def test_quant_linear_takes_the_hopper_form_where_it_can():
     """impl="mosaic": int4 layers hold the Hopper layout, a layer it cannot take (int8) keeps the Triton forms;
-    on a CPU qlinear says the form needs a Hopper GPU; the engine's auto choice there is the XLA reference, and
-    weight bytes count int4 codes at half a byte."""
-    from hqf_jax.infer.engine import auto_quant_impl, weight_bytes
+    on a CPU qlinear says the form needs a Hopper GPU; weight bytes count int4 codes at half a byte."""
+    from hqf_jax.infer.engine import weight_bytes
     from hqf_jax.quant.linear import qlinear
     from hqf_jax.quant.model import QuantLinear
     from hqf_jax.quant.config import QuantConfigError
@@ -184,4 +183,3 @@ def test_quant_linear_takes_the_hopper_form_where_it_can():
     if jax.default_backend() == "cpu":
         with pytest.raises(QuantConfigError, match="Hopper GPU"):
             qlinear(x, mw, "mosaic")
-        assert auto_quant_impl("int4") == "reference"

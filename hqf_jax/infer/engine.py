@@ -86,15 +86,6 @@ def _keys(settings: Settings, emitted: jax.Array) -> jax.Array:
     return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(settings.seed, emitted)
 
 
-def auto_quant_impl(quant: str) -> str:
-    """quant_impl="auto": the Triton forms (impl "pallas") on a GPU, the XLA reference on a CPU. The Hopper form
-    (impl "mosaic", int4 on H100/H200) is opt-in: it measured 1.35-2.42x a bf16 matmul on three large shapes at
-    batch 1-32 but has not been measured inside generation or at the byte LMs' layer shapes, and it lost to the
-    Triton GEMV at 4096x4096 batch 1 (docs/BENCHMARKS.md)."""
-    del quant
-    return "pallas" if jax.default_backend() == "gpu" else "reference"
-
-
 def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = None,
                   quant_impl: str = "auto") -> tuple[RetNetLM, dict]:
     """A copy of ``model`` for inference: compute in ``dtype`` with parameters stored in it, the dense layers
@@ -117,7 +108,9 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
     if quant:
         from hqf_jax.quant.model import quantize_model
 
-        impl = auto_quant_impl(quant) if quant_impl == "auto" else quant_impl
+        # auto: the Triton forms on a GPU. The Hopper form ("mosaic") is opt-in until it is measured inside generation
+        # and at the byte LMs' layer shapes (docs/BENCHMARKS.md).
+        impl = ("pallas" if jax.default_backend() == "gpu" else "reference") if quant_impl == "auto" else quant_impl
         out, report = quantize_model(out, quant, impl=impl)
     wdt = jnp.dtype(dtype)
     gd, p, r = nnx.split(out, nnx.Param, ...)

@@ -8,9 +8,10 @@
 
 x (..., K) with q quantizing a Flax kernel (K, N) -> y (..., N) in x's dtype (bf16 products, f32 accumulation).
 For impl="pallas" pass q through prepare_for(q, "pallas") (= prepare(q), the kernels' PackedWeight) once and
-reuse the result; for impl="mosaic" through prepare_for(q, "mosaic") (its MosaicWeight; mosaic_supports(q) says
-whether the form takes the weight: 4-bit codes, groups of 64/128/256, outputs a multiple of 128). The kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that
-importing this module does not load Pallas's Triton backend.
+reuse the result; for impl="mosaic" through prepare_for(q, "mosaic") (its MosaicWeight; a KernelLayoutError says
+why the form cannot take a weight: it needs 4-bit codes, groups of 64/128/256, outputs a multiple of 128). The
+kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that importing this module does
+not load Pallas's Triton backend.
 """
 
 from __future__ import annotations
@@ -32,18 +33,6 @@ def prepare(q: QTensor):
 
     r, c = q.matrix_shape
     return from_words(pack(q), q.bits, q.cfg, r, c)
-
-
-def mosaic_supports(q: QTensor) -> bool:
-    """Whether the Hopper form (impl="mosaic") takes this weight."""
-    from pallas_kernels.quant.layout import KernelLayoutError
-    from pallas_kernels.quant.mosaic_layout import check_mosaic
-
-    try:
-        check_mosaic(prepare(q))
-    except KernelLayoutError:
-        return False
-    return True
 
 
 def placeholder(cfg: QuantConfig, rows: int, cols: int):

@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from hqf_jax.quant.config import QuantConfigError
-from hqf_jax.quant.linear import IMPLS, mosaic_supports, prepare_for, qlinear
+from hqf_jax.quant.linear import IMPLS, prepare_for, qlinear
 from hqf_jax.quant.qtensor import QTensor, accounting, quantize
 
 
@@ -22,9 +22,16 @@ class QuantLinear(nnx.Module):
     def __init__(self, q: QTensor, impl: str = "reference", interpret: bool | None = None):
         if impl not in IMPLS:
             raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
-        if impl == "mosaic" and not mosaic_supports(q):
-            impl = "pallas"  # a layer the Hopper form cannot take (codes, group size, outputs) keeps the Triton forms
-        self.weight = nnx.Variable(prepare_for(q, impl))
+        if impl == "mosaic":
+            from pallas_kernels.quant.layout import KernelLayoutError  # the layout module: no Triton import
+
+            try:
+                w = prepare_for(q, impl)
+            except KernelLayoutError:  # a layer the Hopper form cannot take keeps the Triton forms
+                impl, w = "pallas", prepare_for(q, "pallas")
+        else:
+            w = prepare_for(q, impl)
+        self.weight = nnx.Variable(w)
         self.impl = impl
         self.interpret = jax.default_backend() == "cpu" if interpret is None else interpret
         self.in_features, self.out_features = q.shape

@@ -113,5 +113,5 @@ def engine_rollout(model: nnx.Module, prompts, prompt_lens, key: jax.Array, cfg:
         raise RolloutError("the engine rollout stops on the stop token only: use rl.rollout_impl=loop for stop "
                            "sequences")
     graphdef, params = nnx.split(model)
-    return _engine_rollout(graphdef, one_device_placement(params), jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_lens, jnp.int32),
-                           key, cfg)
+    return _engine_rollout(graphdef, one_device_placement(params), jnp.asarray(prompts, jnp.int32),
+                           jnp.asarray(prompt_lens, jnp.int32), key, cfg)

@@ -29,9 +29,11 @@ COMPUTE_WGS = 2
 N_SM = 132  # H100 / H200 SXM
 
 # Microseconds per pipeline step of one program (2 compute warpgroups x wg_rows rows, `groups` groups of 64
-# int4 columns), measured with fewer programs than SMs: `python -m bench.quant_mosaic` on one H200, 2026-11-30,
-# 11008x4096 int4/g64 at batch 1. The kernel is bound by its per-step latency, not by the copy engine (a step
-# of 128 x 64 int4 reads in ~0.14 us at the SM's share of the bandwidth), so longer steps amortise it.
+# int4 columns): kernel time over steps per program (launch, epilogue and split-K sum included) of the variants
+# that one H200 ran on 11008x4096 int4/g64 at batch 1 with fewer programs than SMs, 2026-11-30 (the second
+# call in docs/BENCHMARKS.md, "before the plan"; `python -m bench.quant_mosaic` now times the plan and its
+# neighbours). Longer steps amortise a step's fixed latency (inferred: a 128 x 64 int4 block reads in ~0.14 us
+# at the SM's share of the bandwidth).
 STEP_US = {(64, 1): 0.41, (64, 2): 0.69, (64, 4): 1.08, (128, 1): 0.59, (128, 2): 1.10, (128, 4): 1.83}
 PROGRAM_US = 1.0  # per wave: epilogue (accumulator -> shared -> global) and launch, estimated
 MAX_PAD = 0.05  # at most this share of padded groups
@@ -53,12 +55,13 @@ class Plan:
     n_groups: int  # K' / g, padded
 
 
-def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
-    """The cheapest (rows per warpgroup, groups per step, split_k, padded groups) by STEP_US: waves x (steps x step
-    time + PROGRAM_US), for batch tiles of one (batch <= 128), with at least MIN_STEPS steps a program where the
-    weight has that many groups, and only forms that fit shared memory at the smallest batch tile (16) with two
-    stages (so that every batch runs: resolve shrinks the tile). Step times scale with g / 64."""
-    best = None
+def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float = MAX_PAD) -> list[tuple[float, Plan]]:
+    """Every (rows per warpgroup, groups per step, split_k, padded groups) with its cost by STEP_US, cheapest first:
+    waves x (steps x step time + PROGRAM_US), for batch tiles of one (batch <= 128), padding at most max_pad of the
+    groups, with at least MIN_STEPS steps a program where the weight has that many groups, and only forms that fit
+    shared memory at the smallest batch tile (16) with two stages (so that every batch runs: resolve shrinks the
+    tile). Step times scale with g / 64."""
+    out = []
     for (wr, gr), t in STEP_US.items():
         if n % (COMPUTE_WGS * wr) or smem_bytes(16, g, gr, wr, 2, True) > SMEM_BYTES:
             continue
@@ -66,15 +69,19 @@ def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
         for sk in range(1, 33):
             unit = sk * gr
             ngp = -(-ng // unit) * unit
-            if ngp - ng > MAX_PAD * ng or ngp // unit < min(MIN_STEPS, ng):
+            if ngp - ng > max_pad * ng or ngp // unit < min(MIN_STEPS, ng):
                 continue
             waves = -(-tiles * sk // n_sm)
-            cost = waves * (ngp // unit * t * g / 64 + PROGRAM_US)
-            if best is None or cost < best[0]:
-                best = (cost, Plan(wr, gr, sk, ngp))
-    if best is None:
+            out.append((waves * (ngp // unit * t * g / 64 + PROGRAM_US), Plan(wr, gr, sk, ngp)))
+    return sorted(out, key=lambda cp: cp[0])
+
+
+def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
+    """The cheapest plan of plan_options."""
+    options = plan_options(n, ng, g, n_sm)
+    if not options:
         raise KernelLayoutError(f"no Mosaic plan for {n} outputs and {ng} groups")
-    return best[1]
+    return options[0][1]
 
 
 @dataclasses.dataclass(frozen=True)
