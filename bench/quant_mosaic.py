@@ -34,26 +34,23 @@ from pallas_kernels.quant import mosaic as M
 from pallas_kernels.quant.mosaic_layout import plan_options
 
 
-def configs(mw: M.MosaicWeight, wgs: tuple[int, ...] = (2,)) -> list:
+def configs(mw: M.MosaicWeight) -> list:
     """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the cheapest split of each of
     the three next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
-    plan's own cost model, mosaic_layout.plan_options); with 4 in wgs also the two cheapest forms with 4 compute
-    warpgroups per program."""
+    plan's own cost model, mosaic_layout.plan_options)."""
     n, _ = mw.shape
-    out, seen = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")], {(mw.plan.wg_rows, mw.plan.groups, mw.plan.wgs)}
-    for w in wgs:
-        limit = len(out) + (3 if w == 2 else 2)
-        for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0, wgs=w):
-            if (p.wg_rows, p.groups, w) not in seen and len(out) < limit:
-                seen.add((p.wg_rows, p.groups, w))
-                out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k, wgs=w))
+    out, seen = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")], {(mw.plan.wg_rows, mw.plan.groups)}
+    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
+        if (p.wg_rows, p.groups) not in seen and len(out) < 5:
+            seen.add((p.wg_rows, p.groups))
+            out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))
     return out
 
 
 def cfg_str(c: M.MosaicBlocks, mw: M.MosaicWeight | None = None, batch: int = 1) -> str:
     if mw is not None:
         c = M.resolve(mw, batch, c)
-    return f"w{c.wgs}/g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
+    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
 
 
 def row_md(row, mw=None) -> str:
@@ -71,7 +68,6 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,4,8,16,32,64,256")
     ap.add_argument("--target-s", type=float, default=0.05)
     ap.add_argument("--budget-s", type=float, default=360.0)
-    ap.add_argument("--wgs", default="2,4", help="compute warpgroups per program to try (2 and/or 4)")
     ap.add_argument("--no-routes", action="store_true", help="skip the ROUTES (Triton) kernel column")
     ap.add_argument("--keep", type=int, default=2, help="after a weight's first batch, try only the plan and the "
                     "KEEP fastest configs of the batch before (0: every config at every batch)")
@@ -113,7 +109,7 @@ def main(argv=None):
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
                 best, timed = None, []
-                cands = configs(mw, tuple(int(v) for v in a.wgs.split(",")))
+                cands = configs(mw)
                 if a.keep and ranked:
                     cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep]]
                 for c in cands:

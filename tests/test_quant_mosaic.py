@@ -99,9 +99,7 @@ def test_nf4_select_tree_is_the_table():
 
 @pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("int4z:group_size=128", 37, {"split_k": 2}),
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
-                                         ("int4", 64, {"wg_rows": 128, "acc": "value"}),
-                                         ("int4z", 40, {"wgs": 4, "wg_rows": 64}),
-                                         ("nf4", 128, {"wgs": 4, "acc": "value"})])
+                                         ("int4", 64, {"wg_rows": 128, "acc": "value"})])
 def test_kernel_traces(spec, b, over):
     """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
     x = jax.ShapeDtypeStruct((b, 512), jnp.bfloat16)
@@ -129,22 +127,6 @@ def test_refuses_options_it_cannot_run():
         M.mosaic_matmul(x, mw, M.MosaicBlocks(wg_rows=128))  # 2 x 128 rows do not divide 128 outputs
     with pytest.raises(KernelLayoutError, match="block_b=12"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(block_b=12))
-    with pytest.raises(KernelLayoutError, match="wgs=3"):
-        M.resolve(mw, 8, M.MosaicBlocks(wgs=3))
-    with pytest.raises(KernelLayoutError, match="4 x wg_rows"):
-        M.resolve(mw, 8, M.MosaicBlocks(wgs=4))  # 4 x 64 rows do not divide 128 outputs
-
-
-def test_four_warpgroups_keep_the_accumulator_in_registers():
-    """With 4 compute warpgroups a thread has 112 registers: resolve caps the batch tile so that the accumulator
-    (wg_rows x block_b float32 over 128 threads) stays at 32 (64 rows) / 32 (128 rows) of them, and refuses a
-    wider explicit tile."""
-    mw = _abstract("int4", 1024, 512)
-    assert M.resolve(mw, 256, M.MosaicBlocks(wgs=4, wg_rows=64)).block_b == 64
-    assert M.resolve(mw, 256, M.MosaicBlocks(wgs=4, wg_rows=128)).block_b == 32
-    assert M.resolve(mw, 256, M.MosaicBlocks(wgs=2, wg_rows=128)).block_b == 128
-    with pytest.raises(KernelLayoutError, match="registers"):
-        M.resolve(mw, 256, M.MosaicBlocks(wgs=4, wg_rows=64, block_b=128))
 
 
 def _gpu_blocks(spec):
@@ -153,9 +135,7 @@ def _gpu_blocks(spec):
     return [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2, groups=1, acc="value")),
             (64, M.MosaicBlocks(stages=2, groups=1, split_k=1)),
             (100, M.MosaicBlocks(block_b=32 if wide else 64, groups=2)),
-            (32, M.MosaicBlocks(groups=2 if wide else 4, wg_rows=128, split_k=1)), (300, M.MosaicBlocks()),
-            (24, M.MosaicBlocks(wgs=4, wg_rows=64, groups=1, split_k=2)),
-            (130, M.MosaicBlocks(wgs=4, wg_rows=128, groups=1, acc="value"))]
+            (32, M.MosaicBlocks(groups=2 if wide else 4, wg_rows=128, split_k=1)), (300, M.MosaicBlocks())]
 
 
 GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(spec)]

@@ -6,7 +6,7 @@ form). The weight layout and the launch plan: pallas_kernels/quant/mosaic_layout
     mw = prepare_mosaic(prepare(q))      # once: int4 codes group by group, bf16 group multipliers
     y = mosaic_matmul(x, mw)             # x (B, K) bf16 -> y (B, N)
 
-The kernel computes y^T = W x^T: per program 2 (or 4) compute warpgroups own wg_rows output rows each (wgmma's M side,
+The kernel computes y^T = W x^T: per program 2 compute warpgroups own wg_rows output rows each (wgmma's M side,
 64 or 128), the batch tile is wgmma's N side (16-128), and one warpgroup issues the copies
 (emit_pipeline_warp_specialized). Each step takes `groups` groups of g input columns; per group a compute
 warpgroup loads its (wg_rows, g) int4 tile from shared memory in the layout made for 4-bit upcasts, converts it
@@ -32,17 +32,13 @@ import numpy as np
 from jax import lax
 
 from pallas_kernels.quant.layout import KernelLayoutError
-from pallas_kernels.quant.mosaic_layout import (SMEM_BYTES, WGS_OPTIONS, MosaicWeight, Plan, check_mosaic,
+from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, SMEM_BYTES, MosaicWeight, Plan, check_mosaic,
                                                 decode_model, nf4_level, plan_for, prepare_mosaic, smem_bytes)
 
 __all__ = ["MosaicBlocks", "MosaicWeight", "Plan", "check_mosaic", "decode_model", "mosaic_matmul",
            "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve", "smem_bytes"]
 
 MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
-# Largest accumulator tile (wg_rows x block_b float32) per compute warpgroup: the registers a compute thread gets
-# are (512 - 40) / wgs (emit_pipeline_warp_specialized), 232 with 2 warpgroups, 112 with 4; the accumulator
-# takes wg_rows x block_b / 128 of them and the decoded tile and addresses need the rest.
-MAX_ACC = {2: 128 * 128, 4: 64 * 64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +50,6 @@ class MosaicBlocks:
     stages: int | None = None  # pipeline depth (max_concurrent_steps)
     groups: int | None = None  # groups of g input columns per pipeline step
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
-    wgs: int | None = None  # compute warpgroups per program (2 or 4)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
 
 
@@ -74,18 +69,13 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
     b = blocks or MosaicBlocks()
     p = mw.plan
     b = dataclasses.replace(b, split_k=b.split_k or p.split_k, groups=b.groups or p.groups,
-                            wg_rows=b.wg_rows or p.wg_rows, wgs=b.wgs or p.wgs)
+                            wg_rows=b.wg_rows or p.wg_rows)
     n, _ = mw.shape
     ng = mw.w.shape[0]
     problems = []
-    if b.wgs not in WGS_OPTIONS:
-        problems.append(f"wgs={b.wgs}: use one of {WGS_OPTIONS} compute warpgroups")
-    elif b.wg_rows not in (64, 128) or n % (b.wgs * b.wg_rows):
-        problems.append(f"wg_rows={b.wg_rows}: use 64 or 128 with {b.wgs} x wg_rows dividing the {n} "
+    if b.wg_rows not in (64, 128) or n % (COMPUTE_WGS * b.wg_rows):
+        problems.append(f"wg_rows={b.wg_rows}: use 64 or 128 with {COMPUTE_WGS} x wg_rows dividing the {n} "
                         "output features")
-    elif b.block_b is not None and b.wg_rows * b.block_b > MAX_ACC[b.wgs]:
-        problems.append(f"wg_rows={b.wg_rows} x block_b={b.block_b}: with {b.wgs} compute warpgroups the "
-                        f"accumulator tile must stay within {MAX_ACC[b.wgs]} values (registers)")
     if b.stages is not None and b.stages < 1:
         problems.append(f"stages={b.stages}: the pipeline needs at least one stage")
     if b.acc not in ("value", "ref"):
@@ -97,11 +87,10 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
         raise KernelLayoutError("; ".join(problems))
     tb = tile_b_for(batch, b)
     has_off = mw.offset is not None
-    tiles = [tb] if b.block_b is not None else [t for t in (128, 64, 32, 16)  # auto: shrink to fit
-                                                 if t <= tb and t * b.wg_rows <= MAX_ACC[b.wgs]]
+    tiles = [tb] if b.block_b is not None else [t for t in (128, 64, 32, 16) if t <= tb]  # auto: shrink to fit
     for t in tiles:
         stages = [b.stages] if b.stages is not None else [4, 3, 2]
-        fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off, b.wgs) <= SMEM_BYTES]
+        fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off) <= SMEM_BYTES]
         if fits:
             return dataclasses.replace(b, block_b=t, stages=fits[0])
     raise KernelLayoutError(f"block_b={tiles[-1]} x groups={b.groups} x wg_rows={b.wg_rows} x stages={stages[-1]} "
@@ -118,11 +107,11 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     if kx != k:
         raise KernelLayoutError(f"x has {kx} features, the weight {k}")
     blocks = resolve(mw, b, blocks)
-    tb, g, gs_n, wr, sk, wgs = blocks.block_b, mw.group, blocks.groups, blocks.wg_rows, blocks.split_k, blocks.wgs
+    tb, g, gs_n, wr, sk = blocks.block_b, mw.group, blocks.groups, blocks.wg_rows, blocks.split_k
     steps = mw.w.shape[0] // (sk * gs_n)
     bp = -(-b // tb) * tb
     xp = jnp.pad(x.astype(jnp.bfloat16), ((0, bp - b), (0, mw.w.shape[0] * g - k)))
-    cta_n = wgs * wr
+    cta_n = COMPUTE_WGS * wr
     nf4 = mw.method == "nf4"
 
     x_swz = plgpu.find_swizzle(gs_n * g * 16, "rhs")
@@ -181,7 +170,7 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
 
         gspec = plgpu.BlockSpec((gs_n, cta_n), lambda kk: (kk, 0))
         pipe = plgpu.emit_pipeline_warp_specialized(
-            body, grid=(steps,), memory_registers=40, wg_axis="wg", num_compute_wgs=wgs,
+            body, grid=(steps,), memory_registers=40, wg_axis="wg", num_compute_wgs=COMPUTE_WGS,
             max_concurrent_steps=min(blocks.stages, steps), compute_context=compute,
             in_specs=[plgpu.BlockSpec((tb, gs_n * g), lambda kk: (0, kk), transforms=x_tr),
                       plgpu.BlockSpec((gs_n, cta_n, g), lambda kk: (kk, 0, 0), transforms=w_tr),
@@ -196,8 +185,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     f = plgpu.kernel(
         kernel, out_type=jax.ShapeDtypeStruct((sk, n, bp), jnp.float32),
         grid=(n // cta_n, bp // tb, sk), grid_names=("n", "b", "s"),
-        num_threads=wgs + 1, thread_name="wg",
-        scratch_types=dict(o_smem=plgpu.SMEM((wgs, wr, tb), jnp.float32, transforms=o_tr)),
+        num_threads=COMPUTE_WGS + 1, thread_name="wg",
+        scratch_types=dict(o_smem=plgpu.SMEM((COMPUTE_WGS, wr, tb), jnp.float32, transforms=o_tr)),
     )
     args = (xp, mw.w, mw.scale) + ((mw.offset,) if mw.offset is not None else ())
     part = f(*args)  # (split_k, N, Bp) float32

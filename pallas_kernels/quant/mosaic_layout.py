@@ -25,8 +25,7 @@ from pallas_kernels.quant.decode import decoder, tables_for
 from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight
 
 MOSAIC_METHODS = ("int", "nf4")
-COMPUTE_WGS = 2  # compute warpgroups per program unless a plan or the blocks say otherwise (2 or 4)
-WGS_OPTIONS = (2, 4)
+COMPUTE_WGS = 2
 N_SM = 132  # H100 / H200 SXM
 
 # Microseconds per pipeline step of one program (2 compute warpgroups x wg_rows rows, `groups` groups of 64
@@ -42,11 +41,10 @@ SMEM_BYTES = 232448 - 4096  # the H200's opt-in shared memory per block, less ro
 MIN_STEPS = 4  # pipeline steps per program, where the weight has that many groups (the copies need a few in flight)
 
 
-def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool,
-               wgs: int = COMPUTE_WGS) -> int:
-    cta_n = wgs * wg_rows
+def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool) -> int:
+    cta_n = COMPUTE_WGS * wg_rows
     stage = tb * groups * g * 2 + groups * cta_n * g // 2 + groups * cta_n * 2 * (2 if has_offset else 1)
-    return stages * stage + wgs * wg_rows * tb * 4
+    return stages * stage + COMPUTE_WGS * wg_rows * tb * 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,29 +53,26 @@ class Plan:
     groups: int
     split_k: int
     n_groups: int  # K' / g, padded
-    wgs: int = COMPUTE_WGS  # compute warpgroups per program (each owns wg_rows output rows)
 
 
-def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float = MAX_PAD,
-                 wgs: int = COMPUTE_WGS) -> list[tuple[float, Plan]]:
+def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float = MAX_PAD) -> list[tuple[float, Plan]]:
     """Every (rows per warpgroup, groups per step, split_k, padded groups) with its cost by STEP_US, cheapest first:
     waves x (steps x step time + PROGRAM_US), for batch tiles of one (batch <= 128), padding at most max_pad of the
     groups, with at least MIN_STEPS steps a program where the weight has that many groups, and only forms that fit
     shared memory at the smallest batch tile (16) with two stages (so that every batch runs: resolve shrinks the
-    tile). Step times scale with g / 64. STEP_US was measured with 2 compute warpgroups; for wgs=4 the same step
-    times are a guess (the warpgroups run side by side), used only to pick the forms bench.quant_mosaic tries."""
+    tile). Step times scale with g / 64."""
     out = []
     for (wr, gr), t in STEP_US.items():
-        if n % (wgs * wr) or smem_bytes(16, g, gr, wr, 2, True, wgs) > SMEM_BYTES:
+        if n % (COMPUTE_WGS * wr) or smem_bytes(16, g, gr, wr, 2, True) > SMEM_BYTES:
             continue
-        tiles = n // (wgs * wr)
+        tiles = n // (COMPUTE_WGS * wr)
         for sk in range(1, 33):
             unit = sk * gr
             ngp = -(-ng // unit) * unit
             if ngp - ng > max_pad * ng or ngp // unit < min(MIN_STEPS, ng):
                 continue
             waves = -(-tiles * sk // n_sm)
-            out.append((waves * (ngp // unit * t * g / 64 + PROGRAM_US), Plan(wr, gr, sk, ngp, wgs)))
+            out.append((waves * (ngp // unit * t * g / 64 + PROGRAM_US), Plan(wr, gr, sk, ngp)))
     return sorted(out, key=lambda cp: cp[0])
 
 
