@@ -154,10 +154,16 @@ def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
 def bench_model(a, config, bw, rows, batches, quants, impls):
     model, cfg, source = build(a, config)
     out = []
+
+    def add(row):  # each row as it is measured (a long run that times out still shows what it measured)
+        out.append(row)
+        print(f"  {str(config).split('/')[-1]} {row['path']} batch {row['batch']}: {row['bytes_per_s']:,.0f} bytes/s",
+              flush=True)
+
     if not a.no_old:
         for b in batches:
             bps, comp = time_old(model, b, a.steps, a.reps)
-            out.append(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
+            add(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
                             bytes_per_s=bps, compiles=comp))
     data = held_out_bytes(cfg, a.bpb_bytes) if a.bpb_bytes else None
     bpb = {}
@@ -185,7 +191,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
-                out.append(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb,
+                add(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb,
                                 bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
                                 else None))
@@ -196,7 +202,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16 {impl} unroll {u}: {type(e).__name__}: {str(e)[:300]}")
                     continue
-                out.append(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
+                add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
@@ -204,7 +210,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
         for b in batches:
             prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
             bps, per = time_speculative(engine, prompts, a.steps, a.reps)
-            out.append(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
+            add(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
                             weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
                             limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
     for r in out:
