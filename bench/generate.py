@@ -171,9 +171,11 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
         for impl in impls:
             if q != "none" and impl.startswith("fused"):
                 continue  # the fused step runs unquantized weights
+            per_batch = q != "none" and qi == "auto"  # the dispatcher picks layouts for the decode batch: one
+            #                                           engine per batch, so each row is what `--quant` gives there
             try:  # a path that cannot build or compile here is reported as a row; the others still run
                 engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
-                                unroll=a.unroll, quant_impl=qi)
+                                unroll=a.unroll, quant_impl=qi, batch=batches[0])
                 wb = engine.weight_bytes()
                 if data is not None and q not in bpb:
                     try:
@@ -186,6 +188,10 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 continue
             for b in batches:
                 try:
+                    if per_batch and b != engine.batch:
+                        engine = Engine(model, dtype="bfloat16", quant=q, decode_impl=impl, unroll=a.unroll,
+                                        quant_impl=qi, batch=b)
+                        wb = engine.weight_bytes()
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")

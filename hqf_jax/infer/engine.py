@@ -87,9 +87,10 @@ def _keys(settings: Settings, emitted: jax.Array) -> jax.Array:
 
 
 def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = None,
-                  quant_impl: str = "auto") -> tuple[RetNetLM, dict]:
+                  quant_impl: str = "auto", batch: int = 1) -> tuple[RetNetLM, dict]:
     """A copy of ``model`` for inference: compute in ``dtype`` with parameters stored in it, the dense layers
-    optionally quantized (hqf_jax.quant: int8, int4, nf4, phi5u8, ...). Returns (model, quant report)."""
+    optionally quantized (hqf_jax.quant: int8, int4, nf4, phi5u8, ...); quant_impl "auto" picks each layer's
+    kernel layout for decode batch ``batch`` (hqf_jax.quant.model.auto_impl). Returns (model, quant report)."""
     if not isinstance(model, RetNetLM):
         raise EngineError(f"the engine runs the byte LM (RetNetLM); got {type(model).__name__}")
     if dtype not in DTYPES:
@@ -108,10 +109,8 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
     if quant:
         from hqf_jax.quant.model import quantize_model
 
-        # auto: the Triton forms on a GPU. The Hopper form ("mosaic") is opt-in until it is measured inside generation
-        # and at the byte LMs' layer shapes (docs/BENCHMARKS.md).
-        impl = ("pallas" if jax.default_backend() == "gpu" else "reference") if quant_impl == "auto" else quant_impl
-        out, report = quantize_model(out, quant, impl=impl)
+        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layouts.py) on a GPU, the reference on a CPU
+        out, report = quantize_model(out, quant, impl=quant_impl, batch=batch)
     wdt = jnp.dtype(dtype)
     gd, p, r = nnx.split(out, nnx.Param, ...)
     p = jax.tree.map(lambda x: x.astype(wdt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
@@ -204,16 +203,18 @@ class ByteGenerator:
 class Engine(ByteGenerator):
     """Byte generation with weights prepared once. ``dtype`` float32 | bfloat16; ``quant`` a hqf_jax.quant
     method (int8, int4, nf4, phi5u8, ...) for the dense layers; ``decode_impl`` jnp | pallas for the
-    recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD)."""
+    recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD); ``batch`` the
+    decode batch quant_impl "auto" picks the quantized layers' kernel layouts for (any batch still runs)."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
-                 prompt_bucket: int = 64, unroll: int = 1):
+                 prompt_bucket: int = 64, unroll: int = 1, batch: int = 1):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         if decode_impl.startswith("fused") and quant:
             raise EngineError("the fused decode step runs bf16/float32 weights; quantized engines use jnp or pallas")
-        self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl)
+        self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl, batch)
+        self.batch = int(batch)
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
         # the fused step reads the projections concatenated (made once here); the model's own kernels are not read

@@ -16,12 +16,27 @@ from hqf_jax.quant.linear import IMPLS, prepare_for, qlinear
 from hqf_jax.quant.qtensor import QTensor, accounting, quantize
 
 
-class QuantLinear(nnx.Module):
-    """Drop-in for a bias-free ``nnx.Linear``: y = x @ dequant(W) with W stored packed."""
+def auto_impl(q: QTensor, batch: int = 1) -> str:
+    """impl="auto": "reference" on a CPU; on a GPU the layout the dispatcher's first level picks for this weight
+    and decode batch (pallas_kernels/quant/layouts.py: "mosaic", the Hopper form, or "pallas", the Triton forms)."""
+    if jax.default_backend() != "gpu":
+        return "reference"
+    from pallas_kernels.quant.layouts import layout_form  # here, not at the top: keeps Pallas unloaded
 
-    def __init__(self, q: QTensor, impl: str = "reference", interpret: bool | None = None):
+    k, n = q.shape
+    return "mosaic" if layout_form(q.cfg.method, getattr(q.cfg, "bits", 4 if q.cfg.method == "nf4" else 0),
+                                   k, n, batch) == "mosaic" else "pallas"
+
+
+class QuantLinear(nnx.Module):
+    """Drop-in for a bias-free ``nnx.Linear``: y = x @ dequant(W) with W stored packed. impl "auto" picks by
+    backend, shape and the decode batch ``batch`` (auto_impl)."""
+
+    def __init__(self, q: QTensor, impl: str = "reference", interpret: bool | None = None, batch: int = 1):
+        if impl == "auto":
+            impl = auto_impl(q, batch)
         if impl not in IMPLS:
-            raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
+            raise QuantConfigError(f"quantized linear impl {impl!r}: use auto or one of {IMPLS}")
         if impl == "mosaic":
             from pallas_kernels.quant.layout import KernelLayoutError  # the layout module: no Triton import
 
@@ -47,9 +62,10 @@ def _linears(model: nnx.Module):
 
 
 def quantize_model(model: nnx.Module, method, impl: str = "reference", min_size: int = 4096,
-                   skip: tuple[str, ...] = ("head",), interpret: bool | None = None):
+                   skip: tuple[str, ...] = ("head",), interpret: bool | None = None, batch: int = 1):
     """Replace every bias-free ``nnx.Linear`` whose kernel has >= ``min_size`` weights (and whose path
-    names none of ``skip``) by a ``QuantLinear``. Returns (model, {path: accounting dict})."""
+    names none of ``skip``) by a ``QuantLinear`` (impl "auto": per layer for decode batch ``batch``, auto_impl).
+    Returns (model, {path: accounting dict})."""
     report = {}
     for path, lin in list(_linears(model)):
         name = "/".join(str(p) for p in path)
@@ -59,7 +75,7 @@ def quantize_model(model: nnx.Module, method, impl: str = "reference", min_size:
         parent = model
         for p in path[:-1]:
             parent = parent[p] if isinstance(p, int) else getattr(parent, p)
-        new = QuantLinear(q, impl, interpret)
+        new = QuantLinear(q, impl, interpret, batch)
         if isinstance(path[-1], int):
             parent[path[-1]] = new
         else:

@@ -1,0 +1,61 @@
+"""The first level of the quantized-matmul dispatcher: which layout (and so which kernel family) a layer's weight is
+stored in. The second level picks the form inside the family by batch: ROUTES (routes.py) for the Triton forms on
+the PackedWeight, the weight's plan for the Hopper form (mosaic_layout.py).
+
+    form = layout_form("int", 4, k=4096, n=11008, batch=16, hopper=True)    # "mosaic" | "triton"
+
+A layer is stored once (two layouts would double its bytes), so the choice is made when the model is quantized,
+for the decode batch the caller names (the engine's `batch`, the server's slots). Only 4-bit int and NF4 weights
+can take the Hopper layout, and only on a Hopper GPU (Mosaic GPU lowers for sm_90a only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    method: str  # "int" | "nf4" | "*"
+    min_batch: int  # the row holds for decode batch >= min_batch
+    form: str  # "mosaic": the Hopper layout (MosaicWeight); "triton": the PackedWeight (ROUTES picks by batch)
+    min_shape: tuple[int, int] = (0, 0)  # (K, N): the row holds where in features >= K and out features >= N
+
+
+# Measured on one H200 (jax 0.11.2), 2026-11-30, docs/BENCHMARKS.md "The Hopper kernel": `python -m
+# bench.quant_mosaic` (kernel against the same-run bf16 XLA matmul and the ROUTES kernel) and `python -m
+# bench.generate --quant-impls pallas,mosaic` (whole decode steps). The first row whose method, batch and shape
+# hold wins.
+LAYOUTS: tuple[Layout, ...] = (
+    # int4 at K, N >= 4096: Hopper 2.42x bf16 at batch 1 on 4096x11008 (Triton GEMV 2.29x), 1.54-1.77x at batch
+    # 16-64 on 4096x11008 / 11008x4096 (Triton tc 0.22-0.50x); 4096x4096 batch 1 1.43x vs the GEMV's 1.54x (the
+    # one cell the Triton form wins, by 7%), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256: 0.58-0.72x bf16
+    # (Triton 0.17-0.24x): neither form beats bf16 there.
+    Layout("int", 1, "mosaic", (4096, 4096)),
+    # the 125M byte LM (K, N 768-2560), batch 1, whole decode step: 1,231 bytes/s through the Hopper form vs
+    # 1,709 through the Triton GEMV (bf16 1,263): small layers keep the GEMV at batch 1.
+    # NF4: the Hopper form's select tree runs 0.33-0.43x bf16 (batch 1-64, 4096x11008), below the Triton GEMV at
+    # batch 1 (1.82x) and near the Triton tc form above (0.25-0.32x): NF4 stays on the Triton forms.
+    Layout("*", 1, "triton"),
+)
+
+
+def hopper() -> bool:
+    """True on an H100 / H200 / H800 / GH200 (sm_90): where Mosaic GPU lowers."""
+    d = jax.devices()[0]
+    return d.platform == "gpu" and any(h in d.device_kind for h in ("H100", "H200", "H800", "GH200"))
+
+
+def layout_form(method: str, bits: int, k: int, n: int, batch: int = 1, on_hopper: bool | None = None,
+                table: tuple[Layout, ...] | None = None) -> str:
+    """"mosaic" or "triton" for a (k in, n out) weight of this method and code width at this decode batch."""
+    if batch < 1:
+        raise ValueError(f"batch={batch}: the decode batch is at least 1")
+    if bits != 4 or method not in ("int", "nf4") or not (hopper() if on_hopper is None else on_hopper):
+        return "triton"
+    for row in LAYOUTS if table is None else table:
+        if row.method in ("*", method) and batch >= row.min_batch and k >= row.min_shape[0] and n >= row.min_shape[1]:
+            return row.form
+    return "triton"
