@@ -53,9 +53,9 @@ def cfg_str(c: M.MosaicBlocks, mw: M.MosaicWeight | None = None, batch: int = 1)
     return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
 
 
-def row_md(row, mw=None) -> str:
-    shape, name, b, t16, floor, tr, best, ideal = row
-    mb = (f"{cfg_str(best[0], mw, b) if mw else best[0]} | {best[1] * 1e6:.1f} | {t16 / best[1]:.2f}x" if best
+def row_md(row) -> str:
+    shape, name, b, t16, floor, tr, best, ideal = row  # best: (resolved config string, seconds) or None
+    mb = (f"{best[0]} | {best[1] * 1e6:.1f} | {t16 / best[1]:.2f}x" if best
           else "FAIL | - | -")
     return (f"| {shape} | {name} | {b} | {t16 * 1e6:.1f} | {floor * 1e6:.1f} | {tr * 1e6:.1f} ({t16 / tr:.2f}x) | "
             f"{mb} | {ideal:.2f}x |")
@@ -130,8 +130,9 @@ def main(argv=None):
                     if best is None or t < best[1]:
                         best = (c, t)
                 ranked = [c for _, c in sorted(timed, key=lambda tc: tc[0])]
-                rows.append((shape, q.cfg.name, b, t16, floor, t_route, best, ideal))
-                print("ROW " + row_md(rows[-1], mw), flush=True)
+                rows.append((shape, q.cfg.name, b, t16, floor, t_route,
+                             (cfg_str(best[0], mw, b), best[1]) if best else None, ideal))
+                print("ROW " + row_md(rows[-1]), flush=True)
                 if best:
                     best_rows.append((shape, method, b, cfg_str(best[0], mw, b), t16 / best[1]))
     print("\n| shape KxN | method | batch | bf16 µs | read floor µs | ROUTES µs (x bf16) | Mosaic best | µs | "
