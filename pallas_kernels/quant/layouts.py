@@ -30,14 +30,21 @@ class Layout:
 # hold wins.
 LAYOUTS: tuple[Layout, ...] = (
     # int4 at K, N >= 4096: Hopper 2.42x bf16 at batch 1 on 4096x11008 (Triton GEMV 2.29x), 1.54-1.77x at batch
-    # 16-64 on 4096x11008 / 11008x4096 (Triton tc 0.22-0.50x); 4096x4096 batch 1 1.43x vs the GEMV's 1.54x (the
-    # one cell the Triton form wins, by 7%), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256: 0.58-0.72x bf16
-    # (Triton 0.17-0.24x): neither form beats bf16 there.
+    # 16-64 on 4096x11008 / 11008x4096 (Triton tc 0.22-0.51x); 4096x4096 batch 1 1.34-1.43x (two runs) vs the
+    # GEMV's 1.54x (the one cell the Triton form wins), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256:
+    # 0.58-0.72x bf16 (Triton 0.17-0.24x): neither form beats bf16 there.
     Layout("int", 1, "mosaic", (4096, 4096)),
-    # the 125M byte LM (K, N 768-2560), batch 1, whole decode step: 1,231 bytes/s through the Hopper form vs
-    # 1,709 through the Triton GEMV (bf16 1,263): small layers keep the GEMV at batch 1.
-    # NF4: the Hopper form's select tree runs 0.33-0.43x bf16 (batch 1-64, 4096x11008), below the Triton GEMV at
-    # batch 1 (1.82x) and near the Triton tc form above (0.25-0.32x): NF4 stays on the Triton forms.
+    # the 125M byte LM's layers: at batch 8 the Hopper form takes 5.0-5.6 µs on 768x2560 / 2560x768 (2.2-2.3x
+    # bf16; Triton 0.60-0.96x), at batch 64 7.1 µs on 768x2560 (1.84x; Triton 0.90x); at batch 1 it takes ~7 µs
+    # (0.24-0.29x: a floor of launch, pipeline fill, epilogue and the split-K sum) where the Triton GEMV takes 2.6-3.5
+    # µs. Whole decode steps agree: 125M batch 1 1,231 bytes/s (Hopper) vs 1,709 (GEMV), batch 8 10,605 vs 5,181
+    # (separate runs). Batches 2-7 and the ~1B LM's shapes (2048-5632) were not measured: the row covers the
+    # latter between the measured 768-2560 and 4096-11008, and leaves batch < 8 below 4096 to the Triton forms.
+    Layout("int", 8, "mosaic", (768, 768)),
+    # NF4 on 4096x11008: the Hopper form's select tree runs 78-83 µs at batch 1, 4 and 64 (0.43x, 0.33x, 0.41x
+    # bf16); the Triton GEMV wins at batch 1 (1.65-1.82x) and 4 (0.57x), the Hopper form at batch 64 (Triton tc
+    # 0.32x in the same run). Both are slower than bf16 from batch 4 on; batches 8-32 were not measured.
+    Layout("nf4", 64, "mosaic", (4096, 4096)),
     Layout("*", 1, "triton"),
 )
 
