@@ -6,13 +6,14 @@ GEMV / tensor-core forms, quant_matmul without blocks), on one weight per (shape
                                  [--batches 1,4,8,16,32,64,256] [--budget-s 360]
 
 Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2. For each cell every Mosaic config
-(the weight's plan, its value-accumulator variant, and the three next rows-per-warpgroup x groups-per-step
-forms by the plan's cost model at their best split_k) is first checked against the jnp reference (dequantize -> bf16 -> matmul) with the
-bf16-rounding bound of hqf_jax/quant/kernel_timing.py; one that fails is listed, never timed or reported best.
-Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop subtracted).
-With --keep K (default 2) a weight's later batches try only the plan and the K fastest configs of the batch
-before (a config is about 2.5 s of compile, check and timing on an H200). Speed-up = t_bf16 / t. Ideal (memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are
-the best passing Mosaic config per cell as rows for the dispatcher.
+(the weight's plan, its value-accumulator variant, and the three next rows-per-warpgroup x groups-per-step forms
+by the plan's cost model at their best split_k) is first checked against the jnp reference (dequantize -> bf16 ->
+matmul) with the bf16-rounding bound of hqf_jax/quant/kernel_timing.py; one that fails is listed, never timed or
+reported best. Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop
+subtracted). With --keep K (default 2) a weight's later batches try only the plan and the K fastest configs of the
+batch before (a config is about 2.5 s of compile, check and timing on an H200). Speed-up = t_bf16 / t. Ideal
+(memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are the best passing Mosaic config
+per cell; the dispatcher's first level (pallas_kernels/quant/layouts.py, LAYOUTS) is written from these sweeps.
 """
 
 from __future__ import annotations
