@@ -20,7 +20,8 @@ import threading
 import time
 
 from hqf_jax import cli
-from hqf_jax.infer.batcher import Batcher, latency_summary
+from hqf_jax.infer.batch_stats import breakdown_lines, latency_summary
+from hqf_jax.infer.batcher import Batcher
 from hqf_jax.infer.engine import Engine
 from hqf_jax.infer.server import Limits, Server
 
@@ -99,6 +100,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quant", default=None)
     p.add_argument("--decode-impl", default="jnp", help="jnp | pallas | fused | fused_pallas (the engine's step)")
+    p.add_argument("--profile", action="store_true", help="the batcher waits for the device after each phase: "
+                   "device time per phase, without the pipelining (slower)")
     p.add_argument("--no-compare", action="store_true", help="skip the batched benchmark at batch --slots")
     p.add_argument("--small", action="store_true")
     p.add_argument("--out", default=None)
@@ -112,11 +115,14 @@ def main(argv=None):
     else:
         model = lm_task.build_model(cli.load_config_file(a.config))
     engine = Engine(model, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl)
-    server = Server(Batcher(engine, a.slots, a.chunk), port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
+    batcher = Batcher(engine, a.slots, a.chunk, profile=a.profile)
+    server = Server(batcher, port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
     try:
         for prompt in PROMPTS:  # warm-up: compile the prefill shapes and the decode loop
             post(server.port, {"prompt": prompt, "max_tokens": 1})
+        batcher.reset_stats()
         res = load(server.port, a.clients, a.requests, a.max_tokens, a.temperature)
+        res["loop"] = batcher.loop_stats.summary()
     finally:
         server.close()
     import jax
@@ -134,6 +140,8 @@ def main(argv=None):
     print(f"{res['requests']} requests ({res['errors']} errors), {res['bytes']} bytes in {res['wall_s']:.2f} s: "
           f"{res['bytes_per_s']:,.0f} bytes/s; latency p50 {res.get('p50_s', float('nan')):.3f} s, "
           f"p99 {res.get('p99_s', float('nan')):.3f} s")
+    for line in breakdown_lines(res["loop"]):
+        print(line)
     if "batched_bytes_per_s" in res:
         print(f"batched benchmark at batch {a.slots}: {res['batched_bytes_per_s']:,.0f} bytes/s; the server reaches "
               f"{100 * res['fraction_of_batched']:.0f}% of it")
