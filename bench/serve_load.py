@@ -87,6 +87,42 @@ def batched(engine: Engine, batch: int, steps: int, reps: int = 3) -> float:
     return batch * steps * reps / (time.perf_counter() - t)
 
 
+def unit_costs(engine: Engine, batcher: Batcher, reps: int = 5) -> dict:
+    """Seconds per call of the batcher's two device stages, alone: one decode chunk at batch --slots and one
+    join (a prefill of every slot + the merge); device time (``reps`` chained calls) and host dispatch time
+    (until the call returns)."""
+    import jax
+
+    from hqf_jax.infer.batcher import Request
+
+    group = [(s, Request(PROMPTS[s % len(PROMPTS)].encode(), 1, 0.8, seed=s)) for s in range(batcher.num_slots)]
+    stages = {"chunk": lambda st: engine.decode_device(st, batcher.chunk)[0], "join": lambda st: batcher.join(st, group)}
+    out = {}
+    for name, f in stages.items():
+        st = jax.block_until_ready(f(batcher.state))  # compiled already by the load; this only warms
+        host, t = [], time.perf_counter()
+        for _ in range(reps):
+            h = time.perf_counter()
+            st = f(st)
+            host.append(time.perf_counter() - h)
+        jax.block_until_ready(st)
+        out[f"{name}_device_s"] = (time.perf_counter() - t) / reps
+        out[f"{name}_dispatch_s"] = sorted(host)[reps // 2]
+    return out
+
+
+def device_lines(res: dict) -> list[str]:
+    """The loop's device time estimated from its counts and the stages' unit costs (no waiting in the loop)."""
+    u, s = res["units"], res["loop"]
+    dec, pre = s["chunks"] * u["chunk_device_s"], s["prefill_calls"] * u["join_device_s"]
+    res["device_estimate"] = {"decode_share": dec / s["wall_s"], "prefill_share": pre / s["wall_s"],
+                              "device_idle_share": max(1 - (dec + pre) / s["wall_s"], 0.0)}
+    return [f"device time (counts x unit costs): decode chunks {100 * dec / s['wall_s']:.0f}% of the wall, prefills "
+            f"{100 * pre / s['wall_s']:.0f}%, the rest idle; one chunk {1e3 * u['chunk_device_s']:.2f} ms on the "
+            f"device, {1e3 * u['chunk_dispatch_s']:.2f} ms to dispatch; one join {1e3 * u['join_device_s']:.2f} ms, "
+            f"{1e3 * u['join_dispatch_s']:.2f} ms to dispatch"]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/lm_125m.py")
@@ -125,6 +161,7 @@ def main(argv=None):
         res["loop"] = batcher.loop_stats.summary()
     finally:
         server.close()
+    res["units"] = unit_costs(engine, batcher)
     import jax
 
     if not a.no_compare:
@@ -132,6 +169,7 @@ def main(argv=None):
         res["fraction_of_batched"] = res["bytes_per_s"] / res["batched_bytes_per_s"]
     res.update(device=jax.devices()[0].device_kind, source=a.run or a.config, clients=a.clients, slots=a.slots,
                chunk=a.chunk, max_tokens=a.max_tokens, date=time.strftime("%Y-%m-%d"))
+    lines = breakdown_lines(res["loop"]) + device_lines(res)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
@@ -140,7 +178,7 @@ def main(argv=None):
     print(f"{res['requests']} requests ({res['errors']} errors), {res['bytes']} bytes in {res['wall_s']:.2f} s: "
           f"{res['bytes_per_s']:,.0f} bytes/s; latency p50 {res.get('p50_s', float('nan')):.3f} s, "
           f"p99 {res.get('p99_s', float('nan')):.3f} s")
-    for line in breakdown_lines(res["loop"]):
+    for line in lines:
         print(line)
     if "batched_bytes_per_s" in res:
         print(f"batched benchmark at batch {a.slots}: {res['batched_bytes_per_s']:,.0f} bytes/s; the server reaches "
