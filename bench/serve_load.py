@@ -114,7 +114,8 @@ def unit_costs(engine: Engine, batcher: Batcher, reps: int = 5) -> dict:
 def device_lines(res: dict) -> list[str]:
     """The loop's device time estimated from its counts and the stages' unit costs (no waiting in the loop)."""
     u, s = res["units"], res["loop"]
-    dec, pre = s["chunks"] * u["chunk_device_s"], s["prefill_calls"] * u["join_device_s"]
+    dec = s["steps"] / res["chunk"] * u["chunk_device_s"]  # shorter calls (--min-chunk) counted by their steps
+    pre = s["prefill_calls"] * u["join_device_s"]
     res["device_estimate"] = {"decode_share": dec / s["wall_s"], "prefill_share": pre / s["wall_s"],
                               "device_idle_share": max(1 - (dec + pre) / s["wall_s"], 0.0)}
     return [f"device time (counts x unit costs): decode chunks {100 * dec / s['wall_s']:.0f}% of the wall, prefills "
@@ -133,6 +134,8 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--min-chunk", type=int, default=None, help="shorter decode calls (chunk/2^k >= this) end a "
+                   "request inside a chunk when another waits for its slot (default: off)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quant", default=None)
     p.add_argument("--decode-impl", default="jnp", help="jnp | pallas | fused | fused_pallas (the engine's step)")
@@ -151,7 +154,8 @@ def main(argv=None):
     else:
         model = lm_task.build_model(cli.load_config_file(a.config))
     engine = Engine(model, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl)
-    batcher = Batcher(engine, a.slots, a.chunk, profile=a.profile)
+    batcher = Batcher(engine, a.slots, a.chunk, profile=a.profile, min_chunk=a.min_chunk)
+    batcher.warmup()
     server = Server(batcher, port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
     try:
         for prompt in PROMPTS:  # warm-up: compile the prefill shapes and the decode loop
@@ -168,7 +172,7 @@ def main(argv=None):
         res["batched_bytes_per_s"] = batched(engine, a.slots, a.max_tokens)
         res["fraction_of_batched"] = res["bytes_per_s"] / res["batched_bytes_per_s"]
     res.update(device=jax.devices()[0].device_kind, source=a.run or a.config, clients=a.clients, slots=a.slots,
-               chunk=a.chunk, max_tokens=a.max_tokens, date=time.strftime("%Y-%m-%d"))
+               chunk=a.chunk, min_chunk=batcher.min_chunk, max_tokens=a.max_tokens, date=time.strftime("%Y-%m-%d"))
     lines = breakdown_lines(res["loop"]) + device_lines(res)
     if a.out:
         with open(a.out, "w") as f:

@@ -76,9 +76,10 @@ def test_a_request_that_cannot_be_prefilled_fails_alone(engine):
     assert bytes(int(i) for i in ids[0]) == alone(engine, good)
 
 
-def test_concurrent_requests_equal_generate_alone_and_the_counts_add_up(engine):
+@pytest.mark.parametrize("min_chunk", [None, 2])
+def test_concurrent_requests_equal_generate_alone_and_the_counts_add_up(engine, min_chunk):
     slots, chunk = 3, 8
-    b = Batcher(engine, slots=slots, chunk=chunk)
+    b = Batcher(engine, slots=slots, chunk=chunk, min_chunk=min_chunk)
     try:
         reqs = [Request(p, n, t, seed=s, top_p=tp) for p, n, t, s, tp in
                 zip(PROMPTS, [20, 13, 8, 30, 9, 17], [0.0, 1.0, 0.0, 1.0, 1.0, 0.0], [0, 1, 2, 3, 4, 5],
@@ -91,8 +92,12 @@ def test_concurrent_requests_equal_generate_alone_and_the_counts_add_up(engine):
     for r, g in zip(reqs, got):
         assert g == alone(engine, r)
     s = b.loop_stats.summary()
+    whole_chunks = sum(-(-r.max_tokens // chunk) * chunk - r.max_tokens for r in reqs)
     assert s["useful"] == sum(r.max_tokens for r in reqs)
-    assert s["overrun"] == sum(-(-r.max_tokens // chunk) * chunk - r.max_tokens for r in reqs)
-    assert s["slot_steps"] == s["chunks"] * slots * chunk
+    assert s["slot_steps"] == s["steps"] * slots and s["steps"] <= s["chunks"] * chunk
     assert s["prefill_rows"] == len(reqs) and 1 <= s["prefill_calls"] <= len(reqs)
     assert abs(s["useful_share"] + s["empty_share"] + s["overrun_share"] - 1) < 1e-9
+    if min_chunk is None:
+        assert s["overrun"] == whole_chunks and s["steps"] == s["chunks"] * chunk
+    else:  # the first requests end inside a chunk while others wait for their slots: shorter calls
+        assert b.lengths() == [8, 4, 2] and s["steps"] < s["chunks"] * chunk

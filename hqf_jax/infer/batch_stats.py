@@ -8,7 +8,7 @@ asynchronous, so prefill_s and decode_s are host costs, not device costs, unless
 ``profile=True``, which waits for the device after each prefill and each chunk (the device time of each phase,
 at the price of the pipelining).
 
-Slot-steps: every decode chunk computes ``slots x chunk`` of them; ``useful`` ones become a request's bytes,
+Slot-steps: a decode call of n steps computes ``slots x n`` of them; ``useful`` ones become a request's bytes,
 ``empty`` ones ran in a slot with no request, ``overrun`` ones ran past the last byte of a request that ends
 inside the chunk.
 """
@@ -26,7 +26,8 @@ PHASES = ("prefill_s", "decode_s", "wait_s", "deliver_s", "idle_s")
 
 @dataclasses.dataclass
 class LoopStats:
-    chunks: int = 0
+    chunks: int = 0  # decode calls
+    steps: int = 0  # decode steps over all calls (chunks x chunk unless some calls are shorter)
     prefill_calls: int = 0
     prefill_rows: int = 0  # requests prefilled
     useful: int = 0
@@ -67,7 +68,7 @@ def breakdown_lines(s: dict) -> list[str]:
             f"{100 * s['decode_share']:.0f}%, waiting on the device {100 * s['wait_share']:.0f}%, delivery "
             f"{100 * s['deliver_share']:.0f}%, idle {100 * s['idle_share']:.0f}%, other "
             f"{100 * s['other_share']:.0f}% (host wall time)",
-            f"{s['chunks']} chunks, {s['prefill_calls']} prefill calls for {s['prefill_rows']} requests; "
+            f"{s['chunks']} decode calls ({s['steps']} steps), {s['prefill_calls']} prefill calls for {s['prefill_rows']} requests; "
             f"slot-steps {s['slot_steps']}: useful {100 * s['useful_share']:.1f}%, empty slot "
             f"{100 * s['empty_share']:.1f}%, past a request's end {100 * s['overrun_share']:.1f}%"]
 

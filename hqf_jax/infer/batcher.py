@@ -11,8 +11,6 @@ its own seed. ``loop_stats`` (hqf_jax.infer.batch_stats) says where the loop's t
 
 from __future__ import annotations
 
-import codecs
-import dataclasses
 import queue
 import threading
 import time
@@ -23,42 +21,17 @@ import numpy as np
 
 from hqf_jax.infer.batch_stats import LoopStats
 from hqf_jax.infer.engine import Engine, Settings
-
-
-@dataclasses.dataclass
-class Request:
-    prompt: bytes
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    out: queue.Queue = dataclasses.field(default_factory=queue.Queue)  # bytes chunks, then None
-    emitted: int = 0
-    dispatched: int = 0  # bytes asked of the device so far (emitted + the chunk in flight)
-    submitted: float = dataclasses.field(default_factory=time.perf_counter)
-    first_byte: float | None = None
-    error: str | None = None
-
-    def chunks(self):
-        """Yield the output as bytes chunks until the request ends (raises on a server error)."""
-        while True:
-            item = self.out.get()
-            if item is None:
-                if self.error:
-                    raise RuntimeError(self.error)
-                return
-            yield item
-
-    def result(self) -> bytes:
-        return b"".join(self.chunks())
+from hqf_jax.infer.requests import Request
 
 
 class Batcher:
-    def __init__(self, engine: Engine, slots: int = 8, chunk: int = 16, profile: bool = False):
+    def __init__(self, engine: Engine, slots: int = 8, chunk: int = 16, profile: bool = False,
+                 min_chunk: int | None = None):
         if slots < 1 or chunk < 1:
             raise ValueError(f"the batcher needs slots >= 1 and chunk >= 1; got slots={slots}, chunk={chunk}")
         self.engine, self.num_slots, self.chunk = engine, int(slots), int(chunk)
+        # shorter calls (chunk / 2^k, >= min_chunk) end a request inside a chunk when another waits for its slot
+        self.min_chunk = self.chunk if min_chunk is None else max(1, min(int(min_chunk), self.chunk))
         self.pending: queue.Queue[Request] = queue.Queue()
         self.active: list[Request | None] = [None] * self.num_slots
         self.state = engine.prefill([b""] * self.num_slots, Settings.make(self.num_slots))
@@ -85,6 +58,18 @@ class Batcher:
     def stats(self) -> dict:
         return {"slots": self.num_slots, "active": sum(r is not None for r in self.active),
                 "queued": self.pending.qsize(), "chunks": self.steps}
+
+    def lengths(self) -> list[int]:
+        """The decode call lengths the loop may use (each compiled once): chunk, chunk/2, ... >= min_chunk."""
+        out = [self.chunk]
+        while out[-1] // 2 >= self.min_chunk:
+            out.append(out[-1] // 2)
+        return out
+
+    def warmup(self):
+        """Compile every decode call length now rather than the first time the loop needs it."""
+        for n in self.lengths():
+            jax.block_until_ready(self.engine.decode_device(self.state, n))
 
     def reset_stats(self) -> LoopStats:
         """Start a new ``LoopStats`` (e.g. after a warm-up); returns the old one."""
@@ -165,7 +150,7 @@ class Batcher:
         for slot, req in enumerate(snapshot):
             if req is None or req.emitted >= req.max_tokens:
                 continue  # a slot that was free, or a request already complete (its extra chunk is dropped)
-            take = min(self.chunk, req.max_tokens - req.emitted)
+            take = min(ids.shape[1], req.max_tokens - req.emitted)
             req.first_byte = req.first_byte or now
             req.out.put(bytes(int(i) for i in ids[slot, :take]))
             req.emitted += take
@@ -177,7 +162,9 @@ class Batcher:
     def _loop(self):
         """Pipelined: chunk k+1 is dispatched before chunk k's ids are copied to the host, so the device never
         waits on the host. A request is dispatched only for the bytes it still needs, and its slot takes the next
-        request as soon as its last chunk is dispatched (before that chunk's bytes land)."""
+        request as soon as its last chunk is dispatched (before that chunk's bytes land). With min_chunk <
+        chunk, a request that ends inside the next chunk while another waits gets a shorter call (the shortest
+        of ``lengths()`` that holds its last bytes), so its slot is not computed empty for the rest."""
         inflight = None
         while not self._stop.is_set():
             try:
@@ -192,7 +179,7 @@ class Batcher:
                 live = [r for r in self.active if r is not None and r.dispatched < r.max_tokens]
                 if live:
                     with self.loop_stats.timed("decode_s"):
-                        nxt = self._dispatch(live)
+                        nxt = self._dispatch(live, self._steps(live))
                 if inflight is not None:
                     self._deliver(*inflight)
                 inflight = nxt
@@ -201,20 +188,27 @@ class Batcher:
                 inflight = None
         self._fail(inflight, "the server is shutting down")
 
-    def _dispatch(self, live):
-        """Run one chunk for every slot; count its slot-steps; (ids on the device, the requests it serves)."""
-        self.state, dev = self.engine.decode_device(self.state, self.chunk)
+    def _steps(self, live) -> int:
+        if self.min_chunk >= self.chunk or self.pending.empty():
+            return self.chunk
+        left = min(r.max_tokens - r.dispatched for r in live)
+        return min((n for n in self.lengths() if n >= left), default=self.chunk)
+
+    def _dispatch(self, live, n: int):
+        """Run ``n`` steps for every slot; count its slot-steps; (ids on the device, the requests it serves)."""
+        self.state, dev = self.engine.decode_device(self.state, n)
         if self.profile:
             jax.block_until_ready(dev)
         self.steps += 1
         st = self.loop_stats
         st.chunks += 1
-        st.empty += (self.num_slots - len(live)) * self.chunk
+        st.steps += n
+        st.empty += (self.num_slots - len(live)) * n
         for r in live:
-            take = min(self.chunk, r.max_tokens - r.dispatched)
+            take = min(n, r.max_tokens - r.dispatched)
             st.useful += take
-            st.overrun += self.chunk - take
-            r.dispatched += self.chunk
+            st.overrun += n - take
+            r.dispatched += n
         ids = {id(r) for r in live}
         return dev, [r if id(r) in ids else None for r in self.active]
 
@@ -235,15 +229,3 @@ class Batcher:
 def _merge(old, new, mask):
     """Rows of ``new`` where ``mask`` (B,) is set, rows of ``old`` elsewhere."""
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), b, a), old, new)
-
-
-def utf8_pieces(chunks):
-    """Text pieces of a byte stream, never splitting a UTF-8 character across pieces (bad bytes -> U+FFFD)."""
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for c in chunks:
-        text = dec.decode(c)
-        if text:
-            yield text
-    tail = dec.decode(b"", final=True)
-    if tail:
-        yield tail
