@@ -118,10 +118,13 @@ def device_lines(res: dict) -> list[str]:
     pre = s["prefill_calls"] * u["join_device_s"]
     res["device_estimate"] = {"decode_share": dec / s["wall_s"], "prefill_share": pre / s["wall_s"],
                               "device_idle_share": max(1 - (dec + pre) / s["wall_s"], 0.0)}
+    res["chunk_ceiling_bytes_per_s"] = res["slots"] * res["chunk"] / u["chunk_device_s"]  # chained chunk calls
     return [f"device time (counts x unit costs): decode chunks {100 * dec / s['wall_s']:.0f}% of the wall, prefills "
             f"{100 * pre / s['wall_s']:.0f}%, the rest idle; one chunk {1e3 * u['chunk_device_s']:.2f} ms on the "
             f"device, {1e3 * u['chunk_dispatch_s']:.2f} ms to dispatch; one join {1e3 * u['join_device_s']:.2f} ms, "
-            f"{1e3 * u['join_dispatch_s']:.2f} ms to dispatch"]
+            f"{1e3 * u['join_dispatch_s']:.2f} ms to dispatch",
+            f"chained {res['chunk']}-step calls at batch {res['slots']} (the server's ceiling): "
+            f"{res['chunk_ceiling_bytes_per_s']:,.0f} bytes/s"]
 
 
 def main(argv=None):
