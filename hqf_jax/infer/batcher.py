@@ -1,9 +1,10 @@
 """Continuous batching over the engine: a fixed number of slots, one decode loop for all of them.
 
 Requests wait in a queue. At each chunk boundary the loop takes as many waiting requests as there are free
-slots, prefills them together (one prefill call per prompt-length bucket, row i for slot i; each row is laid
-out and computed as when prefilled alone, so its numbers do not depend on who else waits), writes them into
-their slots, runs ``chunk`` steps for every slot in one jitted call, and hands each active request its bytes.
+slots, prefills them together (one prefill call per prompt-length bucket, row i for slot i; each row has the
+padding and positions it has when prefilled alone, so its numbers do not depend on who else waits), writes
+them into their slots, runs ``chunk`` steps (fewer with ``min_chunk``, see ``_loop``) for every slot in one
+jitted call, and hands each active request its bytes.
 A request's slot is free once its last chunk is dispatched; idle slots ride along (their rows are computed and
 dropped). A request's output equals ``Engine.generate`` of it alone: rows never mix and each row samples with
 its own seed. ``loop_stats`` (hqf_jax.infer.batch_stats) says where the loop's time goes.
@@ -114,7 +115,8 @@ class Batcher:
     def join(self, state, group):
         """``state`` with each (slot, request) of ``group`` prefilled into its slot, in one prefill call of
         ``slots`` rows (row i for slot i; free rows hold an empty prompt and are dropped). The prompts share
-        a length bucket, so each row is laid out, and computed, as when prefilled alone."""
+        a length bucket, so each row has the padding and positions it has when prefilled alone (its state
+        equals the state alone: tests/test_infer_batcher.py)."""
         prompts, seeds = [b""] * self.num_slots, [0] * self.num_slots
         temps, top_ks, top_ps = [0.0] * self.num_slots, [0] * self.num_slots, [1.0] * self.num_slots
         mask = np.zeros(self.num_slots, bool)
