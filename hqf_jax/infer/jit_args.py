@@ -20,7 +20,7 @@ class Prepared:
     def __init__(self, graphdef, weights):
         self.graphdef = graphdef
         self.leaves, self.treedef = jax.tree.flatten(weights)
-        self._hash = hash((graphdef, self.treedef))
+        self._hash = hash(graphdef)  # the weights' tree follows from the graphdef
 
     def __hash__(self) -> int:
         return self._hash
