@@ -20,7 +20,8 @@ import threading
 import time
 
 from hqf_jax import cli
-from hqf_jax.infer.batcher import Batcher, latency_summary
+from hqf_jax.infer.batch_stats import breakdown_lines, latency_summary
+from hqf_jax.infer.batcher import Batcher
 from hqf_jax.infer.engine import Engine
 from hqf_jax.infer.server import Limits, Server
 
@@ -86,6 +87,46 @@ def batched(engine: Engine, batch: int, steps: int, reps: int = 3) -> float:
     return batch * steps * reps / (time.perf_counter() - t)
 
 
+def unit_costs(engine: Engine, batcher: Batcher, reps: int = 5) -> dict:
+    """Seconds per call of the batcher's two device stages, alone: one decode chunk at batch --slots and one
+    join (a prefill of every slot + the merge); device time (``reps`` chained calls) and host dispatch time
+    (until the call returns)."""
+    import jax
+
+    from hqf_jax.infer.batcher import Request
+
+    group = [(s, Request(PROMPTS[s % len(PROMPTS)].encode(), 1, 0.8, seed=s)) for s in range(batcher.num_slots)]
+    stages = {"chunk": lambda st: engine.decode_device(st, batcher.chunk)[0], "join": lambda st: batcher.join(st, group)}
+    out = {}
+    for name, f in stages.items():
+        st = jax.block_until_ready(f(batcher.state))  # compiled already by the load; this only warms
+        host, t = [], time.perf_counter()
+        for _ in range(reps):
+            h = time.perf_counter()
+            st = f(st)
+            host.append(time.perf_counter() - h)
+        jax.block_until_ready(st)
+        out[f"{name}_device_s"] = (time.perf_counter() - t) / reps
+        out[f"{name}_dispatch_s"] = sorted(host)[reps // 2]
+    return out
+
+
+def device_lines(res: dict) -> list[str]:
+    """The loop's device time estimated from its counts and the stages' unit costs (no waiting in the loop)."""
+    u, s = res["units"], res["loop"]
+    dec = s["steps"] / res["chunk"] * u["chunk_device_s"]  # shorter calls (--min-chunk) counted by their steps
+    pre = s["prefill_calls"] * u["join_device_s"]
+    res["device_estimate"] = {"decode_share": dec / s["wall_s"], "prefill_share": pre / s["wall_s"],
+                              "device_idle_share": max(1 - (dec + pre) / s["wall_s"], 0.0)}
+    res["chunk_ceiling_bytes_per_s"] = res["slots"] * res["chunk"] / u["chunk_device_s"]  # chained chunk calls
+    return [f"device time (counts x unit costs): decode chunks {100 * dec / s['wall_s']:.0f}% of the wall, prefills "
+            f"{100 * pre / s['wall_s']:.0f}%, the rest idle; one chunk {1e3 * u['chunk_device_s']:.2f} ms on the "
+            f"device, {1e3 * u['chunk_dispatch_s']:.2f} ms to dispatch; one join {1e3 * u['join_device_s']:.2f} ms, "
+            f"{1e3 * u['join_dispatch_s']:.2f} ms to dispatch",
+            f"chained {res['chunk']}-step calls at batch {res['slots']} (the server's ceiling): "
+            f"{res['chunk_ceiling_bytes_per_s']:,.0f} bytes/s"]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/lm_125m.py")
@@ -96,9 +137,13 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--min-chunk", type=int, default=None, help="shorter decode calls (chunk/2^k >= this) end a "
+                   "request inside a chunk when another waits for its slot (default: off)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quant", default=None)
     p.add_argument("--decode-impl", default="jnp", help="jnp | pallas | fused | fused_pallas (the engine's step)")
+    p.add_argument("--profile", action="store_true", help="the batcher waits for the device after each phase: "
+                   "device time per phase, without the pipelining (slower)")
     p.add_argument("--no-compare", action="store_true", help="skip the batched benchmark at batch --slots")
     p.add_argument("--small", action="store_true")
     p.add_argument("--out", default=None)
@@ -112,20 +157,26 @@ def main(argv=None):
     else:
         model = lm_task.build_model(cli.load_config_file(a.config))
     engine = Engine(model, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl)
-    server = Server(Batcher(engine, a.slots, a.chunk), port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
+    batcher = Batcher(engine, a.slots, a.chunk, profile=a.profile, min_chunk=a.min_chunk)
+    batcher.warmup()
+    server = Server(batcher, port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
     try:
         for prompt in PROMPTS:  # warm-up: compile the prefill shapes and the decode loop
             post(server.port, {"prompt": prompt, "max_tokens": 1})
+        batcher.reset_stats()
         res = load(server.port, a.clients, a.requests, a.max_tokens, a.temperature)
+        res["loop"] = batcher.loop_stats.summary()
     finally:
         server.close()
+    res["units"] = unit_costs(engine, batcher)
     import jax
 
     if not a.no_compare:
         res["batched_bytes_per_s"] = batched(engine, a.slots, a.max_tokens)
         res["fraction_of_batched"] = res["bytes_per_s"] / res["batched_bytes_per_s"]
     res.update(device=jax.devices()[0].device_kind, source=a.run or a.config, clients=a.clients, slots=a.slots,
-               chunk=a.chunk, max_tokens=a.max_tokens, date=time.strftime("%Y-%m-%d"))
+               chunk=a.chunk, min_chunk=batcher.min_chunk, max_tokens=a.max_tokens, date=time.strftime("%Y-%m-%d"))
+    lines = breakdown_lines(res["loop"]) + device_lines(res)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
@@ -134,6 +185,8 @@ def main(argv=None):
     print(f"{res['requests']} requests ({res['errors']} errors), {res['bytes']} bytes in {res['wall_s']:.2f} s: "
           f"{res['bytes_per_s']:,.0f} bytes/s; latency p50 {res.get('p50_s', float('nan')):.3f} s, "
           f"p99 {res.get('p99_s', float('nan')):.3f} s")
+    for line in lines:
+        print(line)
     if "batched_bytes_per_s" in res:
         print(f"batched benchmark at batch {a.slots}: {res['batched_bytes_per_s']:,.0f} bytes/s; the server reaches "
               f"{100 * res['fraction_of_batched']:.0f}% of it")

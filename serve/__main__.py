@@ -26,12 +26,16 @@ def main(argv=None):
     p.add_argument("--decode-impl", default="jnp", choices=DECODE_IMPLS)
     p.add_argument("--slots", type=int, default=8, help="rows of the shared decode batch")
     p.add_argument("--chunk", type=int, default=16, help="decode steps between joins and leaves")
+    p.add_argument("--min-chunk", type=int, default=None, help="shorter calls (chunk/2^k >= this) end a request "
+                   "inside a chunk when another waits for its slot (default: off)")
     p.add_argument("--max-prompt", type=int, default=4096, help="longest prompt in bytes")
     p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask")
     a = p.parse_args(argv)
     engine = Engine.from_run(a.run, a.step, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl,
                              batch=a.slots)  # quantized layers' kernels picked for the shared batch
-    server = Server(Batcher(engine, a.slots, a.chunk), a.host, a.port, Limits(a.max_prompt, a.max_tokens),
+    batcher = Batcher(engine, a.slots, a.chunk, min_chunk=a.min_chunk)
+    batcher.warmup()
+    server = Server(batcher, a.host, a.port, Limits(a.max_prompt, a.max_tokens),
                     model_name=a.run)
     print(f"serving {a.run} on {server.url} (POST /v1/completions, GET /health)", flush=True)
     try:

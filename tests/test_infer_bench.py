@@ -39,6 +39,11 @@ def test_bench_serve_load_small():
     res = main(["--small"])
     assert res["requests"] == 6 and res["errors"] == 0
     assert res["bytes"] == 6 * 16 and res["bytes_per_s"] > 0 and res["p99_s"] >= res["p50_s"] > 0
+    loop = res["loop"]  # the breakdown: every byte served is a useful slot-step, every request prefilled once
+    assert loop["useful"] == res["bytes"] and loop["prefill_rows"] == 6 and 1 <= loop["prefill_calls"] <= 6
+    assert loop["slot_steps"] == loop["chunks"] * 2 * 8 and loop["wait_s"] + loop["prefill_s"] <= loop["wall_s"]
+    assert res["units"]["chunk_device_s"] > 0 and res["units"]["join_device_s"] > 0
+    assert 0 < res["device_estimate"]["decode_share"] and 0 <= res["device_estimate"]["prefill_share"]
 
 
 @pytest.mark.study

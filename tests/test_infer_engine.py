@@ -156,3 +156,24 @@ def test_errors_name_the_fix(model, engine):
         engine.generate_ids([b"x"], 4, temperature=-1.0)
     with pytest.raises(EngineError, match="max_new"):
         engine.generate_ids([b"x"], -1)
+
+
+def test_engine_calls_do_not_hash_the_graphdef_again(engine, monkeypatch):
+    """jit hashes its static arguments on every call; the engine passes jit_args.Prepared (hashed once), not
+    the GraphDef that flax hashes by walking its whole tree."""
+    from flax.nnx import graphlib
+
+    slots = engine.prefill([b"abc"], Settings.make(1))
+    engine.decode_device(slots, 2)  # compiled before counting
+    calls = [0]
+    original = graphlib.GraphDef.__hash__
+
+    def counting(self):
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(graphlib.GraphDef, "__hash__", counting)
+    for _ in range(3):
+        slots = engine.prefill([b"abc"], Settings.make(1))
+        slots, _ = engine.decode_device(slots, 2)
+    assert calls[0] == 0

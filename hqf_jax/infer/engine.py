@@ -29,6 +29,7 @@ from flax import nnx
 
 from hqf_jax.errors import HqfError
 from hqf_jax.infer import fused
+from hqf_jax.infer.jit_args import Prepared, model_of
 from hqf_jax.infer.step import forward, init_state, step_logits
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
@@ -57,13 +58,12 @@ class Settings(NamedTuple):
         """Scalars are broadcast to every row; a scalar seed gives row b the seed ``seed + b``."""
         seeds = np.asarray(seed, np.int64)
         seeds = seeds + np.arange(batch) if seeds.ndim == 0 else seeds
-        full = lambda x, dt: jnp.asarray(np.broadcast_to(np.asarray(x, dt), (batch,)))
-        s = cls(full(seeds % (1 << 32), np.uint32), full(temperature, np.float32), full(top_k, np.int32),
-                full(top_p, np.float32))
-        t, p, k = np.asarray(s.temperature), np.asarray(s.top_p), np.asarray(s.top_k)
+        full = lambda x, dt: np.broadcast_to(np.asarray(x, dt), (batch,))
+        s, t, k, p = full(seeds % (1 << 32), np.uint32), full(temperature, np.float32), full(top_k, np.int32), \
+            full(top_p, np.float32)  # checked on the host: no copy back from the device
         if (t < 0).any() or not np.isfinite(t).all() or ((p <= 0) | (p > 1)).any() or (k < 0).any():
             raise EngineError("sampling settings need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
-        return s
+        return cls(*(jnp.asarray(x) for x in (s, t, k, p)))
 
 
 class Slots(NamedTuple):
@@ -138,7 +138,7 @@ def _pick(logits, settings: Settings, emitted, vocab_limit):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "vocab_limit"))
 def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
-    model = nnx.merge(graphdef, weights)
+    model = model_of(graphdef, weights)
     t = tokens.shape[1]
     valid = jnp.arange(t)[None, :] >= (t - lengths)[:, None]
     logits, state = forward(model, tokens, init_state(model.cfg, lengths - t), valid)
@@ -148,7 +148,7 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll"))
 def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1):
-    model = nnx.merge(graphdef, weights)
+    model = model_of(graphdef, weights)
 
     def body(i, carry):
         state, token, emitted, out = carry
@@ -217,6 +217,7 @@ class Engine(ByteGenerator):
         self.batch = int(batch)
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
+        self._model = Prepared(self.graphdef, self.weights)  # what the jitted stages take (jit_args: cheap calls)
         # the fused step reads the projections concatenated (made once here); the model's own kernels are not read
         self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
         self.decode_impl = decode_impl
@@ -258,7 +259,7 @@ class Engine(ByteGenerator):
         """Prefill prompts (bytes, or lists of byte ids; BOS is prepended) in the chunkwise form, one call."""
         tokens, lengths = self._pad(prompts)
         settings = settings if settings is not None else Settings.make(len(prompts))
-        return _prefill(self.graphdef, self.weights, tokens, lengths, settings, self.vocab_limit)
+        return _prefill(self._model, self._model.leaves, tokens, lengths, settings, self.vocab_limit)
 
     def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
         """n bytes per row in one jitted on-device loop -> (slots after, ids (B, n) on the host)."""
@@ -267,7 +268,7 @@ class Engine(ByteGenerator):
 
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
-        return _decode(self.graphdef, self.weights, self.fused_weights, slots, int(n), self.vocab_limit,
+        return _decode(self._model, self._model.leaves, self.fused_weights, slots, int(n), self.vocab_limit,
                        self.decode_impl, self.interpret, self.unroll)
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:

@@ -21,7 +21,8 @@ import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from hqf_jax.infer.batcher import Batcher, Request, utf8_pieces
+from hqf_jax.infer.batcher import Batcher
+from hqf_jax.infer.requests import Request, utf8_pieces
 
 
 class BadRequest(Exception):
