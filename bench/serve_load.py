@@ -156,7 +156,8 @@ def main(argv=None):
         model, _, _ = lm_task.load_run(a.run)
     else:
         model = lm_task.build_model(cli.load_config_file(a.config))
-    engine = Engine(model, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl)
+    engine = Engine(model, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl,
+                    batch=a.slots)  # quantized layers: kernels picked for the shared batch, as `serve` does
     batcher = Batcher(engine, a.slots, a.chunk, profile=a.profile, min_chunk=a.min_chunk)
     batcher.warmup()
     server = Server(batcher, port=0, limits=Limits(4096, max(a.max_tokens, 1))).start()
