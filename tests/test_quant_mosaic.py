@@ -99,7 +99,9 @@ def test_nf4_select_tree_is_the_table():
 
 @pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("int4z:group_size=128", 37, {"split_k": 2}),
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
-                                         ("int4", 64, {"wg_rows": 128, "acc": "value"})])
+                                         ("int4", 64, {"wg_rows": 128, "acc": "value"}),
+                                         ("nf4", 128, {"probe": "no_decode"}),
+                                         ("int4z", 40, {"probe": "copy", "acc": "value"})])
 def test_kernel_traces(spec, b, over):
     """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
     x = jax.ShapeDtypeStruct((b, 512), jnp.bfloat16)
@@ -127,6 +129,8 @@ def test_refuses_options_it_cannot_run():
         M.mosaic_matmul(x, mw, M.MosaicBlocks(wg_rows=128))  # 2 x 128 rows do not divide 128 outputs
     with pytest.raises(KernelLayoutError, match="block_b=12"):
         M.mosaic_matmul(x, mw, M.MosaicBlocks(block_b=12))
+    with pytest.raises(KernelLayoutError, match="probe='skip'"):
+        M.resolve(mw, 8, M.MosaicBlocks(probe="skip"))
 
 
 def _gpu_blocks(spec):
@@ -221,3 +225,28 @@ def test_auto_impl_follows_the_table(monkeypatch):
     assert QM.QuantLinear(q, "auto", interpret=True, batch=8).impl == "mosaic"
     _, q8 = _case("int8", 256, 128, 1)
     assert QM.auto_impl(q8, 8) == "pallas"
+
+
+def test_stage_probe_arithmetic_and_cpu_exit():
+    """bench.quant_mosaic_stages: the derived stage costs are the probe differences; on a CPU it exits 2."""
+    from bench import quant_mosaic_stages as S
+
+    t = dict(full=10e-6, no_decode=6e-6, copy=4e-6, floor=2e-6, bf16=20e-6)
+    d = S.stage_row(t)
+    assert d["decode"] == pytest.approx(4e-6) and d["tensor"] == pytest.approx(2e-6)
+    assert d["copy_over_floor"] == pytest.approx(2.0) and d["x_bf16"] == pytest.approx(2.0)
+    assert S.row_md("4096x11008", "int4/g64", 16, t, d).count("|") == S.HEADER.splitlines()[0].count("|")
+    if jax.default_backend() == "cpu":
+        assert S.main(["--shapes", "256x128"]) == 2
+
+
+@pytest.mark.gpu
+def test_stage_probes_compute_what_they_claim_on_gpu():
+    """no_decode: wgmma on a tile of ones, so every output is the row sum of x; copy (value accumulator): zeros."""
+    x, q = _case("int4", 512, 256, 16, seed=5)
+    mw = M.prepare_mosaic(prepare(q))
+    y = M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(probe="no_decode")).astype(jnp.float32)
+    want = jnp.sum(x.astype(jnp.float32), axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(y), np.broadcast_to(np.asarray(want), y.shape), rtol=2e-2, atol=2e-2)
+    z = M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(probe="copy", acc="value"))
+    assert not np.any(np.asarray(z))

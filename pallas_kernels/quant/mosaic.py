@@ -39,6 +39,10 @@ __all__ = ["MosaicBlocks", "MosaicWeight", "Plan", "check_mosaic", "decode_model
            "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve", "smem_bytes"]
 
 MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
+# Stage probes (bench.quant_mosaic_stages; the product is WRONG under a probe): "no_decode" feeds wgmma a constant
+# register tile in place of the decoded weight (copies + wgmma + waits, no smem load / convert / scale); "copy"
+# runs the pipeline's copies and barriers with an empty compute step. Full minus no_decode is the decode's cost.
+PROBES = ("none", "no_decode", "copy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,7 @@ class MosaicBlocks:
     groups: int | None = None  # groups of g input columns per pipeline step
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
+    probe: str = "none"  # PROBES: a stage probe for timing only (the result is not the product)
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -80,6 +85,8 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
         problems.append(f"stages={b.stages}: the pipeline needs at least one stage")
     if b.acc not in ("value", "ref"):
         problems.append(f"acc={b.acc!r}: use 'value' or 'ref'")
+    if b.probe not in PROBES:
+        problems.append(f"probe={b.probe!r}: use one of {PROBES}")
     if ng % (b.split_k * b.groups):
         problems.append(f"split_k={b.split_k} x groups={b.groups} must divide the {ng} groups along K (plan the "
                         "weight for them: prepare_mosaic(pw, Plan(...)))")
@@ -130,6 +137,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
 
         def weight(j, w_smem, s_smem, o_ref):
             """(wr, g) bf16 tile of group j of this step, as wgmma reads it."""
+            if blocks.probe == "no_decode":
+                return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
             w = plgpu.load(w_smem, (j, rows), layout=plgpu.Layout.WGMMA_UPCAST_4X)
             w = plgpu.layout_cast(w, plgpu.Layout.WGMMA).astype(jnp.bfloat16)
             if nf4:
@@ -147,6 +156,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
 
         def body(_, x_smem, w_smem, s_smem, *more):
             *o_ref, acc = more
+            if blocks.probe == "copy":
+                return acc
             if blocks.acc == "ref":
                 issue(acc, x_smem, w_smem, s_smem, o_ref)
                 plgpu.wgmma_wait(0)
