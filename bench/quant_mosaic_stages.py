@@ -52,8 +52,8 @@ def row_md(shape, method, b, t, d) -> str:
             f"{d['copy_over_floor']:.2f} | {d['full_over_floor']:.2f} |")
 
 
-HEADER = ("| shape KxN | method | batch | bf16 µs | floor µs | full µs (x bf16) | no_decode µs | copy µs | decode µs | "
-          "tensor µs | copy / floor | full / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| shape KxN | method | batch | bf16 µs | floor µs | full µs (x bf16) | no_decode µs | copy µs | "
+          "decode µs | tensor µs | copy / floor | full / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None):
