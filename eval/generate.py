@@ -21,7 +21,6 @@ import sys
 
 from hqf_jax import cli
 from hqf_jax.infer.engine import DECODE_IMPLS, DTYPES, Engine
-from hqf_jax.nn.generate import stream
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.trainer import lm_task
 
@@ -51,8 +50,9 @@ def main(argv=None):
     p.add_argument("--step", default="best", help="a saved step, 'best' (default: the best-validation step) or 'latest'")
     p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
     p.add_argument("--quant-impl", default="auto", choices=["auto", "reference", "pallas", "mosaic"],
-                   help="auto: the fused Pallas (Triton) kernels on a GPU, XLA dequantize-then-matmul elsewhere; "
-                        "mosaic: the Hopper kernel for int4/NF4 on an H100/H200 (opt-in)")
+                   help="auto: per layer, the Hopper int4 kernel or the Triton forms by the measured table "
+                        "(pallas_kernels/quant/layouts.py) on a GPU, XLA dequantize-then-matmul elsewhere; pallas / "
+                        "mosaic force one family")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="the engine's compute and weight dtype")
     p.add_argument("--decode-impl", default="jnp", choices=DECODE_IMPLS)
     p.add_argument("--chunk", type=int, default=32, help="bytes per device call")
@@ -72,23 +72,17 @@ def main(argv=None):
 
 def byte_stream(model, prompt: bytes, a):
     """The engine for the RetNet byte LM; other byte models (RetNPhi) through the recurrent-model engine
-    (their own step in an on-device loop), or their old step-by-step stream when quantized."""
+    (their own step in an on-device loop; adapters merged and dense layers quantized with --quant)."""
     if isinstance(model, RetNetLM):
         engine = Engine(model, dtype=a.dtype, quant=a.quant, quant_impl=a.quant_impl, decode_impl=a.decode_impl,
                         allow_eos=True)
         return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
                              top_k=a.top_k, top_p=a.top_p)
-    if not a.quant:
-        from hqf_jax.infer.recurrent import RecurrentEngine
+    from hqf_jax.infer.recurrent import RecurrentEngine
 
-        engine = RecurrentEngine(model, dtype=a.dtype, allow_eos=True)
-        return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
-                             top_k=a.top_k, top_p=a.top_p)
-    if a.quant:
-        from hqf_jax.quant.model import quantize_model
-
-        model, _ = quantize_model(model, a.quant, impl="pallas" if a.quant_impl == "pallas" else "reference")
-    return stream(model, prompt, a.max_bytes, a.seed, a.temperature, a.top_k, a.top_p)
+    engine = RecurrentEngine(model, dtype=a.dtype, allow_eos=True, quant=a.quant, quant_impl=a.quant_impl)
+    return engine.stream(prompt, a.max_bytes, chunk=a.chunk, seed=a.seed, temperature=a.temperature,
+                         top_k=a.top_k, top_p=a.top_p)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ training form, then n bytes per row in one jitted on-device loop with the engine
 
     eng = RecurrentEngine(retnphi, dtype="bfloat16")
     eng.generate([b"def ", b"clas"], max_new=200, temperature=0.8)     # prompts of one length per call
+    RecurrentEngine(retnphi, quant="int4", batch=8)                    # dense layers quantized once (as Engine)
 
 Prompts of one call must have the same length (the model's own prefill has no left padding); the RetNet
 byte LM's Engine takes ragged batches.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.engine import DTYPES, ByteGenerator, EngineError, Settings, Slots, _pick, encode
+from hqf_jax.infer.engine import DTYPES, ByteGenerator, EngineError, Settings, Slots, _pick, array_bytes, encode
 from hqf_jax.ops.constants import NUM_BYTES
 
 
@@ -61,16 +62,30 @@ def cast_params(model: nnx.Module, dtype: str) -> nnx.Module:
 class RecurrentEngine(ByteGenerator):
     """Byte generation for any model with the byte-LM interface; see the module docstring."""
 
-    def __init__(self, model: nnx.Module, *, dtype: str | None = "bfloat16", allow_eos: bool = False):
+    def __init__(self, model: nnx.Module, *, dtype: str | None = "bfloat16", allow_eos: bool = False,
+                 quant: str | None = None, quant_impl: str = "auto", batch: int = 1):
+        """quant: a hqf_jax.quant method for the dense layers (adapters merged first; quantize_model: the head and
+        small layers stay), its kernels picked by quant_impl ("auto": per layer for decode batch ``batch``, as
+        Engine)."""
         for name in ("init_state", "step"):
             if not callable(getattr(model, name, None)):
                 raise EngineError(f"{type(model).__name__} has no {name}(): not a recurrent byte model")
         self.model = cast_params(model, dtype) if dtype else model
+        self.quant_report = {}
+        if quant:
+            from hqf_jax.quant.model import quantize_model
+
+            from hqf_jax.nn.lora import merge
+
+            if self.model is model:  # merge and quantize_model change layers in place: never the caller's model
+                self.model = nnx.merge(*nnx.split(model))
+            merge(self.model)  # LoRA / DoRA adapters folded into their base weights, then those are quantized
+            self.model, self.quant_report = quantize_model(self.model, quant, impl=quant_impl, batch=batch)
         self.graphdef, self.weights = nnx.split(self.model)
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
 
     def weight_bytes(self) -> int:
-        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.weights)))
+        return int(sum(array_bytes(x) for x in jax.tree.leaves(self.weights)))
 
     def prefill(self, prompts: Sequence[bytes | Sequence[int]], settings: Settings | None = None) -> Slots:
         ids = [encode(p) for p in prompts]

@@ -56,22 +56,34 @@ class QuantLinear(nnx.Module):
 
 
 def _linears(model: nnx.Module):
+    """(path, layer, kernel (in, out), bias) of every dense layer: flax's nnx.Linear (kernel (in, out)) and the HF
+    decoder's Linear of RetNPhi and HFDecoderLM (weight (out, in)). A LoRA layer must be merged first."""
+    from hqf_jax.nn.hf_decoder import Linear as HFLinear  # here: the quantizer does not load the decoder otherwise
+    from hqf_jax.nn.lora import LoRALinear
+
     for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Linear) and path:
-            yield path, node
+        if not path:
+            continue
+        if isinstance(node, nnx.Linear):
+            yield path, node.kernel.get_value(), node.bias
+        elif isinstance(node, LoRALinear):
+            raise QuantConfigError(f"{'/'.join(map(str, path))} holds a LoRA adapter: merge the adapters first "
+                                   "(hqf_jax.nn.lora.merge(model))")
+        elif isinstance(node, HFLinear):
+            yield path, node.weight.get_value().T, node.bias
 
 
 def quantize_model(model: nnx.Module, method, impl: str = "reference", min_size: int = 4096,
                    skip: tuple[str, ...] = ("head",), interpret: bool | None = None, batch: int = 1):
-    """Replace every bias-free ``nnx.Linear`` whose kernel has >= ``min_size`` weights (and whose path
-    names none of ``skip``) by a ``QuantLinear`` (impl "auto": per layer for decode batch ``batch``, auto_impl).
-    Returns (model, {path: accounting dict})."""
+    """Replace every bias-free dense layer (``nnx.Linear``, or the HF decoder's ``Linear`` of RetNPhi) whose
+    kernel has >= ``min_size`` weights (and whose path names none of ``skip``) by a ``QuantLinear`` (impl "auto":
+    per layer for decode batch ``batch``, auto_impl). Returns (model, {path: accounting dict})."""
     report = {}
-    for path, lin in list(_linears(model)):
+    for path, kernel, bias in list(_linears(model)):
         name = "/".join(str(p) for p in path)
-        if lin.bias is not None or lin.kernel.size < min_size or any(s in name for s in skip):
+        if bias is not None or kernel.size < min_size or any(s in name for s in skip):
             continue
-        q = quantize(lin.kernel.get_value(), method)
+        q = quantize(kernel, method)
         parent = model
         for p in path[:-1]:
             parent = parent[p] if isinstance(p, int) else getattr(parent, p)
