@@ -120,10 +120,13 @@ def main(argv=None):
     p.add_argument("--bpe-mb", type=float, default=8.0)
     p.add_argument("--bytes-per-token", type=float, default=4.0, help="used (and said so) without --data-paths")
     p.add_argument("--no-old", action="store_true")
+    p.add_argument("--quants", default="none", help="engine weight formats, each a row per batch: none, int8, int4, "
+                   "nf4 (quant_impl auto: each layer's kernels picked for the row's batch)")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
         a.size, a.batches, a.steps, a.reps, a.dtype, a.bpe_mb = "tiny", "2", 8, 2, "float32", 0.05
+        a.quants = "none,int8"
     batches = [int(b) for b in a.batches.split(",")]
     device = jax.devices()[0].device_kind
     cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
@@ -136,21 +139,26 @@ def main(argv=None):
     model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64))
     del decoder
     engine = RecurrentEngine(model, dtype=a.dtype)
+    quants = [q.strip() for q in a.quants.split(",") if q.strip()]
     for b in batches:
         prompts = [b"The quick brown fox jumps"] * b
         if not a.no_old:
             enc = jnp.asarray(np.stack([generate.encode_prompt(x) for x in prompts]))
             sec, comp = timed(lambda i: generate.sample(engine.model, enc, a.steps, jax.random.PRNGKey(i)), a.reps)
             rows.append(("RetNPhi old path (nn.generate.sample)", b, b * a.steps / sec, comp))
-        slots = engine.prefill(prompts, Settings.make(b, 0, temperature=1.0, top_p=0.95))
-        state = {"s": slots}
+        for q in quants:
+            eng = engine if q == "none" else RecurrentEngine(model, dtype=a.dtype, quant=q, batch=b)
+            slots = eng.prefill(prompts, Settings.make(b, 0, temperature=1.0, top_p=0.95))
+            state = {"s": slots}
 
-        def call(i):
-            state["s"], out = engine.decode_device(state["s"], a.steps)
-            return out
+            def call(i, eng=eng):
+                state["s"], out = eng.decode_device(state["s"], a.steps)
+                return out
 
-        sec, comp = timed(call, a.reps)
-        rows.append((f"RetNPhi engine {a.dtype}", b, b * a.steps / sec, comp))
+            sec, comp = timed(call, a.reps)
+            rows.append((f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp))
+            print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+            del eng
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
           f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
     print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")

@@ -53,6 +53,7 @@ def test_bench_generate_retnphi_small():
     rows = main(["--small"])
     names = [r[0] for r in rows]
     assert any(n.startswith("token decoder KV-cache") for n in names) and "RetNPhi engine float32" in names
+    assert "RetNPhi engine float32 int8" in names  # the quantized engine row (--quants none,int8 in --small)
     assert all(bps > 0 and comp == 0 for _, _, bps, comp in rows)  # no recompile inside a timed call
 
 
