@@ -152,6 +152,8 @@ def test_errors_name_the_fix(model, engine):
         Engine(model, dtype="float16")
     with pytest.raises(EngineError, match="decode_impl"):
         Engine(model, decode_impl="cuda")
+    with pytest.raises(EngineError, match="batch=0"):  # on every backend, not only where the table is read
+        Engine(model, quant="int8", batch=0)
     with pytest.raises(EngineError, match="temperature >= 0"):
         engine.generate_ids([b"x"], 4, temperature=-1.0)
     with pytest.raises(EngineError, match="max_new"):

@@ -97,6 +97,8 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
         raise EngineError(f"engine dtype {dtype!r} is not one of {DTYPES}")
     if quant_impl not in QUANT_IMPLS:
         raise EngineError(f"quant_impl {quant_impl!r} is not one of {QUANT_IMPLS}")
+    if batch < 1:
+        raise EngineError(f"batch={batch}: give the decode batch the quantized layers are laid out for, >= 1")
     if model.cfg.mixer != "retention":
         raise EngineError("the engine decodes retention models only (model.mixer='attention' keeps no state)")
     cfg = dataclasses.replace(model.cfg, compute_dtype=dtype)
