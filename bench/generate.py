@@ -192,6 +192,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                         engine = Engine(model, dtype="bfloat16", quant=q, decode_impl=impl, unroll=a.unroll,
                                         quant_impl=qi, batch=b)
                         wb = engine.weight_bytes()
+                        ops = ops_per_step(engine) if a.count_ops else None  # this batch's layouts
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")

@@ -152,6 +152,8 @@ def test_errors_name_the_fix(model, engine):
         Engine(model, dtype="float16")
     with pytest.raises(EngineError, match="decode_impl"):
         Engine(model, decode_impl="cuda")
+    with pytest.raises(EngineError, match="batch=0"):  # on every backend, not only where the table is read
+        Engine(model, quant="int8", batch=0)
     with pytest.raises(EngineError, match="temperature >= 0"):
         engine.generate_ids([b"x"], 4, temperature=-1.0)
     with pytest.raises(EngineError, match="max_new"):
@@ -177,3 +179,18 @@ def test_engine_calls_do_not_hash_the_graphdef_again(engine, monkeypatch):
         slots = engine.prefill([b"abc"], Settings.make(1))
         slots, _ = engine.decode_device(slots, 2)
     assert calls[0] == 0
+
+
+def test_a_deleted_engine_frees_its_weights(model):
+    """jit keeps its static arguments in its cache: the Prepared model the stages take must hold no arrays, or a
+    deleted engine's weights stay on the device (bench.generate builds one engine per quant, kernel and batch)."""
+    import gc
+    import weakref
+
+    eng = Engine(model, dtype="bfloat16", prompt_bucket=8)  # bf16: its own copies, not the model's float32 arrays
+    slots, _ = eng.decode_device(eng.prefill([b"abc"], Settings.make(1)), 2)
+    jax.block_until_ready(slots)
+    ref = weakref.ref(jax.tree.leaves(eng.weights)[0])
+    del eng, slots
+    gc.collect()
+    assert ref() is None

@@ -189,44 +189,6 @@ def test_quant_linear_takes_the_hopper_form_where_it_can():
             qlinear(x, mw, "mosaic")
 
 
-def test_layout_table_picks_by_method_shape_batch_and_device():
-    """The dispatcher's first level (layouts.py): the Hopper layout only for 4-bit int / NF4 on a Hopper GPU, and
-    there by the table's first matching row; the shipped table ends with a row for anything."""
-    from pallas_kernels.quant.layouts import LAYOUTS, Layout, layout_form
-
-    assert LAYOUTS[-1] == Layout("*", 1, "triton")
-    table = (Layout("int", 8, "mosaic", (512, 256)), Layout("int", 1, "triton", (512, 256)),
-             Layout("int", 1, "mosaic"), Layout("*", 1, "triton"))
-    form = lambda m, bits, k, n, b, hop=True: layout_form(m, bits, k, n, b, hop, table)  # noqa: E731
-    assert form("int", 4, 512, 256, 8) == "mosaic" and form("int", 4, 512, 256, 4) == "triton"
-    assert form("int", 4, 256, 256, 1) == "mosaic"  # below the shape bound: the general int row
-    assert form("nf4", 4, 4096, 4096, 64) == "triton"
-    assert form("int", 8, 4096, 4096, 64) == "triton" and form("phi", 4, 4096, 4096, 64) == "triton"
-    assert form("int", 4, 512, 256, 8, hop=False) == "triton"
-    with pytest.raises(ValueError, match="batch=0"):
-        form("int", 4, 512, 256, 0)
-    assert layout_form("int", 4, 4096, 11008, 16, True) == "mosaic"  # the shipped table's measured row
-    assert [layout_form("int", 4, 768, 2560, b, True) for b in (1, 8)] == ["triton", "mosaic"]
-    assert [layout_form("nf4", 4, 4096, 11008, b, True) for b in (4, 64)] == ["triton", "mosaic"]
-
-
-def test_auto_impl_follows_the_table(monkeypatch):
-    """QuantLinear(impl="auto"): reference on a CPU; on a GPU the table's layout (here a stand-in Hopper GPU whose
-    table sends this small int4 weight to the Hopper form at batch >= 8), the Triton forms otherwise."""
-    from hqf_jax.quant import model as QM
-    from pallas_kernels.quant import layouts as L
-
-    _, q = _case("int4", 256, 128, 1)
-    assert QM.auto_impl(q, 8) == ("reference" if jax.default_backend() == "cpu" else QM.auto_impl(q, 8))
-    monkeypatch.setattr(QM.jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(L, "hopper", lambda: True)
-    monkeypatch.setattr(L, "LAYOUTS", (L.Layout("int", 8, "mosaic", (256, 128)), L.Layout("*", 1, "triton")))
-    assert QM.auto_impl(q, 8) == "mosaic" and QM.auto_impl(q, 2) == "pallas"
-    assert QM.QuantLinear(q, "auto", interpret=True, batch=8).impl == "mosaic"
-    _, q8 = _case("int8", 256, 128, 1)
-    assert QM.auto_impl(q8, 8) == "pallas"
-
-
 def test_stage_probe_arithmetic_and_cpu_exit():
     """bench.quant_mosaic_stages: the derived stage costs are the probe differences; on a CPU it exits 2."""
     from bench import quant_mosaic_stages as S

@@ -29,7 +29,7 @@ from flax import nnx
 
 from hqf_jax.errors import HqfError
 from hqf_jax.infer import fused
-from hqf_jax.infer.jit_args import Prepared, model_of
+from hqf_jax.infer.jit_args import Prepared, flat_weights, model_of
 from hqf_jax.infer.step import forward, init_state, step_logits
 from hqf_jax.nn.retnet import RetNetLM
 from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
@@ -97,6 +97,8 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
         raise EngineError(f"engine dtype {dtype!r} is not one of {DTYPES}")
     if quant_impl not in QUANT_IMPLS:
         raise EngineError(f"quant_impl {quant_impl!r} is not one of {QUANT_IMPLS}")
+    if batch < 1:
+        raise EngineError(f"batch={batch}: give the decode batch the quantized layers are laid out for, >= 1")
     if model.cfg.mixer != "retention":
         raise EngineError("the engine decodes retention models only (model.mixer='attention' keeps no state)")
     cfg = dataclasses.replace(model.cfg, compute_dtype=dtype)
@@ -218,6 +220,7 @@ class Engine(ByteGenerator):
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
         self._model = Prepared(self.graphdef, self.weights)  # what the jitted stages take (jit_args: cheap calls)
+        self._leaves = flat_weights(self.weights)  # beside it, not inside: jit's cache keeps static arguments
         # the fused step reads the projections concatenated (made once here); the model's own kernels are not read
         self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
         self.decode_impl = decode_impl
@@ -259,7 +262,7 @@ class Engine(ByteGenerator):
         """Prefill prompts (bytes, or lists of byte ids; BOS is prepended) in the chunkwise form, one call."""
         tokens, lengths = self._pad(prompts)
         settings = settings if settings is not None else Settings.make(len(prompts))
-        return _prefill(self._model, self._model.leaves, tokens, lengths, settings, self.vocab_limit)
+        return _prefill(self._model, self._leaves, tokens, lengths, settings, self.vocab_limit)
 
     def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
         """n bytes per row in one jitted on-device loop -> (slots after, ids (B, n) on the host)."""
@@ -268,7 +271,7 @@ class Engine(ByteGenerator):
 
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
-        return _decode(self._model, self._model.leaves, self.fused_weights, slots, int(n), self.vocab_limit,
+        return _decode(self._model, self._leaves, self.fused_weights, slots, int(n), self.vocab_limit,
                        self.decode_impl, self.interpret, self.unroll)
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:

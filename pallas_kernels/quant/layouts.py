@@ -2,7 +2,7 @@
 stored in. The second level picks the form inside the family by batch: ROUTES (routes.py) for the Triton forms on
 the PackedWeight, the weight's plan for the Hopper form (mosaic_layout.py).
 
-    form = layout_form("int", 4, k=4096, n=11008, batch=16, hopper=True)    # "mosaic" | "triton"
+    form = layout_form("int", 4, k=4096, n=11008, batch=16, on_hopper=True)    # "mosaic" | "triton"
 
 A layer is stored once (two layouts would double its bytes), so the choice is made when the model is quantized,
 for the decode batch the caller names (the engine's `batch`, the server's slots). Only 4-bit int and NF4 weights
