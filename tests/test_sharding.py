@@ -266,7 +266,10 @@ def test_fsdp_really_shards_the_train_step(eight):
     hlo = eight["hlo"]
     assert hlo["1x8x1"]["all-gather"] > 0 and hlo["1"]["all-gather"] == 0
     assert hlo["1x8x1"]["argument_bytes"] < 0.4 * hlo["1"]["argument_bytes"]
-    assert eight["describe_1x8x1"]["sharded_leaves"] > 0.6 * eight["describe_1x8x1"]["leaves"]
+    d = eight["describe_1x8x1"]
+    assert d["sharded_leaves"] > 0.6 * d["leaves"]
+    unsharded = sum(4 * np.prod(v["shape"]) for v in sh.values() if np.prod(v["shard_shape"]) == np.prod(v["shape"]))
+    assert d["bytes_per_device"] == pytest.approx(unsharded + (d["bytes"] - unsharded) / 8, rel=0.02)
 
 
 @pytest.mark.slow

@@ -186,13 +186,11 @@ def describe(tree) -> dict[str, float]:
     """Bytes of ``tree`` in all and per device (max over devices), and the fraction of leaves sharded."""
     leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "sharding")]
     total = sum(x.size * x.dtype.itemsize for x in leaves)
-    per_device: dict = {}
-    sharded = 0
-    for x in leaves:
-        sharded += not x.sharding.is_fully_replicated
-        for s in x.addressable_shards:
-            per_device[s.device] = per_device.get(s.device, 0) + s.data.size * s.data.dtype.itemsize
-    return {"bytes": float(total), "bytes_per_device": float(max(per_device.values(), default=0)),
+    # from the shardings' shard shapes (the largest shard of each leaf), not the buffers: with one device per
+    # process, jax 0.10 refused addressable_shards on arrays spread over several processes
+    per_device = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves)
+    sharded = sum(not x.sharding.is_fully_replicated for x in leaves)
+    return {"bytes": float(total), "bytes_per_device": float(per_device),
             "sharded_leaves": float(sharded), "leaves": float(len(leaves))}
 
 
