@@ -27,9 +27,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for, tolerance
-from hqf_jax.quant.linear import prepare
-from hqf_jax.quant.qtensor import dequantize_matrix
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, require_hopper, time_floor, time_for,
+                                         tolerance)
 from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
 from pallas_kernels.quant.mosaic_layout import plan_options
@@ -73,26 +72,18 @@ def main(argv=None):
     ap.add_argument("--keep", type=int, default=2, help="after a weight's first batch, try only the plan and the "
                     "KEEP fastest configs of the batch before (0: every config at every batch)")
     a = ap.parse_args(argv)
-    dev = jax.devices()[0]
-    if dev.platform != "gpu" or "H100" not in dev.device_kind and "H200" not in dev.device_kind:
-        print(f"bench.quant_mosaic needs a Hopper GPU (H100/H200); this is {dev.device_kind}", file=sys.stderr)
+    if require_hopper("bench.quant_mosaic") is None:
         return 2
-    print(f"device {dev.device_kind}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}", flush=True)
     t0, rows, best_rows = time.perf_counter(), [], []
     for shape in a.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
-        w16 = bf16_weight(w)
-        w16s = [w16] + [copy_tree(w16) for _ in range(copies_for(k * n * 2, False) - 1)]
+        w16s = bf16_copies(w)
         for method in a.methods.split(","):
             q = Q.quantize(w, method)
-            pw = prepare(q)
-            mw = M.prepare_mosaic(pw)
-            wm = dequantize_matrix(q)
-            mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
-            pws = [pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)]
+            hw = hopper_weights(q)
+            pw, mw, wm, mws, pws, floor_ws = (hw[key] for key in ("pw", "mw", "wm", "mws", "pws", "floor_ws"))
             ideal = k * n * 2 / mw.nbytes
-            floor_ws = [jax.random.bits(jax.random.key(100 + c), (mw.nbytes // 4,), jnp.uint32) for c in range(len(mws))]
             floor = None
             ranked = None  # configs of the previous batch, fastest first
             for b in (int(v) for v in a.batches.split(",")):

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_for, tolerance
+from hqf_jax.quant.kernel_timing import (bf16_weight, check, copies_for, copy_tree, require_hopper, time_for,
+                                         tolerance)
 from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import quant_matmul
@@ -68,11 +69,8 @@ def main(argv=None):
     ap.add_argument("--target-s", type=float, default=0.08)
     ap.add_argument("--budget-s", type=float, default=240.0)
     a = ap.parse_args(argv)
-    dev = jax.devices()[0]
-    if dev.platform != "gpu" or "H100" not in dev.device_kind and "H200" not in dev.device_kind:
-        print(f"bench.quant_mosaic_probe needs a Hopper GPU (H100/H200); this is {dev.device_kind}", file=sys.stderr)
+    if require_hopper("bench.quant_mosaic_probe") is None:
         return 2
-    print(f"device {dev.device_kind}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}")
     t0, rows = time.perf_counter(), []
     for shape in a.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))

@@ -29,9 +29,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import bf16_weight, check, copies_for, copy_tree, time_floor, time_for, tolerance
-from hqf_jax.quant.linear import prepare
-from hqf_jax.quant.qtensor import dequantize_matrix
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, require_hopper, time_floor, time_for,
+                                         tolerance)
 from pallas_kernels.quant import mosaic as M
 
 PROBES = ("full", "no_decode", "copy")
@@ -64,24 +63,17 @@ def main(argv=None):
     ap.add_argument("--target-s", type=float, default=0.03)
     ap.add_argument("--budget-s", type=float, default=300.0)
     a = ap.parse_args(argv)
-    dev = jax.devices()[0]
-    if dev.platform != "gpu" or not any(h in dev.device_kind for h in ("H100", "H200", "H800")):
-        print(f"bench.quant_mosaic_stages needs a Hopper GPU (H100/H200); this is {dev.device_kind}", file=sys.stderr)
+    if require_hopper("bench.quant_mosaic_stages") is None:
         return 2
-    print(f"device {dev.device_kind}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}", flush=True)
     t0, lines = time.perf_counter(), []
     for shape in a.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
-        w16 = bf16_weight(w)
-        w16s = [w16] + [copy_tree(w16) for _ in range(copies_for(k * n * 2, False) - 1)]
+        w16s = bf16_copies(w)
         for method in a.methods.split(","):
             q = Q.quantize(w, method)
-            mw = M.prepare_mosaic(prepare(q))
-            wm = dequantize_matrix(q)
-            mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
-            floor_ws = [jax.random.bits(jax.random.key(100 + c), (mw.nbytes // 4,), jnp.uint32)
-                        for c in range(len(mws))]
+            hw = hopper_weights(q)
+            mw, wm, mws, floor_ws = hw["mw"], hw["wm"], hw["mws"], hw["floor_ws"]
             for b in (int(v) for v in a.batches.split(",")):
                 if time.perf_counter() - t0 > a.budget_s:
                     print(f"{shape} {method} b={b}: left out (past --budget-s)", flush=True)

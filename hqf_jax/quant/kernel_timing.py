@@ -126,3 +126,39 @@ def copy_bandwidth(nbytes: int, reps: int) -> float:
     t = time.perf_counter()
     loop(x).block_until_ready()
     return 2 * nbytes * reps / (time.perf_counter() - t)
+
+
+def require_hopper(tool: str):
+    """The first device when it is a Hopper GPU (where Mosaic GPU lowers); else None, having said why on stderr."""
+    import sys
+
+    from pallas_kernels.quant.layouts import hopper  # here: keeps Pallas unloaded for the other scripts
+
+    dev = jax.devices()[0]
+    if not hopper():
+        print(f"{tool} needs a Hopper GPU (H100/H200); this is {dev.device_kind}", file=sys.stderr)
+        return None
+    print(f"device {dev.device_kind}; jax {jax.__version__}; {time.strftime('%Y-%m-%d')}", flush=True)
+    return dev
+
+
+def bf16_copies(w) -> list:
+    """The bf16 weight of w (k, n) and enough copies of it to defeat the L2."""
+    w16 = bf16_weight(w)
+    return [w16] + [copy_tree(w16) for _ in range(copies_for(w.size * 2, False) - 1)]
+
+
+def hopper_weights(q) -> dict:
+    """What the Hopper sweeps time for a QTensor: its PackedWeight (pw) and MosaicWeight (mw), L2-defeating copies
+    of both (pws, mws), random words of mw's size for the read floor (floor_ws), the dequantized matrix (wm)."""
+    from hqf_jax.quant.linear import prepare
+    from hqf_jax.quant.qtensor import dequantize_matrix
+    from pallas_kernels.quant.mosaic_layout import prepare_mosaic
+
+    pw = prepare(q)
+    mw = prepare_mosaic(pw)
+    mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
+    return dict(pw=pw, mw=mw, wm=dequantize_matrix(q), mws=mws,
+                pws=[pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)],
+                floor_ws=[jax.random.bits(jax.random.key(100 + c), (mw.nbytes // 4,), jnp.uint32)
+                          for c in range(len(mws))])
