@@ -13,7 +13,7 @@ reported best. Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeatin
 subtracted). With --keep K (default 2) a weight's later batches try only the plan and the K fastest configs of the
 batch before (a config is about 2.5 s of compile, check and timing on an H200). Speed-up = t_bf16 / t. Ideal
 (memory-bound) = bf16 bytes / quantized bytes (scales included). The last lines are the best passing Mosaic config
-per cell; the dispatcher's first level (pallas_kernels/quant/layouts.py, LAYOUTS) is written from these sweeps.
+per cell; the dispatcher's first level (pallas_kernels/quant/layout_table.py, LAYOUTS) is written from these sweeps.
 """
 
 from __future__ import annotations

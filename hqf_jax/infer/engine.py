@@ -111,7 +111,7 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
     if quant:
         from hqf_jax.quant.model import quantize_model
 
-        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layouts.py) on a GPU, the reference on a CPU
+        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layout_table.py) on a GPU, the reference on a CPU
         out, report = quantize_model(out, quant, impl=quant_impl, batch=batch)
     wdt = jnp.dtype(dtype)
     gd, p, r = nnx.split(out, nnx.Param, ...)

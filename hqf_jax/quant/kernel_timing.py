@@ -132,7 +132,7 @@ def require_hopper(tool: str):
     """The first device when it is a Hopper GPU (where Mosaic GPU lowers); else None, having said why on stderr."""
     import sys
 
-    from pallas_kernels.quant.layouts import hopper  # here: keeps Pallas unloaded for the other scripts
+    from pallas_kernels.quant.layout_table import hopper  # here: keeps Pallas unloaded for the other scripts
 
     dev = jax.devices()[0]
     if not hopper():

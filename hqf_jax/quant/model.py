@@ -18,10 +18,10 @@ from hqf_jax.quant.qtensor import QTensor, accounting, quantize
 
 def auto_impl(q: QTensor, batch: int = 1) -> str:
     """impl="auto": "reference" on a CPU; on a GPU the layout the dispatcher's first level picks for this weight
-    and decode batch (pallas_kernels/quant/layouts.py: "mosaic", the Hopper form, or "pallas", the Triton forms)."""
+    and decode batch (pallas_kernels/quant/layout_table.py: "mosaic", the Hopper form, or "pallas", the Triton forms)."""
     if jax.default_backend() != "gpu":
         return "reference"
-    from pallas_kernels.quant.layouts import layout_form  # here, not at the top: keeps Pallas unloaded
+    from pallas_kernels.quant.layout_table import layout_form  # here, not at the top: keeps Pallas unloaded
 
     k, n = q.shape
     return "mosaic" if layout_form(q.cfg.method, getattr(q.cfg, "bits", 4 if q.cfg.method == "nf4" else 0),

@@ -8,7 +8,9 @@ kernel form over one shared decode module:
     tc        tensor-core form for int / NF4 at batch >= 8 (bit planes decoded in registers feed tl.dot)
     gather    row-sorted form (sort=true weights: y_i = sum_j S[i,j] x[P[i,j]])
     dispatch  BlockConfig, default_blocks, fit_smem and quant_matmul, which picks the form (choose, explain)
-    routes    the ROUTES table (measured crossovers, H200 sweep of 2026-11-30)
+    routes    the ROUTES table (measured crossovers, H200 sweep of 2026-11-30): the form by batch, Triton family
+    mosaic    the Hopper form (Mosaic GPU) for int4 / NF4, with its layout and plan in mosaic_layout
+    layout_table  LAYOUTS: which family (Hopper or Triton) a layer is stored for, by method, shape, decode batch
 
 Imports run one way: layout <- decode <- {matmul, gemv, gather, tc}, routes <- dispatch <- this __init__. The package
 imports jax and hqf_jax.ops only, never hqf_jax.quant or anything above it: the quantizer side builds a

@@ -1,4 +1,4 @@
-"""The quantized-matmul dispatcher's first level (pallas_kernels/quant/layouts.py): the LAYOUTS table picks the
+"""The quantized-matmul dispatcher's first level (pallas_kernels/quant/layout_table.py): the LAYOUTS table picks the
 Hopper layout or the Triton layout by method, shape, decode batch and device, and QuantLinear(impl="auto") follows
 it (the reference on a CPU), keeping the Triton forms for a layer the Hopper form cannot take."""
 
@@ -12,9 +12,9 @@ _case, _check = quant_case, check_product
 
 
 def test_layout_table_picks_by_method_shape_batch_and_device():
-    """The dispatcher's first level (layouts.py): the Hopper layout only for 4-bit int / NF4 on a Hopper GPU, and
+    """The dispatcher's first level (layout_table.py): the Hopper layout only for 4-bit int / NF4 on a Hopper GPU, and
     there by the table's first matching row; the shipped table ends with a row for anything."""
-    from pallas_kernels.quant.layouts import LAYOUTS, Layout, layout_form
+    from pallas_kernels.quant.layout_table import LAYOUTS, Layout, layout_form
 
     assert LAYOUTS[-1] == Layout("*", 1, "triton")
     table = (Layout("int", 8, "mosaic", (512, 256)), Layout("int", 1, "triton", (512, 256)),
@@ -36,7 +36,7 @@ def test_auto_impl_follows_the_table(monkeypatch):
     """QuantLinear(impl="auto"): reference on a CPU; on a GPU the table's layout (here a stand-in Hopper GPU whose
     table sends this small int4 weight to the Hopper form at batch >= 8), the Triton forms otherwise."""
     from hqf_jax.quant import model as QM
-    from pallas_kernels.quant import layouts as L
+    from pallas_kernels.quant import layout_table as L
 
     _, q = _case("int4", 256, 128, 1)
     assert QM.auto_impl(q, 8) in (("reference",) if jax.default_backend() == "cpu" else ("mosaic", "pallas"))
@@ -54,7 +54,7 @@ def test_auto_falls_back_to_the_triton_forms_where_the_hopper_form_cannot_take_t
     """A table row that sends a layer to the Hopper form the form cannot take (groups of 32; 96 outputs, not a
     multiple of 128): QuantLinear(impl="auto") keeps the Triton forms (KernelLayoutError), and computes the product."""
     from hqf_jax.quant import model as QM
-    from pallas_kernels.quant import layouts as L
+    from pallas_kernels.quant import layout_table as L
 
     x, q = _case(spec, k, n, 2)
     monkeypatch.setattr(QM.jax, "default_backend", lambda: "gpu")
