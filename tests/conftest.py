@@ -1,6 +1,8 @@
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +14,8 @@ os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf
 # A GPU run of the gpu-marked tests keeps the default.
 if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+OPTIMIZED = {"xla_backend_optimization_level": 2}  # XLA's default, for tests marked xla_optimized (_xla_optimized)
+OPTIMIZED_FLAG = "--xla_backend_optimization_level=2"
 
 
 # The longest modules first (measured on 2 cores), so that `pytest -n 2 --dist loadfile` does not end with one
@@ -29,6 +33,32 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
+@pytest.fixture(autouse=True)
+def _xla_optimized(request, monkeypatch):
+    """Tests marked ``xla_optimized`` spend their time running many training steps, not compiling: their compiles
+    get XLA's default LLVM level back instead of the suite's -O0. In this process per compile (the trainer's jits
+    included), through the env-option overrides that ``jax.jit(..., compiler_options=...)`` also uses (XLA_FLAGS
+    are read once per process); the processes the test starts (notebook kernels, train.lm) get it in XLA_FLAGS.
+    A jax without the hook runs the in-process compiles at -O0: slower, nothing else changes."""
+    if request.node.get_closest_marker("xla_optimized") is None or os.environ["JAX_PLATFORMS"] != "cpu":
+        yield
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    monkeypatch.setenv("XLA_FLAGS", flags.replace("--xla_backend_optimization_level=0", OPTIMIZED_FLAG))
+    from jax._src import compiler
+
+    original = getattr(compiler, "get_compile_options", None)
+    if original is None:
+        yield
+        return
+
+    def optimized(*args, env_options_overrides=None, **kwargs):
+        return original(*args, env_options_overrides={**OPTIMIZED, **(env_options_overrides or {})}, **kwargs)
+
+    monkeypatch.setattr(compiler, "get_compile_options", optimized)
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     """Long modules first; tests marked gpu need a GPU backend: `JAX_PLATFORMS=cuda python -m pytest -m gpu`."""
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
@@ -37,7 +67,6 @@ def pytest_collection_modifyitems(config, items):
     if not gpu_items:
         return
     import jax
-    import pytest
 
     if jax.default_backend() != "gpu":
         skip = pytest.mark.skip(reason="needs a GPU: JAX_PLATFORMS=cuda python -m pytest -m gpu")

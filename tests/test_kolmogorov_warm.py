@@ -41,6 +41,7 @@ def test_pairs_are_the_role_prompts():
 
 
 @pytest.mark.slow  # ~50 CPU-seconds: 200 steps of the shared loop, then greedy round trips
+@pytest.mark.xla_optimized  # its time is the steps, not the compiles
 def test_warm_start_makes_codes_decode(tmp_path):
     cfg = cli.load_config("configs/kolmogorov_warm_tiny.py")
     model = lm_task.build_model(cfg)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hqf_jax import quant as Q
-from hqf_jax.quant.linear import prepare
+from hqf_jax.quant.linear import placeholder, prepare
 from pallas_kernels.quant import BlockConfig, KernelLayoutError, choose, explain, quant_matmul
 from pallas_kernels.quant import dispatch
 from pallas_kernels.quant.tc import SMEM_LIMIT_BYTES, nf4_where, permute_x, tc_smem_bytes
@@ -22,6 +22,12 @@ _case, _check = quant_case, check_product
 
 
 TC = BlockConfig(block_n=32, block_k=128, block_b=16, mode="tc")
+
+
+def _abstract(spec, k, n):
+    """The PackedWeight of a (k, n) weight quantized by spec, shapes only: the routes read shapes and the config,
+    never the codes (quantizing a 4096 x 11008 matrix on the CPU cost seconds per shape)."""
+    return jax.eval_shape(lambda: placeholder(Q.parse_method(spec), n, k))
 
 
 @pytest.mark.parametrize("spec,b,over", [
@@ -56,16 +62,13 @@ def test_permute_x_puts_each_plane_contiguous():
 
 
 def test_routes_pick_gemv_then_dot_then_tc():
-    _, q = _case("int4", 256, 64, 1)
-    pw = prepare(q)
+    pw = _abstract("int4", 256, 64)
     modes = {b: choose(pw, b)[0].mode for b in (1, 2, 4, 5, 7, 8, 64, 300)}
     assert modes == {1: "vec", 2: "vec", 4: "vec", 5: "dot", 7: "dot", 8: "tc", 64: "tc", 300: "tc"}
     n = dispatch.ROUTES.index(dispatch.Route("int", None, "tc"))
     assert "mode=tc" in explain(pw, 8) and f"ROUTES[{n}]" in explain(pw, 8)
-    _, qp = _case("phi5u8", 256, 64, 1)
-    assert choose(prepare(qp), 16)[0].mode == "dot"  # tc takes int / NF4 only: the next row
-    _, qs = _case("int4:group_size=32", 96, 32, 1)
-    assert choose(prepare(qs), 16)[0].mode == "dot"  # no block_k >= 128 divides 96: the next row
+    assert choose(_abstract("phi5u8", 256, 64), 16)[0].mode == "dot"  # tc takes int / NF4 only: the next row
+    assert choose(_abstract("int4:group_size=32", 96, 32), 16)[0].mode == "dot"  # no block_k >= 128 divides 96: the next row
 
 
 def test_routes_table_is_editable_and_auto_path_matches_reference(monkeypatch, capsys):
@@ -89,7 +92,7 @@ def test_tc_smem_model_matches_the_h200():
     assert tc_smem_bytes(big, 8, 100) == 245760 > SMEM_LIMIT_BYTES == 232448
     assert tc_smem_bytes(big, 4, 100) <= SMEM_LIMIT_BYTES
     assert tc_smem_bytes(dataclasses.replace(big, num_stages=2), 8, 100) == 2 * 245760 // 3
-    pw = prepare(_case("int8", 1024, 512, 1)[1])
+    pw = _abstract("int8", 1024, 512)
     fit = dispatch.fit_smem(pw, big, 100)
     assert fit == dataclasses.replace(big, num_stages=2)  # stages first, block_k kept
     assert dispatch.fit_smem(pw, big, 100, limit=60_000).block_k < 256  # then block_k halves
@@ -102,7 +105,7 @@ def test_every_route_fits_shared_memory(spec):
     """Every ROUTES row that can take the weight, resolved at the sweep's shapes and others, asks for at most
     SMEM_LIMIT_BYTES; so does the dispatcher's choice (the int8 default used to ask for 245760)."""
     for k, n in ((1024, 512), (768, 2560), (4096, 11008), (11008, 4096)):
-        pw = prepare(Q.quantize(jnp.full((k, n), 0.01), spec))
+        pw = _abstract(spec, k, n)
         w = dispatch.tc_width(pw)
         for b in (8, 16, 64, 100, 256, 16384):
             blocks, _ = choose(pw, b)

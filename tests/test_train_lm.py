@@ -31,6 +31,7 @@ def order0_entropy(data: bytes) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.xla_optimized  # its time is the steps, not the compiles
 def test_training_beats_the_order0_entropy_of_real_text(tmp_path):
     """150 steps of the tiny config on 60 stdlib files, one eval at the end. Bound: validation bpb below the
     order-0 entropy of the validation bytes minus 1 bit (a model that only learnt byte frequencies

@@ -15,6 +15,20 @@ from pathlib import Path
 import jax
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch: where torch is installed, tensorboardX imports it (2-3 s
+    per process) only to accept torch tensors, and this writer logs floats and text. A torch already imported stays."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     def __init__(self, workdir: str | Path, enabled: bool = True):
         self.enabled = enabled and jax.process_index() == 0
@@ -22,9 +36,7 @@ class MetricWriter:
         self._tb = None
         self.segment = next_segment(self.path) if self.enabled else 0
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+            self._tb = _summary_writer()(str(Path(workdir) / "tb"))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
