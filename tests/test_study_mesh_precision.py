@@ -6,11 +6,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.study  # the study's tiny end-to-end run (as the other studies'): CI keeps the property itself in
+# test_sharding.py::test_pallas_kernel_runs_per_shard_inside_the_sharded_step (the Pallas kernel per shard on a
+# (2, 2, 2) mesh trains the 1-device losses) and the chunkwise form's meshes in the same file
 def test_every_mesh_trains_the_one_device_losses_in_float32(tmp_path):
-    # the Pallas form (interpret mode on the CPU) inside shard_map; the chunkwise form's meshes: test_sharding
+    # the Pallas form (interpret mode on the CPU) inside shard_map
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "studies.mesh_precision", "--steps", "4", "--dtypes", "float32",
            "--out", str(tmp_path), "data.max_files=8", "data.batch_size=8", "data.seq_len=64",
