@@ -35,6 +35,7 @@ from hqf_jax import cli
 from hqf_jax.infer.engine import Engine, Settings
 from hqf_jax.nn import generate
 from hqf_jax.quant.kernel_timing import copy_bandwidth
+from pallas_kernels.quant.layout_table import hopper
 
 
 COMPILES = [0]
@@ -171,8 +172,9 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
         for impl in impls:
             if q != "none" and impl.startswith("fused"):
                 continue  # the fused step runs unquantized weights
-            per_batch = q != "none" and qi == "auto"  # the dispatcher picks layouts for the decode batch: one
-            #                                           engine per batch, so each row is what `--quant` gives there
+            # auto on a Hopper GPU: the dispatcher lays layers out for the decode batch, so one engine per batch
+            # (each row is what `--quant` gives there); elsewhere the layouts do not depend on the batch
+            per_batch = q != "none" and qi == "auto" and hopper()
             try:  # a path that cannot build or compile here is reported as a row; the others still run
                 engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
                                 unroll=a.unroll, quant_impl=qi, batch=batches[0])

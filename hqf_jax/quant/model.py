@@ -24,8 +24,8 @@ def auto_impl(q: QTensor, batch: int = 1) -> str:
     from pallas_kernels.quant.layout_table import layout_form  # here, not at the top: keeps Pallas unloaded
 
     k, n = q.shape
-    return "mosaic" if layout_form(q.cfg.method, getattr(q.cfg, "bits", 4 if q.cfg.method == "nf4" else 0),
-                                   k, n, batch) == "mosaic" else "pallas"
+    bits = getattr(q.cfg, "bits", 4)  # NF4's config has no bits field: its codes are 4-bit
+    return "mosaic" if layout_form(q.cfg.method, bits, k, n, batch) == "mosaic" else "pallas"
 
 
 class QuantLinear(nnx.Module):
