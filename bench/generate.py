@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hqf_jax import cli
-from hqf_jax.infer.engine import Engine, Settings
+from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
+from hqf_jax.infer.engine import Engine
 from hqf_jax.nn import generate
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from pallas_kernels.quant.layout_table import hopper
@@ -62,9 +63,7 @@ def time_old(model, batch: int, steps: int, reps: int) -> tuple[float, int]:
 
 
 def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[float, int]:
-    slots = engine.prefill([b"The quic"] * batch, Settings.make(batch, 0, temperature=1.0, top_p=0.95))
-    slots, out = engine.decode_device(slots, steps)
-    jax.block_until_ready(out)
+    slots = warm_slots(engine, batch, steps)
     before = COMPILES[0]
     t = time.perf_counter()
     outs = []
@@ -73,17 +72,6 @@ def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[floa
         outs.append(out)
     jax.block_until_ready(outs)
     return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
-
-
-def ops_per_step(engine: Engine) -> int:
-    """Non-trivial top-level ops of one decode step (the compiled loop body on this device) at batch 1."""
-    from hqf_jax.infer.engine import _decode
-    from hqf_jax.infer.hlo_count import loop_body_ops
-
-    slots = engine.prefill([b"ab"], Settings.make(1, 0, temperature=1.0, top_p=0.95))
-    low = _decode.lower(engine.graphdef, engine.weights, engine.fused_weights, slots, 8, engine.vocab_limit,
-                        engine.decode_impl, engine.interpret, 1)
-    return int(sum(loop_body_ops(low.compile().as_text()).values()))
 
 
 def held_out_bpb(engine: Engine, data: np.ndarray, seq_len: int) -> float:
@@ -127,17 +115,6 @@ def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int
     return len(prompts) * steps * reps / (time.perf_counter() - t), float(np.mean(per))
 
 
-def build(args, config):
-    from hqf_jax.trainer import lm_task
-
-    if args.run:
-        model, cfg, _ = lm_task.load_run(args.run)
-        return model, cfg, args.run
-    cfg = cli.load_config_file(config)
-    cfg = cli.apply_overrides(cfg, list(args.set) + ([f"model.extra_heads={args.heads}"] if args.heads is not None else []))
-    return lm_task.build_model(cfg), cfg, config
-
-
 def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
     """n windows of the run's held-out bytes (what acceptance is measured on); a fixed text when the data
     is not on this machine."""
@@ -153,7 +130,7 @@ def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
 
 
 def bench_model(a, config, bw, rows, batches, quants, impls):
-    model, cfg, source = build(a, config)
+    model, cfg, source = build_model(config, a.set, a.run, a.heads)
     out = []
 
     def add(row):  # each row as it is measured (a long run that times out still shows what it measured)

@@ -1,0 +1,168 @@
+"""Where a decode step's time goes on the device: a profiler trace of chained decode calls of the engine, read
+back per step as wall time, device busy time (union of kernel intervals), idle gaps between kernels (by size),
+kernels per step, their median / p90 duration, and the kernels that take the time.
+
+    python -m bench.decode_profile [--config configs/lm_125m.py | --run RUN] [--decode-impls jnp,fused_pallas]
+                                   [--batch 1] [--steps 64] [--calls 2] [--quant int4] [--top 15] [--out DIR]
+    python -m bench.decode_profile --small      # the tiny config on a CPU; what the test runs
+
+busy ~= wall: the step is bound by kernel durations (per-kernel latency at small shapes shows as many kernels
+of a few µs each); busy << wall: by the gaps between kernels on the device (launch or dependency latency).
+The engine is built as bench.generate builds it (hqf_jax/infer/bench_setup.py; random weights unless --run).
+Per decode impl: one warm-up call (compiles), ``--calls`` chained calls of ``--steps`` steps timed without the
+profiler (bytes/s, µs/step: the profiler's own cost is the difference from the traced wall), then the same
+calls inside jax.profiler.trace(create_perfetto_trace=True). The trace is read by hqf_jax/infer/trace_stats.py;
+with --out it is copied to DIR/trace_<impl>.json.gz (ui.perfetto.dev opens it) beside table.md and
+results.json. On a CPU there are no GPU stream events: the figures are the XLA:CPU thunks' (the output says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from hqf_jax import cli
+from hqf_jax.infer import trace_stats
+from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
+from hqf_jax.infer.engine import Engine
+from hqf_jax.report import write_report
+
+
+def chained(engine: Engine, slots, steps: int, calls: int):
+    outs = []
+    for _ in range(calls):
+        slots, out = engine.decode_device(slots, steps)
+        outs.append(out)
+    jax.block_until_ready(outs)
+    return slots
+
+
+def profile(engine: Engine, batch: int, steps: int, calls: int, top: int, keep: Path | None) -> dict:
+    """One impl's figures: untraced speed, then the traced calls' per-step device figures and host summary."""
+    slots = warm_slots(engine, batch, steps)
+    t = time.perf_counter()
+    slots = chained(engine, slots, steps, calls)
+    dt = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            chained(engine, slots, steps, calls)
+        trace, f = trace_stats.load(d)
+        if keep is not None:
+            shutil.copy(f, keep)
+    events, source = trace_stats.device_events(trace)
+    res = dict(bytes_per_s=batch * steps * calls / dt, untraced_us=dt * 1e6 / (steps * calls), source=source,
+               source_note=trace_stats.SOURCES[source], trace_file=keep.name if keep else None,
+               host=trace_stats.host_summary(trace))
+    if events:
+        res.update(trace_stats.summarize(events, steps * calls, top))
+    return res
+
+
+def verdict(r: dict) -> str:
+    if "busy_frac" not in r:
+        return "no device events: no verdict"
+    f = r["busy_frac"]
+    bound = "kernel durations" if f >= 0.8 else "gaps between kernels" if f <= 0.5 else "both (neither dominates)"
+    return (f"device busy {100 * f:.0f}% of the wall: bound by {bound} ({r['events_per_step']:.0f} kernels x "
+            f"median {r['median_us']:.1f} µs; idle {r['idle_us']:.1f} µs/step)")
+
+
+def tables(rows: list[dict], head: str) -> str:
+    out = [head, "", "| impl | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | busy µs/step | "
+           "idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | max gap µs |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['impl']} | {r['error']} |" + " |" * 10)
+            continue
+        ops = r.get("hlo_ops_per_step")
+        if "wall_us" in r:
+            dev = (f"{r['wall_us']:.1f} | {r['busy_us']:.1f} | {r['idle_us']:.1f} | {100 * r['busy_frac']:.0f}% | "
+                   f"{r['events_per_step']:.1f} | {ops if ops else '-'} | {r['median_us']:.2f} | {r['p90_us']:.2f} | "
+                   f"{r['max_gap_us']:.1f}")
+        else:
+            dev = " | ".join(["-"] * 5 + [str(ops) if ops else "-"] + ["-"] * 3)
+        out.append(f"| {r['impl']} | {r['bytes_per_s']:,.0f} | {r['untraced_us']:.1f} | {dev} |")
+    notes = {r["source_note"] for r in rows if "source" in r}
+    out += ["", "Events: " + ("; ".join(f"{r['impl']}: {r['source_note']}" for r in rows if "source" in r)
+                              if len(notes) > 1 else "".join(notes))]
+    out += ["", "Verdict:"] + [f"- {r['impl']}: {verdict(r)}" for r in rows if "error" not in r]
+    for r in (r for r in rows if "gaps" in r):
+        cells = " | ".join(f"{g['per_step']:.1f} ({g['us_per_step']:.1f} µs)" for g in r["gaps"])
+        edges = ["<1", "1-5", "5-20", "20-100", ">=100"]
+        out += ["", f"Idle gaps of {r['impl']} per step, count (µs), by size in µs:", "",
+                "| " + " | ".join(edges) + " |", "|" + "---|" * len(edges), f"| {cells} |"]
+    for r in (r for r in rows if "top" in r):
+        out += ["", f"Top {len(r['top'])} kernels of {r['impl']} (normalized names; share of summed kernel time):", "",
+                "| kernel | per step | mean µs | µs/step | share |", "|---|---|---|---|---|"]
+        out += [f"| {k['name'][:70]} | {k['per_step']:.2f} | {k['mean_us']:.2f} | {k['us_per_step']:.2f} | "
+                f"{100 * k['share']:.1f}% |" for k in r["top"]]
+    for r in (r for r in rows if r.get("host")):
+        h = r["host"][0]
+        out += ["", f"Host of {r['impl']}: busiest thread {h['thread']!r} ({h['events']} events, "
+                f"{h['busy_us'] / 1e3:.2f} ms busy over the traced calls); top: "
+                + ", ".join(f"{t['name'][:40]} {t['us'] / 1e3:.2f} ms" for t in h["top"][:3])]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/lm_125m.py")
+    p.add_argument("--set", action="append", default=[], help="a config override KEY=VALUE (repeatable)")
+    p.add_argument("--run", default=None, help="a train.lm run folder (its trained weights) instead of --config")
+    p.add_argument("--decode-impls", default="jnp,fused_pallas")
+    p.add_argument("--quant", default="none", help="engine weight format: none (bf16), int8, int4, nf4 "
+                   "(the fused impls run unquantized weights: skipped with a quant)")
+    p.add_argument("--quant-impl", default="auto")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=64, help="decode steps per jitted call")
+    p.add_argument("--calls", type=int, default=2, help="chained calls, timed and traced")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--no-count-ops", action="store_true", help="skip the HLO op count per step (one compile)")
+    p.add_argument("--small", action="store_true", help="the tiny config, 8 steps: runs on a CPU")
+    p.add_argument("--out", default=None, help="write table.md, results.json and the traces here")
+    a = p.parse_args(argv)
+    if a.small:
+        a.config, a.steps = "configs/lm_tiny.py", min(a.steps, 8)
+    out = Path(a.out) if a.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    model, _, source = build_model(a.config, a.set, a.run)
+    quant = None if a.quant == "none" else a.quant
+    device = jax.devices()[0].device_kind
+    rows = []
+    for impl in [x.strip() for x in a.decode_impls.split(",") if x.strip()]:
+        name = impl + (f" {quant}" if quant else "")
+        if quant and impl.startswith("fused"):
+            print(f"skipped {name}: the fused step runs unquantized weights")
+            continue
+        engine = None
+        try:
+            engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl=impl, quant_impl=a.quant_impl,
+                            batch=a.batch)
+            ops = None if a.no_count_ops or a.batch != 1 else ops_per_step(engine)
+            keep = out / f"trace_{name.replace(' ', '_')}.json.gz" if out else None
+            r = dict(impl=name, hlo_ops_per_step=ops, **profile(engine, a.batch, a.steps, a.calls, a.top, keep))
+        except Exception as e:  # noqa: BLE001 - the other impls still run; the table names the failure
+            r = dict(impl=name, error=f"FAILED {type(e).__name__}: {str(e)[:200]}")
+        print(f"  {name}: " + (r.get("error") or verdict(r)), flush=True)
+        rows.append(r)
+        del engine
+    head = (f"bench.decode_profile on {device}; jax {jax.__version__}; {source} batch {a.batch}; {a.calls} calls x "
+            f"{a.steps} steps; bf16{' ' + quant if quant else ''}; {time.strftime('%Y-%m-%d')}")
+    text = tables(rows, head)
+    print("\n" + text)
+    result = dict(device=device, jax=jax.__version__, config=source, batch=a.batch, steps=a.steps, calls=a.calls,
+                  quant=a.quant, date=time.strftime("%Y-%m-%d"), rows=rows)
+    if out:
+        write_report(out, text, result)
+    return result
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

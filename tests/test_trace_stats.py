@@ -1,0 +1,118 @@
+"""The profiler-trace reader (hqf_jax/infer/trace_stats.py) on synthetic traces with known answers, and
+bench.decode_profile end to end on a CPU (where the trace has XLA:CPU thunks, no GPU streams)."""
+
+import gzip
+import json
+
+import pytest
+
+from hqf_jax.infer import trace_stats as T
+
+GPU, HOST = 1, 700
+
+
+def meta(pid, pname, threads):
+    out = [dict(ph="M", pid=pid, name="process_name", args=dict(name=pname))]
+    return out + [dict(ph="M", pid=pid, tid=t, name="thread_name", args=dict(name=n)) for t, n in threads.items()]
+
+
+def x(pid, tid, name, ts, dur, **args):
+    return dict(ph="X", pid=pid, tid=tid, name=name, ts=ts, dur=dur, args=args)
+
+
+def gpu_trace():
+    """Two streams (kernels, a memcpy overlapping them), a derived "XLA Ops" line that repeats them with a
+    span over everything, and host events: none of the last two may count as device time."""
+    ev = meta(GPU, "/device:GPU:0", {7: "Stream #7(Compute)", 8: "Stream #8(MemcpyD2H)", 101: "XLA Ops"})
+    ev += meta(HOST, "/host:CPU", {1: "python"})
+    ev += [x(GPU, 7, "fusion.1", 0, 10), x(GPU, 7, "fusion.22", 12, 8), x(GPU, 7, "loop_add_fusion_3", 20, 5),
+           x(GPU, 7, "void gemv2T_kernel_val<int, float, 128>(Params)", 125, 10),
+           x(GPU, 7, "fusion.5", 138, 2), x(GPU, 7, "fusion.6", 140.5, 0.5),
+           x(GPU, 8, "MemcpyD2H", 5, 9),
+           x(GPU, 101, "fusion.1", 0, 10), x(GPU, 101, "while.3", -20, 200),
+           x(HOST, 1, "PjitFunction(_decode)", -50, 250), x(HOST, 1, "ParseArguments", -40, 10)]
+    return dict(displayTimeUnit="ns", traceEvents=ev)
+
+
+def test_union_merges_overlaps_nesting_and_touching_intervals():
+    assert T.union([(5, 6), (0, 2), (1, 3), (3, 4), (10, 20), (12, 13)]) == [(0, 4), (5, 6), (10, 20)]
+    assert T.union([]) == []
+
+
+def test_normalize_strips_instance_suffixes_and_signatures():
+    assert T.normalize("fusion.123") == "fusion"
+    assert T.normalize("loop_add_fusion_2") == "loop_add_fusion"
+    assert T.normalize("input_reduce_fusion.4.1") == "input_reduce_fusion"
+    assert T.normalize("void gemv2T_kernel_val<int, float>(Params)") == "gemv2T_kernel_val"
+    assert T.normalize("MemcpyD2H") == "MemcpyD2H" and T.normalize("sm90_xmma_gemm_bf16") == "sm90_xmma_gemm_bf16"
+
+
+def test_gpu_trace_busy_gaps_counts_and_top_kernels():
+    events, source = T.device_events(gpu_trace())
+    assert source == "gpu" and len(events) == 7  # the derived line and the host are left out
+    s = T.summarize(events, steps=2, top=3)
+    # union [0,25] [125,135] [138,140] [140.5,141]: busy 37.5 of a 141 µs wall, gaps 100, 3 and 0.5
+    assert s["wall_us"] == pytest.approx(141 / 2) and s["busy_us"] == pytest.approx(37.5 / 2)
+    assert s["idle_us"] == pytest.approx(103.5 / 2) and s["busy_frac"] == pytest.approx(37.5 / 141)
+    assert s["events_per_step"] == 3.5 and s["summed_us"] == pytest.approx(44.5 / 2)
+    assert s["median_us"] == 8 and s["p90_us"] == pytest.approx(10) and s["max_gap_us"] == pytest.approx(100)
+    by_bin = {tuple(g["range_us"]): g for g in s["gaps"]}
+    assert by_bin[(0.0, 1.0)]["per_step"] == 0.5 and by_bin[(0.0, 1.0)]["us_per_step"] == pytest.approx(0.25)
+    assert by_bin[(1.0, 5.0)]["us_per_step"] == pytest.approx(1.5) and by_bin[(100.0, None)]["per_step"] == 0.5
+    assert by_bin[(5.0, 20.0)]["per_step"] == 0 and sum(g["us_per_step"] for g in s["gaps"]) == pytest.approx(
+        s["idle_us"])
+    top = s["top"]
+    assert [k["name"] for k in top] == ["fusion", "gemv2T_kernel_val", "MemcpyD2H"]
+    assert top[0]["count"] == 4 and top[0]["per_step"] == 2 and top[0]["mean_us"] == pytest.approx(20.5 / 4)
+    assert top[0]["share"] == pytest.approx(20.5 / 44.5) and top[2]["us_per_step"] == pytest.approx(4.5)
+
+
+def test_host_summary_is_the_host_threads_only():
+    (h,) = T.host_summary(gpu_trace())
+    assert h["process"] == "/host:CPU" and h["thread"] == "python" and h["events"] == 2
+    assert h["busy_us"] == pytest.approx(250) and h["top"][0]["name"] == "PjitFunction(_decode)"
+
+
+def test_cpu_trace_falls_back_to_thunk_leaves():
+    ev = meta(HOST, "/host:CPU", {1: "python", 2: "tf_XLAEigen/1", 3: "tf_XLAEigen/2"})
+    ev += [x(HOST, 1, "PjitFunction(f)", 0, 100),
+           x(HOST, 2, "while.5", 10, 50, hlo_op="while.5"), x(HOST, 2, "fusion.1", 12, 8, hlo_op="fusion.1"),
+           x(HOST, 2, "end: fusion.1", 20, 0.1), x(HOST, 2, "dot.2", 30, 10, hlo_op="dot.2"),
+           x(HOST, 3, "copy.4", 35, 10, hlo_op="copy.4")]
+    events, source = T.device_events(dict(traceEvents=ev))
+    assert source == "cpu_thunks" and [e["name"] for e in events] == ["fusion.1", "dot.2", "copy.4"]
+    s = T.summarize(events, steps=1)
+    assert s["busy_us"] == pytest.approx(8 + 15) and s["wall_us"] == pytest.approx(33)
+    assert T.device_events(dict(traceEvents=ev[:5]))[1] == "none"  # the metadata and the python event only
+
+
+def test_load_reads_the_newest_run_folder(tmp_path):
+    for run, n in (("2026_01_01_00_00_00", 1), ("2026_01_01_00_00_01", 2)):
+        d = tmp_path / "plugins" / "profile" / run
+        d.mkdir(parents=True)
+        with gzip.open(d / ("perfetto_trace.json.gz" if n == 2 else "host.trace.json.gz"), "wt") as f:
+            json.dump(dict(traceEvents=[x(HOST, 1, "a", 0, n)]), f)
+    trace, f = T.load(tmp_path)
+    assert trace["traceEvents"][0]["dur"] == 2 and f.name == "perfetto_trace.json.gz"
+    with pytest.raises(FileNotFoundError, match="create_perfetto_trace"):
+        T.load(tmp_path / "nothing")
+
+
+def test_decode_profile_end_to_end_on_cpu(tmp_path, capsys):
+    from bench.decode_profile import main
+
+    res = main(["--small", "--decode-impls", "jnp", "--steps", "4", "--calls", "2", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "no GPU stream events" in text and "Top 15 kernels of jnp" in text
+    (r,) = res["rows"]
+    assert r["source"] == "cpu_thunks" and r["steps"] == 8 and r["bytes_per_s"] > 0
+    assert 0 < r["busy_us"] <= r["wall_us"] and r["idle_us"] == pytest.approx(r["wall_us"] - r["busy_us"])
+    assert r["events_per_step"] >= 1 and 0 < r["median_us"] <= r["p90_us"] and r["hlo_ops_per_step"] > 0
+    assert r["busy_us"] <= r["summed_us"] + 1e-6 and 0 < len(r["top"]) <= 15
+    assert sum(k["share"] for k in r["top"]) <= 1 + 1e-9 and sum(k["us_per_step"] for k in r["top"]) <= (
+        r["summed_us"] * (1 + 1e-9))
+    assert r["host"] and all(h["events"] > 0 for h in r["host"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"][0]["impl"] == "jnp" and (tmp_path / "table.md").exists()
+    assert (tmp_path / "trace_jnp.json.gz").exists() and T.device_events(
+        json.load(gzip.open(tmp_path / "trace_jnp.json.gz")))[1] == "cpu_thunks"
