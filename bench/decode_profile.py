@@ -57,7 +57,10 @@ def profile(engine: Engine, batch: int, steps: int, calls: int, top: int, keep: 
     events, source = trace_stats.device_events(trace)
     res = dict(bytes_per_s=batch * steps * calls / dt, untraced_us=dt * 1e6 / (steps * calls), source=source,
                source_note=trace_stats.SOURCES[source], trace_file=keep.name if keep else None,
-               host=trace_stats.host_summary(trace))
+               host=trace_stats.host_summary(trace), threads=trace_stats.inventory(trace)[:20])
+    if jax.default_backend() == "gpu" and source != "gpu":
+        print(f"WARNING: the trace on this GPU has no 'Stream' events ({trace_stats.SOURCES[source]}): the figures "
+              f"are not the GPU's kernels (CUPTI not loaded?). Threads: {res['threads'][:8]}")
     if events:
         res.update(trace_stats.summarize(events, steps * calls, top))
     return res

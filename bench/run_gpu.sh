@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
-#   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data generate generate_1b generate_retnphi serve_load gpu_tests
+#   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data generate generate_1b generate_retnphi decode_profile serve_load gpu_tests
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
@@ -20,6 +20,7 @@ for b in "$@"; do
     generate) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 1,8,64,256 --quants none,int8,int4 --decode-impls jnp,fused,fused_pallas --count-ops --extra-unrolls 4 --bpb-bytes 1048576 --set data.source=files --set data.paths=/tmp/pysrc" ;;
     generate_1b) cmd="python -m bench.generate --configs configs/lm_1b.py --batches 1,64 --quants none,int8 --decode-impls jnp,fused_pallas --steps 128 --copy-mib 1024" ;;
     generate_retnphi) cmd="python -m bench.generate_retnphi --size 1b --batches 1,64 --steps 128 --data-paths /tmp/pysrc" ;;
+    decode_profile) cmd="python -m bench.decode_profile --config configs/lm_125m.py --decode-impls jnp,fused_pallas --batch 1 --steps 64 --out $LOG_DIR/decode_profile" ;;
     serve_load) cmd="python -m bench.serve_load --config configs/lm_125m.py --decode-impl fused_pallas --clients 16 --requests 128 --slots 8 --chunk 32 --max-tokens 256" ;;
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
     *) echo "unknown benchmark $b"; continue ;;

@@ -116,3 +116,16 @@ def test_decode_profile_end_to_end_on_cpu(tmp_path, capsys):
     assert saved["rows"][0]["impl"] == "jnp" and (tmp_path / "table.md").exists()
     assert (tmp_path / "trace_jnp.json.gz").exists() and T.device_events(
         json.load(gzip.open(tmp_path / "trace_jnp.json.gz")))[1] == "cpu_thunks"
+
+
+def test_inventory_lists_threads_by_event_count():
+    inv = T.inventory(gpu_trace())
+    assert inv[0] == dict(process="/device:GPU:0", thread="Stream #7(Compute)", events=6)
+    assert sum(t["events"] for t in inv) == 11 and {t["thread"] for t in inv} >= {"XLA Ops", "python"}
+
+
+def test_gpu_threads_without_stream_names_leave_out_the_derived_lines():
+    ev = meta(GPU, "/device:GPU:0", {3: "Compute 3", 101: "XLA Ops", 102: "XLA Modules"})
+    ev += [x(GPU, 3, "fusion.1", 0, 4), x(GPU, 101, "fusion.1", 0, 4), x(GPU, 102, "jit__decode", 0, 50)]
+    events, source = T.device_events(dict(traceEvents=ev))
+    assert source == "gpu_unnamed" and [(e["tid"], e["name"]) for e in events] == [(3, "fusion.1")]

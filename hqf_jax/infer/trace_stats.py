@@ -147,6 +147,17 @@ def summarize(events: list[dict], steps: int, top: int = 15) -> dict:
                 max_gap_us=float(gaps.max()) if len(gaps) else 0.0, gaps=gap_bins, top=kernels)
 
 
+def inventory(trace: dict) -> list[dict]:
+    """Every thread with complete events, most events first: process, thread, events (what a reader checks
+    when the device events are not where device_events looks)."""
+    procs, threads = names(trace)
+    count: dict = {}
+    for e in _complete(trace):
+        count[(e["pid"], e.get("tid"))] = count.get((e["pid"], e.get("tid")), 0) + 1
+    return [dict(process=procs.get(k[0], str(k[0])), thread=threads.get(k, str(k[1])), events=n)
+            for k, n in sorted(count.items(), key=lambda kv: -kv[1])]
+
+
 def host_summary(trace: dict, top: int = 5) -> list[dict]:
     """Per host thread (threads of processes that are not a GPU): event count, busy time (union, µs) and the
     ``top`` event names by total time: what the host did while the device ran."""
