@@ -76,8 +76,8 @@ def verdict(r: dict) -> str:
 
 
 def tables(rows: list[dict], head: str) -> str:
-    out = [head, "", "| impl | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | busy µs/step | "
-           "idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | max gap µs |",
+    out = [head, "", "| impl | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | "
+           "busy µs/step | idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | max gap µs |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
