@@ -27,30 +27,10 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, require_hopper, time_floor, time_for,
-                                         tolerance)
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, mosaic_cfg_str, mosaic_configs,
+                                         require_hopper, time_floor, time_for, tolerance)
 from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
-from pallas_kernels.quant.mosaic_layout import plan_options
-
-
-def configs(mw: M.MosaicWeight) -> list:
-    """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the cheapest split of each of
-    the three next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
-    plan's own cost model, mosaic_layout.plan_options)."""
-    n, _ = mw.shape
-    out, seen = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")], {(mw.plan.wg_rows, mw.plan.groups)}
-    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
-        if (p.wg_rows, p.groups) not in seen and len(out) < 5:
-            seen.add((p.wg_rows, p.groups))
-            out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))
-    return out
-
-
-def cfg_str(c: M.MosaicBlocks, mw: M.MosaicWeight | None = None, batch: int = 1) -> str:
-    if mw is not None:
-        c = M.resolve(mw, batch, c)
-    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
 
 
 def row_md(row) -> str:
@@ -101,7 +81,7 @@ def main(argv=None):
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
                 best, timed = None, []
-                cands = configs(mw)
+                cands = mosaic_configs(mw)
                 if a.keep and ranked:
                     cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep]]
                 for c in cands:
@@ -109,24 +89,25 @@ def main(argv=None):
                     try:
                         ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)
                         if not ok:
-                            print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: FAILS its check (rel {rel:.1e})")
+                            print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: FAILS its check "
+                                  f"(rel {rel:.1e})")
                             continue
                         t, _ = time_for(op, x, mws, n, a.target_s, False)
                     except Exception as e:  # noqa: BLE001 -- a config Mosaic rejects must not end the sweep
-                        print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: FAILED {type(e).__name__}: "
+                        print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: FAILED {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
                         continue
-                    print(f"  {shape} {q.cfg.name} b={b} {cfg_str(c, mw, b)}: {t * 1e6:.1f} us (bf16 {t16 * 1e6:.1f}, "
-                          f"floor {floor * 1e6:.1f})", flush=True)
+                    print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: {t * 1e6:.1f} us "
+                          f"(bf16 {t16 * 1e6:.1f}, floor {floor * 1e6:.1f})", flush=True)
                     timed.append((t, c))
                     if best is None or t < best[1]:
                         best = (c, t)
                 ranked = [c for _, c in sorted(timed, key=lambda tc: tc[0])]
                 rows.append((shape, q.cfg.name, b, t16, floor, t_route,
-                             (cfg_str(best[0], mw, b), best[1]) if best else None, ideal))
+                             (mosaic_cfg_str(best[0], mw, b), best[1]) if best else None, ideal))
                 print("ROW " + row_md(rows[-1]), flush=True)
                 if best:
-                    best_rows.append((shape, method, b, cfg_str(best[0], mw, b), t16 / best[1]))
+                    best_rows.append((shape, method, b, mosaic_cfg_str(best[0], mw, b), t16 / best[1]))
     print("\n| shape KxN | method | batch | bf16 µs | read floor µs | ROUTES µs (x bf16) | Mosaic best | µs | "
           "x bf16 | ideal |\n|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:

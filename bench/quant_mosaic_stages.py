@@ -12,6 +12,13 @@ so that decode = full - no_decode, tensor-core issue and wait = no_decode - copy
 copy pipeline itself streams at the read floor.
 
     python -m bench.quant_mosaic_stages [--shapes 4096x11008,11008x4096] [--methods int4,nf4] [--batches 1,16,64]
+                                        [--trace] [--sweep 3 --sweep-stages 2,3,4]
+
+--trace: the kernels one call of the full op launches (the Mosaic kernel, the x padding, the split-K sum), each
+one's µs per call from a profiler trace of the timing loop (kernel_timing.trace_op): what the copy probe's time
+over the floor is made of. --sweep N: the copy and full probes again for the plan, the value accumulator and the
+N next (rows x groups x split) forms at each pipeline depth of --sweep-stages: whether some other form streams
+nearer the floor.
 
 Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2 (tests/test_quant_mosaic.py traces
 the probes on a CPU). Timing: kernel_timing.time_for (fori_loop in one jit, L2-defeating weight copies, null loop
@@ -21,6 +28,7 @@ subtracted).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -29,8 +37,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, require_hopper, time_floor, time_for,
-                                         tolerance)
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, mosaic_cfg_str, mosaic_configs,
+                                         require_hopper, time_floor, time_for, tolerance, trace_op)
 from pallas_kernels.quant import mosaic as M
 
 PROBES = ("full", "no_decode", "copy")
@@ -55,6 +63,42 @@ HEADER = ("| shape KxN | method | batch | bf16 µs | floor µs | full µs (x bf1
           "decode µs | tensor µs | copy / floor | full / floor |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def print_trace(shape, name, b, x, mws) -> None:
+    try:
+        r = trace_op(lambda x, m: M.mosaic_matmul(x, m), x, mws, 200)
+    except Exception as e:  # noqa: BLE001 - the probe rows stand without the trace
+        print(f"  trace {shape} {name} b={b}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
+        return
+    print(f"  trace {shape} {name} b={b}: per call wall {r['wall_us']:.1f} µs, busy {r['busy_us']:.1f} µs, "
+          f"{r['events_per_step']:.1f} kernels ({r['source']})", flush=True)
+    for k in r["top"]:
+        print(f"  trace {shape} {name} b={b}:   {k['per_step']:.2f} x {k['mean_us']:.2f} µs  {k['name'][:90]}",
+              flush=True)
+
+
+def sweep(shape, name, b, x, mw, mws, floor, ok_full, a) -> None:
+    """Copy and full probe times of other forms; a form whose full product fails ok_full is not timed."""
+    for c in mosaic_configs(mw, a.sweep):
+        for st in (int(v) for v in a.sweep_stages.split(",")):
+            c2 = dataclasses.replace(c, stages=st)
+            try:
+                cs = mosaic_cfg_str(c2, mw, b)
+                if not ok_full(M.mosaic_matmul_jit(x, mw, c2)):
+                    print(f"  sweep {shape} {name} b={b} {cs}: FAILS its check; not timed", flush=True)
+                    continue
+                ts = {}
+                for probe in ("copy", "full"):
+                    cp = dataclasses.replace(c2, probe="none" if probe == "full" else probe)
+                    op = lambda x, m, c=cp: M.mosaic_matmul(x, m, c)  # noqa: E731
+                    ts[probe] = time_for(op, x, mws, mw.shape[0], a.target_s, False)[0]
+            except Exception as e:  # noqa: BLE001 - a form Mosaic or shared memory refuses: the sweep goes on
+                print(f"  sweep {shape} {name} b={b} {c} st{st}: FAILED {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:160] if str(e) else ''}", flush=True)
+                continue
+            print(f"  sweep {shape} {name} b={b} {cs}: copy {ts['copy'] * 1e6:.1f} µs ({ts['copy'] / floor:.2f}x "
+                  f"floor), full {ts['full'] * 1e6:.1f} µs", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4096x11008,11008x4096")
@@ -62,6 +106,9 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--target-s", type=float, default=0.03)
     ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--trace", action="store_true", help="the kernels of one full call, from a profiler trace")
+    ap.add_argument("--sweep", type=int, default=0, help="copy and full probes of the plan and N other forms")
+    ap.add_argument("--sweep-stages", default="2,3,4", help="pipeline depths of the --sweep forms")
     a = ap.parse_args(argv)
     if require_hopper("bench.quant_mosaic_stages") is None:
         return 2
@@ -92,6 +139,12 @@ def main(argv=None):
                     t[probe] = time_for(op, x, mws, n, a.target_s, False)[0]
                 lines.append(row_md(shape, q.cfg.name, b, t, stage_row(t)))
                 print("ROW " + lines[-1], flush=True)
+                if a.trace:
+                    print_trace(shape, q.cfg.name, b, x, mws)
+                if a.sweep:
+                    bound = tolerance(x, wm, ref)
+                    sweep(shape, q.cfg.name, b, x, mw, mws, t["floor"],
+                          lambda y: check(y, ref, x, wm, bound)[0], a)
     print("\n" + HEADER)
     print("\n".join(lines))
     print(f"\nstage probe wall time {time.perf_counter() - t0:.0f} s")

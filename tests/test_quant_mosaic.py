@@ -212,3 +212,20 @@ def test_stage_probes_compute_what_they_claim_on_gpu():
     np.testing.assert_allclose(np.asarray(y), np.broadcast_to(np.asarray(want), y.shape), rtol=2e-2, atol=2e-2)
     z = M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(probe="copy", acc="value"))
     assert not np.any(np.asarray(z))
+
+
+def test_sweep_configs_are_the_plan_first_and_resolve():
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, its value accumulator, then distinct (rows,
+    groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
+    from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
+
+    mw = _abstract("int4", 4096, 11008)
+    cs = mosaic_configs(mw, 3)
+    assert cs[0] == M.MosaicBlocks() and cs[1] == M.MosaicBlocks(acc="value") and len(cs) == 5
+    forms = {(c.wg_rows, c.groups) for c in cs[2:]}
+    assert len(forms) == 3 and (mw.plan.wg_rows, mw.plan.groups) not in forms
+    for c in cs:
+        r = M.resolve(mw, 16, c)
+        assert mw.plan.n_groups % (r.split_k * r.groups) == 0
+    p = mw.plan
+    assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")

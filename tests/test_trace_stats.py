@@ -129,3 +129,17 @@ def test_gpu_threads_without_stream_names_leave_out_the_derived_lines():
     ev += [x(GPU, 3, "fusion.1", 0, 4), x(GPU, 101, "fusion.1", 0, 4), x(GPU, 102, "jit__decode", 0, 50)]
     events, source = T.device_events(dict(traceEvents=ev))
     assert source == "gpu_unnamed" and [(e["tid"], e["name"]) for e in events] == [(3, "fusion.1")]
+
+
+def test_trace_op_counts_the_kernels_of_one_call():
+    """kernel_timing.trace_op (the Hopper stage probe's --trace): a profiler trace of the timing loop, per call;
+    on a CPU the XLA:CPU thunks stand in for kernels. Busy time never exceeds the wall."""
+    import jax.numpy as jnp
+
+    from hqf_jax.quant.kernel_timing import trace_op
+
+    x = jnp.ones((4, 64), jnp.float32)
+    ws = [jnp.ones((64, 32), jnp.float32), jnp.full((64, 32), 2.0, jnp.float32)]
+    r = trace_op(lambda x, w: jnp.tanh(x @ w), x, ws, reps=5)
+    assert r["steps"] == 10 and r["events_per_step"] >= 1
+    assert 0 < r["busy_us"] <= r["wall_us"] + 1e-6 and r["top"]

@@ -162,3 +162,50 @@ def hopper_weights(q) -> dict:
                 pws=[pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)],
                 floor_ws=[jax.random.bits(jax.random.key(100 + c), (mw.nbytes // 4,), jnp.uint32)
                           for c in range(len(mws))])
+
+
+def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
+    """The kernels one call of op(x, w) launches, from a profiler trace of `reps` x len(weights) calls in the
+    timing loop: per call, each kernel's mean µs by normalized name (the loop's own sum and add are listed too:
+    they are the null loop's share), the busy and wall time (hqf_jax/infer/trace_stats.summarize)."""
+    import tempfile
+
+    from hqf_jax.infer import trace_stats
+
+    run = _loop(op)
+    r = jnp.int32(reps)
+    jax.block_until_ready(run(x, weights, r))  # compile and warm up outside the trace
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            jax.block_until_ready(run(x, weights, r))
+        trace, _ = trace_stats.load(d)
+    events, source = trace_stats.device_events(trace)
+    if not events:
+        raise RuntimeError(f"no device events in the trace ({trace_stats.SOURCES[source]})")
+    return dict(source=source, **trace_stats.summarize(events, reps * len(weights), top))
+
+
+def mosaic_configs(mw, more: int = 3) -> list:
+    """The weight's plan (MosaicBlocks()), the plan with the value accumulator, and the cheapest split of each of
+    the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
+    plan's own cost model, mosaic_layout.plan_options)."""
+    from pallas_kernels.quant import mosaic as M
+    from pallas_kernels.quant.mosaic_layout import plan_options
+
+    n, _ = mw.shape
+    out, seen = [M.MosaicBlocks(), M.MosaicBlocks(acc="value")], {(mw.plan.wg_rows, mw.plan.groups)}
+    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
+        if (p.wg_rows, p.groups) not in seen and len(out) < 2 + more:
+            seen.add((p.wg_rows, p.groups))
+            out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))
+    return out
+
+
+def mosaic_cfg_str(c, mw=None, batch: int = 1) -> str:
+    """'g{groups}/r{wg_rows}/{acc}/sk{split_k}/st{stages}/bb{block_b}' of MosaicBlocks c (resolved for mw and
+    batch when mw is given)."""
+    from pallas_kernels.quant import mosaic as M
+
+    if mw is not None:
+        c = M.resolve(mw, batch, c)
+    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
