@@ -78,11 +78,15 @@ def print_trace(shape, name, b, x, mws) -> None:
 
 def sweep(shape, name, b, x, mw, mws, floor, ok_full, a) -> None:
     """Copy and full probe times of other forms; a form whose full product fails ok_full is not timed."""
+    seen = set()
     for c in mosaic_configs(mw, a.sweep):
         for st in (int(v) for v in a.sweep_stages.split(",")):
             c2 = dataclasses.replace(c, stages=st)
             try:
                 cs = mosaic_cfg_str(c2, mw, b)
+                if cs in seen:
+                    continue
+                seen.add(cs)
                 if not ok_full(M.mosaic_matmul_jit(x, mw, c2)):
                     print(f"  sweep {shape} {name} b={b} {cs}: FAILS its check; not timed", flush=True)
                     continue

@@ -215,14 +215,14 @@ def test_stage_probes_compute_what_they_claim_on_gpu():
 
 
 def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, its value accumulator, then distinct (rows,
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct (rows,
     groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
     from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
 
     mw = _abstract("int4", 4096, 11008)
     cs = mosaic_configs(mw, 3)
-    assert cs[0] == M.MosaicBlocks() and cs[1] == M.MosaicBlocks(acc="value") and len(cs) == 5
-    forms = {(c.wg_rows, c.groups) for c in cs[2:]}
+    assert cs[:3] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")] and len(cs) == 6
+    forms = {(c.wg_rows, c.groups) for c in cs[3:]}
     assert len(forms) == 3 and (mw.plan.wg_rows, mw.plan.groups) not in forms
     for c in cs:
         r = M.resolve(mw, 16, c)
