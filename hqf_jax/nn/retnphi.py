@@ -237,7 +237,7 @@ class RetNPhi(nnx.Module):
                 Linear(d, BYTE_VOCAB_SIZE, bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
                 for _ in range(rcfg.extra_heads)])
             for h in self.extra_heads:
-                h.weight.set_value(self.byte_head.weight.get_value())
+                h.weight.set_value(jnp.copy(self.byte_head.weight.get_value()))  # own buffers (donated apart)
 
     def extra_logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
         """Extra heads on the normed hidden state (..., D) -> (k, ..., V) float32: head j predicts t + 2 + j."""
