@@ -6,12 +6,10 @@ same-size token decoder's KV-cache generation in bytes/s at a measured bytes per
     python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
     python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
 
---spec-heads K: RetNPhi gets K extra byte heads (retnphi.extra_heads), trained alone (base frozen, --head-steps
-Adam steps, hqf_jax.trainer.extra_heads) on the first --head-mb MB of --data-paths, then at batch 1 a
-self-speculative row (hqf_jax.infer.speculative) beside the plain engine and the token decoder, with accepted bytes
-per verify on held-out prompts (the next MB). The base is random, so its own predictions are noise the heads
-cannot learn from real bytes: that acceptance (and the speculative bytes/s) is NOT a trained RetNPhi's; the
-verify pass's cost and the break-even bytes/verify it implies are properties of the size and do carry over.
+--spec-heads K: K extra byte heads trained alone (hqf_jax.trainer.extra_heads) on the first --head-mb MB of
+--data-paths; at batch 1 a self-speculative row per --quants engine (hqf_jax.infer.speculative), its acceptance on
+held-out prompts (the next MB), the verify pass's cost and the break-even bytes/verify. A random base's own
+predictions are noise: that acceptance is NOT a trained RetNPhi's; the verify cost and break-even carry over.
 
 Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabulary size on the first
 ``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
@@ -70,14 +68,10 @@ def timed(fn, reps: int) -> tuple[float, int]:
     return (time.perf_counter() - t) / reps, COMPILES[0] - before
 
 
-def py_files(paths: str | None) -> list[str]:
-    return sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []
-
-
 def read_bytes(paths: str | None, mb: float) -> np.ndarray:
     """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8."""
     out, size = [], 0
-    for f in py_files(paths):
+    for f in sorted(glob.glob(os.path.join(paths or "", "**", "*.py"), recursive=True)) if paths else []:
         with open(f, "rb") as fh:
             out.append(fh.read())
         size += len(out[-1])
@@ -89,7 +83,7 @@ def read_bytes(paths: str | None, mb: float) -> np.ndarray:
 
 
 def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: float) -> tuple[float, str]:
-    files = py_files(paths)
+    files = sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []
     if not files:
         return assumed, "assumed"
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -152,10 +146,8 @@ def main(argv=None):
                    "nf4 (quant_impl auto: each layer's kernels picked for the row's batch)")
     p.add_argument("--spec-heads", type=int, default=0, help="K extra heads trained alone, then speculative rows "
                    "at batch 1 (needs --data-paths; random base: acceptance not representative)")
-    p.add_argument("--head-steps", type=int, default=400)
-    p.add_argument("--head-batch", type=int, default=16)
-    p.add_argument("--head-seq", type=int, default=256)
-    p.add_argument("--head-lr", type=float, default=1e-3)
+    for name, kind, default in (("steps", int, 400), ("batch", int, 16), ("seq", int, 256), ("lr", float, 1e-3)):
+        p.add_argument(f"--head-{name}", type=kind, default=default, help="the heads' training")
     p.add_argument("--head-mb", type=float, default=16.0, help="MB of training bytes for the heads; the next MB is held out")
     p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
     p.add_argument("--small", action="store_true")
@@ -163,7 +155,7 @@ def main(argv=None):
     if a.small:
         a.size, a.batches, a.steps, a.reps, a.dtype, a.bpe_mb = "tiny", "2", 8, 2, "float32", 0.05
         a.quants = "none,int8"
-        a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 8), 4, 32, 0.05, 2
+        a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 30), 4, 32, 0.05, 2
         a.batches = "1,2" if a.spec_heads else a.batches
     batches = [int(b) for b in a.batches.split(",")]
     device = jax.devices()[0].device_kind
@@ -176,10 +168,10 @@ def main(argv=None):
         rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok)", b, tps * bpt, comp))
     model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=a.spec_heads))
     del decoder
-    fit, held = None, None
+    fit, held, specs = None, None, []
     if a.spec_heads:
         data = read_bytes(a.data_paths, a.head_mb + 1)
-        cut = int(a.head_mb * 2**20)
+        cut = min(int(a.head_mb * 2**20), int(len(data) * 0.9))  # a small folder: 10% held out
         held = data[cut:]
         fit = fit_extra_heads(model, data[:cut], held, steps=a.head_steps, batch=a.head_batch, seq_len=a.head_seq,
                               lr=a.head_lr)
@@ -203,57 +195,51 @@ def main(argv=None):
             sec, comp = timed(call, a.reps)
             rows.append((f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp))
             print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+            if fit is not None and b == 1:
+                specs.append(speculative_row(eng, held, a, rows[-1]))
+                rows.append(specs[-1]["row"])
             del eng
-        if fit is not None and b == 1:
-            plain = [r[2] for r in rows if r[0] == f"RetNPhi engine {a.dtype}" and r[1] == 1] or [float("nan")]
-            spec = speculative_row(engine, held, a, plain_bps=plain[0])
-            rows.append(spec.pop("row"))
-            fit.update(spec)
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
           f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
     print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
     for name, b, bps, comp in rows:
         print(f"{name:44s} {b:5d} {bps:12,.0f} {comp:8d}")
     if fit is not None:
-        print_spec(fit, a)
+        print_spec(fit, specs, a)
     return rows
 
 
-def speculative_row(engine, held: np.ndarray, a, plain_bps: float) -> dict:
-    """Acceptance on held-out prompts (t=0 and t=1, top-p 0.95) and the timed speculative row at batch 1 (the
-    plain engine row's sampling settings), with the verify pass's cost against a plain step."""
-    starts = np.linspace(0, len(held) - 65, a.spec_prompts).astype(np.int64)
-    prompts = [bytes(held[s:s + 64]) for s in starts]
-    accept = {}
-    for t in (0.0, 1.0):  # one compile: the settings are data
-        accept[t] = float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95 if t else 1.0,
-                                                        seed=i)[1]["bytes_per_verify"] for i, q in enumerate(prompts)]))
+def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
+    """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row at batch 1 with the
+    plain row's sampling settings; the verify pass's cost against the plain row's step."""
+    prompts = [bytes(held[s:s + 64]) for s in np.linspace(0, len(held) - 65, a.spec_prompts).astype(np.int64)]
+    accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
+        "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)]  # one compile: settings are data
     verifies = []
 
     def call(i):
-        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95,
-                                       seed=i)
+        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95, seed=i)
         verifies.append(st["verifies"][0])
         return ids
 
     sec, comp = timed(call, a.reps)
     verify_s = sec / np.mean(verifies[1:])  # the timed calls only
-    name = f"RetNPhi speculative {a.spec_heads} heads (random base*)"
-    return {"row": (name, 1, a.steps / sec, comp), "accept_t0": accept[0.0], "accept_t1": accept[1.0],
-            "verify_ms": 1e3 * verify_s, "plain_step_ms": 1e3 / plain_bps, "break_even": verify_s * plain_bps}
+    return {"row": (f"{plain[0]} speculative {a.spec_heads} heads*", 1, a.steps / sec, comp), "accept": accept,
+            "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain[2], "break_even": verify_s * plain[2]}
 
 
-def print_spec(f: dict, a) -> None:
-    before = ", ".join(f"{x:.2f}" for x in f["valid_bpb_before"])
-    after = ", ".join(f"{x:.2f}" for x in f["valid_bpb_after"])
+def print_spec(f: dict, specs: list, a) -> None:
+    fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731
     print(f"\nextra heads ({a.spec_heads}, trained alone on {a.head_mb:g} MB of --data-paths): {f['steps']} steps x "
           f"{f['batch']} x {f['seq_len']} bytes, lr {f['lr']:g}, {f['seconds']:.1f} s with the compile; train head bpb "
-          f"{f['train_head_bpb_first']:.2f} -> {f['train_head_bpb_last']:.2f}; held-out head bpb [{before}] -> "
-          f"[{after}] (the random base's own head: {f['valid_main_bpb']:.2f} bpb)")
-    print(f"speculative at batch 1: accepted bytes per verify {f['accept_t0']:.2f} (t=0), {f['accept_t1']:.2f} "
-          f"(t=1, top-p 0.95) over {a.spec_prompts} held-out prompts x {a.steps} bytes; a verify pass "
-          f"({a.spec_heads + 1} bytes) takes {f['verify_ms']:.3f} ms, a plain step {f['plain_step_ms']:.3f} ms: "
-          f"speculative beats plain above {f['break_even']:.2f} bytes/verify")
+          f"{f['train_head_bpb_first']:.2f} -> {f['train_head_bpb_last']:.2f}; held-out head bpb "
+          f"{fmt(f['valid_bpb_before'])} -> {fmt(f['valid_bpb_after'])} (the random base's own head: "
+          f"{f['valid_main_bpb']:.2f} bpb)")
+    for s in specs:
+        print(f"{s['row'][0]}: accepted bytes per verify {s['accept'][0]:.2f} (t=0), {s['accept'][1]:.2f} (t=1, "
+              f"top-p 0.95) over {a.spec_prompts} held-out prompts x {a.steps} bytes; a verify pass "
+              f"({a.spec_heads + 1} bytes) {s['verify_ms']:.3f} ms, a plain step {s['step_ms']:.3f} ms: speculative "
+              f"beats plain above {s['break_even']:.2f} bytes/verify")
     print("* random base (random TinyLlama-shaped weights): its predictions are noise that heads trained on real bytes "
           "cannot match, so this acceptance and the speculative bytes/s are NOT representative of a trained RetNPhi; "
           "the verify cost and break-even are.")
