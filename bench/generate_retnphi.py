@@ -6,10 +6,9 @@ same-size token decoder's KV-cache generation in bytes/s at a measured bytes per
     python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
     python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
 
---spec-heads K: K extra byte heads trained alone (hqf_jax.trainer.extra_heads) on the first --head-mb MB of
---data-paths; at batch 1 a self-speculative row per --quants engine (hqf_jax.infer.speculative), its acceptance on
-held-out prompts (the next MB), the verify pass's cost and the break-even bytes/verify. A random base's own
-predictions are noise: that acceptance is NOT a trained RetNPhi's; the verify cost and break-even carry over.
+--spec-heads K: K extra byte heads trained alone (hqf_jax.trainer.extra_heads) on --head-mb MB of --data-paths; at
+batch 1 a self-speculative row per --quants engine, its acceptance on held-out prompts, the verify pass's cost, the
+break-even bytes/verify. The random base's acceptance is NOT a trained RetNPhi's; the verify cost carries over.
 
 Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabulary size on the first
 ``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
@@ -24,6 +23,7 @@ import argparse
 import glob
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -72,10 +72,8 @@ def read_bytes(paths: str | None, mb: float) -> np.ndarray:
     """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8."""
     out, size = [], 0
     for f in sorted(glob.glob(os.path.join(paths or "", "**", "*.py"), recursive=True)) if paths else []:
-        with open(f, "rb") as fh:
-            out.append(fh.read())
-        size += len(out[-1])
-        if size >= mb * 2**20:
+        out.append(Path(f).read_bytes())
+        if (size := size + len(out[-1])) >= mb * 2**20:
             break
     if not out:
         raise SystemExit(f"--spec-heads trains the heads on real bytes: no .py files under --data-paths={paths!r}")
@@ -150,13 +148,14 @@ def main(argv=None):
         p.add_argument(f"--head-{name}", type=kind, default=default, help="the heads' training")
     p.add_argument("--head-mb", type=float, default=16.0, help="MB of training bytes for the heads; the next MB is held out")
     p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
+    p.add_argument("--project-accept", type=float, default=2.25, help="bytes/verify to project speed at (2.25: the "
+                   "trained 125M byte LM's with 3 heads at batch 1, docs/BENCHMARKS.md)")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
-        a.size, a.batches, a.steps, a.reps, a.dtype, a.bpe_mb = "tiny", "2", 8, 2, "float32", 0.05
-        a.quants = "none,int8"
+        a.size, a.steps, a.reps, a.dtype, a.bpe_mb, a.quants = "tiny", 8, 2, "float32", 0.05, "none,int8"
+        a.batches = "1,2" if a.spec_heads else "2"
         a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 30), 4, 32, 0.05, 2
-        a.batches = "1,2" if a.spec_heads else a.batches
     batches = [int(b) for b in a.batches.split(",")]
     device = jax.devices()[0].device_kind
     cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
@@ -171,8 +170,7 @@ def main(argv=None):
     fit, held, specs = None, None, []
     if a.spec_heads:
         data = read_bytes(a.data_paths, a.head_mb + 1)
-        cut = min(int(a.head_mb * 2**20), int(len(data) * 0.9))  # a small folder: 10% held out
-        held = data[cut:]
+        held = data[(cut := min(int(a.head_mb * 2**20), int(len(data) * 0.9))):]  # a small folder: 10% held out
         fit = fit_extra_heads(model, data[:cut], held, steps=a.head_steps, batch=a.head_batch, seq_len=a.head_seq,
                               lr=a.head_lr)
     engine = RecurrentEngine(model, dtype=a.dtype)
@@ -201,11 +199,11 @@ def main(argv=None):
             del eng
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
           f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
-    print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
+    print(f"{'path':50s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
     for name, b, bps, comp in rows:
-        print(f"{name:44s} {b:5d} {bps:12,.0f} {comp:8d}")
+        print(f"{name:50s} {b:5d} {bps:12,.0f} {comp:8d}")
     if fit is not None:
-        print_spec(fit, specs, a)
+        print_spec(fit, specs, a, next(r[2] for r in rows if r[0].startswith("token decoder") and r[1] == 1) or np.nan)
     return rows
 
 
@@ -228,7 +226,7 @@ def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
             "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain[2], "break_even": verify_s * plain[2]}
 
 
-def print_spec(f: dict, specs: list, a) -> None:
+def print_spec(f: dict, specs: list, a, token_bps: float) -> None:
     fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731
     print(f"\nextra heads ({a.spec_heads}, trained alone on {a.head_mb:g} MB of --data-paths): {f['steps']} steps x "
           f"{f['batch']} x {f['seq_len']} bytes, lr {f['lr']:g}, {f['seconds']:.1f} s with the compile; train head bpb "
@@ -239,7 +237,9 @@ def print_spec(f: dict, specs: list, a) -> None:
         print(f"{s['row'][0]}: accepted bytes per verify {s['accept'][0]:.2f} (t=0), {s['accept'][1]:.2f} (t=1, "
               f"top-p 0.95) over {a.spec_prompts} held-out prompts x {a.steps} bytes; a verify pass "
               f"({a.spec_heads + 1} bytes) {s['verify_ms']:.3f} ms, a plain step {s['step_ms']:.3f} ms: speculative "
-              f"beats plain above {s['break_even']:.2f} bytes/verify")
+              f"beats plain above {s['break_even']:.2f} bytes/verify; at {a.project_accept:g} bytes/verify "
+              f"(projected) {1e3 * a.project_accept / s['verify_ms']:,.0f} bytes/s = "
+              f"{1e3 * a.project_accept / s['verify_ms'] / token_bps:.2f}x the token decoder at batch 1")
     print("* random base (random TinyLlama-shaped weights): its predictions are noise that heads trained on real bytes "
           "cannot match, so this acceptance and the speculative bytes/s are NOT representative of a trained RetNPhi; "
           "the verify cost and break-even are.")

@@ -80,6 +80,7 @@ def test_bench_generate_retnphi_spec_heads_small(tmp_path, capsys):
     before, after = (np.array(x.split("]")[0].split(", "), float) for x in line.split("held-out head bpb [")[1].split("-> ["))
     assert (after < before).all(), line
     assert out.count("accepted bytes per verify") == 2 and "NOT representative" in out
+    assert out.count("x the token decoder at batch 1") == 2 and "nanx" not in out
 
 
 @pytest.mark.study
