@@ -4,6 +4,11 @@ same-size token decoder's KV-cache generation in bytes/s at a measured bytes per
 
     python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--steps 256] [--data-paths /tmp/pysrc]
     python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
+    python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
+
+--spec-heads K: K extra byte heads trained alone (hqf_jax.trainer.extra_heads) on --head-mb MB of --data-paths; at
+batch 1 a self-speculative row per --quants engine, its acceptance on held-out prompts, the verify pass's cost, the
+break-even bytes/verify. The random base's acceptance is NOT a trained RetNPhi's; the verify cost carries over.
 
 Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabulary size on the first
 ``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
@@ -18,6 +23,7 @@ import argparse
 import glob
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +33,11 @@ from flax import nnx
 from hqf_jax import cli
 from hqf_jax.infer.engine import Settings
 from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.infer.speculative import speculative_generate
 from hqf_jax.nn import generate
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
+from hqf_jax.trainer.extra_heads import fit_extra_heads
 
 _LLAMA = dict(model_type="llama", rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
               tie_word_embeddings=False)
@@ -58,6 +66,18 @@ def timed(fn, reps: int) -> tuple[float, int]:
     outs = [fn(i + 1) for i in range(reps)]
     jax.block_until_ready(outs)
     return (time.perf_counter() - t) / reps, COMPILES[0] - before
+
+
+def read_bytes(paths: str | None, mb: float) -> np.ndarray:
+    """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8."""
+    out, size = [], 0
+    for f in sorted(glob.glob(os.path.join(paths or "", "**", "*.py"), recursive=True)) if paths else []:
+        out.append(Path(f).read_bytes())
+        if (size := size + len(out[-1])) >= mb * 2**20:
+            break
+    if not out:
+        raise SystemExit(f"--spec-heads trains the heads on real bytes: no .py files under --data-paths={paths!r}")
+    return np.frombuffer(b"".join(out), np.uint8)[: int(mb * 2**20)]
 
 
 def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: float) -> tuple[float, str]:
@@ -122,11 +142,20 @@ def main(argv=None):
     p.add_argument("--no-old", action="store_true")
     p.add_argument("--quants", default="none", help="engine weight formats, each a row per batch: none, int8, int4, "
                    "nf4 (quant_impl auto: each layer's kernels picked for the row's batch)")
+    p.add_argument("--spec-heads", type=int, default=0, help="K extra heads trained alone, then speculative rows "
+                   "at batch 1 (needs --data-paths; random base: acceptance not representative)")
+    for name, kind, default in (("steps", int, 400), ("batch", int, 16), ("seq", int, 256), ("lr", float, 1e-3)):
+        p.add_argument(f"--head-{name}", type=kind, default=default, help="the heads' training")
+    p.add_argument("--head-mb", type=float, default=16.0, help="MB of training bytes for the heads; the next MB is held out")
+    p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
+    p.add_argument("--project-accept", type=float, default=2.25, help="bytes/verify to project speed at (2.25: the "
+                   "trained 125M byte LM's with 3 heads at batch 1, docs/BENCHMARKS.md)")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
-        a.size, a.batches, a.steps, a.reps, a.dtype, a.bpe_mb = "tiny", "2", 8, 2, "float32", 0.05
-        a.quants = "none,int8"
+        a.size, a.steps, a.reps, a.dtype, a.bpe_mb, a.quants = "tiny", 8, 2, "float32", 0.05, "none,int8"
+        a.batches = "1,2" if a.spec_heads else "2"
+        a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 30), 4, 32, 0.05, 2
     batches = [int(b) for b in a.batches.split(",")]
     device = jax.devices()[0].device_kind
     cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
@@ -136,8 +165,14 @@ def main(argv=None):
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, a.steps, a.reps)
         rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok)", b, tps * bpt, comp))
-    model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64))
+    model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=a.spec_heads))
     del decoder
+    fit, held, specs = None, None, []
+    if a.spec_heads:
+        data = read_bytes(a.data_paths, a.head_mb + 1)
+        held = data[(cut := min(int(a.head_mb * 2**20), int(len(data) * 0.9))):]  # a small folder: 10% held out
+        fit = fit_extra_heads(model, data[:cut], held, steps=a.head_steps, batch=a.head_batch, seq_len=a.head_seq,
+                              lr=a.head_lr)
     engine = RecurrentEngine(model, dtype=a.dtype)
     quants = [q.strip() for q in a.quants.split(",") if q.strip()]
     for b in batches:
@@ -158,13 +193,56 @@ def main(argv=None):
             sec, comp = timed(call, a.reps)
             rows.append((f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp))
             print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+            if fit is not None and b == 1:
+                specs.append(speculative_row(eng, held, a, rows[-1]))
+                rows.append(specs[-1]["row"])
             del eng
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
           f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
-    print(f"{'path':44s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
+    print(f"{'path':50s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
     for name, b, bps, comp in rows:
-        print(f"{name:44s} {b:5d} {bps:12,.0f} {comp:8d}")
+        print(f"{name:50s} {b:5d} {bps:12,.0f} {comp:8d}")
+    if fit is not None:
+        print_spec(fit, specs, a, next(r[2] for r in rows if r[0].startswith("token decoder") and r[1] == 1) or np.nan)
     return rows
+
+
+def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
+    """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row at batch 1 with the
+    plain row's sampling settings; the verify pass's cost against the plain row's step."""
+    prompts = [bytes(held[s:s + 64]) for s in np.linspace(0, len(held) - 65, a.spec_prompts).astype(np.int64)]
+    accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
+        "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)]  # one compile: settings are data
+    verifies = []
+
+    def call(i):
+        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95, seed=i)
+        verifies.append(st["verifies"][0])
+        return ids
+
+    sec, comp = timed(call, a.reps)
+    verify_s = sec / np.mean(verifies[1:])  # the timed calls only
+    return {"row": (f"{plain[0]} speculative {a.spec_heads} heads*", 1, a.steps / sec, comp), "accept": accept,
+            "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain[2], "break_even": verify_s * plain[2]}
+
+
+def print_spec(f: dict, specs: list, a, token_bps: float) -> None:
+    fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731
+    print(f"\nextra heads ({a.spec_heads}, trained alone on {a.head_mb:g} MB of --data-paths): {f['steps']} steps x "
+          f"{f['batch']} x {f['seq_len']} bytes, lr {f['lr']:g}, {f['seconds']:.1f} s with the compile; train head bpb "
+          f"{f['train_head_bpb_first']:.2f} -> {f['train_head_bpb_last']:.2f}; held-out head bpb "
+          f"{fmt(f['valid_bpb_before'])} -> {fmt(f['valid_bpb_after'])} (the random base's own head: "
+          f"{f['valid_main_bpb']:.2f} bpb)")
+    for s in specs:
+        print(f"{s['row'][0]}: accepted bytes per verify {s['accept'][0]:.2f} (t=0), {s['accept'][1]:.2f} (t=1, "
+              f"top-p 0.95) over {a.spec_prompts} held-out prompts x {a.steps} bytes; a verify pass "
+              f"({a.spec_heads + 1} bytes) {s['verify_ms']:.3f} ms, a plain step {s['step_ms']:.3f} ms: speculative "
+              f"beats plain above {s['break_even']:.2f} bytes/verify; at {a.project_accept:g} bytes/verify "
+              f"(projected) {1e3 * a.project_accept / s['verify_ms']:,.0f} bytes/s = "
+              f"{1e3 * a.project_accept / s['verify_ms'] / token_bps:.2f}x the token decoder at batch 1")
+    print("* random base (random TinyLlama-shaped weights): its predictions are noise that heads trained on real bytes "
+          "cannot match, so this acceptance and the speculative bytes/s are NOT representative of a trained RetNPhi; "
+          "the verify cost and break-even are.")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ POSITIVE_INTS = (
 NON_NEGATIVE_INTS = (
     "train.warmup_steps", "train.sample_len", "train.seed", "data.max_files", "train.eval_bytes",
     "train.max_train_bytes", "model.head_dim", "model.extra_heads",
+    "model.retnphi.extra_heads",
 )
 # numbers > 0
 POSITIVE_NUMBERS = ("train.lr", "model.norm_eps", "model.rms_norm_eps", "model.rope_theta")

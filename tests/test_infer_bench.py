@@ -1,5 +1,6 @@
 """The generation benchmarks' small modes run on a CPU and report what they promise."""
 
+import numpy as np
 import pytest
 
 
@@ -55,6 +56,31 @@ def test_bench_generate_retnphi_small():
     assert any(n.startswith("token decoder KV-cache") for n in names) and "RetNPhi engine float32" in names
     assert "RetNPhi engine float32 int8" in names  # the quantized engine row (--quants none,int8 in --small)
     assert all(bps > 0 and comp == 0 for _, _, bps, comp in rows)  # no recompile inside a timed call
+
+
+@pytest.mark.study
+def test_bench_generate_retnphi_spec_heads_small(tmp_path, capsys):
+    """--spec-heads end to end at tiny size: the heads train on real bytes (held-out head bpb falls), the speculative
+    row stands beside the plain engine and the token decoder at batch 1, with its acceptance and break-even."""
+    import shutil
+
+    from bench.generate_retnphi import main
+    from hqf_jax.data.sources import stdlib_root
+
+    for name in ("textwrap.py", "bisect.py", "heapq.py", "keyword.py", "shlex.py", "fnmatch.py"):
+        shutil.copy(f"{stdlib_root()}/{name}", tmp_path / name)
+    rows = main(["--small", "--spec-heads", "2", "--head-steps", "30", "--data-paths", str(tmp_path), "--no-old"])
+    out = capsys.readouterr().out
+    spec = [r for r in rows if "speculative 2 heads" in r[0]]  # one per engine of --quants (none,int8 in --small)
+    assert [r[0] for r in spec] == ["RetNPhi engine float32 speculative 2 heads*",
+                                    "RetNPhi engine float32 int8 speculative 2 heads*"]
+    assert all(r[1] == 1 and r[2] > 0 and r[3] == 0 for r in spec)
+    assert any(r[0].startswith("token decoder KV-cache") and r[1] == 1 for r in rows)
+    line = next(x for x in out.splitlines() if x.startswith("extra heads (2"))
+    before, after = (np.array(x.split("]")[0].split(", "), float) for x in line.split("held-out head bpb [")[1].split("-> ["))
+    assert (after < before).all(), line
+    assert out.count("accepted bytes per verify") == 2 and "NOT representative" in out
+    assert out.count("x the token decoder at batch 1") == 2 and "nanx" not in out
 
 
 @pytest.mark.study

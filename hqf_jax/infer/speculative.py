@@ -9,6 +9,10 @@ emitted byte has exactly the distribution of plain sampling with the same temper
 target p is the filtered distribution; greedy rows use one-hot distributions, which makes the output equal
 to greedy decoding). The state keeps the pending byte and the accepted drafts only (``step.absorb``).
 
+One loop for two engines: Engine (the RetNet byte LM, its inference forward ``step.forward``; ragged prompts) and
+RecurrentEngine (RetNPhi, ``retnphi.extra_heads = k``: the model's own chunkwise form collects what ``absorb``
+needs; prompts of one length, as its prefill). Each gives a prefill and a verify function (``KINDS``).
+
     ids, stats = speculative_generate(engine, prompts, max_new, temperature=..., seed=...)
     stats["bytes_per_verify"]   # accepted bytes per verify pass (1 + accepted drafts), over all rows
 """
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.engine import Engine, EngineError, Settings
+from hqf_jax.infer.engine import Engine, EngineError, Settings, encode
 from hqf_jax.infer.step import absorb, forward, init_state
 from hqf_jax.ops.sampling import filter_logits_rows
 
@@ -65,17 +69,54 @@ def _drafts(model, hidden, settings, counter, vocab_limit):
     return d, q
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit"))
-def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit):
-    model = nnx.merge(graphdef, weights)
-    k = model.cfg.extra_heads
-    b, t = tokens.shape
+def _retnet_prefill(model, tokens, lengths):
+    """(last logits (B, V), state, last hidden (B, d)) of left-padded prompts: the byte LM's inference forward."""
+    t = tokens.shape[1]
     valid = jnp.arange(t)[None, :] >= (t - lengths)[:, None]
     logits, state, hidden = forward(model, tokens, init_state(model.cfg, lengths - t), valid, return_hidden=True)
+    return logits[:, -1], state, hidden[:, -1]
+
+
+def _retnet_verify(model, chunk, state):
+    """(logits (B, k+1, V), hidden (B, k+1, d), kvs for absorb) of one verify chunk."""
+    kvs = []
+    logits, _, hidden = forward(model, chunk, state, kvs=kvs, return_hidden=True)
+    return logits, hidden, kvs
+
+
+def _recurrent_prefill(model, tokens, lengths):
+    """The model's own form over prompts of one length; offsets made per row (verify moves rows apart)."""
+    logits, state, hidden = model(tokens, model.init_state(tokens.shape[0]), return_state=True, return_hidden=True)
+    state = tuple(s._replace(offset=jnp.broadcast_to(s.offset, lengths.shape).astype(jnp.int32)) for s in state)
+    return logits[:, -1], state, hidden[:, -1]
+
+
+def _recurrent_verify(model, chunk, state):
+    kvs = []
+    logits, _, hidden = model(chunk, state, form="chunkwise", return_state=True, return_hidden=True, kvs=kvs)
+    return logits, hidden, kvs
+
+
+KINDS = {"retnet": (_retnet_prefill, _retnet_verify), "recurrent": (_recurrent_prefill, _recurrent_verify)}
+
+
+def head_count(model) -> int:
+    """k of a model's extra heads (the byte LM and RetNPhi hold them only when k > 0)."""
+    heads = getattr(model, "extra_heads", None)
+    return len(heads) if heads else 0
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind"))
+def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet"):
+    model = nnx.merge(graphdef, weights)
+    prefill, verify = KINDS[kind]
+    k = head_count(model)
+    b = tokens.shape[0]
+    last_logits, state, last_hidden = prefill(model, tokens, lengths)
     zero = jnp.zeros((b,), jnp.int32)
-    p0 = target_probs(logits[:, -1], settings, vocab_limit)
+    p0 = target_probs(last_logits, settings, vocab_limit)
     pending = _draw(_row_keys(settings, zero, 1)[0], p0)
-    drafts, q = _drafts(model, hidden[:, -1], settings, zero, vocab_limit)
+    drafts, q = _drafts(model, last_hidden, settings, zero, vocab_limit)
     out = jnp.zeros((b, n + k + 1), jnp.int32)
     rows = jnp.arange(b)[:, None]
 
@@ -85,8 +126,7 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
     def body(c):
         state, pending, drafts, q, emitted, it, out, verifies = c
         chunk = jnp.concatenate([pending[:, None], drafts], 1)  # (B, k+1)
-        kvs = []
-        logits, _, hidden = forward(model, chunk, state, kvs=kvs, return_hidden=True)
+        logits, hidden, kvs = verify(model, chunk, state)
         p = target_probs(logits, settings, vocab_limit)  # (B, k+1, V): p[:, j] is the law of the byte after chunk[:, j]
         keys = _row_keys(settings, it * 2 + 2, 2)
         u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(keys[0])  # (B, k)
@@ -115,20 +155,28 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
     return carry[6][:, :n], carry[4], carry[7]
 
 
-def speculative_generate(engine: Engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
-    """(ids (B, max_new), stats) by self-speculative decoding; needs a model with extra heads."""
-    k = engine.cfg.extra_heads
+def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
+    """(ids (B, max_new), stats) by self-speculative decoding with an Engine or a RecurrentEngine (RetNPhi);
+    needs a model with extra heads."""
+    k = head_count(engine.model)
     if not k:
         raise EngineError("speculative decoding drafts with the extra heads: train with model.extra_heads=k "
-                          "(k >= 1, e.g. 3) and train.extra_heads_weight > 0")
+                          "(RetNPhi: model.retnphi.extra_heads=k; k >= 1, e.g. 3) and train.extra_heads_weight > 0")
     if max_new < 1:
         raise EngineError(f"max_new must be >= 1; got {max_new}")
-    if engine.decode_impl != "jnp":
-        raise EngineError("speculative decoding verifies in the chunkwise form; use decode_impl='jnp'")
     settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
-    tokens, lengths = engine._pad(prompts)
+    if isinstance(engine, Engine):
+        if engine.decode_impl != "jnp":
+            raise EngineError("speculative decoding verifies in the chunkwise form; use decode_impl='jnp'")
+        kind, (tokens, lengths) = "retnet", engine._pad(prompts)
+    else:  # RecurrentEngine: the model's own prefill, no left padding
+        ids = [encode(p) for p in prompts]
+        if not ids or len({len(x) for x in ids}) != 1:
+            raise EngineError("speculative decoding with a RecurrentEngine takes one or more prompts of one length")
+        kind, tokens = "recurrent", jnp.asarray(np.stack(ids))
+        lengths = jnp.full((len(ids),), tokens.shape[1], jnp.int32)
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
-                                        engine.vocab_limit)
+                                        engine.vocab_limit, kind)
     emitted, verifies = np.asarray(emitted), np.asarray(verifies)
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)

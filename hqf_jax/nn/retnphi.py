@@ -70,6 +70,9 @@ class RetNPhiConfig:
     # lora mode: besides the adapters, Params whose path has a name containing one of these are trained
     # (the origin recipe thaws only ("post_attention_layernorm", "byte_embed", "byte_head"))
     trainable: tuple = ("norm", "byte_embed", "byte_head")
+    # multi-byte prediction (as the byte LM's model.extra_heads): k extra byte heads on the final normed hidden
+    # state, head j predicting byte t+2+j; trained with the adapters, they draft for self-speculative decoding
+    extra_heads: int = 0
 
     def __post_init__(self):
         for name, value, valid in (
@@ -80,6 +83,8 @@ class RetNPhiConfig:
         ):
             if value not in valid:
                 raise RetNPhiConfigError(f"retnphi.{name} {value!r} is not one of {valid}")
+        if self.extra_heads < 0:
+            raise RetNPhiConfigError(f"retnphi.extra_heads must be >= 0 (0 = none); got {self.extra_heads}")
         if self.form == "recurrent":
             raise RetNPhiConfigError("retnphi.form is the training form (parallel, chunkwise, pallas); step() is recurrent")
 
@@ -96,8 +101,8 @@ class RetNPhiConfig:
 
     def trainable_filter(self) -> TrainableFilter:
         """Adapters + Params named by `trainable` (default: norms (RMSNorms and the retention GroupNorm), byte
-        embedding, byte head) (+ the new gate)."""
-        extra = ("ret_gate",) if self.gate == "swish" else ()
+        embedding, byte head) (+ the new gate) (+ the extra byte heads)."""
+        extra = (("ret_gate",) if self.gate == "swish" else ()) + (("extra_heads",) if self.extra_heads else ())
         return TrainableFilter(tuple(self.trainable) + extra)
 
 
@@ -150,15 +155,20 @@ class RetentionAttention(Attention):
             return rope_ops.apply_rope(q, cos, sin), rope_ops.apply_rope(k, cos, sin)
         return ret.rotate_qk(q, k, positions, self.rcfg.position, xpos_scale_base=self.rcfg.xpos_scale_base)
 
-    def __call__(self, x: jnp.ndarray, state: ret.RetentionState | None, form: str):
+    def __call__(self, x: jnp.ndarray, state: ret.RetentionState | None, form: str, kvs: list | None = None):
+        """``kvs`` (a list) collects (state before, k, v, gammas) for hqf_jax.infer.step.absorb (speculative
+        verify). A state's offset is () or (B,) (rows at their own positions after a verify)."""
         c, r = self.cfg, self.rcfg
         b, t, _ = x.shape
         q, k, v = self.project_qkv(x)
         offset = jnp.zeros((), jnp.int32) if state is None else state.offset
-        q, k = self._rotate(q, k, offset + jnp.arange(t))
+        positions = offset + jnp.arange(t) if jnp.ndim(offset) == 0 else offset[:, None, None] + jnp.arange(t)
+        q, k = self._rotate(q, k, positions)
         rep = c.num_heads // c.num_kv_heads
         k, v = jnp.repeat(k, rep, axis=1), jnp.repeat(v, rep, axis=1)
         gammas = self.gammas[...]
+        if kvs is not None:
+            kvs.append((state, k, v, gammas))
         if form == "pallas":
             from pallas_kernels.retention import chunk_retention
 
@@ -182,14 +192,10 @@ class RetNPhiLayer(nnx.Module):
         self.post_attention_layernorm: RMSNorm = layer.post_attention_layernorm
         self.mlp: MLP = layer.mlp
 
-    def __call__(self, x, state, form):
-        y, state = self.self_attn(self.input_layernorm(x), state, form)
+    def __call__(self, x, state, form, kvs=None):
+        y, state = self.self_attn(self.input_layernorm(x), state, form, kvs)
         x = x + y
         return x + self.mlp(self.post_attention_layernorm(x)), state
-
-
-def _run_layer(layer: RetNPhiLayer, x, state, form: str):
-    return layer(x, state, form)
 
 
 def _remat_layer(layer: RetNPhiLayer, x, state, form: str):
@@ -226,6 +232,16 @@ class RetNPhi(nnx.Module):
             self.byte_embed.weight.set_value(jnp.asarray(byte_embed, jnp.float32))
         if byte_head is not None:
             self.byte_head.weight.set_value(jnp.asarray(byte_head, jnp.float32))
+        if rcfg.extra_heads:  # start as copies of the byte head (the next byte's law is the best prior at hand)
+            self.extra_heads = nnx.List([
+                Linear(d, BYTE_VOCAB_SIZE, bias=False, dtype=c.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+                for _ in range(rcfg.extra_heads)])
+            for h in self.extra_heads:
+                h.weight.set_value(jnp.copy(self.byte_head.weight.get_value()))  # own buffers (donated apart)
+
+    def extra_logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
+        """Extra heads on the normed hidden state (..., D) -> (k, ..., V) float32: head j predicts t + 2 + j."""
+        return jnp.stack([h(hidden).astype(jnp.float32) for h in self.extra_heads])
 
     @classmethod
     def from_decoder(cls, decoder: HFDecoderLM, rcfg: RetNPhiConfig, tokenizer=None) -> "RetNPhi":
@@ -255,20 +271,24 @@ class RetNPhi(nnx.Module):
         c = self.cfg
         return tuple(ret.init_state(batch_size, c.num_heads, c.head_dim, c.head_dim) for _ in self.layers)
 
-    def __call__(self, tokens: jnp.ndarray, state=None, *, form: str | None = None, return_state: bool = False):
-        """tokens (B, T) int -> logits (B, T, BYTE_VOCAB_SIZE) float32 [, state after the last token]."""
+    def __call__(self, tokens: jnp.ndarray, state=None, *, form: str | None = None, return_state: bool = False,
+                 return_hidden: bool = False, kvs: list | None = None):
+        """tokens (B, T) int -> logits (B, T, BYTE_VOCAB_SIZE) float32 [, state after the last token] [, normed
+        hidden (B, T, D), what the extra heads read]. ``kvs``: see RetentionAttention (speculative verify)."""
         chex.assert_rank(tokens, 2)
         form = form or self.rcfg.form
         x = self.byte_embed(tokens)
         states = state if state is not None else (None,) * len(self.layers)
         new_states = []
-        run = _remat_layer if (self.rcfg.remat and form != "recurrent") else _run_layer
+        remat = self.rcfg.remat and form != "recurrent" and kvs is None
         for layer, s in zip(self.layers, states):
-            x, s = run(layer, x, s, form)
+            x, s = _remat_layer(layer, x, s, form) if remat else layer(x, s, form, kvs)
             new_states.append(s)
-        logits = self.byte_head(self.norm(x)).astype(jnp.float32)
+        hidden = self.norm(x)
+        logits = self.byte_head(hidden).astype(jnp.float32)
         chex.assert_shape(logits, (*tokens.shape, BYTE_VOCAB_SIZE))
-        return (logits, tuple(new_states)) if return_state else logits
+        out = (logits,) + ((tuple(new_states),) if return_state else ()) + ((hidden,) if return_hidden else ())
+        return out if len(out) > 1 else logits
 
     def step(self, token: jnp.ndarray, state) -> tuple[jnp.ndarray, tuple]:
         """One byte per sequence: token (B,) -> logits (B, V), state (O(1) in the length)."""

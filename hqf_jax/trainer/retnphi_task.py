@@ -12,6 +12,7 @@ a folder whose weights changed since.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def build_task(cfg, corpus: ByteCorpus | None = None) -> tuple[Task, ByteCorpus]
     bytes_per_step = cfg.data.seq_len * cfg.data.batch_size
     task = Task(
         model=model,
-        loss_fn=lm_task.next_byte_loss,
+        loss_fn=functools.partial(lm_task.next_byte_loss,
+                                  extra_heads_weight=float(cfg.train.get("extra_heads_weight", 0.0))),
         batch_fn=sampler,
         eval_fn=lm_task.make_eval_fn(corpus.reader("valid"), cfg.data.seq_len, cfg.data.batch_size, cfg.train.eval_max_bytes),
         sample_fn=lm_task.make_sample_fn(cfg.train.sample_prompt, cfg.train.sample_len, cfg.train.seed),

@@ -1,0 +1,119 @@
+"""RetNPhi's extra byte heads and self-speculative decoding through RecurrentEngine (hqf_jax.infer.speculative):
+the verify pass's absorbed state equals running the accepted bytes alone (rows at their own positions), greedy
+output equals plain RecurrentEngine greedy decoding, sampled bytes have the plain sampler's distribution (the
+byte LM's chi-square check), the heads train through train.retnphi, and a model without heads is refused."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy.stats import chi2_contingency
+
+from hqf_jax.infer import EngineError
+from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.infer.speculative import speculative_generate
+from hqf_jax.infer.step import absorb
+from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
+from tests.test_speculative import _table
+from tests.test_train_retnphi import _args, setup  # noqa: F401  (the tiny HF base + corpus fixture)
+
+
+def retnphi_with_heads(k=2, std=0.5):
+    """A tiny random RetNPhi with peaked next-byte laws (head rows of std 0.5: logits of std ~3); the extra heads
+    copy the byte head, so drafts are sometimes right and sometimes wrong (both branches of acceptance run)."""
+    hf = dict(model_type="llama", vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=10000.0,
+              rms_norm_eps=1e-5)
+    dec = HFDecoderLM(DecoderConfig.from_hf(hf), rngs=nnx.Rngs(0))
+    m = RetNPhi.from_decoder(dec, RetNPhiConfig(byte_init="random", chunk_size=4, extra_heads=k))
+    w = jax.random.normal(jax.random.PRNGKey(1), m.byte_head.weight.get_value().shape) * std
+    for head in [m.byte_head, *(m.extra_heads if k else [])]:
+        head.weight.set_value(jnp.copy(w))
+    return m
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return RecurrentEngine(retnphi_with_heads(), dtype="float32")
+
+
+def test_absorbed_state_equals_the_accepted_prefix_run_alone(engine):
+    m = engine.model
+    x = jnp.asarray([list(b"def f(x):"), list(b"import os")], jnp.int32)
+    chunk = jnp.asarray([list(b"abc"), list(b"xyz")], jnp.int32)
+    nxt = jnp.asarray([[7, 8], [9, 10]], jnp.int32)
+    keep = jnp.asarray([1, 3])
+
+    @nnx.jit
+    def spec(m):  # prompt, verify chunk, keep 1 and 3 of its bytes, then both rows on in one call
+        _, state = m(x, m.init_state(2), return_state=True)
+        state = tuple(s._replace(offset=jnp.full((2,), s.offset)) for s in state)
+        kvs = []
+        m(chunk, state, form="chunkwise", return_state=True, kvs=kvs)
+        got = absorb(kvs, keep)
+        return got, m(nxt, got, form="chunkwise")
+
+    @functools.partial(nnx.jit, static_argnums=(1, 2))
+    def alone(m, r, n):  # row r's prompt and its first n chunk bytes, run as plain input
+        _, ref = m(jnp.concatenate([x[r:r + 1], chunk[r:r + 1, :n]], 1), m.init_state(1), return_state=True)
+        return ref, m(nxt[r:r + 1], ref)
+
+    got, got_logits = spec(m)
+    for r, n in enumerate((1, 3)):
+        ref, ref_logits = alone(m, r, n)
+        for g, s in zip(got, ref):
+            np.testing.assert_allclose(np.asarray(g.kv[r]), np.asarray(s.kv[0]), rtol=1e-5, atol=1e-5)
+            assert int(g.offset[r]) == int(s.offset) == x.shape[1] + n
+        np.testing.assert_allclose(np.asarray(got_logits[r]), np.asarray(ref_logits[0]), rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_equals_plain_recurrent_engine_greedy(engine):
+    prompts = [b"def f(x):", b"import os", b"class A:\n"]
+    ids, stats = speculative_generate(engine, prompts, 24)
+    np.testing.assert_array_equal(ids, engine.generate_ids(prompts, 24))
+    assert 1.0 <= stats["bytes_per_verify"] <= 3.0 and stats["heads"] == 2
+
+
+def test_sampled_distribution_equals_plain_sampling(engine):
+    rows, n = 1500, 4
+    prompts = [b"the "] * rows
+    spec, stats = speculative_generate(engine, prompts, n, seed=np.arange(rows), temperature=1.0)
+    plain = engine.generate_ids(prompts, n, seed=np.arange(rows) + 10**6, temperature=1.0)
+    hot = engine.generate_ids(prompts, n, seed=np.arange(rows) + 2 * 10**6, temperature=1.6)
+    assert stats["bytes_per_verify"] > 1.01  # drafts were accepted, so the accepted branch is tested too
+    for pos in range(1, n):  # byte 0 comes from the prefill; 1.. from verified drafts and residuals
+        p_same = chi2_contingency(_table(spec[:, pos], plain[:, pos]))[1]
+        assert p_same > 1e-3, (pos, p_same)
+    # the test has power: a different temperature is told apart at the same sample size
+    assert chi2_contingency(_table(spec[:, 1], hot[:, 1]))[1] < 1e-3
+
+
+def test_errors_name_the_fix(engine):
+    with pytest.raises(EngineError, match="retnphi.extra_heads"):
+        speculative_generate(RecurrentEngine(retnphi_with_heads(k=0), dtype="float32"), [b"x"], 4)
+    with pytest.raises(EngineError, match="one length"):
+        speculative_generate(engine, [b"a", b"bc"], 4)
+
+
+@pytest.mark.slow  # a whole train.retnphi run (~15 s idle)
+def test_heads_train_through_the_retnphi_trainer(setup, tmp_path):  # noqa: F811
+    from hqf_jax.trainer import lm_task, retnphi_task
+    from train import retnphi
+
+    work = tmp_path / "heads"
+    retnphi.main(_args(setup, work, "train.steps=12", "model.retnphi.extra_heads=2", "train.extra_heads_weight=1.0",
+                       "train.eval_every=12", "train.ckpt_every=12"))
+    model, cfg, _ = lm_task.load_run(work)
+    fresh, filt = retnphi_task.build_model(cfg)
+    assert any("extra_heads" in p for p, _ in nnx.to_flat_state(nnx.state(fresh, filt)))  # trained with adapters
+    data = b"".join(p.read_bytes() for p in sorted(setup[1].iterdir()))[-4097:]
+    x = jnp.asarray(np.frombuffer(data, np.uint8).astype(np.int32).reshape(1, -1))
+    batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+    _, before = lm_task.next_byte_loss(fresh, batch, None, extra_heads_weight=1.0)
+    _, after = lm_task.next_byte_loss(model, batch, None, extra_heads_weight=1.0)
+    for j in (1, 2):
+        assert float(after[f"extra_head{j}_bpb"]) < float(before[f"extra_head{j}_bpb"]) - 0.05, (j, before, after)
