@@ -32,14 +32,18 @@ LAYOUTS: tuple[Layout, ...] = (
     # int4 at K, N >= 4096: Hopper 2.42x bf16 at batch 1 on 4096x11008 (Triton GEMV 2.29x), 1.54-1.77x at batch
     # 16-64 on 4096x11008 / 11008x4096 (Triton tc 0.22-0.51x); 4096x4096 batch 1 1.34-1.43x (two runs) vs the
     # GEMV's 1.54x (the one cell the Triton form wins), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256:
-    # 0.58-0.72x bf16 (Triton 0.17-0.24x): neither form beats bf16 there.
+    # 0.58-0.72x bf16 (Triton 0.17-0.24x): neither form beats bf16 there. 4096x4096 batch 32 / 64 (stop 28): 1.25x
+    # / 1.28x (Triton 0.51x at 32).
     Layout("int", 1, "mosaic", (4096, 4096)),
     # the 125M byte LM's layers: at batch 8 the Hopper form takes 5.0-5.6 µs on 768x2560 / 2560x768 (2.2-2.3x
     # bf16; Triton 0.60-0.96x), at batch 64 7.1 µs on 768x2560 (1.84x; Triton 0.90x); at batch 1 it takes ~7 µs
     # (0.24-0.29x: a floor of launch, pipeline fill, epilogue and the split-K sum) where the Triton GEMV takes 2.6-3.5
     # µs. Whole decode steps agree: 125M batch 1 1,231 bytes/s (Hopper) vs 1,709 (GEMV), batch 8 10,605 vs 5,181
-    # (separate runs). Batches 2-7 and the ~1B LM's shapes (2048-5632) were not measured: the row covers the
-    # latter between the measured 768-2560 and 4096-11008, and leaves batch < 8 below 4096 to the Triton forms.
+    # (separate runs). The ~1B LM's shapes (stop 28): 2048x5632 batch 1 GEMV 1.59x bf16 vs Hopper 1.12x, batch 8 /
+    # 64 Hopper 0.83x / 0.86x vs Triton 0.46x / 0.49x; 5632x2048 batch 1 0.92x vs 0.89x, batch 8 / 64 / 256 Hopper
+    # 0.63x / 1.01x / 0.67x vs 0.14x / 0.29x / 0.53x: neither beats bf16 there from batch 8, the Hopper form is the
+    # faster int4; whole ~1B decode at batch 64: 26,797 bytes/s (bf16 29,247; Triton layouts 17,188 in another
+    # call). Batches 2-7 were not measured: batch < 8 below 4096 stays with the Triton forms.
     Layout("int", 8, "mosaic", (768, 768)),
     # NF4 on 4096x11008: the Hopper form's select tree runs 78-83 µs at batch 1, 4 and 64 (0.43x, 0.33x, 0.41x
     # bf16); the Triton GEMV wins at batch 1 (1.65-1.82x) and 4 (0.57x), the Hopper form at batch 64 (Triton tc
