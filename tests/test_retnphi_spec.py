@@ -10,15 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from scipy.stats import chi2_contingency
 
 from hqf_jax.infer import EngineError
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import speculative_generate
+from tests.speculative_checks import check_sampling_equals_plain
 from hqf_jax.infer.step import absorb
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
-from tests.test_speculative import _table
 from tests.test_train_retnphi import _args, setup  # noqa: F401  (the tiny HF base + corpus fixture)
 
 
@@ -79,17 +78,7 @@ def test_greedy_equals_plain_recurrent_engine_greedy(engine):
 
 
 def test_sampled_distribution_equals_plain_sampling(engine):
-    rows, n = 1500, 4
-    prompts = [b"the "] * rows
-    spec, stats = speculative_generate(engine, prompts, n, seed=np.arange(rows), temperature=1.0)
-    plain = engine.generate_ids(prompts, n, seed=np.arange(rows) + 10**6, temperature=1.0)
-    hot = engine.generate_ids(prompts, n, seed=np.arange(rows) + 2 * 10**6, temperature=1.6)
-    assert stats["bytes_per_verify"] > 1.01  # drafts were accepted, so the accepted branch is tested too
-    for pos in range(1, n):  # byte 0 comes from the prefill; 1.. from verified drafts and residuals
-        p_same = chi2_contingency(_table(spec[:, pos], plain[:, pos]))[1]
-        assert p_same > 1e-3, (pos, p_same)
-    # the test has power: a different temperature is told apart at the same sample size
-    assert chi2_contingency(_table(spec[:, 1], hot[:, 1]))[1] < 1e-3
+    check_sampling_equals_plain(engine)
 
 
 def test_errors_name_the_fix(engine):

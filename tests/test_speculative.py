@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from scipy.stats import chi2_contingency
 
 from hqf_jax.infer import Engine, EngineError
 from hqf_jax.infer.speculative import speculative_generate
+from tests.speculative_checks import check_sampling_equals_plain
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.trainer.lm_task import next_byte_loss
 
@@ -40,27 +40,8 @@ def test_greedy_equals_plain_greedy(engine):
     assert stats["bytes_per_verify"] >= 1.0
 
 
-def _table(a, b, min_count=10):
-    """2 x K contingency table of byte counts; rare bytes pooled into one column."""
-    values = np.union1d(a, b)
-    ca = np.array([(a == v).sum() for v in values])
-    cb = np.array([(b == v).sum() for v in values])
-    common = (ca + cb) >= min_count
-    return np.array([np.append(ca[common], ca[~common].sum()), np.append(cb[common], cb[~common].sum())])
-
-
 def test_sampled_distribution_equals_plain_sampling(engine):
-    rows, n = 1500, 4
-    prompts = [b"the "] * rows
-    spec, stats = speculative_generate(engine, prompts, n, seed=np.arange(rows), temperature=1.0)
-    plain = engine.generate_ids(prompts, n, seed=np.arange(rows) + 10**6, temperature=1.0)
-    hot = engine.generate_ids(prompts, n, seed=np.arange(rows) + 2 * 10**6, temperature=1.6)
-    assert stats["bytes_per_verify"] > 1.01  # drafts were accepted, so the accepted branch is tested too
-    for pos in range(1, n):  # byte 0 comes from the prefill; 1.. from verified drafts and residuals
-        p_same = chi2_contingency(_table(spec[:, pos], plain[:, pos]))[1]
-        assert p_same > 1e-3, (pos, p_same)
-    # the test has power: a different temperature is told apart at the same sample size
-    assert chi2_contingency(_table(spec[:, 1], hot[:, 1]))[1] < 1e-3
+    check_sampling_equals_plain(engine)
 
 
 def test_extra_heads_train_with_the_lm_loss():
