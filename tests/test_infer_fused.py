@@ -1,8 +1,8 @@
 """The fused decode step (hqf_jax.infer.fused: concatenated projections, one mixer per layer, position tables
 once per step) computes the module-by-module recurrent step: float32 logits and states agree over several
 steps of a left-padded batch whose rows sit at different positions, for xPos, RoPE and no positions, in jnp
-and in the Pallas kernel (interpret mode); greedy engine output is identical; the decode loop's compiled HLO
-has fewer ops per step."""
+and in the Pallas kernel (interpret mode; whole heads, and heads in column blocks); greedy engine output is
+identical; the decode loop's compiled HLO has fewer ops per step."""
 
 import re
 
@@ -25,7 +25,8 @@ def tiny(position="xpos", layers=2):
     return RetNetLM(cfg, nnx.Rngs(1))
 
 
-@pytest.mark.parametrize("position,impl", [("xpos", "xla"), ("rope", "xla"), ("none", "xla"), ("xpos", "pallas")])
+@pytest.mark.parametrize("position,impl", [("xpos", "xla"), ("rope", "xla"), ("none", "xla"), ("xpos", "pallas"),
+                                           ("rope", "pallas_split")])
 def test_fused_step_matches_recurrent_float32(position, impl):
     eng = Engine(tiny(position), dtype="float32", decode_impl="fused", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab"], Settings.make(2))
@@ -46,7 +47,7 @@ def test_fused_engine_greedy_bytes_equal():
     model = tiny()
     prompts = [b"def f(x):", b"import"]
     want = Engine(model, dtype="float32", prompt_bucket=8).generate_ids(prompts, 12)
-    for impl in ("fused", "fused_pallas"):
+    for impl in ("fused", "fused_pallas", "fused_pallas_split"):
         got = Engine(model, dtype="float32", prompt_bucket=8, decode_impl=impl, unroll=2).generate_ids(prompts, 12)
         np.testing.assert_array_equal(got, want)
 
@@ -66,3 +67,20 @@ def test_fused_step_has_fewer_ops():
     before = ops_per_step(Engine(model, dtype="bfloat16"))
     after = ops_per_step(Engine(model, dtype="bfloat16", decode_impl="fused"))
     assert after < 0.85 * before, (before, after)
+
+
+def test_column_split_fills_the_gpu_at_small_batch_only():
+    """auto_v_split: the 125M LM (6 heads, Dv 256) splits each head in 8 at batch 1 (48 programs), not at batch 8
+    (48 already); a split the head cannot take is refused with the fix."""
+    from pallas_kernels.retention_decode_fused import FusedDecodeError, auto_v_split, fused_mixer
+
+    assert [auto_v_split(b, 6, 256) for b in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert auto_v_split(1, 2, 32) == 2 and auto_v_split(1, 1, 16) == 1
+    eng = Engine(tiny(), dtype="float32", decode_impl="fused", prompt_bucket=8)
+    slots = eng.prefill([b"ab"], Settings.make(1))
+    model = nnx.merge(eng.graphdef, eng.weights)
+    h = jnp.zeros((1, 4 * 64), jnp.float32)
+    tables = (jnp.ones((1, 16)), jnp.zeros((1, 16)), jnp.ones((1, 16)))
+    with pytest.raises(FusedDecodeError, match="v_split=4"):
+        fused_mixer(h, model.blocks[0].retention.group_norm.scale[...], jnp.ones(2) * 0.9, jnp.ones((1, 2)),
+                    tables, slots.state[0], 2, 1e-5, interpret=True, v_split=4)

@@ -36,7 +36,8 @@ from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
 from hqf_jax.ops.sampling import sample_rows
 
 DTYPES = ("float32", "bfloat16")
-DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_gemv")  # fused*: hqf_jax.infer.fused
+# fused*: hqf_jax.infer.fused
+DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", "fused_gemv")
 QUANT_IMPLS = ("auto", "reference", "pallas", "mosaic")
 
 
@@ -111,7 +112,8 @@ def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = 
     if quant:
         from hqf_jax.quant.model import quantize_model
 
-        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layout_table.py) on a GPU, the reference on a CPU
+        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layout_table.py) on a GPU, the reference
+        # on a CPU
         out, report = quantize_model(out, quant, impl=quant_impl, batch=batch)
     wdt = jnp.dtype(dtype)
     gd, p, r = nnx.split(out, nnx.Param, ...)

@@ -150,10 +150,12 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
         m = block.retention
         h = jnp.dot(block.norm1(x).astype(dtype), fw["qkvg"][i].astype(dtype))
         gn = m.group_norm.scale[...]
-        if impl == "pallas":
-            from pallas_kernels.retention_decode_fused import fused_mixer  # here: loads Triton only when asked
+        if impl in ("pallas", "pallas_split"):
+            from pallas_kernels.retention_decode_fused import auto_v_split, fused_mixer  # loads Triton when asked
 
-            y, s = fused_mixer(h, gn, gammas, rnorm, tables, s, cfg.num_heads, cfg.norm_eps, interpret=interpret)
+            split = auto_v_split(x.shape[0], cfg.num_heads, cfg.v_dim // cfg.num_heads) if impl == "pallas_split" else 1
+            y, s = fused_mixer(h, gn, gammas, rnorm, tables, s, cfg.num_heads, cfg.norm_eps, interpret=interpret,
+                               v_split=split)
         else:
             y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
         x = x + m.o(y.astype(dtype))
