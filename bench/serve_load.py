@@ -141,7 +141,8 @@ def main(argv=None):
                    "request inside a chunk when another waits for its slot (default: off)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--quant", default=None)
-    p.add_argument("--decode-impl", default="jnp", help="jnp | pallas | fused | fused_pallas | fused_pallas_split (the engine's step)")
+    p.add_argument("--decode-impl", default="jnp",
+                   help="jnp | pallas | fused | fused_pallas | fused_pallas_split (the engine's step)")
     p.add_argument("--profile", action="store_true", help="the batcher waits for the device after each phase: "
                    "device time per phase, without the pipelining (slower)")
     p.add_argument("--no-compare", action="store_true", help="skip the batched benchmark at batch --slots")
