@@ -14,130 +14,39 @@ sampling key for its j-th byte is fold_in(PRNGKey(seed), j): its output does not
 
 The per-layer maths (hqf_jax/infer/step.py) is the model's own modules (norms, projections, group norm,
 SwiGLU; quantized layers through hqf_jax.quant) around the retention step, or one of the fused steps.
+
+The shared interface (EngineError, Settings, Slots, encode, ids_to_bytes, ByteGenerator) is in
+hqf_jax.infer.generator, the weights' preparation (prepare_model, weight_bytes, array_bytes) in
+hqf_jax.infer.prepare; their public names are re-exported here. This file holds the jitted stages and Engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.errors import HqfError
 from hqf_jax.infer import fused
+from hqf_jax.infer.generator import (  # noqa: F401 (re-exported: callers import them from engine)
+    ByteGenerator, EngineError, Settings, Slots, _pick, encode, ids_to_bytes,
+)
 from hqf_jax.infer.jit_args import Prepared, flat_weights, model_of
+from hqf_jax.infer.prepare import (  # noqa: F401 (re-exported: callers import them from engine)
+    DTYPES, QUANT_IMPLS, array_bytes, prepare_model, weight_bytes,
+)
 from hqf_jax.infer.step import forward, init_state, step_logits
 from hqf_jax.nn.retnet import RetNetLM
-from hqf_jax.ops.constants import BOS_ID, EOS_ID, NUM_BYTES
-from hqf_jax.ops.sampling import sample_rows
+from hqf_jax.ops.constants import NUM_BYTES
 
-DTYPES = ("float32", "bfloat16")
 # fused*: hqf_jax.infer.fused
 DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", "fused_gemv")
-QUANT_IMPLS = ("auto", "reference", "pallas", "mosaic")
-
-
-class EngineError(HqfError, ValueError):
-    pass
-
-
-class Settings(NamedTuple):
-    """Per-row sampling settings, each (B,): seed (uint32), temperature (0 = greedy), top_k (0 = off),
-    top_p (1 = off)."""
-
-    seed: jax.Array
-    temperature: jax.Array
-    top_k: jax.Array
-    top_p: jax.Array
-
-    @classmethod
-    def make(cls, batch: int, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> "Settings":
-        """Scalars are broadcast to every row; a scalar seed gives row b the seed ``seed + b``."""
-        seeds = np.asarray(seed, np.int64)
-        seeds = seeds + np.arange(batch) if seeds.ndim == 0 else seeds
-        full = lambda x, dt: np.broadcast_to(np.asarray(x, dt), (batch,))
-        s, t, k, p = full(seeds % (1 << 32), np.uint32), full(temperature, np.float32), full(top_k, np.int32), \
-            full(top_p, np.float32)  # checked on the host: no copy back from the device
-        if (t < 0).any() or not np.isfinite(t).all() or ((p <= 0) | (p > 1)).any() or (k < 0).any():
-            raise EngineError("sampling settings need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
-        return cls(*(jnp.asarray(x) for x in (s, t, k, p)))
-
-
-class Slots(NamedTuple):
-    """A batch in flight: the recurrent state (offset (B,)), the next byte of each row (sampled, not yet fed),
-    how many bytes each row has emitted, and its settings."""
-
-    state: tuple
-    token: jax.Array  # (B,) int32
-    emitted: jax.Array  # (B,) int32
-    settings: Settings
-
-
-def encode(prompt: bytes | Sequence[int]) -> np.ndarray:
-    """BOS then the prompt's bytes (int32): the layout the byte LM was trained on."""
-    body = np.frombuffer(prompt, np.uint8) if isinstance(prompt, (bytes, bytearray)) else np.asarray(prompt)
-    return np.concatenate([[BOS_ID], body.astype(np.int32)]).astype(np.int32)
-
-
-def _keys(settings: Settings, emitted: jax.Array) -> jax.Array:
-    return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(settings.seed, emitted)
-
-
-def prepare_model(model: RetNetLM, dtype: str = "bfloat16", quant: str | None = None,
-                  quant_impl: str = "auto", batch: int = 1) -> tuple[RetNetLM, dict]:
-    """A copy of ``model`` for inference: compute in ``dtype`` with parameters stored in it, the dense layers
-    optionally quantized (hqf_jax.quant: int8, int4, nf4, phi5u8, ...); quant_impl "auto" picks each layer's
-    kernel layout for decode batch ``batch`` (hqf_jax.quant.model.auto_impl). Returns (model, quant report)."""
-    if not isinstance(model, RetNetLM):
-        raise EngineError(f"the engine runs the byte LM (RetNetLM); got {type(model).__name__}")
-    if dtype not in DTYPES:
-        raise EngineError(f"engine dtype {dtype!r} is not one of {DTYPES}")
-    if quant_impl not in QUANT_IMPLS:
-        raise EngineError(f"quant_impl {quant_impl!r} is not one of {QUANT_IMPLS}")
-    if batch < 1:
-        raise EngineError(f"batch={batch}: give the decode batch the quantized layers are laid out for, >= 1")
-    if model.cfg.mixer != "retention":
-        raise EngineError("the engine decodes retention models only (model.mixer='attention' keeps no state)")
-    cfg = dataclasses.replace(model.cfg, compute_dtype=dtype)
-    fresh = nnx.eval_shape(lambda: RetNetLM(cfg, nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(fresh, nnx.Param, ...)
-    params = nnx.state(model, nnx.Param)
-    _, _, old_rest = nnx.split(model, nnx.Param, ...)
-    out = nnx.merge(graphdef, params, old_rest)
-    report = {}
-    if quant:
-        from hqf_jax.quant.model import quantize_model
-
-        # auto: per layer, the dispatcher's table (pallas_kernels/quant/layout_table.py) on a GPU, the reference
-        # on a CPU
-        out, report = quantize_model(out, quant, impl=quant_impl, batch=batch)
-    wdt = jnp.dtype(dtype)
-    gd, p, r = nnx.split(out, nnx.Param, ...)
-    p = jax.tree.map(lambda x: x.astype(wdt) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
-    return nnx.merge(gd, p, r), report
-
-
-def weight_bytes(model: nnx.Module) -> int:
-    """Bytes of every array the decode step reads once per step (parameters, packed quantized weights)."""
-    return int(sum(array_bytes(x) for x in jax.tree.leaves(nnx.state(model))))
-
-
-def array_bytes(x) -> int:
-    """Stored bytes of an array: sub-byte types (int4, the Hopper form's codes) count their packed size."""
-    bits = jnp.iinfo(x.dtype).bits if jnp.issubdtype(x.dtype, jnp.integer) else x.dtype.itemsize * 8
-    return -(-x.size * bits // 8)
 
 
 # ----------------------------------------------------------------------------- jitted stages
-
-
-def _pick(logits, settings: Settings, emitted, vocab_limit):
-    return sample_rows(_keys(settings, emitted), logits, settings.temperature, settings.top_k, settings.top_p,
-                       vocab_limit)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "vocab_limit"))
@@ -173,35 +82,6 @@ def _put(slots: Slots, new: Slots, rows: jax.Array) -> Slots:
 
 
 # ----------------------------------------------------------------------------- the engine
-
-
-class ByteGenerator:
-    """generate_ids / generate / stream for any engine with ``prefill(prompts, settings) -> slots`` and
-    ``decode(slots, n) -> (slots, (B, n) ids)`` (Engine, and RecurrentEngine for other byte models)."""
-
-    def generate_ids(self, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0) -> np.ndarray:
-        """(B, max_new) generated ids."""
-        settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
-        if max_new < 0:
-            raise EngineError(f"max_new must be >= 0; got {max_new}")
-        _, ids = self.decode(self.prefill(prompts, settings), max_new)
-        return ids
-
-    def generate(self, prompts, max_new: int, **kw) -> list[bytes]:
-        """Continuations as bytes, cut at EOS when the engine allows it."""
-        return [ids_to_bytes(row) for row in self.generate_ids(prompts, max_new, **kw)]
-
-    def stream(self, prompt: bytes, max_new: int, *, chunk: int = 32, **kw):
-        """Yield byte values of one prompt, ``chunk`` bytes per device call; stops at EOS."""
-        slots = self.prefill([prompt], Settings.make(1, **kw))
-        left = int(max_new)
-        while left > 0:
-            slots, ids = self.decode(slots, min(chunk, left))
-            for i in ids[0]:
-                if int(i) >= NUM_BYTES:  # EOS (or any non-byte id)
-                    return
-                yield int(i)
-            left -= ids.shape[1]
 
 
 class Engine(ByteGenerator):
@@ -280,12 +160,3 @@ class Engine(ByteGenerator):
         """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""
         return _put(slots, new, jnp.asarray(rows, jnp.int32))
 
-
-def ids_to_bytes(ids) -> bytes:
-    out = bytearray()
-    for i in np.asarray(ids).reshape(-1):
-        if int(i) == EOS_ID:
-            break
-        if 0 <= int(i) < NUM_BYTES:
-            out.append(int(i))
-    return bytes(out)

@@ -2,7 +2,7 @@
 ``model.init_state(B)``, ``model.step(token, state)``): RetNPhi (hqf_jax.nn.retnphi) and other recurrent
 byte models that are not the RetNet byte LM. Parameters cast once, the prompt prefilled in the model's
 training form, then n bytes per row in one jitted on-device loop with the engine's per-row sampling
-(Settings, Slots and keys as hqf_jax.infer.engine: a row's j-th byte uses fold_in(PRNGKey(seed), j)).
+(Settings, Slots and keys as hqf_jax.infer.generator: a row's j-th byte uses fold_in(PRNGKey(seed), j)).
 
     eng = RecurrentEngine(retnphi, dtype="bfloat16")
     eng.generate([b"def ", b"clas"], max_new=200, temperature=0.8)     # prompts of one length per call
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.engine import DTYPES, ByteGenerator, EngineError, Settings, Slots, _pick, array_bytes, encode
+from hqf_jax.infer.generator import ByteGenerator, EngineError, Settings, Slots, _pick, encode
+from hqf_jax.infer.prepare import DTYPES, array_bytes
 from hqf_jax.ops.constants import NUM_BYTES
 
 
