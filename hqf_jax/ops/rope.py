@@ -1,7 +1,7 @@
 """Rotary position embeddings with the Hugging Face `rope_scaling` variants.
 
 Pure functions. `rope_frequencies` turns a normalised rope dict (see
-`hqf_jax.nn.hf_decoder.normalize_rope`) into the inverse frequencies and the
+`hqf_jax.nn.hf_config.normalize_rope`) into the inverse frequencies and the
 attention scaling that multiplies cos/sin; it runs at trace time on static
 Python/NumPy values (the sequence length is static under jit), mirroring
 `transformers.modeling_rope_utils` in float32:
