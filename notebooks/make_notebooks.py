@@ -40,12 +40,14 @@ SETUP = '''\
 ACCEL = jax.default_backend() != "cpu"  # "gpu" on a Colab GPU runtime
 # SMALL: tiny sizes that finish in well under a minute on a CPU; the default is SMALL exactly when there is no GPU.
 SMALL = os.environ.get("HQF_NB_SMALL", "0" if ACCEL else "1") == "1"
+# TINY (HQF_NB_TINY=1, the test suite's run): SMALL with fewer layers, steps and bytes; the same cells print the same checks
+TINY = SMALL and os.environ.get("HQF_NB_TINY", "0") == "1"
 RUNS = os.environ.get("HQF_NB_RUNS", "runs/notebooks")  # run folders of this notebook go here
 CONFIGS = os.path.dirname(importlib.import_module("configs").__file__)  # the repository's configs/*.py
 # compiled programs are cached on disk: re-running a cell (or the next notebook) skips the XLA compile
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(RUNS, "jax_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-print(f"backend {{jax.default_backend()}}, {{jax.device_count()}} device(s): {{jax.devices()[0].device_kind}}; SMALL={{SMALL}}")'''
+print(f"backend {{jax.default_backend()}}, {{jax.device_count()}} device(s): {{jax.devices()[0].device_kind}}; SMALL={{SMALL}}" + (" (TINY)" if TINY else ""))'''
 
 
 def setup(pre: str = "") -> str:
@@ -83,6 +85,8 @@ if SMALL:  # 173k parameters, 40 steps of 8 x 128 bytes: a CPU smoke run (it wil
     cfg = cli.apply_overrides(cfg, ["train.steps=40", "train.warmup_steps=10", "data.batch_size=8", "train.log_every=5",
                                     "train.eval_every=40", "train.ckpt_every=20", "train.sample_every=40",
                                     "train.eval_max_bytes=8192"])
+    if TINY:
+        cfg = cli.apply_overrides(cfg, ["model.num_layers=1", "train.steps=20", "train.ckpt_every=10", "train.eval_every=20"])
 else:  # the README's default job: ~1.4M parameters, 800 steps of 32 x 256 bytes (a few minutes on a GPU)
     cfg = cli.load_config_file(os.path.join(CONFIGS, "lm.py"))
 print("model:", dict(cfg.model))
@@ -118,7 +122,7 @@ plt.show()'''),
     new_code_cell('''\
 from eval.bpb import measure
 
-result = measure(WORKDIR, max_bytes=16384 if SMALL else 1 << 18, batch_size=cfg.data.batch_size)
+result = measure(WORKDIR, max_bytes=(8192 if TINY else 16384) if SMALL else 1 << 18, batch_size=cfg.data.batch_size)
 print(f"held-out bytes: {result['bytes']:,} (step {result['step']})")
 for name in ("model_bpb", "gzip -9", "xz -9e"):
     print(f"  {name.replace('model_bpb', 'byte LM'):<10} {result[name]:6.3f} bits/byte")'''),
@@ -132,7 +136,7 @@ from hqf_jax.nn import generate
 
 model = task.model  # the trained model the loop hands back (lm_task.load_run(WORKDIR) restores it from disk)
 print("def ", end="")
-for byte in generate.stream(model, b"def ", 200 if SMALL else 400, seed=0, temperature=0.8, top_p=0.95):
+for byte in generate.stream(model, b"def ", (64 if TINY else 200) if SMALL else 400, seed=0, temperature=0.8, top_p=0.95):
     print(chr(byte) if byte < 128 else "\ufffd", end="", flush=True)  # one recurrent step per byte
 print()
 if not SMALL:  # a batch of prompts (equal lengths) in one jitted scan
@@ -178,6 +182,8 @@ if SMALL:
     tcfg = cli.apply_overrides(tcfg, ["tokenizer.vocab_size=512", "model.hidden_size=64", "model.intermediate_size=128",
                                       "model.num_hidden_layers=2", "data.seq_len=64", "train.steps=30", "train.warmup_steps=5",
                                       "train.eval_every=30", "train.ckpt_every=30", "train.eval_max_tokens=2048"])
+if TINY:
+    tcfg = cli.apply_overrides(tcfg, ["model.num_hidden_layers=1", "train.steps=15", "train.eval_every=15", "train.ckpt_every=15"])
 task, hf_config, tokenizer = token_task.build_task(tcfg, TOKEN_RUN)
 task.sample_fn = None  # no text sample at the end of this short run
 final = train(task, tcfg.train, tcfg.mesh, TOKEN_RUN, cli.config_to_json(tcfg))
@@ -197,6 +203,7 @@ from hqf_jax.trainer import lm_task, retnphi_task
 
 overrides = [f"model.checkpoint={HF_DIR}"] + (["data.batch_size=8", "train.steps=40", "train.warmup_steps=5",
                                                 "train.ckpt_every=40", "train.eval_max_bytes=8192"] if SMALL else [])
+overrides += ["train.steps=20", "train.ckpt_every=20", "train.eval_max_bytes=4096"] if TINY else []
 cfg = cli.apply_overrides(cli.load_config_file(os.path.join(CONFIGS, "retnphi_tiny.py")), overrides)
 with cfg.unlocked():
     cfg.base_sha256 = retnphi_task.base_sha256(cfg)  # recorded in config.json: reloading refuses a changed base
@@ -254,7 +261,7 @@ print("merged", merge(fresh), "adapters into the base; max |logit change|:", flo
     new_code_cell('''\
 from hqf_jax.nn import generate
 
-print("def " + bytes(generate.stream(fresh, b"def ", 160, seed=0, temperature=0.8, top_p=0.95)).decode("utf-8", "replace"))'''),
+print("def " + bytes(generate.stream(fresh, b"def ", 64 if TINY else 160, seed=0, temperature=0.8, top_p=0.95)).decode("utf-8", "replace"))'''),
 ]
 
 # ------------------------------------------------------------------------------------------ 03 quantize
@@ -283,6 +290,8 @@ cfg = cli.load_config_file(os.path.join(CONFIGS, "lm_tiny.py"))
 cfg = cli.apply_overrides(cfg, ["train.steps=40", "train.warmup_steps=10", "data.batch_size=8", "train.eval_every=40",
                                 "train.ckpt_every=40", "train.sample_every=40", "train.eval_max_bytes=8192"]
                           if SMALL else ["train.steps=600"])
+if TINY:
+    cfg = cli.apply_overrides(cfg, ["model.num_layers=1", "train.steps=20", "train.ckpt_every=20"])
 task, corpus = lm_task.build_task(cfg)
 task.eval_fn = task.sample_fn = None  # every method is scored below, the unquantized model first
 final = train(task, cfg.train, cfg.mesh, WORKDIR, cli.config_to_json(cfg))
@@ -352,7 +361,7 @@ from hqf_jax.quant.storage import data_bytes
 
 qmodel, report = quantize_model(nnx.clone(model), "phi5u8", impl="pallas" if ACCEL else "reference")
 print(f"{len(report)} dense layers in phi5u8")
-print("def " + bytes(generate.stream(qmodel, b"def ", 100, seed=0, temperature=0.8)).decode("utf-8", "replace"))
+print("def " + bytes(generate.stream(qmodel, b"def ", 32 if TINY else 100, seed=0, temperature=0.8)).decode("utf-8", "replace"))
 
 qtree = Q.quantize_tree(params, None, "nf4")
 info = Q.save_quantized(os.path.join(WORKDIR, "nf4"), qtree)
@@ -413,7 +422,7 @@ for length in (4, 64, 1024):
     new_code_cell('''\
 from hqf_jax.holo import baselines as bl
 
-V, L, TRIALS, NMAX = 1024, 4, 32 if SMALL else 256, 8
+V, L, TRIALS, NMAX = 1024, 4, (16 if TINY else 32) if SMALL else 256, 8
 emb = so4.haar_so4(jax.random.PRNGKey(2), (V,))
 fh = bl.fhrr_codebook(jax.random.PRNGKey(3), V, 16)  # 8 phases: 8 complex numbers = 16 floats
 hr = bl.hrr_codebook(jax.random.PRNGKey(4), V, 16)
@@ -461,7 +470,7 @@ from hqf_jax.holo import language, memory as hm
 from hqf_jax.holo.ngram import KneserNey
 
 hcfg = cli.load_config_file(os.path.join(CONFIGS, "holo_tiny.py" if SMALL else "holo.py"))
-if SMALL:  # 256 leaves, 16K cache slots: a toy memory (docs/holo.md has the full-size numbers)
+if SMALL and not TINY:  # 256 leaves, 16K cache slots: a toy memory (docs/holo.md has the full-size numbers)
     hcfg = cli.apply_overrides(hcfg, ["train.max_train_bytes=200000", "train.eval_bytes=8000"])
 mcfg = hm.HoloConfig.from_dict(hcfg.memory.to_dict())
 corpus = load_corpus(hcfg.data)
@@ -477,7 +486,7 @@ print(f"Kneser-Ney order 5: top-1 {kn['top1']:.3f}, {kn['bpb']:.3f} bits/byte")'
     new_code_cell('''\
 prompt = b"def "
 ids = holo_generate(state, jnp.asarray(prompt_context(prompt, mcfg.context_len)), jax.random.PRNGKey(0),
-                    config=mcfg, length=160 if SMALL else 400)
+                    config=mcfg, length=(64 if TINY else 160) if SMALL else 400)
 print((prompt + bytes(int(i) for i in ids)).decode("utf-8", "replace"))'''),
 ]
 
@@ -501,6 +510,8 @@ shutil.rmtree(WORKDIR, ignore_errors=True)
 cfg = cli.load_config_file(os.path.join(CONFIGS, "grpo_tiny.py"))
 if SMALL:
     cfg = cli.apply_overrides(cfg, ["train.steps=60", "train.ckpt_every=30", "train.eval_every=1000", "train.sample_every=30"])
+if TINY:
+    cfg = cli.apply_overrides(cfg, ["train.steps=30", "train.ckpt_every=15", "train.sample_every=15"])
 print("grpo:", cfg.grpo.variant, "| rl:", {k: cfg.rl[k] for k in ("source", "source_len", "group_size", "lam", "code_budget")})
 task, driver = build_grpo_task(cfg, WORKDIR)
 task.eval_fn = None  # held-out evaluation below (eval.kolmogorov_eval)
@@ -539,7 +550,7 @@ print(samples[-1]["sample"][:600] if samples else "(no samples logged)")
 
 from eval.kolmogorov_eval import evaluate, table
 
-report = evaluate(driver.policy(), cfg, num=4 if SMALL else 16, samples=2 if SMALL else 4, threshold=0.5)
+report = evaluate(driver.policy(), cfg, num=(2 if TINY else 4) if SMALL else 16, samples=2 if SMALL else 4, threshold=0.5)
 print(table(report))'''),
 ]
 
@@ -568,11 +579,12 @@ from hqf_jax.trainer.loop import train
 
 RUN = os.path.join(RUNS, "06_restore")
 shutil.rmtree(RUN, ignore_errors=True)
-STEPS = 40 if SMALL else 400
+STEPS = (20 if TINY else 40) if SMALL else 400
 cfg = cli.load_config_file(os.path.join(CONFIGS, "lm_tiny.py"))
 cfg = cli.apply_overrides(cfg, [f"train.steps={STEPS}", f"train.ckpt_every={STEPS // 2}", "train.warmup_steps=5",
                                 "data.batch_size=8", f"train.eval_every={STEPS}", f"train.sample_every={10 * STEPS}",
-                                "train.eval_max_bytes=8192", "train.keep=5", "mesh.data=-1", "mesh.fsdp=1"])
+                                "train.eval_max_bytes=8192", "train.keep=5", "mesh.data=-1", "mesh.fsdp=1"]
+                          + (["model.num_layers=1"] if TINY else []))
 task, corpus = lm_task.build_task(cfg)
 task.eval_fn = task.sample_fn = None  # evaluated below, from the checkpoint
 final = train(task, cfg.train, cfg.mesh, RUN, cli.config_to_json(cfg))  # mesh data=-1: data parallel over every device

@@ -1,5 +1,7 @@
 """The tour notebooks: committed without outputs, equal to their generator, and each one runs top to bottom
-in small mode on a CPU (nbclient, working directory the repository root); a cell that raises fails the test."""
+in small mode on a CPU (nbclient, working directory the repository root); a cell that raises fails the test.
+The runs here set HQF_NB_TINY=1 as well: small mode with fewer layers, steps and bytes (the notebooks' own
+choice, in their cells); every cell runs and prints the same checks."""
 
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ NAMES = ["01_quickstart", "02_retnphi_bootstrap", "03_quantize", "04_holographic
 # what each notebook must print (regex -> minimum count): the properties its cells check, not just "it ran"
 EXPECT = {
     "01_quickstart": {r"byte LM +\d\.\d{3} bits/byte": 1, r"gzip -9 +\d\.\d{3} bits/byte": 1, r"xz -9e +\d\.\d{3}": 1,
-                      r"\['20', '40'\] <- orbax checkpoint steps": 1},
+                      r"\['10', '20'\] <- orbax checkpoint steps": 1},
     "02_retnphi_bootstrap": {r"layer 0 q_proj reused: True": 1, r"fresh base \+ adapter file == trained checkpoint: True": 1,
-                             r"adapter: [\d,]+ params in \d+ tensors": 1, r"merged 14 adapters": 1,
+                             r"adapter: [\d,]+ params in \d+ tensors": 1, r"merged 7 adapters": 1,
                              r"held-out bits/byte \([\d,]+ bytes\): RetNPhi \d\.\d{3}": 1,
                              r"delta \d+ KiB vs base checkpoint": 1},
     "03_quantize": {r"within the codec's bound: True": 6, r"data section ([\d,]+) bytes = accounted \1 bytes": 1,
@@ -34,7 +36,8 @@ EXPECT = {
                               r"Kneser-Ney order 5: top-1": 1},
     "05_kolmogorov_grpo": {r"mean reward: first \d+ steps": 1, r"zlib -9 raw, per source": 1},
     "06_restore": {r"max \|parameter difference\| to the model in memory: 0\.0\n": 1, r"between the uninterrupted run and the resumed copy: 0\.0\n": 1,
-                   r"resumed from step 20 ": 1, r"continued to step 60 on mesh": 1, r"P\('fsdp', None\)": 1},
+                   r"resumed from step 10 ": 1, r"resumed from step 20 ": 1,
+                   r"continued to step 30 on mesh": 1, r"P\('fsdp', None\)": 1},
 }
 
 
@@ -98,7 +101,7 @@ def runs_dir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_in_small_mode(name, runs_dir, tmp_path_factory, monkeypatch):
-    for key, value in dict(JAX_PLATFORMS="cpu", HQF_NB_SMALL="1", HQF_NB_RUNS=str(runs_dir), HF_HUB_OFFLINE="1",
+    for key, value in dict(JAX_PLATFORMS="cpu", HQF_NB_SMALL="1", HQF_NB_TINY="1", HQF_NB_RUNS=str(runs_dir), HF_HUB_OFFLINE="1",
                            HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false").items():
         monkeypatch.setenv(key, value)  # the kernel inherits this environment
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
@@ -114,7 +117,7 @@ def test_notebook_runs_in_small_mode(name, runs_dir, tmp_path_factory, monkeypat
     code = _code_cells(nb)
     assert all(c.execution_count is not None for c in code)
     text = "".join(o.get("text", "") for c in code for o in c.outputs if o.output_type == "stream")
-    assert "SMALL=True" in text and "backend cpu" in text
+    assert "SMALL=True (TINY)" in text and "backend cpu" in text
     for pattern, count in EXPECT[name].items():
         assert len(re.findall(pattern, text)) >= count, f"{name}: expected {count}x {pattern!r} in its output"
     figures = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
