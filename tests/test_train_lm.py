@@ -46,7 +46,7 @@ def test_training_beats_the_order0_entropy_of_real_text(tmp_path):
     assert final["valid_bpb"] < 4.0
 
 
-RESUME_ARGS = ["--config", "configs/lm_tiny.py", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
+RESUME_ARGS = ["--config", "configs/lm_tiny.py", "model.num_layers=1", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
                "model.ffn_dim=64", "data.seq_len=64", "data.batch_size=8", "train.steps=120", "train.ckpt_every=25",
                "train.eval_every=1000", "train.sample_every=1000", "train.log_every=5", "data.max_files=20"]
 
@@ -193,7 +193,7 @@ def test_schedule_for_very_short_runs_and_bad_step_counts():
 
 
 def _short_run(workdir, **over):
-    args = {"model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
+    args = {"model.num_layers": 1, "model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
             "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 100,
             "train.sample_every": 100, "data.max_files": 10, **over}
     cfg = tiny_config(**args)
