@@ -511,7 +511,7 @@ cfg = cli.load_config_file(os.path.join(CONFIGS, "grpo_tiny.py"))
 if SMALL:
     cfg = cli.apply_overrides(cfg, ["train.steps=60", "train.ckpt_every=30", "train.eval_every=1000", "train.sample_every=30"])
 if TINY:
-    cfg = cli.apply_overrides(cfg, ["train.steps=30", "train.ckpt_every=15", "train.sample_every=15"])
+    cfg = cli.apply_overrides(cfg, ["train.steps=20", "train.ckpt_every=10", "train.sample_every=10"])
 print("grpo:", cfg.grpo.variant, "| rl:", {k: cfg.rl[k] for k in ("source", "source_len", "group_size", "lam", "code_budget")})
 task, driver = build_grpo_task(cfg, WORKDIR)
 task.eval_fn = None  # held-out evaluation below (eval.kolmogorov_eval)

@@ -20,8 +20,8 @@ OPTIMIZED_FLAG = "--xla_backend_optimization_level=2"
 
 # The longest modules first (measured on 2 cores), so that `pytest -n 2 --dist loadfile` does not end with one
 # worker running a long module alone; the order of tests inside a module is kept.
-LONG_MODULES = ["test_notebooks.py", "test_train_lm.py", "test_quant_kernels.py", "test_faults.py", "test_sharding.py",
-                "test_train_retnphi.py", "test_multiprocess.py", "test_kolmogorov_warm.py", "test_grpo_train.py",
+LONG_MODULES = ["test_notebooks.py", "test_train_lm.py", "test_quant_kernels.py", "test_sharding.py", "test_faults.py",
+                "test_kolmogorov_warm.py", "test_multiprocess.py", "test_grpo_train.py", "test_train_retnphi.py",
                 "test_train_retnphi_study.py", "test_retnet_model.py", "test_zip_eval.py", "test_infer_fused_gemv.py",
                 "test_quant_tc.py",
                 "test_retnphi_spec.py"]

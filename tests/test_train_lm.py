@@ -46,7 +46,7 @@ def test_training_beats_the_order0_entropy_of_real_text(tmp_path):
     assert final["valid_bpb"] < 4.0
 
 
-RESUME_ARGS = ["--config", "configs/lm_tiny.py", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
+RESUME_ARGS = ["--config", "configs/lm_tiny.py", "model.num_layers=1", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
                "model.ffn_dim=64", "data.seq_len=64", "data.batch_size=8", "train.steps=120", "train.ckpt_every=25",
                "train.eval_every=1000", "train.sample_every=1000", "train.log_every=5", "data.max_files=20"]
 
@@ -116,11 +116,28 @@ def _one_line_error(r: subprocess.CompletedProcess, *needles: str):
         assert n in lines[0], lines[0]
 
 
-def test_missing_path_and_unknown_key_and_wrong_type_are_one_line_errors(tmp_path):
+def _in_process(module: str, *args: str) -> subprocess.CompletedProcess:
+    """What ``python -m module args`` runs (``cli.run_main(main)``), in this process: exit status and stderr
+    (an exception other than a user error propagates and fails the test, as a traceback would)."""
+    import contextlib
+    import importlib
+    import io
+
+    err = io.StringIO()
+    main = importlib.import_module(module).main
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        cli.run_main(lambda: main(list(args)))
+    return subprocess.CompletedProcess([module, *args], e.value.code, "", err.getvalue())
+
+
+def test_missing_path_and_unknown_key_and_wrong_type_are_one_line_errors(tmp_path, monkeypatch):
+    # one real process end to end; the other cases run the same entry points in this process (a process each
+    # cost ~2.5 CPU s of imports)
     _one_line_error(run_module("train.lm", "data.source=files", f"data.paths={tmp_path}/nope"), "does not exist", "nope")
-    _one_line_error(run_module("train.lm", "train.stepz=3"), "train.stepz", "steps")
-    _one_line_error(run_module("train.lm", "train.steps=many"), "train.steps", "int")
-    _one_line_error(run_module("eval.bpb", "--run", str(tmp_path)), "not a run folder")
+    monkeypatch.chdir(ROOT)  # the default config path is relative, as for the processes
+    _one_line_error(_in_process("train.lm", "train.stepz=3"), "train.stepz", "steps")
+    _one_line_error(_in_process("train.lm", "train.steps=many"), "train.steps", "int")
+    _one_line_error(_in_process("eval.bpb", "--run", str(tmp_path)), "not a run folder")
 
 
 def test_empty_folder_and_unreadable_files(tmp_path, monkeypatch):
@@ -176,7 +193,7 @@ def test_schedule_for_very_short_runs_and_bad_step_counts():
 
 
 def _short_run(workdir, **over):
-    args = {"model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
+    args = {"model.num_layers": 1, "model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
             "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 100,
             "train.sample_every": 100, "data.max_files": 10, **over}
     cfg = tiny_config(**args)
