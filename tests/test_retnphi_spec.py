@@ -1,7 +1,8 @@
 """RetNPhi's extra byte heads and self-speculative decoding through RecurrentEngine (hqf_jax.infer.speculative):
 the verify pass's absorbed state equals running the accepted bytes alone (rows at their own positions), greedy
 output equals plain RecurrentEngine greedy decoding, sampled bytes have the plain sampler's distribution (the
-byte LM's chi-square check), the heads train through train.retnphi, and a model without heads is refused."""
+byte LM's chi-square check), and a model without heads is refused. That the heads train through train.retnphi is
+checked in tests/test_train_retnphi.py (its tiny HF base fixture is built once there)."""
 
 import functools
 
@@ -18,7 +19,6 @@ from tests.speculative_checks import check_sampling_equals_plain
 from hqf_jax.infer.step import absorb
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
-from tests.test_train_retnphi import _args, setup  # noqa: F401  (the tiny HF base + corpus fixture)
 
 
 def retnphi_with_heads(k=2, std=0.5):
@@ -86,23 +86,3 @@ def test_errors_name_the_fix(engine):
         speculative_generate(RecurrentEngine(retnphi_with_heads(k=0), dtype="float32"), [b"x"], 4)
     with pytest.raises(EngineError, match="one length"):
         speculative_generate(engine, [b"a", b"bc"], 4)
-
-
-@pytest.mark.slow  # a whole train.retnphi run (~15 s idle)
-def test_heads_train_through_the_retnphi_trainer(setup, tmp_path):  # noqa: F811
-    from hqf_jax.trainer import lm_task, retnphi_task
-    from train import retnphi
-
-    work = tmp_path / "heads"
-    retnphi.main(_args(setup, work, "train.steps=12", "model.retnphi.extra_heads=2", "train.extra_heads_weight=1.0",
-                       "train.eval_every=12", "train.ckpt_every=12"))
-    model, cfg, _ = lm_task.load_run(work)
-    fresh, filt = retnphi_task.build_model(cfg)
-    assert any("extra_heads" in p for p, _ in nnx.to_flat_state(nnx.state(fresh, filt)))  # trained with adapters
-    data = b"".join(p.read_bytes() for p in sorted(setup[1].iterdir()))[-4097:]
-    x = jnp.asarray(np.frombuffer(data, np.uint8).astype(np.int32).reshape(1, -1))
-    batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
-    _, before = lm_task.next_byte_loss(fresh, batch, None, extra_heads_weight=1.0)
-    _, after = lm_task.next_byte_loss(model, batch, None, extra_heads_weight=1.0)
-    for j in (1, 2):
-        assert float(after[f"extra_head{j}_bpb"]) < float(before[f"extra_head{j}_bpb"]) - 0.05, (j, before, after)

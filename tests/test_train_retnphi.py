@@ -161,3 +161,24 @@ def test_flops_per_byte_counts_weight_gradients_of_trainable_matmuls_only(setup)
     assert retnphi_task.flops_per_byte(full_model, full_filt, 32) == 6 * dense + 6 * retention
     assert retnphi_task.flops_per_byte(lora_model, lora_filt, 32) == (
         4 * (dense + adapters) + 2 * (adapters + 259 * 32) + 6 * retention)  # weight grads: adapters + byte head
+
+
+@pytest.mark.slow  # a whole train.retnphi run (~15 s idle)
+def test_heads_train_through_the_retnphi_trainer(setup, tmp_path):
+    """RetNPhi's extra byte heads (model.retnphi.extra_heads) train with the adapters: each head's held-out bits
+    per byte fall."""
+    from train import retnphi
+
+    work = tmp_path / "heads"
+    retnphi.main(_args(setup, work, "train.steps=12", "model.retnphi.extra_heads=2", "train.extra_heads_weight=1.0",
+                       "train.eval_every=12", "train.ckpt_every=12"))
+    model, cfg, _ = lm_task.load_run(work)
+    fresh, filt = retnphi_task.build_model(cfg)
+    assert any("extra_heads" in p for p, _ in nnx.to_flat_state(nnx.state(fresh, filt)))  # trained with adapters
+    data = b"".join(p.read_bytes() for p in sorted(setup[1].iterdir()))[-4097:]
+    x = jnp.asarray(np.frombuffer(data, np.uint8).astype(np.int32).reshape(1, -1))
+    batch = {"inputs": x[:, :-1], "targets": x[:, 1:]}
+    _, before = lm_task.next_byte_loss(fresh, batch, None, extra_heads_weight=1.0)
+    _, after = lm_task.next_byte_loss(model, batch, None, extra_heads_weight=1.0)
+    for j in (1, 2):
+        assert float(after[f"extra_head{j}_bpb"]) < float(before[f"extra_head{j}_bpb"]) - 0.05, (j, before, after)
