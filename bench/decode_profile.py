@@ -19,8 +19,6 @@ results.json. On a CPU there are no GPU stream events: the figures are the XLA:C
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,12 +46,7 @@ def profile(engine: Engine, batch: int, steps: int, calls: int, top: int, keep: 
     t = time.perf_counter()
     slots = chained(engine, slots, steps, calls)
     dt = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d, create_perfetto_trace=True):
-            chained(engine, slots, steps, calls)
-        trace, f = trace_stats.load(d)
-        if keep is not None:
-            shutil.copy(f, keep)
+    trace = trace_stats.capture(lambda: chained(engine, slots, steps, calls), keep)
     events, source = trace_stats.device_events(trace)
     res = dict(bytes_per_s=batch * steps * calls / dt, untraced_us=dt * 1e6 / (steps * calls), source=source,
                source_note=trace_stats.SOURCES[source], trace_file=keep.name if keep else None,
@@ -97,7 +90,8 @@ def tables(rows: list[dict], head: str) -> str:
     out += ["", "Verdict:"] + [f"- {r['impl']}: {verdict(r)}" for r in rows if "error" not in r]
     for r in (r for r in rows if "gaps" in r):
         cells = " | ".join(f"{g['per_step']:.1f} ({g['us_per_step']:.1f} µs)" for g in r["gaps"])
-        edges = ["<1", "1-5", "5-20", "20-100", ">=100"]
+        e = [f"{x:g}" for x in trace_stats.GAP_EDGES_US]
+        edges = [f"<{e[0]}"] + [f"{a}-{b}" for a, b in zip(e, e[1:])] + [f">={e[-1]}"]
         out += ["", f"Idle gaps of {r['impl']} per step, count (µs), by size in µs:", "",
                 "| " + " | ".join(edges) + " |", "|" + "---|" * len(edges), f"| {cells} |"]
     for r in (r for r in rows if "top" in r):

@@ -215,7 +215,8 @@ def main(argv=None):
     p.add_argument("--quants", default="none,int8,int4", help="engine weight formats: none (bf16), int8, int4, nf4")
     p.add_argument("--decode-impls", default="jnp,fused,fused_pallas",
                    help="jnp, pallas (the step kernel), fused (one projection dot; XLA mixer), fused_pallas, "
-                   "fused_pallas_split (the mixer kernel on column blocks of the state), fused_gemv (every projection a Pallas GEMV with norm / silu*up / residual fused in)")
+                   "fused_pallas_split (the mixer kernel on column blocks of the state), fused_gemv (every projection "
+                   "a Pallas GEMV with norm / silu*up / residual fused in)")
     p.add_argument("--quant-impls", default="auto", help="quantized layers' kernels, each benched: auto, pallas "
                    "(Triton forms), mosaic (Hopper, int4/NF4), reference")
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")

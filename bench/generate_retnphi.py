@@ -69,33 +69,23 @@ def timed(fn, reps: int) -> tuple[float, int]:
 
 
 def read_bytes(paths: str | None, mb: float) -> np.ndarray:
-    """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8."""
+    """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8; empty without files."""
     out, size = [], 0
-    for f in sorted(glob.glob(os.path.join(paths or "", "**", "*.py"), recursive=True)) if paths else []:
+    for f in sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []:
         out.append(Path(f).read_bytes())
         if (size := size + len(out[-1])) >= mb * 2**20:
             break
-    if not out:
-        raise SystemExit(f"--spec-heads trains the heads on real bytes: no .py files under --data-paths={paths!r}")
     return np.frombuffer(b"".join(out), np.uint8)[: int(mb * 2**20)]
 
 
 def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: float) -> tuple[float, str]:
-    files = sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []
-    if not files:
+    data = read_bytes(paths, mb + 1)
+    if not data.size:
         return assumed, "assumed"
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    text, size = [], 0
-    for f in files:
-        with open(f, "rb") as fh:
-            text.append(fh.read().decode("utf-8", "replace"))
-        size += len(text[-1])
-        if size > (mb + 1) * 2**20:
-            break
     cut = int(mb * 2**20)
-    body = "".join(text)
-    train, held = body[:cut], body[cut:cut + 2**20]
+    train, held = (bytes(data[:cut]).decode("utf-8", "replace"), bytes(data[cut:]).decode("utf-8", "replace"))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.train_from_iterator([train[i:i + 65536] for i in range(0, len(train), 65536)],
@@ -146,7 +136,8 @@ def main(argv=None):
                    "at batch 1 (needs --data-paths; random base: acceptance not representative)")
     for name, kind, default in (("steps", int, 400), ("batch", int, 16), ("seq", int, 256), ("lr", float, 1e-3)):
         p.add_argument(f"--head-{name}", type=kind, default=default, help="the heads' training")
-    p.add_argument("--head-mb", type=float, default=16.0, help="MB of training bytes for the heads; the next MB is held out")
+    p.add_argument("--head-mb", type=float, default=16.0,
+                   help="MB of training bytes for the heads; the next MB is held out")
     p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
     p.add_argument("--project-accept", type=float, default=2.25, help="bytes/verify to project speed at (2.25: the "
                    "trained 125M byte LM's with 3 heads at batch 1, docs/BENCHMARKS.md)")
@@ -170,6 +161,9 @@ def main(argv=None):
     fit, held, specs = None, None, []
     if a.spec_heads:
         data = read_bytes(a.data_paths, a.head_mb + 1)
+        if not data.size:
+            raise SystemExit(f"--spec-heads trains the heads on real bytes: no .py files under --data-paths="
+                             f"{a.data_paths!r}")
         held = data[(cut := min(int(a.head_mb * 2**20), int(len(data) * 0.9))):]  # a small folder: 10% held out
         fit = fit_extra_heads(model, data[:cut], held, steps=a.head_steps, batch=a.head_batch, seq_len=a.head_seq,
                               lr=a.head_lr)
@@ -216,7 +210,8 @@ def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
     verifies = []
 
     def call(i):
-        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95, seed=i)
+        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95,
+                                       seed=i)
         verifies.append(st["verifies"][0])
         return ids
 

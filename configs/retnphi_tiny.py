@@ -27,7 +27,7 @@ def get_config():
         retnphi=dict(
             form="chunkwise", chunk_size=32, position="hf", rope_context=None, gamma_exp_first=-5.0,
             gamma_exp_last=-12.0, group_norm=True, gate="none", byte_init="tokens", remat=False, seed=0,
-            extra_heads=0,  # byte heads for t+2..t+1+k (self-speculative decoding); loss weight train.extra_heads_weight
+            extra_heads=0,  # byte heads for t+2..t+1+k (self-speculative); loss weight train.extra_heads_weight
         ),
         # targets "auto": every projection of the checkpoint's family (hqf_jax.nn.lora.FAMILY_TARGETS: q/k/v/o/gate/up/down
         # on Llama/Mistral/Qwen2, the fused qkv_proj/gate_up_proj + o_proj/down_proj on Phi-3); or name them

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from hqf_jax.ops.retention import RetentionState
+from hqf_jax.ops.retention import RetentionState, head_norm_gate
 
 F32 = jnp.float32
 
@@ -36,9 +36,9 @@ def _pow2(n: int) -> int:
     return max(16, pl.next_power_of_2(n))
 
 
-def _kernel(g_ref, r_ref, q_ref, k_ref, v_ref, a_ref, cos_ref, sin_ref, xs_ref, gn_ref, s_ref, z_ref,
-            o_ref, s_out, z_out, *, half: int, eps: float):
-    i = pl.program_id(0)
+def _step(i, g_ref, r_ref, q_ref, k_ref, v_ref, cos_ref, sin_ref, xs_ref, s_ref, z_ref, s_out, z_out, half: int):
+    """Program i's (row, head) step on the v columns it holds: rotate q, k; S <- gamma S + k^T v and z <- gamma z +
+    k, written to s_out / z_out; returns the un-normalized readout (q S) r / max(|q . z| r, 1)."""
     g, r = g_ref[i], r_ref[i]
     cos, sin, xs = cos_ref[...], sin_ref[...], xs_ref[...]
     lo, hi = pl.ds(0, half), pl.ds(half, half)
@@ -47,50 +47,49 @@ def _kernel(g_ref, r_ref, q_ref, k_ref, v_ref, a_ref, cos_ref, sin_ref, xs_ref, 
     scale = (2 * half) ** -0.5
     rq1, rq2 = (q1 * cos - q2 * sin) * xs, (q2 * cos + q1 * sin) * xs
     rk1, rk2 = (k1 * cos - k2 * sin) / xs * scale, (k2 * cos + k1 * sin) / xs * scale
-    v = v_ref[...].astype(F32)  # (Dv,)
+    v = v_ref[...].astype(F32)  # (Dv,) or its column block
     s1 = s_ref[lo, :] * g + rk1[:, None] * v[None, :]
     s2 = s_ref[hi, :] * g + rk2[:, None] * v[None, :]
     z1 = z_ref[lo] * g + rk1
     z2 = z_ref[hi] * g + rk2
+    s_out[lo, :] = s1
+    s_out[hi, :] = s2
+    z_out[lo] = z1
+    z_out[hi] = z2
     num = jnp.sum(rq1[:, None] * s1, axis=0) + jnp.sum(rq2[:, None] * s2, axis=0)
     rowsum = jnp.sum(rq1 * z1) + jnp.sum(rq2 * z2)
-    o = num * r / jnp.maximum(jnp.abs(rowsum * r), 1.0)
+    return num * r / jnp.maximum(jnp.abs(rowsum * r), 1.0)
+
+
+def _kernel(g_ref, r_ref, q_ref, k_ref, v_ref, a_ref, cos_ref, sin_ref, xs_ref, gn_ref, s_ref, z_ref,
+            o_ref, s_out, z_out, *, half: int, eps: float):
+    o = _step(pl.program_id(0), g_ref, r_ref, q_ref, k_ref, v_ref, cos_ref, sin_ref, xs_ref, s_ref, z_ref, s_out,
+              z_out, half)
     n = o.shape[0]
     mean = jnp.sum(o) / n
     var = jnp.maximum(jnp.sum(o * o) / n - mean * mean, 0.0)
     y = (o - mean) * (jax.lax.rsqrt(var + eps) * gn_ref[...].astype(F32))
     a = a_ref[...].astype(F32)
     o_ref[...] = (y * (a * jax.nn.sigmoid(a))).astype(o_ref.dtype)
-    s_out[lo, :] = s1
-    s_out[hi, :] = s2
-    z_out[lo] = z1
-    z_out[hi] = z2
 
 
 def _kernel_split(g_ref, r_ref, q_ref, k_ref, v_ref, cos_ref, sin_ref, xs_ref, s_ref, z_ref, o_ref, s_out, z_out,
                   *, half: int, v_split: int):
     """One (row, head, column block): the block's state update and its un-normalized readout."""
-    i = pl.program_id(0) // v_split
-    g, r = g_ref[i], r_ref[i]
-    cos, sin, xs = cos_ref[...], sin_ref[...], xs_ref[...]
-    lo, hi = pl.ds(0, half), pl.ds(half, half)
-    q1, q2 = q_ref[lo].astype(F32), q_ref[hi].astype(F32)
-    k1, k2 = k_ref[lo].astype(F32), k_ref[hi].astype(F32)
-    scale = (2 * half) ** -0.5
-    rq1, rq2 = (q1 * cos - q2 * sin) * xs, (q2 * cos + q1 * sin) * xs
-    rk1, rk2 = (k1 * cos - k2 * sin) / xs * scale, (k2 * cos + k1 * sin) / xs * scale
-    v = v_ref[...].astype(F32)  # (Dv / v_split,)
-    s1 = s_ref[lo, :] * g + rk1[:, None] * v[None, :]
-    s2 = s_ref[hi, :] * g + rk2[:, None] * v[None, :]
-    z1 = z_ref[lo] * g + rk1
-    z2 = z_ref[hi] * g + rk2
-    num = jnp.sum(rq1[:, None] * s1, axis=0) + jnp.sum(rq2[:, None] * s2, axis=0)
-    rowsum = jnp.sum(rq1 * z1) + jnp.sum(rq2 * z2)
-    o_ref[...] = num * r / jnp.maximum(jnp.abs(rowsum * r), 1.0)
-    s_out[lo, :] = s1
-    s_out[hi, :] = s2
-    z_out[lo] = z1
-    z_out[hi] = z2
+    o_ref[...] = _step(pl.program_id(0) // v_split, g_ref, r_ref, q_ref, k_ref, v_ref, cos_ref, sin_ref, xs_ref,
+                       s_ref, z_ref, s_out, z_out, half)
+
+
+def _row_head_scalars(h, state: RetentionState, gammas, rnorm, num_heads: int):
+    """(programs' (row, head) count n, n padded to a power of two, gamma and decay-row norm per (row, head)
+    padded to it); checks that h holds the state's q, k, v and gate."""
+    b, hh, dk, dv = state.kv.shape
+    if hh != num_heads or h.shape[1] != 2 * hh * dk + 2 * hh * dv:
+        raise FusedDecodeError(f"h {h.shape} does not match the state {state.kv.shape} (q, k, v, gate)")
+    n = b * hh
+    npad = _pow2(n)
+    pad = lambda x: jnp.pad(x.reshape(n), (0, npad - n))  # noqa: E731
+    return n, npad, pad(jnp.broadcast_to(gammas.astype(F32)[None], (b, hh))), pad(rnorm.astype(F32))
 
 
 def auto_v_split(batch: int, num_heads: int, dv: int, programs: int = 64) -> int:
@@ -112,17 +111,11 @@ def fused_mixer(h, gn_scale, gammas, rnorm, tables, state: RetentionState, num_h
         return _mixer_split(h, gn_scale, gammas, rnorm, tables, state, num_heads, eps, interpret, num_warps,
                             v_split)
     b, hh, dk, dv = state.kv.shape
-    if hh != num_heads or h.shape[1] != 2 * hh * dk + 2 * hh * dv:
-        raise FusedDecodeError(f"h {h.shape} does not match the state {state.kv.shape} (q, k, v, gate)")
     half = dk // 2
     if half != _pow2(half) or dv != _pow2(dv) or (2 * hh * dk) % dv:
         raise FusedDecodeError(f"the fused decode kernel needs Dk/2 and Dv powers of two >= 16 and Dv dividing "
                                f"2 qk_dim (Dk={dk}, Dv={dv}, H={hh}); use the 'xla' fused step")
-    n = b * hh
-    npad = _pow2(n)
-    pad = lambda x: jnp.pad(x.reshape(n), (0, npad - n))
-    gv = pad(jnp.broadcast_to(gammas.astype(F32)[None], (b, hh)))
-    rv = pad(rnorm.astype(F32))
+    n, npad, gv, rv = _row_head_scalars(h, state, gammas, rnorm, num_heads)
     vbase, abase = 2 * hh * dk // dv, 2 * hh * dk // dv + hh
     row = lambda i: i // hh
     vec = lambda size, base, blk: pl.BlockSpec((None, size), lambda i: (row(i), base + i % hh) if blk else (row(i), 0))
@@ -161,17 +154,11 @@ def fused_mixer(h, gn_scale, gammas, rnorm, tables, state: RetentionState, num_h
 def _mixer_split(h, gn_scale, gammas, rnorm, tables, state: RetentionState, num_heads: int, eps: float,
                  interpret: bool, num_warps: int, v_split: int):
     b, hh, dk, dv = state.kv.shape
-    half, dvb = dk // 2, dv // max(v_split, 1)
-    if hh != num_heads or h.shape[1] != 2 * hh * dk + 2 * hh * dv:
-        raise FusedDecodeError(f"h {h.shape} does not match the state {state.kv.shape} (q, k, v, gate)")
+    half, dvb = dk // 2, dv // v_split
     if half != _pow2(half) or dvb != _pow2(dvb) or dv % v_split or (2 * hh * dk) % dvb:
         raise FusedDecodeError(f"v_split={v_split}: the split kernel needs Dk/2 and Dv/v_split powers of two >= 16 "
                                f"(Dk={dk}, Dv={dv}, H={hh}); use a smaller v_split or 1")
-    n = b * hh
-    npad = _pow2(n)
-    pad = lambda x: jnp.pad(x.reshape(n), (0, npad - n))
-    gv = pad(jnp.broadcast_to(gammas.astype(F32)[None], (b, hh)))
-    rv = pad(rnorm.astype(F32))
+    n, npad, gv, rv = _row_head_scalars(h, state, gammas, rnorm, num_heads)
     head, blk = (lambda p: p // v_split), (lambda p: p % v_split)
     row = lambda p: head(p) // hh
     qk_spec = lambda base: pl.BlockSpec((None, dk), lambda p: (row(p), base + head(p) % hh))
@@ -205,10 +192,5 @@ def _mixer_split(h, gn_scale, gammas, rnorm, tables, state: RetentionState, num_
         interpret=interpret,
         name="retention_decode_split",
     )(gv, rv, h, h, h, cos, sin, xs, state.kv.astype(F32).reshape(n, dk, dv), state.ksum.astype(F32).reshape(n, dk))
-    o = o.reshape(b, hh, dv)
-    mean = o.mean(-1, keepdims=True)
-    var = jnp.maximum((o * o).mean(-1, keepdims=True) - mean * mean, 0.0)
-    y = (o - mean) * (jax.lax.rsqrt(var + eps) * gn_scale.astype(F32).reshape(hh, dv))
-    a = h[:, 2 * hh * dk + hh * dv:].astype(F32)
-    y = y.reshape(b, hh * dv) * (a * jax.nn.sigmoid(a))
+    y = head_norm_gate(o.reshape(b, hh, dv), gn_scale, h[:, 2 * hh * dk + hh * dv:], eps)
     return y.astype(h.dtype), RetentionState(s.reshape(b, hh, dk, dv), z.reshape(b, hh, dk), state.offset + 1)

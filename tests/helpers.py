@@ -10,6 +10,14 @@ from pathlib import Path
 from hqf_jax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+# the byte LM the training-process tests run (one layer of configs/lm_tiny.py's kind, narrower): what a run, a
+# resume, a fault or a mesh needs to be shown, at the least compile and step time
+SMALL_LM = {"model.num_layers": 1, "model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64}
+
+
+def as_args(overrides: dict) -> list[str]:
+    """key=value command-line overrides of a dict."""
+    return [f"{k}={v}" for k, v in overrides.items()]
 
 
 def tiny_config(**overrides):

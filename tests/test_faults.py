@@ -24,15 +24,15 @@ from hqf_jax.trainer.checkpoint import Checkpointer, fingerprint, read_best
 from hqf_jax.trainer.loop import Task, train
 from hqf_jax.trainer.metrics import latest_rows, read_metrics
 from hqf_jax.trainer.runlock import RunLock
-from tests.helpers import ROOT, run_module, tiny_config
+from tests.helpers import ROOT, SMALL_LM, as_args, run_module, tiny_config
 
 # failed reads of deliberately corrupted checkpoints leave orbax coroutines that are never awaited
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-LM_ARGS = ["--config", "configs/lm_tiny.py", "model.num_layers=1", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
-           "model.ffn_dim=64", "data.seq_len=64", "data.batch_size=8", "train.steps=100000", "train.ckpt_every=100000",
-           "train.eval_every=100000", "train.sample_every=100000", "train.log_every=5", "data.max_files=20"]
+LM_ARGS = ["--config", "configs/lm_tiny.py", *as_args(SMALL_LM), "data.seq_len=64", "data.batch_size=8",
+           "train.steps=100000", "train.ckpt_every=100000", "train.eval_every=100000", "train.sample_every=100000",
+           "train.log_every=5", "data.max_files=20"]
 
 
 # ----------------------------------------------------------------------------- a tiny task
@@ -325,8 +325,7 @@ def test_eval_uses_the_best_step_by_default_and_names_a_corrupt_one(tmp_path, ca
     from eval import bpb, generate
     from hqf_jax import cli
 
-    cfg = tiny_config(**{"model.num_layers": 1, "model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64,
-                         "data.seq_len": 32, "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2,
+    cfg = tiny_config(**{**SMALL_LM, "data.seq_len": 32, "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2,
                          "train.eval_every": 2, "train.eval_max_bytes": 1024, "train.sample_every": 100,
                          "data.max_files": 10})
     task, _ = lm_task.build_task(cfg)

@@ -29,10 +29,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.helpers import SMALL_LM
+
 ROOT = Path(__file__).resolve().parents[1]
 N_PROC, DEV_PER_PROC = 2, 2
 LOSS_RTOL = 1e-4  # as tests/test_sharding.py: float32 sums in another order; observed <= 1e-5
-OVERRIDES = {"model.d_model": 32, "model.num_layers": 1, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
+OVERRIDES = {**SMALL_LM, "data.seq_len": 32,
              "data.batch_size": 8, "train.steps": 10, "train.ckpt_every": 5, "train.eval_every": 1000,
              "train.log_every": 1, "train.sample_every": 1000, "data.max_files": 10, "train.eval_max_bytes": 2048}
 

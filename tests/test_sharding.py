@@ -36,6 +36,7 @@ from hqf_jax.nn.transformer import TransformerConfig, TransformerLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 from hqf_jax.trainer import sharding as shd
 from hqf_jax.trainer.distributed import maybe_initialize
+from tests.helpers import SMALL_LM
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_RTOL = 1e-4
@@ -309,7 +310,7 @@ def test_hf_decoder_and_retnphi_lora_train_the_same_sharded(eight):
 
 # ----------------------------------------------------------------------------- the 8-device worker
 
-LM_OVERRIDES = {"model.d_model": 32, "model.num_layers": 1, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
+LM_OVERRIDES = {**SMALL_LM, "data.seq_len": 32,
                 "data.batch_size": 8, "train.steps": STEPS, "train.ckpt_every": 5, "train.eval_every": 1000,
                 "train.log_every": 1, "train.sample_every": 1000, "data.max_files": 10, "train.eval_max_bytes": 2048}
 

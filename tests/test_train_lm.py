@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,7 +20,7 @@ from hqf_jax.data.sources import load_files
 from hqf_jax.errors import CheckpointError, ConfigError, DataError
 from hqf_jax.trainer import lm_task
 from hqf_jax.trainer.loop import train
-from tests.helpers import ROOT, run_module, tiny_config
+from tests.helpers import ROOT, SMALL_LM, as_args, run_module, tiny_config
 
 
 def order0_entropy(data: bytes) -> float:
@@ -46,9 +45,9 @@ def test_training_beats_the_order0_entropy_of_real_text(tmp_path):
     assert final["valid_bpb"] < 4.0
 
 
-RESUME_ARGS = ["--config", "configs/lm_tiny.py", "model.num_layers=1", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64",
-               "model.ffn_dim=64", "data.seq_len=64", "data.batch_size=8", "train.steps=120", "train.ckpt_every=25",
-               "train.eval_every=1000", "train.sample_every=1000", "train.log_every=5", "data.max_files=20"]
+RESUME_ARGS = ["--config", "configs/lm_tiny.py", *as_args(SMALL_LM), "data.seq_len=64", "data.batch_size=8",
+               "train.steps=120", "train.ckpt_every=25", "train.eval_every=1000", "train.sample_every=1000",
+               "train.log_every=5", "data.max_files=20"]
 
 
 def _params_at(workdir, step):
@@ -193,7 +192,7 @@ def test_schedule_for_very_short_runs_and_bad_step_counts():
 
 
 def _short_run(workdir, **over):
-    args = {"model.num_layers": 1, "model.d_model": 32, "model.qk_dim": 32, "model.v_dim": 64, "model.ffn_dim": 64, "data.seq_len": 32,
+    args = {**SMALL_LM, "data.seq_len": 32,
             "data.batch_size": 4, "train.steps": 4, "train.ckpt_every": 2, "train.eval_every": 100,
             "train.sample_every": 100, "data.max_files": 10, **over}
     cfg = tiny_config(**args)

@@ -97,11 +97,7 @@ def mixer_xla(h, gn_scale, gammas, rnorm, tables, state: ret.RetentionState, cfg
     rowsum = jnp.sum(q * ksum, -1)
     r = rnorm[..., None]
     o = num * r / jnp.maximum(jnp.abs(rowsum[..., None] * r), 1.0)  # (B, H, Dv)
-    mean = o.mean(-1, keepdims=True)
-    var = jnp.maximum((o * o).mean(-1, keepdims=True) - mean * mean, 0.0)
-    y = ((o - mean) * (jax.lax.rsqrt(var + cfg.norm_eps) * gn_scale.astype(jnp.float32).reshape(nh, dv)))
-    y = y.reshape(b, v) * jax.nn.sigmoid(gate) * gate
-    return y, ret.RetentionState(kv, ksum, state.offset + 1)
+    return ret.head_norm_gate(o, gn_scale, gate, cfg.norm_eps), ret.RetentionState(kv, ksum, state.offset + 1)
 
 
 def _per_step(model, state):

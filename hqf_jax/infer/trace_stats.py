@@ -1,7 +1,7 @@
 """Device time from a profiler trace: the Chrome/Perfetto JSON that jax.profiler writes beside its xplane
 (``<log_dir>/plugins/profile/<run>/perfetto_trace.json.gz`` with create_perfetto_trace=True, and
-``<host>.trace.json.gz`` always). Pure functions of the parsed JSON (``load`` excepted): which events ran on
-the device, the union of their intervals (busy time), the idle gaps between them, kernel durations, and the
+``<host>.trace.json.gz`` always). Pure functions of the parsed JSON (``capture`` and ``load`` excepted): which
+events ran on the device, the union of their intervals (busy time), the idle gaps between them, kernel durations, and the
 kernels that take the time grouped by a normalized name. bench.decode_profile reports them per decode step:
 busy ~= wall says the step is bound by kernel durations, busy << wall by the gaps between kernels.
 
@@ -38,6 +38,23 @@ def load(log_dir: str | Path) -> tuple[dict, Path]:
                     return json.load(fh), f
     raise FileNotFoundError(f"no perfetto_trace.json.gz or *.trace.json.gz under {log_dir}/plugins/profile "
                             f"(jax.profiler.trace(..., create_perfetto_trace=True) writes one)")
+
+
+def capture(fn, keep: str | Path | None = None) -> dict:
+    """The parsed trace of running ``fn()`` under jax.profiler.trace(create_perfetto_trace=True) (fn should block
+    on its results); with ``keep``, the trace file is also copied there."""
+    import shutil
+    import tempfile
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            fn()
+        trace, f = load(d)
+        if keep is not None:
+            shutil.copy(f, keep)
+    return trace
 
 
 def names(trace: dict) -> tuple[dict, dict]:

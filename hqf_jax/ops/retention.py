@@ -120,6 +120,17 @@ def row_norm(positions: jax.Array, gammas: jax.Array) -> jax.Array:
     return jax.lax.rsqrt(jnp.maximum(c, 1.0))
 
 
+def head_norm_gate(o: jax.Array, gn_scale: jax.Array, gate: jax.Array, eps: float) -> jax.Array:
+    """The decode step's tail: per-head group norm of the readout o (B, H, Dv) float32 (statistics over Dv, scale
+    gn_scale (H Dv,)) times the swish gate (B, H Dv) -> (B, H Dv) float32."""
+    b, nh, dv = o.shape
+    mean = o.mean(-1, keepdims=True)
+    var = jnp.maximum((o * o).mean(-1, keepdims=True) - mean * mean, 0.0)
+    y = (o - mean) * (jax.lax.rsqrt(var + eps) * gn_scale.astype(jnp.float32).reshape(nh, dv))
+    gate = gate.astype(jnp.float32)
+    return y.reshape(b, nh * dv) * jax.nn.sigmoid(gate) * gate
+
+
 def _finish(num: jax.Array, rowsum: jax.Array, rnorm: jax.Array) -> jax.Array:
     """Apply the decay-row normalisation and the |row sum| normalisation; rnorm (H, T) or (B, H, T)."""
     rnorm = rnorm[..., None] if rnorm.ndim == 3 else rnorm[None, :, :, None]

@@ -168,17 +168,12 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
     """The kernels one call of op(x, w) launches, from a profiler trace of `reps` x len(weights) calls in the
     timing loop: per call, each kernel's mean µs by normalized name (the loop's own sum and add are listed too:
     they are the null loop's share), the busy and wall time (hqf_jax/infer/trace_stats.summarize)."""
-    import tempfile
-
     from hqf_jax.infer import trace_stats
 
     run = _loop(op)
     r = jnp.int32(reps)
     jax.block_until_ready(run(x, weights, r))  # compile and warm up outside the trace
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d, create_perfetto_trace=True):
-            jax.block_until_ready(run(x, weights, r))
-        trace, _ = trace_stats.load(d)
+    trace = trace_stats.capture(lambda: jax.block_until_ready(run(x, weights, r)))
     events, source = trace_stats.device_events(trace)
     if not events:
         raise RuntimeError(f"no device events in the trace ({trace_stats.SOURCES[source]})")

@@ -18,7 +18,8 @@ from hqf_jax.quant.qtensor import QTensor, accounting, quantize
 
 def auto_impl(q: QTensor, batch: int = 1) -> str:
     """impl="auto": "reference" on a CPU; on a GPU the layout the dispatcher's first level picks for this weight
-    and decode batch (pallas_kernels/quant/layout_table.py: "mosaic", the Hopper form, or "pallas", the Triton forms)."""
+    and decode batch (pallas_kernels/quant/layout_table.py: "mosaic", the Hopper form, or "pallas", the Triton
+    forms)."""
     if jax.default_backend() != "gpu":
         return "reference"
     from pallas_kernels.quant.layout_table import layout_form  # here, not at the top: keeps Pallas unloaded

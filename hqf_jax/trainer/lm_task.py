@@ -71,9 +71,9 @@ def model_flops_per_byte(mcfg: RetNetConfig | TransformerConfig, seq_len: int) -
 
 
 def next_byte_loss(model, batch, rng, extra_heads_weight: float = 0.0):
-    """Mean next-byte NLL in nats; with extra heads (model.extra_heads = k, RetNPhi's retnphi.extra_heads) plus extra_heads_weight x the mean of
-    the heads' NLLs (head j against the byte j + 1 places further on); bpb reports the main head only. ``rng``
-    (the step's) drives the model's dropout when it has one."""
+    """Mean next-byte NLL in nats; with extra heads (model.extra_heads = k, RetNPhi's retnphi.extra_heads) plus
+    extra_heads_weight x the mean of the heads' NLLs (head j against the byte j + 1 places further on); bpb reports
+    the main head only. ``rng`` (the step's) drives the model's dropout when it has one."""
     cfg = getattr(model, "cfg", None)
     kw = {"dropout_rng": rng} if getattr(cfg, "dropout", 0.0) else {}
     if not getattr(model, "extra_heads", None):  # the byte LM and RetNPhi hold their heads only when k > 0
