@@ -190,6 +190,21 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     continue
                 add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
+            engine.unroll = a.unroll
+            padded = [(r, b) for r in a.dot_rows for b in batches if b < r] if q == "none" and impl in (
+                "fused", "fused_pallas", "fused_pallas_split") else []
+            for r, b in padded:  # the fused step's XLA dots padded to r rows (fused.padded_rows)
+                try:
+                    engine.dot_rows = r
+                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine bf16 {impl} dot_rows {r}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                finally:
+                    engine.dot_rows = 1
+                add(dict(path=f"engine bf16 {impl} dot_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
+                                limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
+                                bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
         engine = Engine(model, dtype="bfloat16")
@@ -224,6 +239,8 @@ def main(argv=None):
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")
     p.add_argument("--extra-unrolls", default="", help="e.g. 4,8: unquantized paths again at batch 1 with the "
                    "decode loop unrolled that many times")
+    p.add_argument("--dot-rows", default="", help="e.g. 8,16: the fused paths again at each batch below it with "
+                   "their XLA dots padded to that many rows (Engine(dot_rows=...))")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)
@@ -241,6 +258,7 @@ def main(argv=None):
         a.bpb_seq = min(a.bpb_seq, 128)
     batches = [int(b) for b in a.batches.split(",")]
     a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
+    a.dot_rows = [int(r) for r in a.dot_rows.split(",") if r.strip()]
     quants = [q.strip() for q in a.quants.split(",")]
     if any(q != "none" for q in quants):  # quantized layers: print the kernel form the dispatcher picks per shape
         os.environ.setdefault("HQF_QUANT_DISPATCH", "print")  # and batch (pallas_kernels/quant/dispatch.py ROUTES)

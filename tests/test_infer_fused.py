@@ -25,9 +25,10 @@ def tiny(position="xpos", layers=2):
     return RetNetLM(cfg, nnx.Rngs(1))
 
 
-@pytest.mark.parametrize("position,impl", [("xpos", "xla"), ("rope", "xla"), ("none", "xla"), ("xpos", "pallas"),
-                                           ("rope", "pallas_split")])
-def test_fused_step_matches_recurrent_float32(position, impl):
+@pytest.mark.parametrize("position,impl,dot_rows", [("xpos", "xla", 1), ("rope", "xla", 1), ("none", "xla", 1),
+                                                    ("xpos", "pallas", 1), ("rope", "pallas_split", 1),
+                                                    ("xpos", "xla", 8)])
+def test_fused_step_matches_recurrent_float32(position, impl, dot_rows):
     eng = Engine(tiny(position), dtype="float32", decode_impl="fused", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab"], Settings.make(2))
     model = nnx.merge(eng.graphdef, eng.weights)
@@ -35,7 +36,7 @@ def test_fused_step_matches_recurrent_float32(position, impl):
     token = jnp.asarray([7, 200], jnp.int32)
     for _ in range(3):
         ref, s_ref = forward(model, token[:, None], s_ref)
-        got, s_new = fused_step(model, eng.fused_weights, token, s_new, impl, interpret=True)
+        got, s_new = fused_step(model, eng.fused_weights, token, s_new, impl, interpret=True, dot_rows=dot_rows)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-4, atol=2e-4)
         for a, b in zip(s_new, s_ref):
             np.testing.assert_allclose(np.asarray(a.kv), np.asarray(b.kv), rtol=1e-5, atol=1e-5)
@@ -47,9 +48,27 @@ def test_fused_engine_greedy_bytes_equal():
     model = tiny()
     prompts = [b"def f(x):", b"import"]
     want = Engine(model, dtype="float32", prompt_bucket=8).generate_ids(prompts, 12)
-    for impl in ("fused", "fused_pallas", "fused_pallas_split"):
-        got = Engine(model, dtype="float32", prompt_bucket=8, decode_impl=impl, unroll=2).generate_ids(prompts, 12)
+    for impl, rows in (("fused", 1), ("fused_pallas", 1), ("fused_pallas_split", 1), ("fused_pallas", 8)):
+        got = Engine(model, dtype="float32", prompt_bucket=8, decode_impl=impl, unroll=2,
+                     dot_rows=rows).generate_ids(prompts, 12)
         np.testing.assert_array_equal(got, want)
+
+
+def test_dot_rows_pads_only_the_fused_steps_dots():
+    """dot_rows pads the dots (the padded rows never reach the result) and is refused where there are no XLA
+    dots to pad."""
+    from hqf_jax.infer.engine import EngineError
+    from hqf_jax.infer.fused import padded_rows
+
+    a = jnp.arange(6.0).reshape(2, 3)
+    w = jnp.arange(12.0).reshape(3, 4) / 7
+    seen = []
+    y = padded_rows(lambda z: seen.append(z.shape) or z @ w, a, 8)
+    assert seen == [(8, 3)] and y.shape == (2, 4)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(a @ w), rtol=1e-6)
+    for impl, rows in (("jnp", 8), ("fused_gemv", 8), ("fused", 0)):
+        with pytest.raises(EngineError, match="dot_rows"):
+            Engine(tiny(), dtype="float32", decode_impl=impl, dot_rows=rows)
 
 
 def ops_per_step(engine) -> int:

@@ -59,14 +59,15 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
     return Slots(state, _pick(logits[:, -1], settings, emitted, vocab_limit), emitted, settings)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll"))
-def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1):
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll",
+                                                 "dot_rows"))
+def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1, dot_rows=1):
     model = model_of(graphdef, weights)
 
     def body(i, carry):
         state, token, emitted, out = carry
         out = out.at[:, i].set(token)
-        logits, state = step_logits(model, fw, token, state, decode_impl, interpret)
+        logits, state = step_logits(model, fw, token, state, decode_impl, interpret, dot_rows)
         nxt = _pick(logits, slots.settings, emitted + 1, vocab_limit)
         return state, nxt, emitted + 1, out
 
@@ -88,11 +89,12 @@ class Engine(ByteGenerator):
     """Byte generation with weights prepared once. ``dtype`` float32 | bfloat16; ``quant`` a hqf_jax.quant
     method (int8, int4, nf4, phi5u8, ...) for the dense layers; ``decode_impl`` jnp | pallas for the
     recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD); ``batch`` the
-    decode batch quant_impl "auto" picks the quantized layers' kernel layouts for (any batch still runs)."""
+    decode batch quant_impl "auto" picks the quantized layers' kernel layouts for (any batch still runs);
+    ``dot_rows`` > 1 pads the fused steps' XLA dots to that many rows (fused.padded_rows; a batch-1 speed knob)."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
-                 prompt_bucket: int = 64, unroll: int = 1, batch: int = 1):
+                 prompt_bucket: int = 64, unroll: int = 1, batch: int = 1, dot_rows: int = 1):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         if decode_impl.startswith("fused") and quant:
@@ -107,6 +109,10 @@ class Engine(ByteGenerator):
         self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
         self.decode_impl = decode_impl
         self.unroll = int(unroll)
+        if dot_rows < 1 or dot_rows > 1 and (not decode_impl.startswith("fused") or decode_impl == "fused_gemv"):
+            raise EngineError(f"dot_rows={dot_rows} pads the XLA dots of the fused steps (fused, fused_pallas, "
+                              f"fused_pallas_split); decode_impl is {decode_impl!r}")
+        self.dot_rows = int(dot_rows)
         self.interpret = jax.default_backend() == "cpu"
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
         self.prompt_bucket = int(prompt_bucket)
@@ -154,7 +160,7 @@ class Engine(ByteGenerator):
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
         return _decode(self._model, self._leaves, self.fused_weights, slots, int(n), self.vocab_limit,
-                       self.decode_impl, self.interpret, self.unroll)
+                       self.decode_impl, self.interpret, self.unroll, self.dot_rows)
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:
         """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""

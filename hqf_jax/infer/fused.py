@@ -133,8 +133,21 @@ def gemv_step(model, fw: dict, token: jax.Array, state: tuple, interpret: bool =
     return logits, tuple(new)
 
 
-def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False):
-    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as step.forward)."""
+def padded_rows(f, a: jax.Array, rows: int) -> jax.Array:
+    """f(a) for a (B, K) with the batch padded to ``rows`` (> B) behind an optimization barrier, the result
+    sliced back to B rows: XLA lowers a one-row dot as a reduction fusion and a many-row one as a GEMM kernel
+    (issue 15 measures which is faster at decode shapes); the barrier keeps the simplifier from folding the
+    padding away. f must treat rows independently (a dot, an nnx.Linear)."""
+    b = a.shape[0]
+    if b >= rows:
+        return f(a)
+    return f(jax.lax.optimization_barrier(jnp.pad(a, ((0, rows - b), (0, 0)))))[:b]
+
+
+def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla", interpret: bool = False,
+               dot_rows: int = 1):
+    """token (B,) -> logits (B, V) float32 and the state after it (the same state tuple as step.forward).
+    ``dot_rows`` > B runs the projections, MLP and head as dots of that many rows (``padded_rows``)."""
     if impl == "gemv":
         return gemv_step(model, fw, token, state, interpret)
     cfg = model.cfg
@@ -144,7 +157,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
     new = []
     for i, (block, s) in enumerate(zip(model.blocks, state)):
         m = block.retention
-        h = jnp.dot(block.norm1(x).astype(dtype), fw["qkvg"][i].astype(dtype))
+        h = padded_rows(lambda z: jnp.dot(z, fw["qkvg"][i].astype(dtype)), block.norm1(x).astype(dtype), dot_rows)
         gn = m.group_norm.scale[...]
         if impl in ("pallas", "pallas_split"):
             from pallas_kernels.retention_decode_fused import auto_v_split, fused_mixer  # loads Triton when asked
@@ -154,10 +167,11 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
                                v_split=split)
         else:
             y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
-        x = x + m.o(y.astype(dtype))
-        gu = jnp.dot(block.norm2(x).astype(dtype), fw["gu"][i].astype(dtype))
+        x = x + padded_rows(m.o, y.astype(dtype), dot_rows)
+        gu = padded_rows(lambda z: jnp.dot(z, fw["gu"][i].astype(dtype)), block.norm2(x).astype(dtype), dot_rows)
         a, u = gu[:, :cfg.ffn_dim], gu[:, cfg.ffn_dim:]
-        x = x + block.ffn.down(nnx.silu(a) * u)
+        x = x + padded_rows(block.ffn.down, nnx.silu(a) * u, dot_rows)
         new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
-    logits = model.head(model.norm(x).astype(jnp.float32))
+    logits = padded_rows(model.head, model.norm(x).astype(jnp.float32), dot_rows)
     return logits, tuple(new)
+

@@ -93,12 +93,12 @@ def init_state(cfg: RetNetConfig, offsets: jax.Array) -> tuple:
 
 
 
-def step_logits(model, fw, token, state, decode_impl: str, interpret: bool):
+def step_logits(model, fw, token, state, decode_impl: str, interpret: bool, dot_rows: int = 1):
     """One decode step token (B,) -> logits (B, V) float32, state: the module-by-module step (jnp | pallas)
     or the fused one (fused | fused_pallas | fused_pallas_split | fused_gemv, with ``fw`` from fused.fuse_weights)."""
     if decode_impl.startswith("fused"):
         impl = {"fused": "xla", "fused_pallas": "pallas", "fused_pallas_split": "pallas_split",
                 "fused_gemv": "gemv"}[decode_impl]
-        return fused.fused_step(model, fw, token, state, impl, interpret)
+        return fused.fused_step(model, fw, token, state, impl, interpret, dot_rows)
     logits, state = forward(model, token[:, None], state, None, decode_impl, interpret)
     return logits[:, 0], state

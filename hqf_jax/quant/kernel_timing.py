@@ -182,7 +182,8 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
 
 def mosaic_configs(mw, more: int = 3) -> list:
     """The weight's plan (MosaicBlocks()), the plan at pipeline depth 2 (stage probe, 2026-11-30: 10.7 µs where the
-    plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, and the cheapest split of
+    plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, for NF4 the plan with the
+    select-tree decode (the lookup of before), and the cheapest split of
     each of the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
     plan's own cost model, mosaic_layout.plan_options)."""
     from pallas_kernels.quant import mosaic as M
@@ -190,9 +191,11 @@ def mosaic_configs(mw, more: int = 3) -> list:
 
     n, _ = mw.shape
     out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")]
-    seen = {(mw.plan.wg_rows, mw.plan.groups)}
+    if mw.method == "nf4":  # the select-tree decode beside the byte-permute lookup (the default)
+        out.append(M.MosaicBlocks(nf4="select"))
+    seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
     for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
-        if (p.wg_rows, p.groups) not in seen and len(out) < 3 + more:
+        if (p.wg_rows, p.groups) not in seen and len(out) < base + more:
             seen.add((p.wg_rows, p.groups))
             out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))
     return out
@@ -205,4 +208,5 @@ def mosaic_cfg_str(c, mw=None, batch: int = 1) -> str:
 
     if mw is not None:
         c = M.resolve(mw, batch, c)
-    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}"
+    sel = "/select" if c.nf4 == "select" else ""
+    return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}{sel}"

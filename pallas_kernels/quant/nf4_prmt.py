@@ -1,0 +1,147 @@
+"""NF4 level lookup in registers by byte permutes (PTX ``prmt``), for the Hopper kernel (mosaic.py).
+
+The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.py). The select tree
+(``mosaic_layout.nf4_level``) spends 15 compares and 15 selects per weight; the stage probe (stop 28) measured it at
+65-68 µs of an 80 µs NF4 call. Here four nibbles become four bf16 levels with eight ``prmt`` and three integer ops:
+
+- the 16 bf16 levels, indexed by the raw nibble n (two's complement of v), are split into their high bytes and low
+  bytes, four 32-bit words each (``TABLES``: word j holds the bytes of nibbles 4j..4j+3);
+- ``prmt(a, b, sel)`` picks output byte i from the eight bytes of (a, b) by nibble i of sel, so with idx = n & 7
+  one prmt reads entries 0-7 and one reads entries 8-15; a third prmt keeps, per byte, the first or the second by
+  bit 3 of n (the selector nibble i + 4 * bit3, as CUTLASS's int4 -> f8 lookup does);
+- the four high bytes and four low bytes are interleaved into two bf16x2 words by two more prmt.
+
+``decode_word_np`` is the same arithmetic on numpy integers (``prmt_np`` models the instruction): the CPU test runs
+every 16-bit nibble pattern through it. ``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on
+the GPU by the kernel's own checks (bench.quant_mosaic compares each config with the jnp model of the kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hqf_jax.ops.quant_grids import NF4_LEVELS
+
+INTERLEAVE = (0x5140, 0x7362)  # (lo, hi) bytes -> bf16 pairs of elements (0, 1) and (2, 3)
+
+
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns of float32 values (round to nearest even), as uint16 (numpy only: also a constant
+    inside a kernel's trace)."""
+    import jax.numpy as jnp
+
+    return np.asarray(x, np.float32).astype(jnp.bfloat16).view(np.uint16)
+
+
+def level_bits() -> np.ndarray:
+    """(16,) uint16: the bf16 NF4 level of each raw nibble n (v = n - 16 * (n >= 8), code = v + 8)."""
+    n = np.arange(16)
+    code = np.where(n >= 8, n - 16, n) + 8
+    return _bf16_bits(np.asarray(NF4_LEVELS, np.float32)[code])
+
+
+def _words(b: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(b[4 * j]) | int(b[4 * j + 1]) << 8 | int(b[4 * j + 2]) << 16 | int(b[4 * j + 3]) << 24
+                 for j in range(4))
+
+
+def tables() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(high-byte words, low-byte words), four each: word j holds nibbles 4j..4j+3."""
+    bits = level_bits().astype(np.uint32)
+    return _words(bits >> 8), _words(bits & 0xFF)
+
+
+def prmt_np(a, b, sel):
+    """PTX prmt.b32 (default mode) on ints or numpy integer arrays: byte i of the result is byte (sel nibble i) of
+    the eight bytes b:a, with the nibble's bit 3 replicating that byte's sign bit."""
+    a, b, sel = (np.asarray(v, np.uint64) & np.uint64(0xFFFFFFFF) for v in (a, b, sel))
+    src = a | b << np.uint64(32)
+    out = np.zeros(np.broadcast(a, b, sel).shape, np.uint64)
+    for i in range(4):
+        s = sel >> np.uint64(4 * i) & np.uint64(0xF)
+        byte = src >> (np.uint64(8) * (s & np.uint64(7))) & np.uint64(0xFF)
+        byte = np.where(s & np.uint64(8), np.where(byte & np.uint64(0x80), np.uint64(0xFF), np.uint64(0)), byte)
+        out |= byte << np.uint64(8 * i)
+    return out
+
+
+def _lookup(words, idx: int, sel: int, prmt) -> int:
+    return prmt(prmt(words[0], words[1], idx), prmt(words[2], words[3], idx), sel)
+
+
+def decode_part_np(reg, hi=None, lo=None):
+    """The four nibbles in bits 0-15 of reg (an int or a numpy array) -> two words of bf16 pairs (elements 0, 1
+    and 2, 3), by prmt_np: the kernel's arithmetic."""
+    if hi is None:
+        hi, lo = tables()
+    reg = np.asarray(reg, np.uint64)
+    idx = reg & np.uint64(0x7777)
+    sel = (reg & np.uint64(0x8888)) >> np.uint64(1) | np.uint64(0x3210)
+    h, l_ = _lookup(hi, idx, sel, prmt_np), _lookup(lo, idx, sel, prmt_np)
+    return prmt_np(l_, h, INTERLEAVE[0]), prmt_np(l_, h, INTERLEAVE[1])
+
+
+def decode_word_np(reg) -> np.ndarray:
+    """Eight nibbles of 32-bit words (element 0 in bits 0-3) -> (..., 8) uint16 bf16 bit patterns."""
+    hi, lo = tables()
+    reg = np.asarray(reg, np.uint64)
+    out = []
+    for part in range(2):
+        for w in decode_part_np(reg >> np.uint64(16 * part), hi, lo):
+            out += [w & np.uint64(0xFFFF), w >> np.uint64(16)]
+    return np.stack(out, -1).astype(np.uint16)
+
+
+def nf4_levels_prmt(w):
+    """(R, C) int4 array of v = code - 8 in a Mosaic GPU register layout -> the bf16 NF4 levels, same layout.
+    Inside a Mosaic GPU Pallas kernel only (Hopper)."""
+    from jax.experimental.mosaic import gpu as mgpu
+    from jax.experimental.mosaic.gpu import utils as mu
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith, vector
+    import jax.numpy as jnp
+
+    hi_words, lo_words = tables()
+    layout = plgpu.Layout.WGMMA
+
+    @plgpu.inline_mgpu(arg_types=(layout,),
+                       return_type=plgpu.ShapeDtypeStruct(w.shape, jnp.bfloat16, layout=layout))
+    def lookup(_ctx, arr):
+        i32 = ir.IntegerType.get_signless(32)
+        bf16 = ir.BF16Type.get()
+        c = lambda v: mu.c(v, i32)
+        regs = arr.registers
+        [vlen] = ir.VectorType(regs.flat[0].type).shape
+        per = max(1, 8 // vlen)  # registers per 32-bit word of nibbles
+        flat = list(regs.flat)
+        if len(flat) % per or vlen > 8 and vlen % 8:
+            raise NotImplementedError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles")
+        his, los = [c(x) for x in hi_words], [c(x) for x in lo_words]
+
+        def part(word):
+            idx = arith.andi(word, c(0x7777))
+            sel = arith.ori(arith.shrui(arith.andi(word, c(0x8888)), c(1)), c(0x3210))
+            h = mu.prmt(mu.prmt(his[0], his[1], idx), mu.prmt(his[2], his[3], idx), sel)
+            l_ = mu.prmt(mu.prmt(los[0], los[1], idx), mu.prmt(los[2], los[3], idx), sel)
+            return [mu.prmt(l_, h, c(INTERLEAVE[0])), mu.prmt(l_, h, c(INTERLEAVE[1]))]
+
+        out = []
+        for g in range(0, len(flat), per):
+            vec = flat[g] if per == 1 else mu.vector_concat(flat[g:g + per])
+            n = ir.VectorType(vec.type).shape[0]
+            words = []
+            for j in range(n // 8):
+                chunk = vec if n == 8 else mu.vector_slice(vec, slice(8 * j, 8 * j + 8))
+                word = mu.bitcast(chunk, i32)
+                words += part(word) + part(arith.shrui(word, c(16)))
+            ws = mu.vector_concat([vector.broadcast(ir.VectorType.get((1,), i32), x) for x in words])
+            vals = vector.bitcast(ir.VectorType.get((2 * len(words),), bf16), ws)
+            out += [vals] if per == 1 else [mu.vector_slice(vals, slice(k * vlen, (k + 1) * vlen))
+                                            for k in range(per)]
+        new = np.empty(regs.shape, dtype=object)
+        for k, idx in enumerate(np.ndindex(regs.shape)):
+            new[idx] = out[k]
+        return mgpu.FragmentedArray(_registers=new, _layout=arr.layout, _is_signed=None)
+
+    return lookup(w)
