@@ -126,22 +126,54 @@ def nf4_levels_prmt(w):
             l_ = mu.prmt(mu.prmt(los[0], los[1], idx), mu.prmt(los[2], los[3], idx), sel)
             return [mu.prmt(l_, h, c(INTERLEAVE[0])), mu.prmt(l_, h, c(INTERLEAVE[1]))]
 
+        cache = {}  # (32-bit source word, 16-bit half) -> its two bf16x2 words, shared by the registers in it
+
+        def pair_words(word, half):
+            key = (word, half)
+            if key not in cache:
+                cache[key] = part(word if half == 0 else arith.shrui(word, c(16)))
+            return cache[key]
+
+        def from_word(word, first, count):  # bf16 of nibbles first..first+count-1 of a 32-bit word
+            ws = [pair_words(word, e // 4)[(e % 4) // 2] for e in range(first, first + count, 2)]
+            ws = mu.vector_concat([vector.broadcast(ir.VectorType.get((1,), i32), x) for x in ws])
+            return vector.bitcast(ir.VectorType.get((count,), bf16), ws)
+
         out = []
-        for g in range(0, len(flat), per):
-            vec = flat[g] if per == 1 else mu.vector_concat(flat[g:g + per])
-            n = ir.VectorType(vec.type).shape[0]
-            words = []
-            for j in range(n // 8):
-                chunk = vec if n == 8 else mu.vector_slice(vec, slice(8 * j, 8 * j + 8))
-                word = mu.bitcast(chunk, i32)
-                words += part(word) + part(arith.shrui(word, c(16)))
-            ws = mu.vector_concat([vector.broadcast(ir.VectorType.get((1,), i32), x) for x in words])
-            vals = vector.bitcast(ir.VectorType.get((2 * len(words),), bf16), ws)
-            out += [vals] if per == 1 else [mu.vector_slice(vals, slice(k * vlen, (k + 1) * vlen))
-                                            for k in range(per)]
+        sliced = all(_slice_of_word(r) is not None for r in flat) and vlen % 2 == 0
+        if sliced:  # registers cut from 32-bit words (the upcast layout's relayout): read the words themselves
+            words = {}  # source vector -> its i32 (one bitcast per word, so the lookups of a word are shared)
+            for r in flat:
+                src, off = _slice_of_word(r)
+                if src not in words:
+                    words[src] = mu.bitcast(src, i32)
+                out.append(from_word(words[src], off, vlen))
+        else:
+            for g in range(0, len(flat), per):
+                vec = flat[g] if per == 1 else mu.vector_concat(flat[g:g + per])
+                n = ir.VectorType(vec.type).shape[0]
+                for j in range(n // 8):
+                    chunk = vec if n == 8 else mu.vector_slice(vec, slice(8 * j, 8 * j + 8))
+                    vals = from_word(mu.bitcast(chunk, i32), 0, 8)
+                    out += [vals] if vlen >= 8 else [mu.vector_slice(vals, slice(k * vlen, (k + 1) * vlen))
+                                                     for k in range(8 // vlen)]
+                if n > 8:  # vlen a multiple of 8: one register from its n // 8 words
+                    out[-(n // 8):] = [mu.vector_concat(out[-(n // 8):])]
         new = np.empty(regs.shape, dtype=object)
         for k, idx in enumerate(np.ndindex(regs.shape)):
             new[idx] = out[k]
         return mgpu.FragmentedArray(_registers=new, _layout=arr.layout, _is_signed=None)
 
     return lookup(w)
+
+
+def _slice_of_word(reg):
+    """(source vector, first element) when reg is a unit-stride slice of a 32-bit vector of nibbles, else None."""
+    from jax._src.lib.mlir.dialects import vector
+
+    op = getattr(reg.owner, "opview", None)
+    if not isinstance(op, vector.ExtractStridedSliceOp) or op.strides[0].value != 1:
+        return None
+    from jax.experimental.mosaic.gpu import utils as mu
+
+    return (op.source, op.offsets[0].value) if mu.bitwidth(op.source.type) == 32 else None
