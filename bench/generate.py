@@ -33,7 +33,7 @@ import numpy as np
 
 from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
-from hqf_jax.infer.engine import Engine
+from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.nn import generate
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from pallas_kernels.quant.layout_table import hopper
@@ -191,9 +191,9 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             engine.unroll = a.unroll
-            padded = [(r, b) for r in a.dot_rows for b in batches if b < r] if q == "none" and impl in (
-                "fused", "fused_pallas", "fused_pallas_split") else []
-            for r, b in padded:  # the fused step's XLA dots padded to r rows (fused.padded_rows)
+            padded = [(r, b) for r in a.dot_rows for b in batches if b < r or r == 1] if q == "none" and impl in (
+                PADDED_IMPLS) else []
+            for r, b in padded:  # the fused step's XLA dots at r rows (fused.padded_rows; 1: unpadded)
                 try:
                     engine.dot_rows = r
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
@@ -201,7 +201,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     print(f"FAILED engine bf16 {impl} dot_rows {r}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 finally:
-                    engine.dot_rows = 1
+                    engine.dot_rows = None
                 add(dict(path=f"engine bf16 {impl} dot_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
                                 bpb_cost=None))
@@ -239,8 +239,9 @@ def main(argv=None):
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")
     p.add_argument("--extra-unrolls", default="", help="e.g. 4,8: unquantized paths again at batch 1 with the "
                    "decode loop unrolled that many times")
-    p.add_argument("--dot-rows", default="", help="e.g. 8,16: the fused paths again at each batch below it with "
-                   "their XLA dots padded to that many rows (Engine(dot_rows=...))")
+    p.add_argument("--dot-rows", default="", help="e.g. 1,16: the fused paths again at each batch below it with "
+                   "their XLA dots padded to that many rows (Engine(dot_rows=...); 1: unpadded, at every batch; the "
+                   "plain rows take the engine's auto choice)")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)

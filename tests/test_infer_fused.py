@@ -69,6 +69,11 @@ def test_dot_rows_pads_only_the_fused_steps_dots():
     for impl, rows in (("jnp", 8), ("fused_gemv", 8), ("fused", 0)):
         with pytest.raises(EngineError, match="dot_rows"):
             Engine(tiny(), dtype="float32", decode_impl=impl, dot_rows=rows)
+    eng = Engine(tiny(), dtype="float32", decode_impl="fused_pallas")  # auto: 8 rows at batch 1, on a GPU only
+    assert [eng.rows_for(b) for b in (1, 2)] == [1, 1]
+    eng.interpret = False  # what a GPU backend sets
+    assert [eng.rows_for(b) for b in (1, 2)] == [8, 1]
+    assert Engine(tiny(), dtype="float32", decode_impl="fused_pallas", dot_rows=1).rows_for(1) == 1
 
 
 def ops_per_step(engine) -> int:

@@ -38,5 +38,5 @@ def ops_per_step(engine: Engine) -> int:
     """Non-trivial top-level ops of one decode step (the compiled loop body on this device) at batch 1."""
     slots = engine.prefill([b"ab"], Settings.make(1, 0, temperature=1.0, top_p=0.95))
     low = _decode.lower(engine.graphdef, engine.weights, engine.fused_weights, slots, 8, engine.vocab_limit,
-                        engine.decode_impl, engine.interpret, 1, engine.dot_rows)
+                        engine.decode_impl, engine.interpret, 1, engine.rows_for(1))
     return int(sum(loop_body_ops(low.compile().as_text()).values()))

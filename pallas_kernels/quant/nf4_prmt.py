@@ -9,7 +9,8 @@ The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.
 - ``prmt(a, b, sel)`` picks output byte i from the eight bytes of (a, b) by nibble i of sel, so with idx = n & 7
   one prmt reads entries 0-7 and one reads entries 8-15; a third prmt keeps, per byte, the first or the second by
   bit 3 of n (the selector nibble i + 4 * bit3, as CUTLASS's int4 -> f8 lookup does);
-- the four high bytes and four low bytes are interleaved into two bf16x2 words by two more prmt.
+- the four high bytes and four low bytes are interleaved into two bf16x2 words by two more prmt; the kernel runs
+  the whole of it as one PTX block per four nibbles, the tables as immediates.
 
 ``decode_word_np`` is the same arithmetic on numpy integers (``prmt_np`` models the instruction): the CPU test runs
 every 16-bit nibble pattern through it. ``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on
@@ -99,7 +100,7 @@ def nf4_levels_prmt(w):
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.pallas import mosaic_gpu as plgpu
     from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import arith, vector
+    from jax._src.lib.mlir.dialects import arith, llvm, vector
     import jax.numpy as jnp
 
     hi_words, lo_words = tables()
@@ -117,14 +118,27 @@ def nf4_levels_prmt(w):
         flat = list(regs.flat)
         if len(flat) % per or vlen > 8 and vlen % 8:
             raise NotImplementedError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles")
-        his, los = [c(x) for x in hi_words], [c(x) for x in lo_words]
 
-        def part(word):
-            idx = arith.andi(word, c(0x7777))
-            sel = arith.ori(arith.shrui(arith.andi(word, c(0x8888)), c(1)), c(0x3210))
-            h = mu.prmt(mu.prmt(his[0], his[1], idx), mu.prmt(his[2], his[3], idx), sel)
-            l_ = mu.prmt(mu.prmt(los[0], los[1], idx), mu.prmt(los[2], los[3], idx), sel)
-            return [mu.prmt(l_, h, c(INTERLEAVE[0])), mu.prmt(l_, h, c(INTERLEAVE[1]))]
+        def part(word):  # one asm block: tables as immediates (no registers held for them), two bf16x2 words out
+            (h0, h1, h2, h3), (l0, l1, l2, l3) = hi_words, lo_words
+            res = llvm.inline_asm(
+                llvm.StructType.get_literal([i32, i32]), [word],
+                f"""{{
+                .reg .b32 idx, sel, a, b, h, l;
+                and.b32 idx, $2, 0x7777;
+                and.b32 sel, $2, 0x8888;
+                shr.u32 sel, sel, 1;
+                or.b32 sel, sel, 0x3210;
+                prmt.b32 a, {h0}, {h1}, idx;
+                prmt.b32 b, {h2}, {h3}, idx;
+                prmt.b32 h, a, b, sel;
+                prmt.b32 a, {l0}, {l1}, idx;
+                prmt.b32 b, {l2}, {l3}, idx;
+                prmt.b32 l, a, b, sel;
+                prmt.b32 $0, l, h, {INTERLEAVE[0]};
+                prmt.b32 $1, l, h, {INTERLEAVE[1]};
+                }}""", "=r,=r,r")
+            return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
 
         cache = {}  # (32-bit source word, 16-bit half) -> its two bf16x2 words, shared by the registers in it
 
