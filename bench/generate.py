@@ -191,6 +191,19 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             engine.unroll = a.unroll
+            for r, b in [(r, b) for r in a.min_rows for b in batches if b < r]:  # the whole batch padded to r rows
+                try:
+                    engine.min_rows = r
+                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAILED engine {q} {impl} min_rows {r}: {type(e).__name__}: {str(e)[:300]}")
+                    continue
+                finally:
+                    engine.min_rows = 1
+                qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
+                add(dict(path=f"engine bf16{qn} {impl} min_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
+                                limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
+                                bpb_cost=None))
             padded = [(r, b) for r in a.dot_rows for b in batches if b < r or r == 1] if q == "none" and impl in (
                 PADDED_IMPLS) else []
             for r, b in padded:  # the fused step's XLA dots at r rows (fused.padded_rows; 1: unpadded)
@@ -242,6 +255,8 @@ def main(argv=None):
     p.add_argument("--dot-rows", default="", help="e.g. 1,16: the fused paths again at each batch below it with "
                    "their XLA dots padded to that many rows (Engine(dot_rows=...); 1: unpadded, at every batch; the "
                    "plain rows take the engine's auto choice)")
+    p.add_argument("--min-rows", default="", help="e.g. 8: every path again at each batch below it with the whole "
+                   "decode batch padded to that many rows (Engine(min_rows=...))")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)
@@ -260,6 +275,7 @@ def main(argv=None):
     batches = [int(b) for b in a.batches.split(",")]
     a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
     a.dot_rows = [int(r) for r in a.dot_rows.split(",") if r.strip()]
+    a.min_rows = [int(r) for r in a.min_rows.split(",") if r.strip()]
     quants = [q.strip() for q in a.quants.split(",")]
     if any(q != "none" for q in quants):  # quantized layers: print the kernel form the dispatcher picks per shape
         os.environ.setdefault("HQF_QUANT_DISPATCH", "print")  # and batch (pallas_kernels/quant/dispatch.py ROUTES)

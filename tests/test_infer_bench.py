@@ -27,13 +27,15 @@ def test_bench_generate_small_fused_gemv():
     """The GPU command's form (fused_pallas against fused_gemv, ops per step) runs end to end on a CPU."""
     from bench.generate import main
 
-    rows = main(["--small", "--no-old", "--decode-impls", "fused_pallas,fused_gemv", "--count-ops", "--dot-rows", "1,8"])
+    rows = main(["--small", "--no-old", "--decode-impls", "fused_pallas,fused_gemv", "--count-ops", "--dot-rows", "1,8",
+                 "--min-rows", "4"])
     by = {r["path"]: r for r in rows}
     for p in ("engine bf16 fused_pallas", "engine bf16 fused_gemv"):
         assert by[p]["bytes_per_s"] > 0 and by[p]["ops_per_step"] > 0 and by[p]["compiles"] == 0
     for p in ("engine bf16 fused_pallas dot_rows 8", "engine bf16 fused_pallas dot_rows 1"):
         assert by[p]["bytes_per_s"] > 0  # the padded-dot rows and the unpadded one (fused paths only)
     assert not any("fused_gemv dot_rows" in p for p in by)
+    assert by["engine bf16 fused_gemv min_rows 4"]["bytes_per_s"] > 0  # the whole batch padded: every path
 
 
 @pytest.mark.study

@@ -54,6 +54,24 @@ def test_fused_engine_greedy_bytes_equal():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("impl,quant", [("jnp", None), ("fused", None), ("jnp", "int8:group_size=32")])
+def test_min_rows_padding_leaves_the_real_rows_unchanged(impl, quant):
+    """A batch padded with copies of row 0 (Engine(min_rows=...)) gives the real rows the same bytes, greedy and
+    sampled, and the same slots after, over chained decode calls."""
+    model = tiny()
+    for settings in (Settings.make(1), Settings.make(1, seed=5, temperature=1.0, top_p=0.9)):
+        outs = []
+        for rows in (1, 4):
+            eng = Engine(model, dtype="float32", prompt_bucket=8, decode_impl=impl, quant=quant, min_rows=rows)
+            slots = eng.prefill([b"def f(x):"], settings)
+            slots, a = eng.decode(slots, 5)
+            slots, b = eng.decode(slots, 4)
+            assert slots.token.shape == (1,) and a.shape == (1, 5)
+            outs.append((np.concatenate([a, b], 1), np.asarray(slots.state[0].kv)))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-6, atol=1e-6)
+
+
 def test_dot_rows_pads_only_the_fused_steps_dots():
     """dot_rows pads the dots (the padded rows never reach the result) and is refused where there are no XLA
     dots to pad."""
@@ -69,6 +87,8 @@ def test_dot_rows_pads_only_the_fused_steps_dots():
     for impl, rows in (("jnp", 8), ("fused_gemv", 8), ("fused", 0)):
         with pytest.raises(EngineError, match="dot_rows"):
             Engine(tiny(), dtype="float32", decode_impl=impl, dot_rows=rows)
+    with pytest.raises(EngineError, match="min_rows"):
+        Engine(tiny(), dtype="float32", min_rows=0)
     eng = Engine(tiny(), dtype="float32", decode_impl="fused_pallas")  # auto: 8 rows at batch 1, on a GPU only
     assert [eng.rows_for(b) for b in (1, 2)] == [1, 1]
     eng.interpret = False  # what a GPU backend sets

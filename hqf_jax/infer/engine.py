@@ -62,9 +62,13 @@ def _prefill(graphdef, weights, tokens, lengths, settings, vocab_limit):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "decode_impl", "interpret", "unroll",
-                                                 "dot_rows"))
-def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1, dot_rows=1):
+                                             "dot_rows", "min_rows"))
+def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, interpret, unroll=1, dot_rows=1,
+            min_rows=1):
     model = model_of(graphdef, weights)
+    b = slots.token.shape[0]
+    if b < min_rows:  # copies of row 0 fill the batch; rows sample independently, so the real rows are unchanged
+        slots = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], min_rows - b, 0)]), slots)
 
     def body(i, carry):
         state, token, emitted, out = carry
@@ -76,7 +80,10 @@ def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, in
     out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
     state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out),
                                                    unroll=max(1, min(unroll, n)))
-    return Slots(state, token, emitted, slots.settings), out
+    done = Slots(state, token, emitted, slots.settings)
+    if b < min_rows:
+        done, out = jax.tree.map(lambda a: a[:b], (done, out))
+    return done, out
 
 
 @jax.jit
@@ -93,11 +100,14 @@ class Engine(ByteGenerator):
     recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD); ``batch`` the
     decode batch quant_impl "auto" picks the quantized layers' kernel layouts for (any batch still runs);
     ``dot_rows`` > 1 pads the fused steps' XLA dots to that many rows (fused.padded_rows); None (auto): 8 rows for
-    batch-1 steps on a GPU (H200, 2026-11-30: 1.14x at 125M, 1.28x at ~1B; 0.94-0.95x at batch 2-4), else none."""
+    batch-1 steps on a GPU (H200, 2026-11-30: 1.14x at 125M, 1.28x at ~1B; 0.94-0.95x at batch 2-4), else none;
+    ``min_rows`` pads the whole decode batch to that many rows (copies of row 0, dropped after the call; any
+    decode_impl, any weights)."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
-                 prompt_bucket: int = 64, unroll: int = 1, batch: int = 1, dot_rows: int | None = None):
+                 prompt_bucket: int = 64, unroll: int = 1, batch: int = 1, dot_rows: int | None = None,
+                 min_rows: int = 1):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         if decode_impl.startswith("fused") and quant:
@@ -117,6 +127,9 @@ class Engine(ByteGenerator):
             raise EngineError(f"dot_rows={dot_rows} pads the XLA dots of the fused steps {PADDED_IMPLS}; "
                               f"decode_impl is {decode_impl!r}")
         self.dot_rows = dot_rows
+        if min_rows < 1:
+            raise EngineError(f"min_rows={min_rows}: decode runs at least one row")
+        self.min_rows = int(min_rows)
         self.interpret = jax.default_backend() == "cpu"
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
         self.prompt_bucket = int(prompt_bucket)
@@ -164,7 +177,8 @@ class Engine(ByteGenerator):
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
         return _decode(self._model, self._leaves, self.fused_weights, slots, int(n), self.vocab_limit,
-                       self.decode_impl, self.interpret, self.unroll, self.rows_for(slots.token.shape[0]))
+                       self.decode_impl, self.interpret, self.unroll,
+                       self.rows_for(max(slots.token.shape[0], self.min_rows)), self.min_rows)
 
     def rows_for(self, batch: int) -> int:
         """The rows the fused step's dots run at for this batch (``dot_rows``; auto: 8 at batch 1 on a GPU)."""
