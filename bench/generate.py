@@ -191,7 +191,8 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                 add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             engine.unroll = a.unroll
-            for r, b in [(r, b) for r in a.min_rows for b in batches if b < r]:  # the whole batch padded to r rows
+            keep = engine.min_rows  # the whole batch padded to r rows (1: unpadded, at every batch)
+            for r, b in [(r, b) for r in a.min_rows for b in batches if b < r or r == 1]:
                 try:
                     engine.min_rows = r
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
@@ -199,7 +200,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     print(f"FAILED engine {q} {impl} min_rows {r}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 finally:
-                    engine.min_rows = 1
+                    engine.min_rows = keep
                 qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
                 add(dict(path=f"engine bf16{qn} {impl} min_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
                                 limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
@@ -255,8 +256,9 @@ def main(argv=None):
     p.add_argument("--dot-rows", default="", help="e.g. 1,16: the fused paths again at each batch below it with "
                    "their XLA dots padded to that many rows (Engine(dot_rows=...); 1: unpadded, at every batch; the "
                    "plain rows take the engine's auto choice)")
-    p.add_argument("--min-rows", default="", help="e.g. 8: every path again at each batch below it with the whole "
-                   "decode batch padded to that many rows (Engine(min_rows=...))")
+    p.add_argument("--min-rows", default="", help="e.g. 1,8: every path again at each batch below it with the "
+                   "whole decode batch padded to that many rows (Engine(min_rows=...); 1: unpadded, at every batch; "
+                   "the plain rows take the engine's auto choice)")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)

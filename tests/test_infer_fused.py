@@ -72,6 +72,13 @@ def test_min_rows_padding_leaves_the_real_rows_unchanged(impl, quant):
         np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-6, atol=1e-6)
 
 
+def test_min_rows_auto_pads_unquantized_engines_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # construction only: nothing runs
+    assert Engine(tiny(), dtype="float32").min_rows == 8
+    assert Engine(tiny(), dtype="float32", quant="int8:group_size=32").min_rows == 1  # measured slower padded
+    assert Engine(tiny(), dtype="float32", min_rows=1).min_rows == 1
+
+
 def test_dot_rows_pads_only_the_fused_steps_dots():
     """dot_rows pads the dots (the padded rows never reach the result) and is refused where there are no XLA
     dots to pad."""
@@ -89,6 +96,7 @@ def test_dot_rows_pads_only_the_fused_steps_dots():
             Engine(tiny(), dtype="float32", decode_impl=impl, dot_rows=rows)
     with pytest.raises(EngineError, match="min_rows"):
         Engine(tiny(), dtype="float32", min_rows=0)
+    assert Engine(tiny(), dtype="float32").min_rows == 1  # auto: 8 on a GPU for unquantized weights; CPU: none
     eng = Engine(tiny(), dtype="float32", decode_impl="fused_pallas")  # auto: 8 rows at batch 1, on a GPU only
     assert [eng.rows_for(b) for b in (1, 2)] == [1, 1]
     eng.interpret = False  # what a GPU backend sets

@@ -46,6 +46,9 @@ from hqf_jax.ops.constants import NUM_BYTES
 DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", "fused_gemv")
 PADDED_IMPLS = ("fused", "fused_pallas", "fused_pallas_split")  # the steps whose dots XLA emits (dot_rows)
 AUTO_DOT_ROWS = 8
+# H200, 2026-11-30, 125M batch 1: jnp 1,261 -> 1,945 bytes/s at 8 rows, fused_pallas 2,083 (dots padded) -> 2,206;
+# int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so quantized engines are not padded
+AUTO_MIN_ROWS = 8
 
 
 # ----------------------------------------------------------------------------- jitted stages
@@ -102,12 +105,13 @@ class Engine(ByteGenerator):
     ``dot_rows`` > 1 pads the fused steps' XLA dots to that many rows (fused.padded_rows); None (auto): 8 rows for
     batch-1 steps on a GPU (H200, 2026-11-30: 1.14x at 125M, 1.28x at ~1B; 0.94-0.95x at batch 2-4), else none;
     ``min_rows`` pads the whole decode batch to that many rows (copies of row 0, dropped after the call; any
-    decode_impl, any weights)."""
+    decode_impl, any weights); None (auto): 8 on a GPU for unquantized weights (batch 1 as 8 rows: 1.54x for jnp,
+    1.06x for fused_pallas over its padded dots on the 125M LM), else 1."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
                  prompt_bucket: int = 64, unroll: int = 1, batch: int = 1, dot_rows: int | None = None,
-                 min_rows: int = 1):
+                 min_rows: int | None = None):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         if decode_impl.startswith("fused") and quant:
@@ -127,8 +131,10 @@ class Engine(ByteGenerator):
             raise EngineError(f"dot_rows={dot_rows} pads the XLA dots of the fused steps {PADDED_IMPLS}; "
                               f"decode_impl is {decode_impl!r}")
         self.dot_rows = dot_rows
-        if min_rows < 1:
+        if min_rows is not None and min_rows < 1:
             raise EngineError(f"min_rows={min_rows}: decode runs at least one row")
+        if min_rows is None:  # auto: batch-1 decode as 8 rows on a GPU, unquantized weights only (measured)
+            min_rows = AUTO_MIN_ROWS if not quant and jax.default_backend() != "cpu" else 1
         self.min_rows = int(min_rows)
         self.interpret = jax.default_backend() == "cpu"
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
