@@ -141,6 +141,8 @@ def main(argv=None):
     p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
     p.add_argument("--project-accept", type=float, default=2.25, help="bytes/verify to project speed at (2.25: the "
                    "trained 125M byte LM's with 3 heads at batch 1, docs/BENCHMARKS.md)")
+    p.add_argument("--min-rows", default="", help="e.g. 8: the engine rows again at each batch below it with the "
+                   "decode batch padded to that many rows (RecurrentEngine(min_rows=...))")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
@@ -148,6 +150,7 @@ def main(argv=None):
         a.batches = "1,2" if a.spec_heads else "2"
         a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 30), 4, 32, 0.05, 2
     batches = [int(b) for b in a.batches.split(",")]
+    a.min_rows = [int(r) for r in a.min_rows.split(",") if r.strip()]
     device = jax.devices()[0].device_kind
     cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
     decoder = HFDecoderLM(cfg, rngs=nnx.Rngs(0))
@@ -187,6 +190,12 @@ def main(argv=None):
             sec, comp = timed(call, a.reps)
             rows.append((f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp))
             print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+            for r in [r for r in a.min_rows if b < r]:  # the decode batch padded to r rows (copies of row 0)
+                eng.min_rows, state["s"] = r, slots
+                sec, comp = timed(call, a.reps)
+                eng.min_rows = 1
+                rows.append((rows[-1][0] + f" min_rows {r}", b, b * a.steps / sec, comp))
+                print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
             if fit is not None and b == 1:
                 specs.append(speculative_row(eng, held, a, rows[-1]))
                 rows.append(specs[-1]["row"])

@@ -45,6 +45,10 @@ def test_rows_independent_and_ragged_refused(model):
     np.testing.assert_array_equal(both[1], alone[0])
     with pytest.raises(EngineError, match="one length"):
         eng.prefill([b"a", b"bc"])
+    padded = RecurrentEngine(model, dtype=None, min_rows=4)  # the batch padded with copies of row 0: same bytes
+    np.testing.assert_array_equal(padded.generate_ids([b"xyz"], 12, seed=[9], temperature=1.0), alone)
+    with pytest.raises(EngineError, match="min_rows"):
+        RecurrentEngine(model, dtype=None, min_rows=0)
 
 
 def test_quantized_engine_equals_the_quantized_model():

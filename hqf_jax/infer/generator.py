@@ -53,6 +53,25 @@ class Slots(NamedTuple):
     settings: Settings
 
 
+def pad_rows(slots: Slots, rows: int) -> Slots:
+    """Slots of at least ``rows`` rows: copies of row 0 fill the batch (inside a jitted decode). Leaves whose
+    first axis is the batch are padded; others (a position shared by every row, a scalar) are left. Rows sample
+    independently (per-row keys), so the real rows' bytes and states are unchanged; ``take_rows`` drops the
+    copies after."""
+    b = slots.token.shape[0]
+    if b >= rows:
+        return slots
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)]) if jnp.ndim(a) and a.shape[0] == b else a
+    return jax.tree.map(pad, slots)
+
+
+def take_rows(tree, b: int, rows: int):
+    """Undo ``pad_rows(.., rows)`` for a batch of b rows: the first b rows of every leaf it padded."""
+    if b >= rows:
+        return tree
+    return jax.tree.map(lambda a: a[:b] if jnp.ndim(a) and a.shape[0] == rows else a, tree)
+
+
 def encode(prompt: bytes | Sequence[int]) -> np.ndarray:
     """BOS then the prompt's bytes (int32): the layout the byte LM was trained on."""
     body = np.frombuffer(prompt, np.uint8) if isinstance(prompt, (bytes, bytearray)) else np.asarray(prompt)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hqf_jax.infer.generator import ByteGenerator, EngineError, Settings, Slots, _pick, encode
+from hqf_jax.infer.generator import ByteGenerator, EngineError, Settings, Slots, _pick, encode, pad_rows, take_rows
 from hqf_jax.infer.prepare import DTYPES, array_bytes
 from hqf_jax.ops.constants import NUM_BYTES
 
@@ -35,9 +35,11 @@ def _prefill(graphdef, weights, tokens, settings, vocab_limit):
     return Slots(state, _pick(logits[:, -1], settings, emitted, vocab_limit), emitted, settings)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit"))
-def _decode(graphdef, weights, slots: Slots, n, vocab_limit):
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "min_rows"))
+def _decode(graphdef, weights, slots: Slots, n, vocab_limit, min_rows=1):
     model = nnx.merge(graphdef, weights)
+    b = slots.token.shape[0]
+    slots = pad_rows(slots, min_rows)
 
     def body(i, carry):
         state, token, emitted, out = carry
@@ -47,7 +49,7 @@ def _decode(graphdef, weights, slots: Slots, n, vocab_limit):
 
     out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
     state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out))
-    return Slots(state, token, emitted, slots.settings), out
+    return take_rows((Slots(state, token, emitted, slots.settings), out), b, min_rows)
 
 
 def cast_params(model: nnx.Module, dtype: str) -> nnx.Module:
@@ -64,10 +66,14 @@ class RecurrentEngine(ByteGenerator):
     """Byte generation for any model with the byte-LM interface; see the module docstring."""
 
     def __init__(self, model: nnx.Module, *, dtype: str | None = "bfloat16", allow_eos: bool = False,
-                 quant: str | None = None, quant_impl: str = "auto", batch: int = 1):
+                 quant: str | None = None, quant_impl: str = "auto", batch: int = 1, min_rows: int = 1):
         """quant: a hqf_jax.quant method for the dense layers (adapters merged first; quantize_model: the head and
         small layers stay), its kernels picked by quant_impl ("auto": per layer for decode batch ``batch``, as
-        Engine)."""
+        Engine); min_rows: decode batches padded to that many rows, as Engine's (default 1 here: not measured on
+        RetNPhi)."""
+        if min_rows < 1:
+            raise EngineError(f"min_rows={min_rows}: decode runs at least one row")
+        self.min_rows = int(min_rows)
         for name in ("init_state", "step"):
             if not callable(getattr(model, name, None)):
                 raise EngineError(f"{type(model).__name__} has no {name}(): not a recurrent byte model")
@@ -96,7 +102,7 @@ class RecurrentEngine(ByteGenerator):
         return _prefill(self.graphdef, self.weights, jnp.asarray(np.stack(ids)), settings, self.vocab_limit)
 
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
-        return _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit)
+        return _decode(self.graphdef, self.weights, slots, int(n), self.vocab_limit, self.min_rows)
 
     def decode(self, slots: Slots, n: int) -> tuple[Slots, np.ndarray]:
         slots, out = self.decode_device(slots, n)
