@@ -181,44 +181,23 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                                 bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
                                 else None))
-            for u in ([] if q != "none" else a.extra_unrolls):  # the loop unrolled: batch 1, where it matters
+            qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
+            knobs = [("unroll", u, 1) for u in (a.extra_unrolls if q == "none" else [])]  # batch 1: where it matters
+            knobs += [("min_rows", r, b) for r in a.min_rows for b in batches if b < r or r == 1]  # 1: unpadded
+            if q == "none" and impl in PADDED_IMPLS:
+                knobs += [("dot_rows", r, b) for r in a.dot_rows for b in batches if b < r or r == 1]
+            for attr, v, b in knobs:  # the same engine again with one knob changed
+                keep = getattr(engine, attr)
                 try:
-                    engine.unroll = u
-                    bps, comp = time_engine(engine, 1, a.steps, a.reps)
-                except Exception as e:  # noqa: BLE001
-                    print(f"FAILED engine bf16 {impl} unroll {u}: {type(e).__name__}: {str(e)[:300]}")
-                    continue
-                add(dict(path=f"engine bf16 {impl} unroll {u}", batch=1, weight_bytes=wb, bytes_per_s=bps,
-                                limit_bytes_per_s=bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
-            engine.unroll = a.unroll
-            keep = engine.min_rows  # the whole batch padded to r rows (1: unpadded, at every batch)
-            for r, b in [(r, b) for r in a.min_rows for b in batches if b < r or r == 1]:
-                try:
-                    engine.min_rows = r
+                    setattr(engine, attr, v)
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
                 except Exception as e:  # noqa: BLE001
-                    print(f"FAILED engine {q} {impl} min_rows {r}: {type(e).__name__}: {str(e)[:300]}")
+                    print(f"FAILED engine bf16{qn} {impl} {attr} {v} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 finally:
-                    engine.min_rows = keep
-                qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
-                add(dict(path=f"engine bf16{qn} {impl} min_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
-                                limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
-                                bpb_cost=None))
-            padded = [(r, b) for r in a.dot_rows for b in batches if b < r or r == 1] if q == "none" and impl in (
-                PADDED_IMPLS) else []
-            for r, b in padded:  # the fused step's XLA dots at r rows (fused.padded_rows; 1: unpadded)
-                try:
-                    engine.dot_rows = r
-                    bps, comp = time_engine(engine, b, a.steps, a.reps)
-                except Exception as e:  # noqa: BLE001
-                    print(f"FAILED engine bf16 {impl} dot_rows {r}: {type(e).__name__}: {str(e)[:300]}")
-                    continue
-                finally:
-                    engine.dot_rows = None
-                add(dict(path=f"engine bf16 {impl} dot_rows {r}", batch=b, weight_bytes=wb, bytes_per_s=bps,
-                                limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None,
-                                bpb_cost=None))
+                    setattr(engine, attr, keep)
+                add(dict(path=f"engine bf16{qn} {impl} {attr} {v}", batch=b, weight_bytes=wb, bytes_per_s=bps,
+                         limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
         engine = Engine(model, dtype="bfloat16")
