@@ -182,21 +182,30 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                                 bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
                                 else None))
             qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
-            knobs = [("unroll", u, 1) for u in (a.extra_unrolls if q == "none" else [])]  # batch 1: where it matters
-            knobs += [("min_rows", r, b) for r in a.min_rows for b in batches if b < r or r == 1]  # 1: unpadded
+            # the same engine again with knobs changed: min_rows r pads the whole batch (its dots unpadded), dot_rows
+            # r only the fused dots (the batch unpadded); r = 1 is the unpadded row, at every batch
+            knobs = [(f"unroll {u}", {"unroll": u}, 1) for u in (a.extra_unrolls if q == "none" else [])]
+            knobs += [(f"min_rows {r}", {"min_rows": r, "dot_rows": 1}, b) for r in a.min_rows for b in batches
+                      if b < r or r == 1]
             if q == "none" and impl in PADDED_IMPLS:
-                knobs += [("dot_rows", r, b) for r in a.dot_rows for b in batches if b < r or r == 1]
-            for attr, v, b in knobs:  # the same engine again with one knob changed
-                keep = getattr(engine, attr)
+                knobs += [(f"dot_rows {r}", {"dot_rows": r, "min_rows": 1}, b) for r in a.dot_rows for b in batches
+                          if b < r or r == 1]
+            for label, set_to, b in knobs:
+                keep = {k: getattr(engine, k) for k in set_to}
                 try:
-                    setattr(engine, attr, v)
+                    if per_batch and b != engine.batch:  # this batch's layouts (as the plain rows above)
+                        engine = Engine(model, dtype="bfloat16", quant=q, decode_impl=impl, unroll=a.unroll,
+                                        quant_impl=qi, batch=b)
+                    for k, v in set_to.items():
+                        setattr(engine, k, v)
                     bps, comp = time_engine(engine, b, a.steps, a.reps)
                 except Exception as e:  # noqa: BLE001
-                    print(f"FAILED engine bf16{qn} {impl} {attr} {v} batch {b}: {type(e).__name__}: {str(e)[:300]}")
+                    print(f"FAILED engine bf16{qn} {impl} {label} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 finally:
-                    setattr(engine, attr, keep)
-                add(dict(path=f"engine bf16{qn} {impl} {attr} {v}", batch=b, weight_bytes=wb, bytes_per_s=bps,
+                    for k, v in keep.items():
+                        setattr(engine, k, v)
+                add(dict(path=f"engine bf16{qn} {impl} {label}", batch=b, weight_bytes=wb, bytes_per_s=bps,
                          limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
@@ -233,11 +242,11 @@ def main(argv=None):
     p.add_argument("--extra-unrolls", default="", help="e.g. 4,8: unquantized paths again at batch 1 with the "
                    "decode loop unrolled that many times")
     p.add_argument("--dot-rows", default="", help="e.g. 1,16: the fused paths again at each batch below it with "
-                   "their XLA dots padded to that many rows (Engine(dot_rows=...); 1: unpadded, at every batch; the "
-                   "plain rows take the engine's auto choice)")
+                   "their XLA dots padded to that many rows and the batch not (Engine(dot_rows=..., min_rows=1); 1: "
+                   "no padding at all, at every batch)")
     p.add_argument("--min-rows", default="", help="e.g. 1,8: every path again at each batch below it with the "
-                   "whole decode batch padded to that many rows (Engine(min_rows=...); 1: unpadded, at every batch; "
-                   "the plain rows take the engine's auto choice)")
+                   "whole decode batch padded to that many rows (Engine(min_rows=..., dot_rows=1); 1: no padding at "
+                   "all, at every batch; the plain rows take the engine's auto choice)")
     p.add_argument("--count-ops", action="store_true", help="ops per decode step from the compiled HLO")
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)

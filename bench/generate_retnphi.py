@@ -188,16 +188,17 @@ def main(argv=None):
                 return out
 
             sec, comp = timed(call, a.reps)
-            rows.append((f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp))
-            print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+            plain = (f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp)
+            rows.append(plain)
+            print(f"  {plain[0]} batch {b}: {plain[2]:,.0f} bytes/s", flush=True)
             for r in [r for r in a.min_rows if b < r]:  # the decode batch padded to r rows (copies of row 0)
                 eng.min_rows, state["s"] = r, slots
                 sec, comp = timed(call, a.reps)
                 eng.min_rows = 1
-                rows.append((rows[-1][0] + f" min_rows {r}", b, b * a.steps / sec, comp))
+                rows.append((plain[0] + f" min_rows {r}", b, b * a.steps / sec, comp))
                 print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
             if fit is not None and b == 1:
-                specs.append(speculative_row(eng, held, a, rows[-1]))
+                specs.append(speculative_row(eng, held, a, plain))
                 rows.append(specs[-1]["row"])
             del eng
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "

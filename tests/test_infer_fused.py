@@ -72,11 +72,21 @@ def test_min_rows_padding_leaves_the_real_rows_unchanged(impl, quant):
         np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-6, atol=1e-6)
 
 
-def test_min_rows_auto_pads_unquantized_engines_on_a_gpu(monkeypatch):
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # construction only: nothing runs
-    assert Engine(tiny(), dtype="float32").min_rows == 8
-    assert Engine(tiny(), dtype="float32", quant="int8:group_size=32").min_rows == 1  # measured slower padded
-    assert Engine(tiny(), dtype="float32", min_rows=1).min_rows == 1
+def test_auto_padding_is_the_measured_one(monkeypatch):
+    """The padding a decode call runs with (Engine.static_args -> (.., dot_rows, min_rows)): none on a CPU; on a GPU
+    batch 1 as 8 rows for unquantized weights (then the dots already have 8 rows), the fused dots padded only
+    when the step runs one row (min_rows=1), nothing from batch 2; explicit values win."""
+    pad = lambda eng, b: eng.static_args(b)[3:]
+    assert pad(Engine(tiny(), dtype="float32", decode_impl="fused_pallas"), 1) == (1, 1)  # CPU: none
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # static choices only: nothing runs
+    fused = Engine(tiny(), dtype="float32", decode_impl="fused_pallas")
+    assert [pad(fused, b) for b in (1, 2, 8)] == [(1, 8), (1, 1), (1, 1)]
+    assert [pad(Engine(tiny(), dtype="float32"), b) for b in (1, 2)] == [(1, 8), (1, 1)]  # jnp: batch padding only
+    assert pad(Engine(tiny(), dtype="float32", quant="int8:group_size=32"), 1) == (1, 1)  # measured slower padded
+    one = Engine(tiny(), dtype="float32", decode_impl="fused_pallas", min_rows=1)
+    assert [pad(one, b) for b in (1, 2)] == [(8, 1), (1, 1)]
+    assert pad(Engine(tiny(), dtype="float32", decode_impl="fused_pallas", min_rows=1, dot_rows=1), 1) == (1, 1)
+    assert pad(Engine(tiny(), dtype="float32", min_rows=4), 3) == (1, 4)
 
 
 def test_dot_rows_pads_only_the_fused_steps_dots():
@@ -96,12 +106,6 @@ def test_dot_rows_pads_only_the_fused_steps_dots():
             Engine(tiny(), dtype="float32", decode_impl=impl, dot_rows=rows)
     with pytest.raises(EngineError, match="min_rows"):
         Engine(tiny(), dtype="float32", min_rows=0)
-    assert Engine(tiny(), dtype="float32").min_rows == 1  # auto: 8 on a GPU for unquantized weights; CPU: none
-    eng = Engine(tiny(), dtype="float32", decode_impl="fused_pallas")  # auto: 8 rows at batch 1, on a GPU only
-    assert [eng.rows_for(b) for b in (1, 2)] == [1, 1]
-    eng.interpret = False  # what a GPU backend sets
-    assert [eng.rows_for(b) for b in (1, 2)] == [8, 1]
-    assert Engine(tiny(), dtype="float32", decode_impl="fused_pallas", dot_rows=1).rows_for(1) == 1
 
 
 def ops_per_step(engine) -> int:

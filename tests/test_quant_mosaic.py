@@ -97,25 +97,6 @@ def test_nf4_select_tree_is_the_table():
                                       NF4_LEVELS.astype(dt).astype(np.float32))
 
 
-def test_nf4_byte_permute_lookup_is_the_table():
-    """The kernel's NF4 lookup (eight prmt per four nibbles, nf4_prmt.py), run by a model of the instruction on every
-    16-bit nibble pattern and on random 32-bit words, gives the bf16 level of each nibble: the select tree's table."""
-    from pallas_kernels.quant import nf4_prmt as P
-
-    n = np.arange(16)
-    want = np.asarray(M.nf4_level(jnp.asarray(np.where(n >= 8, n - 16, n), jnp.bfloat16))).view(np.uint16)
-    np.testing.assert_array_equal(P.level_bits(), want)
-    assert P.prmt_np(0x33221100, 0x77665544, 0x7531) == 0x77553311 and P.prmt_np(0x80, 0, 0x8) == 0x808080FF
-    regs = np.arange(1 << 16)
-    nib = (regs[:, None] >> (4 * np.arange(4))) & 15
-    got = np.concatenate([(w[:, None] >> np.array([0, 16], np.uint64)) & np.uint64(0xFFFF)
-                          for w in P.decode_part_np(regs)], 1)
-    np.testing.assert_array_equal(got, want[nib])
-    words = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64)
-    nib8 = (words[:, None] >> (np.uint64(4) * np.arange(8, dtype=np.uint64))) & np.uint64(15)
-    np.testing.assert_array_equal(P.decode_word_np(words), want[nib8.astype(int)])
-
-
 @pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("nf4", 16, {"nf4": "select"}), ("int4z:group_size=128", 37, {"split_k": 2}),
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
                                          ("int4", 64, {"wg_rows": 128, "acc": "value"}),

@@ -37,6 +37,7 @@ def warm_slots(engine: Engine, batch: int, steps: int, prompt: bytes = b"The qui
 def ops_per_step(engine: Engine) -> int:
     """Non-trivial top-level ops of one decode step (the compiled loop body on this device) at batch 1."""
     slots = engine.prefill([b"ab"], Settings.make(1, 0, temperature=1.0, top_p=0.95))
+    _, interpret, _, dot_rows, min_rows = engine.static_args(1)
     low = _decode.lower(engine.graphdef, engine.weights, engine.fused_weights, slots, 8, engine.vocab_limit,
-                        engine.decode_impl, engine.interpret, 1, engine.rows_for(1))
+                        engine.decode_impl, interpret, 1, dot_rows, min_rows)
     return int(sum(loop_body_ops(low.compile().as_text()).values()))

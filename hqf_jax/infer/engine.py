@@ -45,9 +45,10 @@ from hqf_jax.ops.constants import NUM_BYTES
 # fused*: hqf_jax.infer.fused
 DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", "fused_gemv")
 PADDED_IMPLS = ("fused", "fused_pallas", "fused_pallas_split")  # the steps whose dots XLA emits (dot_rows)
-AUTO_DOT_ROWS = 8
+AUTO_DOT_ROWS = 8  # fused dots of a one-row step (H200, 2026-11-30: 1.12-1.14x at 125M, 1.28-1.30x at ~1B)
 # H200, 2026-11-30, 125M batch 1: jnp 1,261 -> 1,945 bytes/s at 8 rows, fused_pallas 2,083 (dots padded) -> 2,206;
-# int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so quantized engines are not padded
+# int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so quantized engines are not padded; batches 2-7
+# not measured padded, so not padded
 AUTO_MIN_ROWS = 8
 
 
@@ -70,7 +71,7 @@ def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, in
             min_rows=1):
     model = model_of(graphdef, weights)
     b = slots.token.shape[0]
-    slots = pad_rows(slots, min_rows)  # batch-1 decode as min_rows rows (faster on a GPU; copies dropped after)
+    slots, padded = pad_rows(slots, min_rows)  # batch 1 as min_rows rows (faster on a GPU; copies dropped after)
 
     def body(i, carry):
         state, token, emitted, out = carry
@@ -82,7 +83,7 @@ def _decode(graphdef, weights, fw, slots: Slots, n, vocab_limit, decode_impl, in
     out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
     state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out),
                                                    unroll=max(1, min(unroll, n)))
-    return take_rows((Slots(state, token, emitted, slots.settings), out), b, min_rows)
+    return take_rows(Slots(state, token, emitted, slots.settings), out, b, padded)
 
 
 @jax.jit
@@ -98,11 +99,12 @@ class Engine(ByteGenerator):
     method (int8, int4, nf4, phi5u8, ...) for the dense layers; ``decode_impl`` jnp | pallas for the
     recurrent step; ``allow_eos`` lets rows sample EOS (bytes only otherwise, never BOS/PAD); ``batch`` the
     decode batch quant_impl "auto" picks the quantized layers' kernel layouts for (any batch still runs);
-    ``dot_rows`` > 1 pads the fused steps' XLA dots to that many rows (fused.padded_rows); None (auto): 8 rows for
-    batch-1 steps on a GPU (H200, 2026-11-30: 1.14x at 125M, 1.28x at ~1B; 0.94-0.95x at batch 2-4), else none;
-    ``min_rows`` pads the whole decode batch to that many rows (copies of row 0, dropped after the call; any
-    decode_impl, any weights); None (auto): 8 on a GPU for unquantized weights (batch 1 as 8 rows: 1.54x for jnp,
-    1.06x for fused_pallas over its padded dots on the 125M LM), else 1."""
+    ``min_rows`` pads the decode batch to that many rows (copies of row 0, dropped after the call; any decode_impl,
+    any weights); None (auto): batch 1 runs as 8 rows on a GPU for unquantized weights (H200, 2026-11-30, 125M: jnp
+    1.54x, fused_pallas 1.06x over its padded dots; int4 0.37x, so not for quantized weights), else no padding.
+    ``dot_rows`` > 1 pads only the fused steps' XLA dots (fused.padded_rows); None (auto): 8 rows when the step
+    runs one row on a GPU, i.e. with min_rows=1 (1.12-1.14x at 125M, 1.28-1.30x at ~1B; 0.92-0.95x at 2-8 rows).
+    ``static_args(batch)`` is what one decode call of ``batch`` rows runs with."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
                  quant_impl: str = "auto", decode_impl: str = "jnp", allow_eos: bool = False,
@@ -129,9 +131,8 @@ class Engine(ByteGenerator):
         self.dot_rows = dot_rows
         if min_rows is not None and min_rows < 1:
             raise EngineError(f"min_rows={min_rows}: decode runs at least one row")
-        if min_rows is None:  # auto: batch-1 decode as 8 rows on a GPU, unquantized weights only (measured)
-            min_rows = AUTO_MIN_ROWS if not quant and jax.default_backend() != "cpu" else 1
-        self.min_rows = int(min_rows)
+        self.min_rows = min_rows
+        self.quantized = bool(quant)
         self.interpret = jax.default_backend() == "cpu"
         self.vocab_limit = NUM_BYTES + 2 if allow_eos else NUM_BYTES
         self.prompt_bucket = int(prompt_bucket)
@@ -179,14 +180,18 @@ class Engine(ByteGenerator):
     def decode_device(self, slots: Slots, n: int) -> tuple[Slots, jax.Array]:
         """``decode`` without the copy to the host (for timing)."""
         return _decode(self._model, self._leaves, self.fused_weights, slots, int(n), self.vocab_limit,
-                       self.decode_impl, self.interpret, self.unroll,
-                       self.rows_for(max(slots.token.shape[0], self.min_rows)), self.min_rows)
+                       *self.static_args(slots.token.shape[0]))
 
-    def rows_for(self, batch: int) -> int:
-        """The rows the fused step's dots run at for this batch (``dot_rows``; auto: 8 at batch 1 on a GPU)."""
-        if self.dot_rows is not None:
-            return self.dot_rows
-        return AUTO_DOT_ROWS if batch == 1 and self.decode_impl in PADDED_IMPLS and not self.interpret else 1
+    def static_args(self, batch: int) -> tuple:
+        """(decode_impl, interpret, unroll, dot_rows, min_rows) of a decode call of ``batch`` rows: the padding
+        resolved (auto: see the class docstring; "a GPU" is jax's gpu backend)."""
+        gpu = jax.default_backend() == "gpu"
+        min_rows = self.min_rows if self.min_rows is not None else (
+            AUTO_MIN_ROWS if batch == 1 and gpu and not self.quantized else 1)
+        rows = max(batch, min_rows)
+        dot_rows = self.dot_rows if self.dot_rows is not None else (
+            AUTO_DOT_ROWS if rows == 1 and gpu and self.decode_impl in PADDED_IMPLS else 1)
+        return self.decode_impl, self.interpret, self.unroll, dot_rows, min_rows
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:
         """Slots with rows ``rows`` replaced by the rows of ``new`` (requests joining a running batch)."""

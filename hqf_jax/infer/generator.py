@@ -53,23 +53,24 @@ class Slots(NamedTuple):
     settings: Settings
 
 
-def pad_rows(slots: Slots, rows: int) -> Slots:
-    """Slots of at least ``rows`` rows: copies of row 0 fill the batch (inside a jitted decode). Leaves whose
-    first axis is the batch are padded; others (a position shared by every row, a scalar) are left. Rows sample
-    independently (per-row keys), so the real rows' bytes and states are unchanged; ``take_rows`` drops the
-    copies after."""
+def pad_rows(slots: Slots, rows: int) -> tuple[Slots, Slots | None]:
+    """(slots of at least ``rows`` rows, which leaves were padded) inside a jitted decode: copies of row 0 fill
+    the batch in every leaf whose first axis is the batch (a position shared by all rows, a scalar, is left).
+    Rows sample independently (per-row keys), so the real rows' bytes and states are unchanged; ``take_rows``
+    drops the copies from exactly the padded leaves after."""
     b = slots.token.shape[0]
     if b >= rows:
-        return slots
-    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)]) if jnp.ndim(a) and a.shape[0] == b else a
-    return jax.tree.map(pad, slots)
+        return slots, None
+    padded = jax.tree.map(lambda a: bool(jnp.ndim(a)) and a.shape[0] == b, slots)
+    fill = lambda a, p: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)]) if p else a
+    return jax.tree.map(fill, slots, padded), padded
 
 
-def take_rows(tree, b: int, rows: int):
-    """Undo ``pad_rows(.., rows)`` for a batch of b rows: the first b rows of every leaf it padded."""
-    if b >= rows:
-        return tree
-    return jax.tree.map(lambda a: a[:b] if jnp.ndim(a) and a.shape[0] == rows else a, tree)
+def take_rows(slots: Slots, out: jax.Array, b: int, padded: Slots | None) -> tuple[Slots, jax.Array]:
+    """Undo ``pad_rows``: the first b rows of the leaves it padded, and of out (B, n)."""
+    if padded is None:
+        return slots, out
+    return jax.tree.map(lambda a, p: a[:b] if p else a, slots, padded), out[:b]
 
 
 def encode(prompt: bytes | Sequence[int]) -> np.ndarray:

@@ -39,7 +39,7 @@ def _prefill(graphdef, weights, tokens, settings, vocab_limit):
 def _decode(graphdef, weights, slots: Slots, n, vocab_limit, min_rows=1):
     model = nnx.merge(graphdef, weights)
     b = slots.token.shape[0]
-    slots = pad_rows(slots, min_rows)
+    slots, padded = pad_rows(slots, min_rows)
 
     def body(i, carry):
         state, token, emitted, out = carry
@@ -49,7 +49,7 @@ def _decode(graphdef, weights, slots: Slots, n, vocab_limit, min_rows=1):
 
     out = jnp.zeros((slots.token.shape[0], n), jnp.int32)
     state, token, emitted, out = jax.lax.fori_loop(0, n, body, (slots.state, slots.token, slots.emitted, out))
-    return take_rows((Slots(state, token, emitted, slots.settings), out), b, min_rows)
+    return take_rows(Slots(state, token, emitted, slots.settings), out, b, padded)
 
 
 def cast_params(model: nnx.Module, dtype: str) -> nnx.Module:

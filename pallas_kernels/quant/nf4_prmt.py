@@ -12,8 +12,8 @@ The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.
 - the four high bytes and four low bytes are interleaved into two bf16x2 words by two more prmt; the kernel runs
   the whole of it as one PTX block per four nibbles, the tables as immediates.
 
-``decode_word_np`` is the same arithmetic on numpy integers (``prmt_np`` models the instruction): the CPU test runs
-every 16-bit nibble pattern through it. ``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on
+``PROGRAM`` is the block as data: ``ptx()`` writes the PTX the kernel runs and ``run_np`` runs the same steps on
+numpy integers (``prmt_np`` models the instruction); the CPU test runs every 16-bit nibble pattern through it. ``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on
 the GPU by the kernel's own checks (bench.quant_mosaic compares each config with the jnp model of the kernel).
 """
 
@@ -66,29 +66,64 @@ def prmt_np(a, b, sel):
     return out
 
 
-def _lookup(words, idx: int, sel: int, prmt) -> int:
-    return prmt(prmt(words[0], words[1], idx), prmt(words[2], words[3], idx), sel)
+# The lookup of the four nibbles in bits 0-15 of w as (op, destination, operands): the kernel's PTX block and the
+# numpy model (``run_np``) are both made from it. H0-H3 / L0-L3: the high- / low-byte table words (immediates).
+PROGRAM = (
+    ("and", "idx", ("w", 0x7777)),  # n & 7 per nibble: the entry within a half table
+    ("and", "sel", ("w", 0x8888)),
+    ("shr", "sel", ("sel", 1)),
+    ("or", "sel", ("sel", 0x3210)),  # selector nibble i: byte i of the first (n < 8) or the second (n >= 8) prmt
+    ("prmt", "a", ("H0", "H1", "idx")),
+    ("prmt", "b", ("H2", "H3", "idx")),
+    ("prmt", "h", ("a", "b", "sel")),
+    ("prmt", "a", ("L0", "L1", "idx")),
+    ("prmt", "b", ("L2", "L3", "idx")),
+    ("prmt", "l", ("a", "b", "sel")),
+    ("prmt", "out0", ("l", "h", INTERLEAVE[0])),
+    ("prmt", "out1", ("l", "h", INTERLEAVE[1])),
+)
+_NP_OPS = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "shr": lambda x, y: x >> y, "prmt": None}
+_PTX_TYPES = {"and": "b32", "or": "b32", "shr": "u32", "prmt": "b32"}
 
 
-def decode_part_np(reg, hi=None, lo=None):
+def _table_env() -> dict:
+    hi, lo = tables()
+    return {**{f"H{j}": w for j, w in enumerate(hi)}, **{f"L{j}": w for j, w in enumerate(lo)}}
+
+
+def run_np(w) -> tuple:
+    """PROGRAM on numpy uint64 words (or ints): (out0, out1), the bf16 pairs of elements (0, 1) and (2, 3)."""
+    env = {**{k: np.uint64(v) for k, v in _table_env().items()}, "w": np.asarray(w, np.uint64)}
+    for op, dst, args in PROGRAM:
+        vals = [env[x] if isinstance(x, str) else np.uint64(x) for x in args]
+        env[dst] = prmt_np(*vals) if op == "prmt" else _NP_OPS[op](*vals) & np.uint64(0xFFFFFFFF)
+    return env["out0"], env["out1"]
+
+
+def ptx() -> str:
+    """PROGRAM as one PTX block: $2 the word, $0 / $1 the two outputs, the tables as immediates."""
+    env = {k: f"0x{v:08x}" for k, v in _table_env().items()}
+    env.update(w="$2", out0="$0", out1="$1")
+    regs = sorted({d for _, d, _ in PROGRAM} - {"out0", "out1"})
+    lines = [f".reg .b32 {', '.join(regs)};"]
+    for op, dst, args in PROGRAM:
+        ops = ", ".join(env.get(x, x) if isinstance(x, str) else (str(x) if x < 16 else f"0x{x:x}") for x in args)
+        lines.append(f"{op}.{_PTX_TYPES[op]} {env.get(dst, dst)}, {ops};")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def decode_part_np(reg) -> tuple:
     """The four nibbles in bits 0-15 of reg (an int or a numpy array) -> two words of bf16 pairs (elements 0, 1
-    and 2, 3), by prmt_np: the kernel's arithmetic."""
-    if hi is None:
-        hi, lo = tables()
-    reg = np.asarray(reg, np.uint64)
-    idx = reg & np.uint64(0x7777)
-    sel = (reg & np.uint64(0x8888)) >> np.uint64(1) | np.uint64(0x3210)
-    h, l_ = _lookup(hi, idx, sel, prmt_np), _lookup(lo, idx, sel, prmt_np)
-    return prmt_np(l_, h, INTERLEAVE[0]), prmt_np(l_, h, INTERLEAVE[1])
+    and 2, 3): the kernel's PTX program, run by the numpy model of its instructions."""
+    return run_np(np.asarray(reg, np.uint64) & np.uint64(0xFFFF))
 
 
 def decode_word_np(reg) -> np.ndarray:
     """Eight nibbles of 32-bit words (element 0 in bits 0-3) -> (..., 8) uint16 bf16 bit patterns."""
-    hi, lo = tables()
     reg = np.asarray(reg, np.uint64)
     out = []
     for part in range(2):
-        for w in decode_part_np(reg >> np.uint64(16 * part), hi, lo):
+        for w in decode_part_np(reg >> np.uint64(16 * part)):
             out += [w & np.uint64(0xFFFF), w >> np.uint64(16)]
     return np.stack(out, -1).astype(np.uint16)
 
@@ -103,7 +138,6 @@ def nf4_levels_prmt(w):
     from jax._src.lib.mlir.dialects import arith, llvm, vector
     import jax.numpy as jnp
 
-    hi_words, lo_words = tables()
     layout = plgpu.Layout.WGMMA
 
     @plgpu.inline_mgpu(arg_types=(layout,),
@@ -116,28 +150,13 @@ def nf4_levels_prmt(w):
         [vlen] = ir.VectorType(regs.flat[0].type).shape
         per = max(1, 8 // vlen)  # registers per 32-bit word of nibbles
         flat = list(regs.flat)
-        if len(flat) % per or vlen > 8 and vlen % 8:
+        if len(flat) % per or (8 % vlen if vlen < 8 else vlen % 8):
             raise NotImplementedError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles")
 
-        def part(word):  # one asm block: tables as immediates (no registers held for them), two bf16x2 words out
-            (h0, h1, h2, h3), (l0, l1, l2, l3) = hi_words, lo_words
-            res = llvm.inline_asm(
-                llvm.StructType.get_literal([i32, i32]), [word],
-                f"""{{
-                .reg .b32 idx, sel, a, b, h, l;
-                and.b32 idx, $2, 0x7777;
-                and.b32 sel, $2, 0x8888;
-                shr.u32 sel, sel, 1;
-                or.b32 sel, sel, 0x3210;
-                prmt.b32 a, {h0}, {h1}, idx;
-                prmt.b32 b, {h2}, {h3}, idx;
-                prmt.b32 h, a, b, sel;
-                prmt.b32 a, {l0}, {l1}, idx;
-                prmt.b32 b, {l2}, {l3}, idx;
-                prmt.b32 l, a, b, sel;
-                prmt.b32 $0, l, h, {INTERLEAVE[0]};
-                prmt.b32 $1, l, h, {INTERLEAVE[1]};
-                }}""", "=r,=r,r")
+        asm = ptx()
+
+        def part(word):  # one PTX block (PROGRAM): tables as immediates, two bf16x2 words out
+            res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [word], asm, "=r,=r,r")
             return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
 
         cache = {}  # (32-bit source word, 16-bit half) -> its two bf16x2 words, shared by the registers in it

@@ -1,0 +1,39 @@
+"""The Hopper kernel's NF4 lookup by byte permutes (pallas_kernels/quant/nf4_prmt.py): its PTX program, run by a
+model of the prmt instruction, gives every nibble's bf16 level (the select tree's table); the PTX text the kernel
+runs is that program. The kernel itself runs on the GPU (tests/test_quant_mosaic.py, marked gpu)."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.quant import nf4_prmt as P
+from pallas_kernels.quant.mosaic_layout import nf4_level
+
+
+def test_nf4_byte_permute_lookup_is_the_table():
+    """The kernel's NF4 lookup (eight prmt per four nibbles, nf4_prmt.py), run by a model of the instruction on every
+    16-bit nibble pattern and on random 32-bit words, gives the bf16 level of each nibble: the select tree's table."""
+    n = np.arange(16)
+    want = np.asarray(nf4_level(jnp.asarray(np.where(n >= 8, n - 16, n), jnp.bfloat16))).view(np.uint16)
+    np.testing.assert_array_equal(P.level_bits(), want)
+    assert P.prmt_np(0x33221100, 0x77665544, 0x7531) == 0x77553311 and P.prmt_np(0x80, 0, 0x8) == 0x808080FF
+    regs = np.arange(1 << 16)
+    nib = (regs[:, None] >> (4 * np.arange(4))) & 15
+    got = np.concatenate([(w[:, None] >> np.array([0, 16], np.uint64)) & np.uint64(0xFFFF)
+                          for w in P.decode_part_np(regs)], 1)
+    np.testing.assert_array_equal(got, want[nib])
+    words = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64)
+    nib8 = (words[:, None] >> (np.uint64(4) * np.arange(8, dtype=np.uint64))) & np.uint64(15)
+    np.testing.assert_array_equal(P.decode_word_np(words), want[nib8.astype(int)])
+
+
+def test_the_kernels_ptx_is_the_program():
+    """ptx() writes one instruction per PROGRAM step (what run_np runs), the tables as immediates."""
+    lines = P.ptx().split("\n")
+    assert lines[0] == "{" and lines[-1] == "}" and lines[1].startswith(".reg .b32 ")
+    body = lines[2:-1]
+    assert len(body) == len(P.PROGRAM)
+    for line, (op, dst, args) in zip(body, P.PROGRAM):
+        assert line.startswith(f"{op}.") and line.endswith(";") and line.count(",") == len(args)
+    hi, lo = P.tables()
+    assert all(f"0x{w:08x}" in P.ptx() for w in hi + lo)
+    assert "$0" in body[-2] and "$1" in body[-1] and all("$2" in x for x in body[:2])
