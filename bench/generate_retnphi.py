@@ -141,8 +141,9 @@ def main(argv=None):
     p.add_argument("--spec-prompts", type=int, default=8, help="held-out prompts (64 bytes) for the acceptance")
     p.add_argument("--project-accept", type=float, default=2.25, help="bytes/verify to project speed at (2.25: the "
                    "trained 125M byte LM's with 3 heads at batch 1, docs/BENCHMARKS.md)")
-    p.add_argument("--min-rows", default="", help="e.g. 8: the engine rows again at each batch below it with the "
-                   "decode batch padded to that many rows (RecurrentEngine(min_rows=...))")
+    p.add_argument("--min-rows", default="", help="e.g. 8: the engine and token decoder rows again at each batch "
+                   "below it with the decode batch padded to that many rows (RecurrentEngine(min_rows=...); the token "
+                   "decoder runs that many rows and counts the batch's)")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
@@ -159,6 +160,9 @@ def main(argv=None):
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, a.steps, a.reps)
         rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok)", b, tps * bpt, comp))
+        for r in [r for r in a.min_rows if b < r]:  # the baseline padded alike: r rows run, b of them counted
+            tps, comp = kv_cache_tokens_per_s(decoder, r, a.steps, a.reps)
+            rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok) min_rows {r}", b, tps * bpt * b / r, comp))
     model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=a.spec_heads))
     del decoder
     fit, held, specs = None, None, []
