@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 
 from hqf_jax import cli
-from hqf_jax.infer import trace_stats
+from hqf_jax import trace_stats
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
 from hqf_jax.infer.engine import Engine
 from hqf_jax.report import write_report

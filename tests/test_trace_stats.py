@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hqf_jax.infer import trace_stats as T
+from hqf_jax import trace_stats as T
 
 GPU, HOST = 1, 700
 

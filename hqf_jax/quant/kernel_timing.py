@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hqf_jax import trace_stats
+
 L2_BYTES = 50 * 2**20  # an H100's L2 (the H200's is the same size): weight copies exceed 3x this
 
 
@@ -167,9 +169,7 @@ def hopper_weights(q) -> dict:
 def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
     """The kernels one call of op(x, w) launches, from a profiler trace of `reps` x len(weights) calls in the
     timing loop: per call, each kernel's mean µs by normalized name (the loop's own sum and add are listed too:
-    they are the null loop's share), the busy and wall time (hqf_jax/infer/trace_stats.summarize)."""
-    from hqf_jax.infer import trace_stats
-
+    they are the null loop's share), the busy and wall time (hqf_jax/trace_stats.summarize)."""
     run = _loop(op)
     r = jnp.int32(reps)
     jax.block_until_ready(run(x, weights, r))  # compile and warm up outside the trace
