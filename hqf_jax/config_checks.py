@@ -53,6 +53,16 @@ FRACTIONS = {
 _MISSING = object()
 
 
+def dataclass_from_dict(cls, d, error: type[Exception], what: str, tuples: tuple[str, ...] = ()):
+    """cls(**d) for a config dataclass: a key that is not a field raises ``error`` naming it and the valid ones
+    ("unknown {what} keys"); the fields in ``tuples`` (lists in a config file) become tuples."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    bad = set(d) - valid
+    if bad:
+        raise error(f"unknown {what} keys {sorted(bad)}; valid: {sorted(valid)}")
+    return cls(**{k: tuple(v) if k in tuples else v for k, v in dict(d).items()})
+
+
 def _get(cfg, key: str):
     node = cfg
     for part in key.split("."):

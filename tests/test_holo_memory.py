@@ -164,7 +164,7 @@ def test_orbax_round_trip(tmp_path):
 
 
 def test_config_errors_name_valid_choices():
-    with pytest.raises(hm.HoloConfigError, match="valid keys"):
+    with pytest.raises(hm.HoloConfigError, match=r"unknown memory config keys \['levles'\]; valid: \['angle_scale'"):
         hm.HoloConfig.from_dict({"levles": 3})
     with pytest.raises(hm.HoloConfigError, match="cosine"):
         hm.HoloConfig(score="dot")

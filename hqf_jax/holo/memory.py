@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hqf_jax.config_checks import dataclass_from_dict
 from hqf_jax.errors import HqfError
 from hqf_jax.holo import episodic, tower
 from hqf_jax.holo.prototypes import top_k_per_bucket
@@ -82,11 +83,7 @@ class HoloConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HoloConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise HoloConfigError(f"unknown memory config keys {bad}; valid keys: {', '.join(sorted(names))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, HoloConfigError, "memory config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hqf_jax.config_checks import dataclass_from_dict
 from hqf_jax.nn.hf_decoder import FAMILIES, Linear
 
 AUTO = "auto"  # a target that stands for every projection of the model's family
@@ -84,14 +85,7 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoRAConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - valid
-        if bad:
-            raise LoRAConfigError(f"unknown lora keys {sorted(bad)}; valid: {sorted(valid)}")
-        d = dict(d)
-        if "targets" in d:
-            d["targets"] = tuple(d["targets"])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, LoRAConfigError, "lora", tuples=("targets",))
 
 
 def _matches(path: str, patterns: tuple) -> bool:

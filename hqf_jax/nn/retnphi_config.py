@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from hqf_jax.config_checks import dataclass_from_dict
 from hqf_jax.nn.lora import TrainableFilter
 
 FORMS = ("parallel", "chunkwise", "recurrent", "pallas")
@@ -59,14 +60,7 @@ class RetNPhiConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RetNPhiConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - valid
-        if bad:
-            raise RetNPhiConfigError(f"unknown retnphi keys {sorted(bad)}; valid: {sorted(valid)}")
-        d = dict(d)
-        if "trainable" in d:
-            d["trainable"] = tuple(d["trainable"])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, RetNPhiConfigError, "retnphi", tuples=("trainable",))
 
     def trainable_filter(self) -> TrainableFilter:
         """Adapters + Params named by `trainable` (default: norms (RMSNorms and the retention GroupNorm), byte
