@@ -27,7 +27,7 @@ import jax
 from hqf_jax import cli
 from hqf_jax import trace_stats
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
-from hqf_jax.infer.engine import Engine
+from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.report import write_report
 
 
@@ -117,6 +117,9 @@ def main(argv=None):
                    "(the fused impls run unquantized weights: skipped with a quant)")
     p.add_argument("--quant-impl", default="auto")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--min-rows", type=int, default=None, help="the engine's min_rows (default: its auto choice; 1: "
+                   "the batch unpadded)")
+    p.add_argument("--dot-rows", type=int, default=None, help="the fused engines' dot_rows (default: auto)")
     p.add_argument("--steps", type=int, default=64, help="decode steps per jitted call")
     p.add_argument("--calls", type=int, default=2, help="chained calls, timed and traced")
     p.add_argument("--top", type=int, default=15)
@@ -141,7 +144,7 @@ def main(argv=None):
         engine = None
         try:
             engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl=impl, quant_impl=a.quant_impl,
-                            batch=a.batch)
+                            batch=a.batch, min_rows=a.min_rows, dot_rows=a.dot_rows if impl in PADDED_IMPLS else None)
             ops = None if a.no_count_ops or a.batch != 1 else ops_per_step(engine)
             keep = out / f"trace_{name.replace(' ', '_')}.json.gz" if out else None
             r = dict(impl=name, hlo_ops_per_step=ops, **profile(engine, a.batch, a.steps, a.calls, a.top, keep))

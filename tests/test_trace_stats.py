@@ -101,7 +101,8 @@ def test_load_reads_the_newest_run_folder(tmp_path):
 def test_decode_profile_end_to_end_on_cpu(tmp_path, capsys):
     from bench.decode_profile import main
 
-    res = main(["--small", "--decode-impls", "jnp", "--steps", "4", "--calls", "2", "--out", str(tmp_path)])
+    res = main(["--small", "--decode-impls", "jnp", "--steps", "4", "--calls", "2", "--min-rows", "2", "--out",
+                str(tmp_path)])
     text = capsys.readouterr().out
     assert "no GPU stream events" in text and "Top 15 kernels of jnp" in text
     (r,) = res["rows"]
