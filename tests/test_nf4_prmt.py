@@ -19,7 +19,7 @@ def test_nf4_byte_permute_lookup_is_the_table():
     regs = np.arange(1 << 16)
     nib = (regs[:, None] >> (4 * np.arange(4))) & 15
     got = np.concatenate([(w[:, None] >> np.array([0, 16], np.uint64)) & np.uint64(0xFFFF)
-                          for w in P.decode_part_np(regs)], 1)
+                          for w in P.run_np(regs)], 1)
     np.testing.assert_array_equal(got, want[nib])
     words = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64)
     nib8 = (words[:, None] >> (np.uint64(4) * np.arange(8, dtype=np.uint64))) & np.uint64(15)

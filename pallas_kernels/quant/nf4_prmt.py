@@ -2,10 +2,10 @@
 
 The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.py). The select tree
 (``mosaic_layout.nf4_level``) spends 15 compares and 15 selects per weight; the stage probe (stop 28) measured it at
-65-68 µs of an 80 µs NF4 call. Here four nibbles become four bf16 levels with eight ``prmt`` and three integer ops:
+65-68 µs of an 80 µs NF4 call. Here four nibbles become four bf16 levels with eight ``prmt`` and four integer ops:
 
 - the 16 bf16 levels, indexed by the raw nibble n (two's complement of v), are split into their high bytes and low
-  bytes, four 32-bit words each (``TABLES``: word j holds the bytes of nibbles 4j..4j+3);
+  bytes, four 32-bit words each (``tables()``: word j holds the bytes of nibbles 4j..4j+3);
 - ``prmt(a, b, sel)`` picks output byte i from the eight bytes of (a, b) by nibble i of sel, so with idx = n & 7
   one prmt reads entries 0-7 and one reads entries 8-15; a third prmt keeps, per byte, the first or the second by
   bit 3 of n (the selector nibble i + 4 * bit3, as CUTLASS's int4 -> f8 lookup does);
@@ -13,8 +13,9 @@ The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.
   the whole of it as one PTX block per four nibbles, the tables as immediates.
 
 ``PROGRAM`` is the block as data: ``ptx()`` writes the PTX the kernel runs and ``run_np`` runs the same steps on
-numpy integers (``prmt_np`` models the instruction); the CPU test runs every 16-bit nibble pattern through it. ``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on
-the GPU by the kernel's own checks (bench.quant_mosaic compares each config with the jnp model of the kernel).
+numpy integers (``prmt_np`` models the instruction); the CPU test runs every 16-bit nibble pattern through it.
+``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on the GPU by the kernel's own checks
+(bench.quant_mosaic compares each config with the jnp model of the kernel).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _table_env() -> dict:
 
 
 def run_np(w) -> tuple:
-    """PROGRAM on numpy uint64 words (or ints): (out0, out1), the bf16 pairs of elements (0, 1) and (2, 3)."""
+    """PROGRAM on numpy uint64 words (or ints) of nibbles (bits 0-15 read): (out0, out1), the bf16 pairs of
+    elements (0, 1) and (2, 3): the kernel's PTX, run by the numpy model of its instructions."""
     env = {**{k: np.uint64(v) for k, v in _table_env().items()}, "w": np.asarray(w, np.uint64)}
     for op, dst, args in PROGRAM:
         vals = [env[x] if isinstance(x, str) else np.uint64(x) for x in args]
@@ -112,18 +114,12 @@ def ptx() -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
-def decode_part_np(reg) -> tuple:
-    """The four nibbles in bits 0-15 of reg (an int or a numpy array) -> two words of bf16 pairs (elements 0, 1
-    and 2, 3): the kernel's PTX program, run by the numpy model of its instructions."""
-    return run_np(np.asarray(reg, np.uint64) & np.uint64(0xFFFF))
-
-
 def decode_word_np(reg) -> np.ndarray:
     """Eight nibbles of 32-bit words (element 0 in bits 0-3) -> (..., 8) uint16 bf16 bit patterns."""
     reg = np.asarray(reg, np.uint64)
     out = []
     for part in range(2):
-        for w in decode_part_np(reg >> np.uint64(16 * part)):
+        for w in run_np(reg >> np.uint64(16 * part)):  # the program reads the low 16 bits only
             out += [w & np.uint64(0xFFFF), w >> np.uint64(16)]
     return np.stack(out, -1).astype(np.uint16)
 
