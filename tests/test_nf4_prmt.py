@@ -4,6 +4,7 @@ runs is that program. The kernel itself runs on the GPU (tests/test_quant_mosaic
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from pallas_kernels.quant import nf4_prmt as P
 from pallas_kernels.quant.mosaic_layout import nf4_level
@@ -37,3 +38,21 @@ def test_the_kernels_ptx_is_the_program():
     hi, lo = P.tables()
     assert all(f"0x{w:08x}" in P.ptx() for w in hi + lo)
     assert "$0" in body[-2] and "$1" in body[-1] and all("$2" in x for x in body[:2])
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 64), (64, 128), (64, 256), (128, 256)])
+def test_word_relayout_bookkeeping_is_a_bijection(shape):
+    """nf4_words.wgmma_sources (the register bookkeeping of Mosaic GPU's two int4 relayout steps, done on i32
+    words): every WGMMA-layout register of a (wg_rows, group) tile the kernel loads has one source, every nibble
+    pair of every UPCAST_4X word feeds exactly one register, and the 2X -> WGMMA pairing joins the two halves of
+    one word in order (it raises otherwise)."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    from pallas_kernels.quant.nf4_words import wgmma_sources
+
+    src = wgmma_sources(shape)
+    assert src.shape == fa.WGMMA_LAYOUT.registers_shape(shape)
+    words = list(np.ndindex(fa.WGMMA_LAYOUT_UPCAST_4X.registers_shape(shape)))
+    assert sorted(src.flat) == sorted((w, p) for w in words for p in range(4))
+    # per thread of the warpgroup (128): 2 elements a register, the whole tile over the 128 threads
+    assert 2 * src.size * 128 == shape[0] * shape[1]

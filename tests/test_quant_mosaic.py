@@ -97,7 +97,7 @@ def test_nf4_select_tree_is_the_table():
                                       NF4_LEVELS.astype(dt).astype(np.float32))
 
 
-@pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("nf4", 16, {"nf4": "select"}), ("int4z:group_size=128", 37, {"split_k": 2}),
+@pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("nf4", 16, {"nf4": "select"}), ("nf4", 16, {"nf4": "prmt"}), ("int4z:group_size=128", 37, {"split_k": 2}),
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
                                          ("int4", 64, {"wg_rows": 128, "acc": "value"}),
                                          ("nf4", 128, {"probe": "no_decode"}),
@@ -145,7 +145,8 @@ def _gpu_blocks(spec):
 
 
 GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(spec)] + [
-    ("nf4", 24, M.MosaicBlocks(nf4="select"))]
+    ("nf4", 24, M.MosaicBlocks(nf4="select")), ("nf4", 24, M.MosaicBlocks(nf4="prmt")),
+    ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64))]
 
 
 @pytest.mark.parametrize("spec,b,blocks", GPU_CASES)
@@ -232,5 +233,6 @@ def test_sweep_configs_are_the_plan_first_and_resolve():
         assert mw.plan.n_groups % (r.split_k * r.groups) == 0
     p = mw.plan
     assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")
-    nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the select-tree decode is one of the forms
-    assert nf[3] == M.MosaicBlocks(nf4="select") and len(nf) == 7 and mosaic_cfg_str(nf[3]).endswith("/select")
+    nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
+    assert nf[3:5] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 8
+    assert mosaic_cfg_str(nf[3]).endswith("/prmt") and mosaic_cfg_str(nf[4]).endswith("/select")

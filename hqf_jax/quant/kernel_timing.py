@@ -183,7 +183,7 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
 def mosaic_configs(mw, more: int = 3) -> list:
     """The weight's plan (MosaicBlocks()), the plan at pipeline depth 2 (stage probe, 2026-11-30: 10.7 µs where the
     plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, for NF4 the plan with the
-    select-tree decode (the lookup of before), and the cheapest split of
+    other NF4 decodes (nf4_prmt's lookup on the WGMMA layout's registers, the select tree), and the cheapest split of
     each of the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
     plan's own cost model, mosaic_layout.plan_options)."""
     from pallas_kernels.quant import mosaic as M
@@ -191,8 +191,8 @@ def mosaic_configs(mw, more: int = 3) -> list:
 
     n, _ = mw.shape
     out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")]
-    if mw.method == "nf4":  # the select-tree decode beside the byte-permute lookup (the default)
-        out.append(M.MosaicBlocks(nf4="select"))
+    if mw.method == "nf4":  # the other NF4 decodes beside the default (word lookup): lookup on 2-nibble registers, select tree
+        out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
     for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
         if (p.wg_rows, p.groups) not in seen and len(out) < base + more:
@@ -208,5 +208,5 @@ def mosaic_cfg_str(c, mw=None, batch: int = 1) -> str:
 
     if mw is not None:
         c = M.resolve(mw, batch, c)
-    sel = "/select" if c.nf4 == "select" else ""
+    sel = "" if c.nf4 == M.MosaicBlocks().nf4 else f"/{c.nf4}"
     return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}{sel}"

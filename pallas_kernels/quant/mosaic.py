@@ -10,8 +10,9 @@ The kernel computes y^T = W x^T: per program 2 compute warpgroups own wg_rows ou
 64 or 128), the batch tile is wgmma's N side (16-128), and one warpgroup issues the copies
 (emit_pipeline_warp_specialized). Each step takes `groups` groups of g input columns; per group a compute
 warpgroup loads its (wg_rows, g) int4 tile from shared memory in the layout made for 4-bit upcasts, converts it
-to bf16 (int4 -> bf16 in registers: prmt/lop3/sub), for NF4 looks its level up by byte permutes (nf4_prmt.py;
-blocks.nf4="select": the select tree of before),
+to bf16 (int4 -> bf16 in registers: prmt/lop3/sub), for NF4 looks its level up by byte permutes on whole 32-bit
+words after an i32 relayout (nf4_words.py; blocks.nf4="prmt": the same lookup on the WGMMA layout's registers,
+"select": the select tree of before),
 multiplies by the row's group scale (one broadcast per row), and issues wgmma with x^T from shared memory; the
 step waits for its wgmmas once. The accumulator is either carried as a value ("value") or lives in one
 accumulator ref for the whole K loop ("ref"). split_k splits the K steps over programs (f32 partials summed by
@@ -34,6 +35,7 @@ from jax import lax
 
 from pallas_kernels.quant.layout import KernelLayoutError
 from pallas_kernels.quant.nf4_prmt import nf4_levels_prmt
+from pallas_kernels.quant.nf4_words import nf4_levels_words
 from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, SMEM_BYTES, MosaicWeight, Plan, check_mosaic,
                                                 decode_model, nf4_level, plan_for, prepare_mosaic, smem_bytes)
 
@@ -45,7 +47,7 @@ MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
 # register tile in place of the decoded weight (copies + wgmma + waits, no smem load / convert / scale); "copy"
 # runs the pipeline's copies and barriers with an empty compute step. Full minus no_decode is the decode's cost.
 PROBES = ("none", "no_decode", "copy")
-NF4_DECODES = ("prmt", "select")
+NF4_DECODES = ("words", "prmt", "select")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,8 @@ class MosaicBlocks:
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
     probe: str = "none"  # PROBES: a stage probe for timing only (the result is not the product)
-    nf4: str = "prmt"  # NF4_DECODES: NF4 level lookup by byte permutes (nf4_prmt.py) or the select tree
+    nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py), on the WGMMA
+    # layout's two-nibble registers (nf4_prmt.py), or the select tree
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -146,11 +149,12 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
             if blocks.probe == "no_decode":
                 return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
             w = plgpu.load(w_smem, (j, rows), layout=plgpu.Layout.WGMMA_UPCAST_4X)
-            w = plgpu.layout_cast(w, plgpu.Layout.WGMMA)
-            if nf4 and blocks.nf4 == "prmt":
-                w = nf4_levels_prmt(w)
+            if nf4 and blocks.nf4 == "words":
+                w = nf4_levels_words(w)  # relayout on i32 words, then the lookup
+            elif nf4 and blocks.nf4 == "prmt":
+                w = nf4_levels_prmt(plgpu.layout_cast(w, plgpu.Layout.WGMMA))
             else:
-                w = w.astype(jnp.bfloat16)
+                w = plgpu.layout_cast(w, plgpu.Layout.WGMMA).astype(jnp.bfloat16)
                 w = nf4_level(w) if nf4 else w
             if o_ref:
                 off = plgpu.load(o_ref[0], (j, rows), layout=row_layout)

@@ -1,0 +1,124 @@
+"""NF4 lookup on whole 32-bit words of nibbles: the Hopper kernel's int4 -> WGMMA relayout done on i32, then the
+prmt lookup (nf4_prmt.PROGRAM) on each word.
+
+Why (stop 30, SASS of the NF4 kernel, CUDA 13 ptxas on the dumped PTX): with the lookup taking the int4 tile in
+the WGMMA layout (nf4_prmt.nf4_levels_prmt), each register is two nibbles, and a PTX lookup wants eight; the
+registers of one 32-bit word come interleaved with those of another (flat order: word 0 part 0, word 1 part 0,
+word 0 part 1, ...), so gathering them made LLVM spill 16-bit halves to a 128-byte local array and reassemble
+nibbles with 16-bit shifts and masks (32 ST + 16 LD a tile, 276 IMAD against int4's 68). Here the tile comes in
+the layout it is loaded in (WGMMA_UPCAST_4X: one vector<8 x i4> register = one 32-bit word), the two steps of
+Mosaic GPU's own relayout (4X -> 2X: shuffle by lane distance 2 and prmt; 2X -> WGMMA: distance 1 and prmt) run
+on the i32 words, and each relaid word goes through the lookup whole: no sub-word vector op is left for LLVM.
+
+``wgmma_sources(shape)`` is the register bookkeeping of those two steps, written after Mosaic GPU's
+FragmentedArray.to_layout (the 4-bit branches): for each WGMMA-layout register, the UPCAST_4X register whose
+relaid word holds it and which of its four nibble pairs. The CPU test checks it is a bijection and that the
+2X -> WGMMA step pairs the two halves of one word in order (where Mosaic's own code relies on LLVM seeing the
+pair as a no-op); that the shuffles reproduce Mosaic's relayout is checked on the GPU (tests/test_quant_mosaic.py,
+every NF4 case against the jnp model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Mosaic GPU's permutes of the two relayout steps (fragmented_array.py, the 4-bit branches), by lane parity.
+STEP_4X_2X = (2, 0x5410, 0x3276)  # shuffle distance; prmt for lanes with (lane % 4) < 2, for the others
+STEP_2X_WGMMA = (1, 0x6240, 0x3715)  # shuffle distance; prmt for even lanes, for odd ones
+
+
+class _Src:  # a label in the bookkeeping arrays (numpy would broadcast a tuple)
+    __slots__ = ("word", "part")
+
+    def __init__(self, word, part):
+        self.word, self.part = word, part
+
+
+def _put(arr: np.ndarray, idx: tuple, v) -> None:
+    """arr[idx] = v with numpy's meaning when idx is shorter than arr's rank (Mosaic's code indexes that way: the
+    trailing register dims are 1)."""
+    sub = arr[idx]
+    if isinstance(sub, np.ndarray):
+        for j in np.ndindex(sub.shape):
+            sub[j] = v
+    else:
+        arr[idx] = v
+
+
+def wgmma_sources(shape: tuple[int, int]) -> np.ndarray:
+    """Object array of the WGMMA layout's register shape: entry = (UPCAST_4X register index, nibble pair 0-3 of
+    that register's word after the two relayout steps)."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    s4 = fa.WGMMA_LAYOUT_UPCAST_4X.registers_shape(shape)
+    two = np.empty(fa.WGMMA_LAYOUT_UPCAST_2X.registers_shape(shape), object)
+    for idx in np.ndindex(s4):  # 4X -> 2X: register idx gives its word's halves to column tiles 2j, 2j + 1
+        for half in range(2):
+            _put(two, (idx[0], idx[1] * 2 + half, *idx[2:-1]), _Src(idx, half))
+    minor = np.moveaxis(two, 1, -1)  # 2X -> WGMMA pairs consecutive column tiles into one 32-bit word
+    words = np.empty(minor.size // 2, object)
+    for k, (lo, hi) in enumerate(zip(minor.flat[::2], minor.flat[1::2], strict=True)):
+        if lo.word != hi.word or (lo.part, hi.part) != (0, 1):
+            raise NotImplementedError(f"relayout of {shape}: a paired word is not one 4X word ({lo.word}, {hi.word})")
+        words[k] = _Src(lo.word, None)
+    words = np.moveaxis(words.reshape(*minor.shape[:-1], minor.shape[-1] // 2), -1, 1)
+    out = np.empty(fa.WGMMA_LAYOUT.registers_shape(shape), object)
+    for idx, w in np.ndenumerate(words):
+        for part in range(4):
+            _put(out, (idx[0], idx[1] * 4 + part, *idx[2:-1]), _Src(w.word, part))
+    if any(r is None for r in out.flat):
+        raise NotImplementedError(f"relayout of {shape}: a WGMMA register has no source")
+    res = np.empty(out.shape, object)
+    for idx, s in np.ndenumerate(out):
+        res[idx] = (s.word, s.part)
+    return res
+
+
+def nf4_levels_words(w):
+    """(R, C) int4 array of v = code - 8 in the WGMMA_UPCAST_4X layout (as plgpu.load gives it) -> the bf16 NF4
+    levels in the WGMMA layout. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
+    from jax.experimental.mosaic import gpu as mgpu
+    from jax.experimental.mosaic.gpu import utils as mu
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith, llvm
+    import jax.numpy as jnp
+
+    from pallas_kernels.quant.nf4_prmt import ptx
+
+    sources = wgmma_sources(tuple(w.shape))
+
+    @plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA_UPCAST_4X,),
+                       return_type=plgpu.ShapeDtypeStruct(w.shape, jnp.bfloat16, layout=plgpu.Layout.WGMMA))
+    def lookup(_ctx, arr):
+        i32 = ir.IntegerType.get_signless(32)
+        c = lambda v: mu.c(v, i32)  # noqa: E731
+        lane = mu.thread_idx()
+
+        def step(word, spec, lanes_first):
+            dist, first, other = spec
+            return mu.prmt(word, mu.shfl_bfly(word, dist), arith.select(lanes_first, c(first), c(other)))
+
+        first_2x = arith.cmpi(arith.CmpIPredicate.ult, arith.remui(lane, c(4)), c(2))
+        even = arith.cmpi(arith.CmpIPredicate.eq, arith.remui(lane, c(2)), c(0))
+        asm = ptx()
+        relaid, looked = {}, {}
+
+        def pair(word_idx, part):  # bf16x2 of nibble pair `part` of the relaid word
+            if word_idx not in relaid:
+                word = mu.bitcast(arr.registers[word_idx], i32)
+                relaid[word_idx] = step(step(word, STEP_4X_2X, first_2x), STEP_2X_WGMMA, even)
+            key = (word_idx, part // 2)
+            if key not in looked:
+                src = relaid[word_idx] if part < 2 else arith.shrui(relaid[word_idx], c(16))
+                res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [src], asm, "=r,=r,r")
+                looked[key] = [llvm.extractvalue(i32, res, [k]) for k in range(2)]
+            return looked[key][part % 2]
+
+        regs = np.empty(sources.shape, object)
+        for idx, (word_idx, part) in np.ndenumerate(sources):
+            regs[idx] = mu.bitcast(pair(word_idx, part), ir.VectorType.get((2,), ir.BF16Type.get()))
+        return mgpu.FragmentedArray(_registers=regs, _layout=fa.WGMMA_LAYOUT, _is_signed=None)
+
+    return lookup(w)
