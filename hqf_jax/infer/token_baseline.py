@@ -136,9 +136,10 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
     decoder = HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0))
     c, n_tok, n_byte = byte_model.cfg, param_count(decoder), param_count(byte_model)
     emb_tok, emb_byte = 2 * vocab * c.d_model, (2 + c.extra_heads) * c.vocab_size * c.d_model
-    print(f"  same-size token decoder: d_model {c.d_model}, {c.num_layers} layers, MLP {c.ffn_dim}, {c.num_heads} heads "
-          f"x {hf['head_dim']} (kv {c.num_heads}), vocab {vocab}: {n_tok / 1e6:,.2f}M params ({(n_tok - emb_tok) / 1e6:,.2f}M "
-          f"without embedding and head); byte LM {n_byte / 1e6:,.2f}M ({(n_byte - emb_byte) / 1e6:,.2f}M)", flush=True)
+    mp = lambda n: f"{n / 1e6:,.2f}M"  # noqa: E731
+    print(f"  same-size token decoder: d_model {c.d_model}, {c.num_layers} layers, MLP {c.ffn_dim}, {c.num_heads} "
+          f"heads x {hf['head_dim']} (kv {c.num_heads}), vocab {vocab}: {mp(n_tok)} params ({mp(n_tok - emb_tok)} "
+          f"without embedding and head); byte LM {mp(n_byte)} ({mp(n_byte - emb_byte)})", flush=True)
     wb, rows = param_bytes(decoder), []
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, steps, reps, prefill)
