@@ -14,7 +14,8 @@ Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabul
 ``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
 said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
-earlier bench report 136 B/s).
+earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
+bench.generate).
 """
 
 from __future__ import annotations
