@@ -40,9 +40,9 @@ import numpy as np
 from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
-from hqf_jax.infer.token_baseline import (COMPILES, add_token_ratios, measure_bytes_per_token, param_bytes,
-                                         same_size_rows)
+from hqf_jax.infer.token_baseline import COMPILES, add_token_ratios, measure_bytes_per_token, same_size_rows
 from hqf_jax.nn import generate
+from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from pallas_kernels.quant.layout_table import hopper
 

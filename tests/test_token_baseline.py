@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hqf_jax import cli
-from hqf_jax.infer.token_baseline import decoder_config_like, measure_bytes_per_token, param_count
+from hqf_jax.infer.token_baseline import decoder_config_like, measure_bytes_per_token
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.nn.lora import count_params
 from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.trainer.lm_task import model_config
 
@@ -18,7 +19,7 @@ def counts(cfg: RetNetConfig, vocab: int) -> tuple[int, int, dict]:
     hf = decoder_config_like(cfg, vocab)
     dec = nnx.eval_shape(lambda: HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0)))
     byte = nnx.eval_shape(lambda: RetNetLM(cfg, nnx.Rngs(0)))
-    return param_count(dec), param_count(byte), hf
+    return count_params(dec, nnx.Param), count_params(byte, nnx.Param), hf
 
 
 @pytest.mark.parametrize("config", ["configs/lm_tiny.py", "configs/lm_125m.py", "configs/lm_1b.py"])

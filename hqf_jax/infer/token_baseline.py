@@ -29,6 +29,8 @@ import numpy as np
 from flax import nnx
 
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.nn.hf_loading import param_bytes
+from hqf_jax.nn.lora import count_params
 
 COMPILES = [0]
 LLAMA = dict(model_type="llama", rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
@@ -123,15 +125,6 @@ def decoder_config_like(cfg, vocab: int = 32000) -> dict:
                 num_key_value_heads=cfg.num_heads, head_dim=head_dim)
 
 
-def param_count(module: nnx.Module) -> int:
-    """Parameter elements of a module (an nnx.eval_shape'd one too: nothing is read)."""
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
-
-
-def param_bytes(module: nnx.Module) -> int:
-    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
-
-
 def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float, bytes_per_token: float,
                    vocab: int, prefill: int = 64) -> list[dict]:
     """Rows (bench.generate's form) of the same-size token decoder's KV-cache generation in bytes/s (tokens/s x
@@ -139,7 +132,7 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
     one weight read per step (``bandwidth`` bytes/s) in bytes/s. Prints both models' parameter counts."""
     hf = decoder_config_like(byte_model.cfg, vocab)
     decoder = HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0))
-    c, n_tok, n_byte = byte_model.cfg, param_count(decoder), param_count(byte_model)
+    c, n_tok, n_byte = byte_model.cfg, count_params(decoder, nnx.Param), count_params(byte_model, nnx.Param)
     emb_tok, emb_byte = 2 * vocab * c.d_model, (2 + c.extra_heads) * c.vocab_size * c.d_model
     mp = lambda n: f"{n / 1e6:,.2f}M"  # noqa: E731
     print(f"  same-size token decoder: d_model {c.d_model}, {c.num_layers} layers, MLP {c.ffn_dim}, {c.num_heads} "
