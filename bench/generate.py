@@ -1,10 +1,12 @@
 """Generation speed of the byte LM: the old path (nn.generate.sample, a scan of model.step) against the
-inference engine (hqf_jax.infer) in bf16 / int8 / int4, at several batch sizes, beside the weight-read limit
-(the engine's weight bytes over the copy bandwidth measured in the same run).
+inference engine (hqf_jax.infer) in bf16 / int8 / int4 and the same-size token decoder's KV-cache generation, at
+several batch sizes; each row beside its weight-read limit: batch x steps/s of one read of its weights at the copy
+bandwidth measured in the same run (bytes/s; a token row's at its bytes/token), and "x token", its bytes/s over
+the token decoder's at that config and batch.
 
     python -m bench.generate [--configs configs/lm_125m.py,configs/lm_1b.py | --run RUN] [--batches 1,8,64,256]
                              [--quants none,int8,int4] [--steps 256] [--decode-impls jnp,fused,fused_pallas]
-                             [--count-ops] [--bpb-bytes 262144] [--out FILE]
+                             [--data-paths /tmp/pysrc] [--count-ops] [--bpb-bytes 262144] [--out FILE]
     python -m bench.generate --run RUN_WITH_HEADS   # adds self-speculative rows: bytes/s, accepted bytes/verify
     python -m bench.generate --small      # the tiny config, CPU-sized; what the test runs
 
@@ -14,7 +16,11 @@ The old path's calls include its prefill of an 8-byte prompt (under 1% of a call
 are random (speed does not depend on their values) unless --run is given. Quantized engines on a GPU multiply
 through pallas_kernels.quant.quant_matmul, whose ROUTES table picks the GEMV form at batch <= 2 and the
 tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer shape and batch.
-"compiles" counts backend compiles inside the timed calls (0 unless a call recompiles; a recompile per call once showed as 136 bytes/s).
+"compiles" counts backend compiles inside the timed calls (0 unless a call recompiles; once 136 bytes/s).
+Token decoder (on unless --no-token; hqf_jax.infer.token_baseline): per config, a Llama-family decoder with the
+byte LM's d_model, layers, MLP width and heads, attention as wide as the retention's weights, a --token-vocab
+vocabulary, random bf16 weights (both parameter counts printed); a cache prefilled once (64 tokens), each call
+``steps`` sampled KV-cache steps from it; tokens/s x bytes/token of a BPE on --data-paths (else assumed, said so).
 --count-ops adds each decode step's op count (kernels launched, roughly) from the compiled loop's HLO on
 this device; --bpb-bytes N adds each quant mode's held-out bits per byte against bf16's (same run, same
 bytes; random weights without --run, where only the difference means anything).
@@ -32,22 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hqf_jax import cli
-from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
+from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
+from hqf_jax.infer.token_baseline import COMPILES, add_token_ratios, measure_bytes_per_token, same_size_rows
 from hqf_jax.nn import generate
+from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from pallas_kernels.quant.layout_table import hopper
-
-
-COMPILES = [0]
-
-
-def _on_event(name, *_a, **_k):
-    if "backend_compile" in name:
-        COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
 def time_old(model, batch: int, steps: int, reps: int) -> tuple[float, int]:
@@ -141,8 +138,12 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
     if not a.no_old:
         for b in batches:
             bps, comp = time_old(model, b, a.steps, a.reps)
-            add(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=None,
-                            bytes_per_s=bps, compiles=comp))
+            wb = param_bytes(model)  # the model's own (float32) parameters, read once a step
+            add(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=wb,
+                     bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp))
+    if a.bpt:  # the same-size token decoder's KV-cache generation (hqf_jax.infer.token_baseline)
+        for row in same_size_rows(model, batches, a.steps, a.reps, bw, a.bpt, a.token_vocab):
+            add(row)
     data = held_out_bytes(cfg, a.bpb_bytes) if a.bpb_bytes else None
     bpb = {}
     for q, qi in [(q, qi) for q in quants for qi in (["auto"] if q == "none" else a.quant_impls.split(","))]:
@@ -251,6 +252,12 @@ def main(argv=None):
     p.add_argument("--bpb-bytes", type=int, default=0, help="held-out bytes for each quant mode's bpb (0: off)")
     p.add_argument("--bpb-seq", type=int, default=2048)
     p.add_argument("--no-old", action="store_true", help="skip the old path")
+    p.add_argument("--no-token", action="store_true", help="skip the same-size token decoder's rows")
+    p.add_argument("--token-vocab", type=int, default=32000, help="the token decoder's (and its BPE's) vocabulary")
+    p.add_argument("--data-paths", default=None, help="a folder of .py files the BPE is trained on (--bpe-mb MB) and "
+                   "its bytes per token measured on (the next MB); without it --bytes-per-token, assumed and said so")
+    p.add_argument("--bpe-mb", type=float, default=8.0)
+    p.add_argument("--bytes-per-token", type=float, default=4.0)
     p.add_argument("--copy-mib", type=int, default=2048, help="array size of the copy-bandwidth probe")
     p.add_argument("--heads", type=int, default=None,
                    help="build --config with model.extra_heads=K (random heads: acceptance means nothing; use "
@@ -261,7 +268,9 @@ def main(argv=None):
     if a.small:
         a.config, a.batches, a.steps, a.reps, a.copy_mib, a.quants = "configs/lm_tiny.py", "2", 8, 2, 16, "none,int8"
         a.heads = 2 if a.heads is None else a.heads
-        a.bpb_seq = min(a.bpb_seq, 128)
+        a.bpb_seq, a.token_vocab, a.bpe_mb = min(a.bpb_seq, 128), min(a.token_vocab, 512), min(a.bpe_mb, 0.05)
+    a.bpt, how = (None, "-") if a.no_token else measure_bytes_per_token(a.data_paths, a.token_vocab, a.bpe_mb,
+                                                                          a.bytes_per_token)
     batches = [int(b) for b in a.batches.split(",")]
     a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
     a.dot_rows = [int(r) for r in a.dot_rows.split(",") if r.strip()]
@@ -275,27 +284,15 @@ def main(argv=None):
     rows = []
     for config in (a.configs.split(",") if a.configs and not a.run else [a.config]):
         bench_model(a, config, bw, rows, batches, quants, impls)
+    add_token_ratios(rows)
     for r in rows:
         r.update(device=device, steps=a.steps, copy_gb_s=bw / 1e9, date=time.strftime("%Y-%m-%d"))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)
     print(f"\nbench.generate on {device}; copy bandwidth {bw / 1e9:.0f} GB/s; {a.steps} steps x {a.reps} calls; "
-          f"unroll {a.unroll}; {time.strftime('%Y-%m-%d')}")
-    print(f"{'config':22s} {'path':40s} {'batch':>5s} {'bytes/s':>11s} {'weight MB':>9s} {'limit B/s':>11s} "
-          f"{'% limit':>7s} {'ops/step':>8s} {'bpb (+cost)':>15s} {'compiles':>8s}")
-    for r in rows:
-        lim = r.get("limit_bytes_per_s")
-        wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r["weight_bytes"] else "        -"
-        lim_s = f"{lim:11,.0f}" if lim else "          -"
-        pct = f"{100 * r['bytes_per_s'] / lim:6.1f}%" if lim else "      -"
-        ops = f"{r['ops_per_step']:8d}" if r.get("ops_per_step") else "       -"
-        bpb = (f"{r['bpb']:.4f} ({r['bpb_cost']:+.4f})" if r.get("bpb") is not None and r.get("bpb_cost") is not None
-               else "-")
-        spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
-        cfg_name = str(r["config"]).split("/")[-1]
-        print(f"{cfg_name:22s} {r['path']:40s} {r['batch']:5d} {r['bytes_per_s']:11,.0f} {wb} {lim_s} {pct} {ops} "
-              f"{bpb:>15s} {r.get('compiles', 0):8d}{spec}")
+          f"unroll {a.unroll}; {time.strftime('%Y-%m-%d')}; bytes/token {a.bpt or 0:.2f} ({how})")
+    print_table(rows)
     return rows
 
 

@@ -14,16 +14,14 @@ Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabul
 ``--bpe-mb`` MB of the .py files under --data-paths, measured on the next MB; --bytes-per-token (assumed, and
 said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
-earlier bench report 136 B/s).
+earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
+bench.generate).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,89 +32,18 @@ from hqf_jax import cli
 from hqf_jax.infer.engine import Settings
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import speculative_generate
+from hqf_jax.infer.token_baseline import LLAMA, kv_cache_tokens_per_s, measure_bytes_per_token, read_bytes, timed
 from hqf_jax.nn import generate
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 from hqf_jax.trainer.extra_heads import fit_extra_heads
 
-_LLAMA = dict(model_type="llama", rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
-              tie_word_embeddings=False)
 SIZES = {
-    "tiny": dict(_LLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    "tiny": dict(LLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2),
-    "1b": dict(_LLAMA, vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+    "1b": dict(LLAMA, vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                num_attention_heads=32, num_key_value_heads=4),  # TinyLlama-1.1B shape
 }
-COMPILES = [0]
-
-
-def _on_event(name, *_a, **_k):
-    if "backend_compile" in name:
-        COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def timed(fn, reps: int) -> tuple[float, int]:
-    """(seconds per call, compiles during the timed calls) after one warm-up call."""
-    jax.block_until_ready(fn(0))
-    before = COMPILES[0]
-    t = time.perf_counter()
-    outs = [fn(i + 1) for i in range(reps)]
-    jax.block_until_ready(outs)
-    return (time.perf_counter() - t) / reps, COMPILES[0] - before
-
-
-def read_bytes(paths: str | None, mb: float) -> np.ndarray:
-    """The first ``mb`` MB of the .py files under ``paths`` (sorted by path), as uint8; empty without files."""
-    out, size = [], 0
-    for f in sorted(glob.glob(os.path.join(paths, "**", "*.py"), recursive=True)) if paths else []:
-        out.append(Path(f).read_bytes())
-        if (size := size + len(out[-1])) >= mb * 2**20:
-            break
-    return np.frombuffer(b"".join(out), np.uint8)[: int(mb * 2**20)]
-
-
-def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: float) -> tuple[float, str]:
-    data = read_bytes(paths, mb + 1)
-    if not data.size:
-        return assumed, "assumed"
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    cut = int(mb * 2**20)
-    train, held = (bytes(data[:cut]).decode("utf-8", "replace"), bytes(data[cut:]).decode("utf-8", "replace"))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([train[i:i + 65536] for i in range(0, len(train), 65536)],
-                            trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    n = len(tok.encode(held).ids)
-    return len(held.encode("utf-8")) / max(n, 1), f"measured: BPE({vocab}) on {mb:g} MB, 1 MB held out"
-
-
-def kv_cache_tokens_per_s(decoder: HFDecoderLM, batch: int, steps: int, reps: int, prefill: int = 64) -> tuple:
-    gd, st = nnx.split(decoder)
-    prompt = jnp.ones((batch, prefill), jnp.int32)
-
-    @jax.jit
-    def run(st, prompt, key):
-        m = nnx.merge(gd, st)
-        cache = m.init_cache(batch, prefill + steps)
-        logits, cache = m.decode(prompt, cache)
-
-        def body(carry, i):
-            tok, cache = carry
-            lg, cache = m.decode(tok[:, None], cache)
-            nxt = jax.random.categorical(jax.random.fold_in(key, i), lg[:, -1].astype(jnp.float32))
-            return (nxt.astype(jnp.int32), cache), None
-
-        first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
-        (tok, _), _ = jax.lax.scan(body, (first, cache), jnp.arange(steps))
-        return tok
-
-    sec, comp = timed(lambda i: run(st, prompt, jax.random.PRNGKey(i)), reps)
-    return batch * steps / sec, comp
 
 
 def main(argv=None):

@@ -5,20 +5,39 @@ import pytest
 
 
 @pytest.mark.study
-def test_bench_generate_small(tmp_path):
-    from bench.generate import main
+def test_bench_generate_small(tmp_path, capsys):
+    import shutil
 
-    rows = main(["--small", "--count-ops", "--bpb-bytes", "4096", "--out", str(tmp_path / "rows.json")])
+    from bench.generate import main
+    from hqf_jax.data.sources import stdlib_root
+
+    (src := tmp_path / "src").mkdir()
+    for name in ("textwrap.py", "bisect.py", "heapq.py", "shlex.py"):
+        shutil.copy(f"{stdlib_root()}/{name}", src / name)
+    rows = main(["--small", "--count-ops", "--bpb-bytes", "4096", "--out", str(tmp_path / "rows.json"),
+                 "--data-paths", str(src)])
+    out = capsys.readouterr().out
     paths = {r["path"] for r in rows}
     assert any(p.startswith("old") for p in paths) and "engine bf16 jnp" in paths and "engine bf16 int8 jnp" in paths
     assert "engine bf16 fused" in paths and "engine bf16 fused_pallas" in paths
     by = {r["path"]: r for r in rows}
     assert by["engine bf16 fused"]["ops_per_step"] < by["engine bf16 jnp"]["ops_per_step"]
     assert by["engine bf16 jnp"]["bpb_cost"] == 0.0 and 0 < by["engine bf16 int8 jnp"]["bpb"] < 16
-    for r in rows:
+    for r in rows:  # every row (old path, token decoder, engines, speculative) beside its weight-read limit
         assert r["bytes_per_s"] > 0 and r["device"] and r["date"] and r.get("compiles", 0) == 0
-        if r["path"].startswith("engine"):
-            assert r["limit_bytes_per_s"] > 0 and r["weight_bytes"] > 0
+        assert r["limit_bytes_per_s"] > 0 and r["weight_bytes"] > 0
+    # the same-size token decoder: its row, its bytes/token measured on the files, its parameter count printed
+    token = by["token decoder KV-cache bf16"]
+    assert 1.5 < token["bytes_per_token"] < 8 and "(measured: BPE(512)" in out and "same-size token decoder" in out
+    assert token["limit_bytes_per_s"] == pytest.approx(2 * token["copy_gb_s"] * 1e9 / token["weight_bytes"]
+                                                       * token["bytes_per_token"])
+    # the summary's "x token" column: each row's bytes/s over the token decoder's, as printed
+    table = out.split("bench.generate on")[1].splitlines()[2:]
+    assert len(table) == len(rows)
+    for r, line in zip(rows, table):
+        assert line.split()[1:3] == r["path"].split()[:2]
+        assert r["x_token"] == pytest.approx(r["bytes_per_s"] / token["bytes_per_s"])
+        assert f" {r['bytes_per_s'] / token['bytes_per_s']:6.2f}x " in line
     assert (tmp_path / "rows.json").exists()
 
 

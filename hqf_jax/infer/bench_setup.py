@@ -41,3 +41,24 @@ def ops_per_step(engine: Engine) -> int:
     low = _decode.lower(engine.graphdef, engine.weights, engine.fused_weights, slots, 8, engine.vocab_limit,
                         engine.decode_impl, interpret, 1, dot_rows, min_rows)
     return int(sum(loop_body_ops(low.compile().as_text()).values()))
+
+
+def print_table(rows: list[dict]) -> None:
+    """bench.generate's summary: a line per row with its weight-read limit (batch x copy bandwidth / weight bytes,
+    in bytes/s) and % of it, ops per step, bpb and its cost, compiles in the timed calls, and "x token": its bytes/s
+    over the same-size token decoder's at the same config and batch."""
+    print(f"{'config':22s} {'path':40s} {'batch':>5s} {'bytes/s':>11s} {'weight MB':>9s} {'limit B/s':>11s} "
+          f"{'% limit':>7s} {'x token':>7s} {'ops/step':>8s} {'bpb (+cost)':>15s} {'compiles':>8s}")
+    for r in rows:
+        lim = r.get("limit_bytes_per_s")
+        wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r.get("weight_bytes") else "        -"
+        lim_s = f"{lim:11,.0f}" if lim else "          -"
+        pct = f"{100 * r['bytes_per_s'] / lim:6.1f}%" if lim else "      -"
+        xtok = f"{r['x_token']:6.2f}x" if "x_token" in r else "      -"
+        ops = f"{r['ops_per_step']:8d}" if r.get("ops_per_step") else "       -"
+        bpb = (f"{r['bpb']:.4f} ({r['bpb_cost']:+.4f})" if r.get("bpb") is not None and r.get("bpb_cost") is not None
+               else "-")
+        spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
+        cfg_name = str(r["config"]).split("/")[-1]
+        print(f"{cfg_name:22s} {r['path']:40s} {r['batch']:5d} {r['bytes_per_s']:11,.0f} {wb} {lim_s} {pct} {xtok} "
+              f"{ops} {bpb:>15s} {r.get('compiles', 0):8d}{spec}")
