@@ -45,10 +45,10 @@ LAYOUTS: tuple[Layout, ...] = (
     # faster int4; whole ~1B decode at batch 64: 26,797 bytes/s (bf16 29,247; Triton layouts 17,188 in another
     # call). Batches 2-7 were not measured: batch < 8 below 4096 stays with the Triton forms.
     Layout("int", 8, "mosaic", (768, 768)),
-    # NF4 at K, N >= 4096, with the byte-permute lookup (stop 29, nf4_prmt.py): 4096x11008 batch 8 / 16 / 64 Hopper
-    # 0.53-0.57x / 0.55-0.61x / 0.65-0.66x bf16 (two runs) vs Triton tc 0.26-0.28x / 0.28-0.29x / 0.30-0.31x;
-    # 4096x4096 batch 8 0.70x vs 0.35x. Batch 1: the Triton GEMV 1.62x vs Hopper 0.74x; batches 2-7 not measured
-    # with the lookup (with the select tree the GEMV won at 4: 0.57x vs 0.33x). Neither beats bf16 from batch 8.
+    # NF4 at K, N >= 4096, with the word lookup (stop 30, nf4_words.py): 4096x11008 batch 8 / 16 / 64 Hopper 1.21x /
+    # 1.23x / 1.42x bf16 vs Triton tc 0.27x / 0.25x / 0.31x; 11008x4096 1.26x / 1.31x / 1.31x vs 0.09-0.11x;
+    # 4096x4096 batch 8 0.94x vs 0.33x. Batch 1 (stop 29 lookup): the Triton GEMV 1.13-1.62x vs Hopper 0.74-0.77x;
+    # batches 2-7 not measured with the word lookup (stop 29's lookup at batch 4: 0.59x vs Triton 0.61x).
     Layout("nf4", 8, "mosaic", (4096, 4096)),
     Layout("*", 1, "triton"),
 )
