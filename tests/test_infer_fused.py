@@ -29,6 +29,19 @@ def tiny(position="xpos", layers=2):
                                                     ("xpos", "pallas", 1), ("rope", "pallas_split", 1),
                                                     ("xpos", "xla", 8)])
 def test_fused_step_matches_recurrent_float32(position, impl, dot_rows):
+    _compare_steps(position, impl, dot_rows, interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl,dot_rows", [("pallas", 1), ("pallas_split", 1), ("pallas", 8)])
+def test_fused_kernels_on_gpu(impl, dot_rows):
+    """The mixer kernels compiled for the GPU (Triton), not interpreted: the same float32 agreement (dots at
+    float32 precision, so that TF32 does not blur the comparison)."""
+    with jax.default_matmul_precision("highest"):
+        _compare_steps("xpos", impl, dot_rows, interpret=False)
+
+
+def _compare_steps(position, impl, dot_rows, interpret):
     eng = Engine(tiny(position), dtype="float32", decode_impl="fused", prompt_bucket=8)
     slots = eng.prefill([b"hello world", b"ab"], Settings.make(2))
     model = nnx.merge(eng.graphdef, eng.weights)
@@ -36,7 +49,7 @@ def test_fused_step_matches_recurrent_float32(position, impl, dot_rows):
     token = jnp.asarray([7, 200], jnp.int32)
     for _ in range(3):
         ref, s_ref = forward(model, token[:, None], s_ref)
-        got, s_new = fused_step(model, eng.fused_weights, token, s_new, impl, interpret=True, dot_rows=dot_rows)
+        got, s_new = fused_step(model, eng.fused_weights, token, s_new, impl, interpret=interpret, dot_rows=dot_rows)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref[:, 0]), rtol=2e-4, atol=2e-4)
         for a, b in zip(s_new, s_ref):
             np.testing.assert_allclose(np.asarray(a.kv), np.asarray(b.kv), rtol=1e-5, atol=1e-5)

@@ -193,6 +193,35 @@ def test_quant_linear_takes_the_hopper_form_where_it_can():
             qlinear(x, mw, "mosaic")
 
 
+def test_engine_takes_the_hopper_form_for_its_decode_batch(monkeypatch):
+    """Engine(quant="int4", batch=B) with quant_impl "auto" on a Hopper GPU (backend and device faked: only
+    weights are prepared, nothing runs): the layers the dispatcher's table sends to the Hopper form at B hold the
+    Hopper layout, the same engine built for batch 1 keeps the Triton forms, and NF4 follows its own row."""
+    from flax import nnx
+
+    from hqf_jax.infer import Engine
+    from hqf_jax.quant.model import QuantLinear
+    from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
+    from pallas_kernels.quant import layout_table as T
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(T, "hopper", lambda: True)
+    monkeypatch.setattr(T, "LAYOUTS", (T.Layout("int", 8, "mosaic", (128, 128)), T.Layout("nf4", 16, "mosaic",
+                                                                                             (128, 128)),
+                                       T.Layout("*", 1, "triton")))
+    cfg = RetNetConfig(d_model=128, num_layers=1, num_heads=2, qk_dim=128, v_dim=128, ffn_dim=256, chunk_size=8)
+    model = RetNetLM(cfg, nnx.Rngs(0))
+
+    def impls(quant, batch):
+        eng = Engine(model, dtype="float32", quant=quant, batch=batch, prompt_bucket=8)
+        return {type(node.weight.get_value()).__name__: node.impl
+                for _, node in nnx.iter_graph(eng.model) if isinstance(node, QuantLinear)}
+
+    assert impls("int4", 8) == {"MosaicWeight": "mosaic"}
+    assert impls("int4", 1) == {"PackedWeight": "pallas"}
+    assert impls("nf4", 8) == {"PackedWeight": "pallas"} and impls("nf4", 16) == {"MosaicWeight": "mosaic"}
+
+
 def test_stage_probe_arithmetic_and_cpu_exit():
     """bench.quant_mosaic_stages: the derived stage costs are the probe differences; on a CPU it exits 2."""
     from bench import quant_mosaic_stages as S
