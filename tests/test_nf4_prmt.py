@@ -7,24 +7,30 @@ import numpy as np
 import pytest
 
 from pallas_kernels.quant import nf4_prmt as P
-from pallas_kernels.quant.mosaic_layout import nf4_level
+from hqf_jax.quant.config import parse_method
+from pallas_kernels.quant.mosaic_layout import lut_levels, nf4_level
 
 
-def test_nf4_byte_permute_lookup_is_the_table():
-    """The kernel's NF4 lookup (eight prmt per four nibbles, nf4_prmt.py), run by a model of the instruction on every
-    16-bit nibble pattern and on random 32-bit words, gives the bf16 level of each nibble: the select tree's table."""
+@pytest.mark.parametrize("spec", ["nf4", "phi4", "phi4:ratio=e_sqrt5"])
+def test_byte_permute_lookup_is_the_table(spec):
+    """The kernel's lookup (eight prmt per four nibbles, nf4_prmt.py) with the codec's tables (NF4's; a 4-bit
+    φ-grid's signed geometric levels), run by a model of the instruction on every 16-bit nibble pattern and on
+    random 32-bit words, gives the bf16 level of each nibble: the select tree's table, which is the codec's."""
+    levels = lut_levels(parse_method(spec))
     n = np.arange(16)
-    want = np.asarray(nf4_level(jnp.asarray(np.where(n >= 8, n - 16, n), jnp.bfloat16))).view(np.uint16)
-    np.testing.assert_array_equal(P.level_bits(), want)
+    want = np.asarray(nf4_level(jnp.asarray(np.where(n >= 8, n - 16, n), jnp.bfloat16), levels)).view(np.uint16)
+    code = np.where(n >= 8, n - 16, n) + 8  # the kernel holds v = code - 8; n is v's raw nibble
+    np.testing.assert_array_equal(want, np.asarray(np.asarray(levels, np.float32)[code], jnp.bfloat16).view(np.uint16))
+    np.testing.assert_array_equal(P.level_bits(levels), want)
     assert P.prmt_np(0x33221100, 0x77665544, 0x7531) == 0x77553311 and P.prmt_np(0x80, 0, 0x8) == 0x808080FF
     regs = np.arange(1 << 16)
     nib = (regs[:, None] >> (4 * np.arange(4))) & 15
     got = np.concatenate([(w[:, None] >> np.array([0, 16], np.uint64)) & np.uint64(0xFFFF)
-                          for w in P.run_np(regs)], 1)
+                          for w in P.run_np(regs, levels)], 1)
     np.testing.assert_array_equal(got, want[nib])
     words = np.random.default_rng(0).integers(0, 1 << 32, 4096, dtype=np.uint64)
     nib8 = (words[:, None] >> (np.uint64(4) * np.arange(8, dtype=np.uint64))) & np.uint64(15)
-    np.testing.assert_array_equal(P.decode_word_np(words), want[nib8.astype(int)])
+    np.testing.assert_array_equal(P.decode_word_np(words, levels), want[nib8.astype(int)])
 
 
 def test_the_kernels_ptx_is_the_program():

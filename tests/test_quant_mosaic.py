@@ -28,7 +28,8 @@ def _abstract(spec, k, n, plan=None):
     return jax.eval_shape(lambda pw: M.prepare_mosaic(pw, plan), placeholder(parse_method(spec), n, k))
 
 
-SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256"]
+SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256",
+         "phi4"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -42,14 +43,14 @@ def test_layout_is_the_quantized_weight(spec):
     assert mw.w.shape[0] == mw.plan.n_groups >= ng and mw.scale.shape == (mw.plan.n_groups, 128)
     assert mw.scale.dtype == jnp.bfloat16
     assert (mw.offset is not None) == spec.startswith("int4z")
-    codes = np.asarray(q.codes["q"], np.int64)
+    codes = np.asarray(q.codes["idx" if spec.startswith("phi") else "q"], np.int64)
     signed = np.asarray(mw.w.astype(jnp.int32))[:ng].transpose(1, 0, 2).reshape(128, 256)
     centre = 7 if spec in ("int4", "int4:group_size=128") else 8
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
     model = np.asarray(_model(mw))
-    # bf16 roundings (unit 2^-8): the multiplier and the product; NF4 also its level
-    roundings = 3 if spec.startswith("nf4") else 2
+    # bf16 roundings (unit 2^-8): the multiplier and the product; NF4 and the φ-grid also their level
+    roundings = 3 if spec.startswith(("nf4", "phi")) else 2
     err = np.abs(model - wm) / np.maximum(np.abs(wm), 1e-30)
     assert np.all((err <= roundings * 2.0**-8) | (wm == 0)), float(np.max(err))
     assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
@@ -109,7 +110,7 @@ def test_kernel_traces(spec, b, over):
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("spec,n,message", [("int8", 128, "4-bit"), ("phi5u8", 128, "int4 and NF4"),
+@pytest.mark.parametrize("spec,n,message", [("int8", 128, "4-bit"), ("phi5u8", 128, "4-bit index without deviation"),
                                             ("int4:group_size=32", 128, "group_size=32"),
                                             ("int4", 96, "multiple of 128")])
 def test_refuses_weights_it_cannot_take(spec, n, message):

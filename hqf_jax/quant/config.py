@@ -114,6 +114,7 @@ PRESETS: dict[str, QuantConfig] = {
     "int4z": IntConfig(bits=4, symmetric=False),
     "nf4": NF4Config(),
     "nf4dq": NF4Config(double_quant=True),
+    "phi4": PhiGridConfig(index_bits=4, depth=0),  # 4 bits a weight: the φ-grid the Hopper kernel takes
     "phi5": PhiGridConfig(index_bits=5, depth=0),
     "phi5u8": PhiGridConfig(index_bits=5, dev_bits=8),
     "phi6u8": PhiGridConfig(index_bits=6, dev_bits=8),

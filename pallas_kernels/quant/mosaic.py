@@ -128,7 +128,7 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     bp = -(-b // tb) * tb
     xp = jnp.pad(x.astype(jnp.bfloat16), ((0, bp - b), (0, mw.w.shape[0] * g - k)))
     cta_n = COMPUTE_WGS * wr
-    nf4 = mw.method == "nf4"
+    nf4 = mw.levels is not None  # a table codec (NF4, 4-bit φ-grid): its level looked up
 
     x_swz = plgpu.find_swizzle(gs_n * g * 16, "rhs")
     w_swz = plgpu.find_swizzle(g * 4, "lhs")
@@ -150,12 +150,12 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
                 return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
             w = plgpu.load(w_smem, (j, rows), layout=plgpu.Layout.WGMMA_UPCAST_4X)
             if nf4 and blocks.nf4 == "words":
-                w = nf4_levels_words(w)  # relayout on i32 words, then the lookup
+                w = nf4_levels_words(w, mw.levels)  # relayout on i32 words, then the lookup
             elif nf4 and blocks.nf4 == "prmt":
-                w = nf4_levels_prmt(plgpu.layout_cast(w, plgpu.Layout.WGMMA))
+                w = nf4_levels_prmt(plgpu.layout_cast(w, plgpu.Layout.WGMMA), mw.levels)
             else:
                 w = plgpu.layout_cast(w, plgpu.Layout.WGMMA).astype(jnp.bfloat16)
-                w = nf4_level(w) if nf4 else w
+                w = nf4_level(w, mw.levels) if nf4 else w
             if o_ref:
                 off = plgpu.load(o_ref[0], (j, rows), layout=row_layout)
                 w = w + lax.broadcast_in_dim(off, w.shape, [0])

@@ -24,7 +24,7 @@ from hqf_jax.ops import quant_grids as qg
 from pallas_kernels.quant.decode import decoder, tables_for
 from pallas_kernels.quant.layout import KernelLayoutError, PackedWeight
 
-MOSAIC_METHODS = ("int", "nf4")
+MOSAIC_METHODS = ("int", "nf4", "phi")  # phi: a 4-bit index and no deviation stage (lut_levels)
 COMPUTE_WGS = 2
 N_SM = 132  # H100 / H200 SXM
 
@@ -90,9 +90,10 @@ class MosaicWeight:
     scale: jax.Array  # (K' // group, N) bfloat16
     offset: jax.Array | None  # (K' // group, N) bfloat16 integers 8 - zero, asymmetric int only
     group: int
-    method: str  # "int" | "nf4"
+    method: str  # "int" | "nf4" | "phi"
     k: int  # input features (before padding)
     plan: Plan
+    levels: tuple[float, ...] | None = None  # the 16 levels by code of a table codec (NF4, 4-bit φ-grid), else None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -106,7 +107,17 @@ class MosaicWeight:
 
 
 jax.tree_util.register_dataclass(MosaicWeight, data_fields=["w", "scale", "offset"],
-                                 meta_fields=["group", "method", "k", "plan"])
+                                 meta_fields=["group", "method", "k", "plan", "levels"])
+
+
+def lut_levels(cfg) -> tuple[float, ...] | None:
+    """The 16 levels by code the kernel looks up (NF4's table; a φ-grid's signed geometric levels at a 4-bit index,
+    qg.geometric_levels), or None for int codes (converted, not looked up)."""
+    if cfg.method == "nf4":
+        return tuple(float(x) for x in qg.NF4_LEVELS)
+    if cfg.method == "phi":
+        return tuple(float(x) for x in qg.geometric_levels(qg.resolve_ratio(cfg.ratio), cfg.index_bits))
+    return None
 
 
 def check_mosaic(pw: PackedWeight) -> None:
@@ -114,8 +125,11 @@ def check_mosaic(pw: PackedWeight) -> None:
     cfg = pw.cfg
     problems = []
     if cfg.method not in MOSAIC_METHODS:
-        problems.append(f"mode='mosaic' takes int4 and NF4 weights, not {cfg.name}")
-    elif pw.bits_dict.get("q") != 4:
+        problems.append(f"mode='mosaic' takes int4, NF4 and 4-bit φ-grid weights, not {cfg.name}")
+    elif cfg.method == "phi" and (cfg.index_bits != 4 or cfg.depth or cfg.sort):
+        problems.append(f"mode='mosaic' takes a φ-grid of a 4-bit index without deviation stages or sorting "
+                        f"(e.g. phi4), not {cfg.name}: the kernel holds one 4-bit code plane")
+    elif cfg.method != "phi" and pw.bits_dict.get("q") != 4:
         problems.append(f"mode='mosaic' needs 4-bit codes, {cfg.name} has {pw.bits_dict.get('q')}")
     g = getattr(cfg, "group_size", None) or pw.cols
     if g not in (64, 128, 256):
@@ -127,14 +141,15 @@ def check_mosaic(pw: PackedWeight) -> None:
 
 
 def _codes(pw: PackedWeight) -> jax.Array:
-    """(R, C) uint32 codes of the 4-bit field q (code e of a word at bits [4e, 4e + 4))."""
-    (words,) = pw.elem["q"]
+    """(R, C) uint32 codes of the 4-bit code field (q; a φ-grid's idx) (code e of a word at bits [4e, 4e + 4))."""
+    (words,) = pw.elem["idx" if pw.cfg.method == "phi" else "q"]
     shifts = jnp.arange(8, dtype=jnp.uint32) * 4
     return ((words[:, :, None] >> shifts) & jnp.uint32(15)).reshape(pw.rows, pw.cols)
 
 
 def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None) -> MosaicWeight:
-    """The Mosaic form's layout of a 4-bit int / NF4 PackedWeight (one XLA pass; nothing is dequantized)."""
+    """The Mosaic form's layout of a 4-bit int / NF4 / 4-bit φ-grid PackedWeight (one XLA pass; nothing is
+    dequantized)."""
     check_mosaic(pw)
     cfg = pw.cfg
     g = getattr(cfg, "group_size", None) or pw.cols
@@ -156,12 +171,13 @@ def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None) -> MosaicWeight:
     w3 = jnp.pad(signed.reshape(pw.rows, ng, g).transpose(1, 0, 2), ((0, pad), (0, 0), (0, 0)))
     off = None if off is None else jnp.pad(off, ((0, pad), (0, 0)))
     return MosaicWeight(w=w3.astype(jnp.int4), scale=jnp.pad(mult.T.astype(jnp.bfloat16), ((0, pad), (0, 0))),
-                        offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan)
+                        offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan, levels=lut_levels(cfg))
 
 
-def nf4_level(v: jax.Array) -> jax.Array:
-    """NF4 level of v = code - 8 (any float dtype; exact small integers in [-8, 7]): a balanced select tree."""
-    levels = [float(x) for x in qg.NF4_LEVELS]
+def nf4_level(v: jax.Array, levels=None) -> jax.Array:
+    """Level of v = code - 8 (any float dtype; exact small integers in [-8, 7]): a balanced select tree over the
+    16 levels by code (NF4's unless ``levels`` is given)."""
+    levels = [float(x) for x in (qg.NF4_LEVELS if levels is None else levels)]
 
     def tree(lo: int, hi: int):  # levels[lo:hi] for codes lo..hi-1
         if hi - lo == 1:
@@ -176,8 +192,8 @@ def decode_model(mw: MosaicWeight) -> jax.Array:
     """(N, K) float32 weight exactly as the kernel feeds wgmma (bf16 products), in jnp: the kernel's reference."""
     ng, n, g = mw.w.shape
     v = mw.w.astype(jnp.float32).astype(jnp.bfloat16).transpose(1, 0, 2).reshape(n, ng * g)
-    if mw.method == "nf4":
-        v = nf4_level(v)
+    if mw.levels is not None:
+        v = nf4_level(v, mw.levels)
     if mw.offset is not None:
         v = v + jnp.repeat(mw.offset.T, g, axis=1)
     return (v * jnp.repeat(mw.scale.T, g, axis=1)).astype(jnp.float32)[:, :mw.k]

@@ -35,11 +35,12 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32).astype(jnp.bfloat16).view(np.uint16)
 
 
-def level_bits() -> np.ndarray:
-    """(16,) uint16: the bf16 NF4 level of each raw nibble n (v = n - 16 * (n >= 8), code = v + 8)."""
+def level_bits(levels=None) -> np.ndarray:
+    """(16,) uint16: the bf16 level of each raw nibble n (v = n - 16 * (n >= 8), code = v + 8); ``levels``: the 16
+    levels by code (NF4's by default; a 4-bit φ-grid's, mosaic_layout.lut_levels)."""
     n = np.arange(16)
     code = np.where(n >= 8, n - 16, n) + 8
-    return _bf16_bits(np.asarray(NF4_LEVELS, np.float32)[code])
+    return _bf16_bits(np.asarray(NF4_LEVELS if levels is None else levels, np.float32)[code])
 
 
 def _words(b: np.ndarray) -> tuple[int, ...]:
@@ -47,9 +48,9 @@ def _words(b: np.ndarray) -> tuple[int, ...]:
                  for j in range(4))
 
 
-def tables() -> tuple[tuple[int, ...], tuple[int, ...]]:
+def tables(levels=None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(high-byte words, low-byte words), four each: word j holds nibbles 4j..4j+3."""
-    bits = level_bits().astype(np.uint32)
+    bits = level_bits(levels).astype(np.uint32)
     return _words(bits >> 8), _words(bits & 0xFF)
 
 
@@ -87,24 +88,24 @@ _NP_OPS = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "shr": lambda x,
 _PTX_TYPES = {"and": "b32", "or": "b32", "shr": "u32", "prmt": "b32"}
 
 
-def _table_env() -> dict:
-    hi, lo = tables()
+def _table_env(levels=None) -> dict:
+    hi, lo = tables(levels)
     return {**{f"H{j}": w for j, w in enumerate(hi)}, **{f"L{j}": w for j, w in enumerate(lo)}}
 
 
-def run_np(w) -> tuple:
+def run_np(w, levels=None) -> tuple:
     """PROGRAM on numpy uint64 words (or ints) of nibbles (bits 0-15 read): (out0, out1), the bf16 pairs of
     elements (0, 1) and (2, 3): the kernel's PTX, run by the numpy model of its instructions."""
-    env = {**{k: np.uint64(v) for k, v in _table_env().items()}, "w": np.asarray(w, np.uint64)}
+    env = {**{k: np.uint64(v) for k, v in _table_env(levels).items()}, "w": np.asarray(w, np.uint64)}
     for op, dst, args in PROGRAM:
         vals = [env[x] if isinstance(x, str) else np.uint64(x) for x in args]
         env[dst] = prmt_np(*vals) if op == "prmt" else _NP_OPS[op](*vals) & np.uint64(0xFFFFFFFF)
     return env["out0"], env["out1"]
 
 
-def ptx() -> str:
+def ptx(levels=None) -> str:
     """PROGRAM as one PTX block: $2 the word, $0 / $1 the two outputs, the tables as immediates."""
-    env = {k: f"0x{v:08x}" for k, v in _table_env().items()}
+    env = {k: f"0x{v:08x}" for k, v in _table_env(levels).items()}
     env.update(w="$2", out0="$0", out1="$1")
     regs = sorted({d for _, d, _ in PROGRAM} - {"out0", "out1"})
     lines = [f".reg .b32 {', '.join(regs)};"]
@@ -114,19 +115,19 @@ def ptx() -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
-def decode_word_np(reg) -> np.ndarray:
+def decode_word_np(reg, levels=None) -> np.ndarray:
     """Eight nibbles of 32-bit words (element 0 in bits 0-3) -> (..., 8) uint16 bf16 bit patterns."""
     reg = np.asarray(reg, np.uint64)
     out = []
     for part in range(2):
-        for w in run_np(reg >> np.uint64(16 * part)):  # the program reads the low 16 bits only
+        for w in run_np(reg >> np.uint64(16 * part), levels):  # the program reads the low 16 bits only
             out += [w & np.uint64(0xFFFF), w >> np.uint64(16)]
     return np.stack(out, -1).astype(np.uint16)
 
 
-def nf4_levels_prmt(w):
-    """(R, C) int4 array of v = code - 8 in a Mosaic GPU register layout -> the bf16 NF4 levels, same layout.
-    Inside a Mosaic GPU Pallas kernel only (Hopper)."""
+def nf4_levels_prmt(w, levels=None):
+    """(R, C) int4 array of v = code - 8 in a Mosaic GPU register layout -> the bf16 levels (NF4's unless
+    ``levels`` is given), same layout. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
     from jax.experimental.mosaic import gpu as mgpu
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -149,7 +150,7 @@ def nf4_levels_prmt(w):
         if len(flat) % per or (8 % vlen if vlen < 8 else vlen % 8):
             raise NotImplementedError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles")
 
-        asm = ptx()
+        asm = ptx(levels)
 
         def part(word):  # one PTX block (PROGRAM): tables as immediates, two bf16x2 words out
             res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [word], asm, "=r,=r,r")

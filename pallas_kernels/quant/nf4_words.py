@@ -74,9 +74,10 @@ def wgmma_sources(shape: tuple[int, int]) -> np.ndarray:
     return res
 
 
-def nf4_levels_words(w):
-    """(R, C) int4 array of v = code - 8 in the WGMMA_UPCAST_4X layout (as plgpu.load gives it) -> the bf16 NF4
-    levels in the WGMMA layout. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
+def nf4_levels_words(w, levels=None):
+    """(R, C) int4 array of v = code - 8 in the WGMMA_UPCAST_4X layout (as plgpu.load gives it) -> the bf16
+    levels (NF4's unless ``levels``, 16 by code, is given) in the WGMMA layout. Inside a Mosaic GPU Pallas kernel
+    only (Hopper)."""
     from jax.experimental.mosaic import gpu as mgpu
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.mosaic.gpu import fragmented_array as fa
@@ -102,7 +103,7 @@ def nf4_levels_words(w):
 
         first_2x = arith.cmpi(arith.CmpIPredicate.ult, arith.remui(lane, c(4)), c(2))
         even = arith.cmpi(arith.CmpIPredicate.eq, arith.remui(lane, c(2)), c(0))
-        asm = ptx()
+        asm = ptx(levels)
         relaid, looked = {}, {}
 
         def pair(word_idx, part):  # bf16x2 of nibble pair `part` of the relaid word
