@@ -40,6 +40,17 @@ def test_greedy_equals_plain_greedy(engine):
     assert stats["bytes_per_verify"] >= 1.0
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_padded_batch_leaves_the_real_rows_unchanged(engine, temperature):
+    """An engine that pads its decode batch (min_rows, as batch 1 on a GPU does by default) gives speculative
+    decoding the same bytes and verify counts for the real row, greedy and sampled."""
+    padded = Engine(engine.model, dtype="float32", prompt_bucket=16, min_rows=4)
+    want = speculative_generate(engine, [b"def f(x):"], 24, temperature=temperature, seed=3)
+    got = speculative_generate(padded, [b"def f(x):"], 24, temperature=temperature, seed=3)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1] and got[0].shape == (1, 24)
+
+
 def test_sampled_distribution_equals_plain_sampling(engine):
     check_sampling_equals_plain(engine)
 

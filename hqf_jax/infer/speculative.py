@@ -157,7 +157,9 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
 
 def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
     """(ids (B, max_new), stats) by self-speculative decoding with an Engine or a RecurrentEngine (RetNPhi);
-    needs a model with extra heads."""
+    needs a model with extra heads. The batch is padded as the engine pads its decode batch (Engine.static_args:
+    batch 1 of unquantized weights on a GPU runs as 8 rows; ``min_rows``), with copies of row 0 (its prompt and settings, so
+    they repeat its bytes) that are dropped after: the real rows' bytes do not change."""
     k = head_count(engine.model)
     if not k:
         raise EngineError("speculative decoding drafts with the extra heads: train with model.extra_heads=k "
@@ -175,10 +177,14 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
             raise EngineError("speculative decoding with a RecurrentEngine takes one or more prompts of one length")
         kind, tokens = "recurrent", jnp.asarray(np.stack(ids))
         lengths = jnp.full((len(ids),), tokens.shape[1], jnp.int32)
+    b = len(prompts)
+    rows = engine.static_args(b)[4] if isinstance(engine, Engine) else engine.min_rows
+    if rows > b:  # the engine's decode padding (copies of row 0, dropped after): the verify pass's dots as GEMMs
+        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)])  # noqa: E731
+        tokens, lengths, settings = pad(tokens), pad(lengths), jax.tree.map(pad, settings)
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
                                         engine.vocab_limit, kind)
-    emitted, verifies = np.asarray(emitted), np.asarray(verifies)
+    ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)
-    return np.asarray(ids), {"bytes_per_verify": float(np.mean(per)), "verifies": verifies.tolist(),
-                             "heads": k}
+    return ids, {"bytes_per_verify": float(np.mean(per)), "verifies": verifies.tolist(), "heads": k}
