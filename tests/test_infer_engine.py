@@ -133,6 +133,32 @@ def test_bf16_and_int8_engines_stay_close(model, engine):
     assert engine.weight_bytes() > eng.weight_bytes()
 
 
+@pytest.mark.parametrize("method", ["nf4", "phi5u8"])
+def test_nf4_and_phi_engines_are_their_quantized_models(model, method):
+    """quant="nf4" / "phi5u8" through the engine: greedy bytes are the old path's on the same model quantized by
+    quantize_model (reference impl), and the Triton kernels' engine (impl "pallas", interpret mode on a CPU) gives
+    the reference engine's logits."""
+    from hqf_jax.quant.model import quantize_model
+
+    prompts = [b"def f(x):", b"import os"]
+    ref_eng = Engine(model, dtype="float32", quant=method, quant_impl="reference", prompt_bucket=8)
+    ref, _ = quantize_model(nnx.merge(*nnx.split(model)), method, impl="reference")
+    old = generate.sample(ref, np.stack([generate.encode_prompt(p) for p in prompts]), 10, jax.random.PRNGKey(0),
+                          temperature=0.0)
+    np.testing.assert_array_equal(ref_eng.generate_ids(prompts, 10), np.asarray(old))
+    tokens, lengths = ref_eng._pad(prompts)
+    t = tokens.shape[1]
+    valid = jnp.arange(t)[None] >= (t - lengths)[:, None]
+    logits = {}
+    for impl in ("reference", "pallas"):
+        eng = ref_eng if impl == "reference" else Engine(model, dtype="float32", quant=method, quant_impl=impl,
+                                                          prompt_bucket=8)
+        run = jax.jit(lambda w, e=eng: forward(nnx.merge(e.graphdef, w), tokens, init_state(e.cfg, lengths - t),
+                                               valid)[0])
+        logits[impl] = np.asarray(run(eng.weights))
+    np.testing.assert_allclose(logits["pallas"], logits["reference"], rtol=2e-4, atol=2e-4)
+
+
 def test_retention_step_equals_recurrent_form():
     rng = jax.random.split(jax.random.PRNGKey(0), 4)
     b, h, dk, dv = 3, 2, 8, 16
