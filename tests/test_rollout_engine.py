@@ -78,3 +78,18 @@ def test_engine_rollout_refuses_what_it_cannot_do():
         engine_rollout(TinyGRULM(rngs=nnx.Rngs(0)), p, lens, jax.random.PRNGKey(0), ro.SampleConfig())
     with pytest.raises(RolloutError, match="stop sequences"):
         engine_rollout(_model(), p, lens, jax.random.PRNGKey(0), ro.SampleConfig(stop_sequences=(b"\n",)))
+
+
+@pytest.mark.study
+def test_bench_rollout_small_times_the_engine_beside_the_loop(capsys):
+    """bench.rollout --small: the engine's rollout is a row of the table, beside the step loop's forms, each with
+    positive bytes/s; the loop forms agree on their tokens (same key), the engine is not compared (own stream)."""
+    from bench.rollout import main
+
+    main(["--small", "--groups", "2", "--reps", "2", "--budget-s", "2", "--no-parallel"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  2 ")]
+    by = {" ".join(r[2:-6]): r for r in rows}
+    assert set(by) == {"recurrent (prefill)", "recurrent (no prefill)", "engine (rl.rollout_impl=engine)",
+                       "GRPO train step (fwd+bwd+adamw)"}
+    assert all(float(r[-5].replace(",", "")) > 0 for r in rows)
+    assert by["recurrent (no prefill)"][-2] == "4/4" and by["engine (rl.rollout_impl=engine)"][-2] == "-"
