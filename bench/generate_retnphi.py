@@ -41,6 +41,7 @@ from hqf_jax.infer.token_baseline import (add_token_ratios, kv_cache_tokens_per_
 from hqf_jax.nn import generate
 from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
+from hqf_jax.trainer.extra_heads import fit_extra_heads
 
 
 def main(argv=None):
