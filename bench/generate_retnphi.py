@@ -5,7 +5,8 @@ weight-read limit, as bench.generate's table: batch x bytes per step at one read
 step reads (the engine's parameters as cast / quantized for inference; the token decoder's, at its bytes per token)
 at the copy bandwidth measured in the same run, and "x token", its bytes/s over the token decoder's at that batch.
 
-    python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--steps 256] [--data-paths /tmp/pysrc]
+    python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--quants none,int8,int4] [--steps 256]
+                                     [--data-paths /tmp/pysrc] [--copy-mib 2048]
     python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
     python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
 
@@ -18,7 +19,7 @@ Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabul
 said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
 earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
-bench.generate). The old path reads the bf16 engine's cast parameters; a speculative row is put beside the plain
+bench.generate). The old path reads the --dtype engine's cast parameters; a speculative row is put beside the plain
 step's limit (a verify pass reads the weights once, as a step).
 """
 
