@@ -107,7 +107,8 @@ def tables(rows: list[dict], head: str) -> str:
                    f"{r['max_gap_us']:.1f}")
         else:
             dev = " | ".join(["-"] * 5 + [str(ops) if ops else "-"] + ["-"] * 3)
-        out.append(f"| {r['impl']} | {r['weight_mb']:,.1f} | {r['bytes_per_s']:,.0f} | {r['untraced_us']:.1f} | {dev} |")
+        out.append(f"| {r['impl']} | {r['weight_mb']:,.1f} | {r['bytes_per_s']:,.0f} | {r['untraced_us']:.1f} | "
+                   f"{dev} |")
     notes = {r["source_note"] for r in rows if "source" in r}
     out += ["", "Events: " + ("; ".join(f"{r['impl']}: {r['source_note']}" for r in rows if "source" in r)
                               if len(notes) > 1 else "".join(notes))]
@@ -223,7 +224,8 @@ def main(argv=None):
     text = tables(rows, head)
     print("\n" + text)
     result = dict(device=device, jax=jax.__version__, config=source, batch=a.batch, steps=a.steps, calls=a.calls,
-                  quant=a.quant, bytes_per_token=a.bytes_per_token if a.token_decoder else None, date=time.strftime("%Y-%m-%d"), rows=rows)
+                  quant=a.quant, bytes_per_token=a.bytes_per_token if a.token_decoder else None,
+                  date=time.strftime("%Y-%m-%d"), rows=rows)
     if out:
         write_report(out, text, result)
     return result
