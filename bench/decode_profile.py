@@ -5,6 +5,8 @@ kernels per step, their median / p90 duration, and the kernels that take the tim
     python -m bench.decode_profile [--config configs/lm_125m.py | --run RUN] [--decode-impls jnp,fused_pallas]
                                    [--batch 1] [--steps 64] [--calls 2] [--quant int4] [--top 15] [--out DIR]
     python -m bench.decode_profile --small      # the tiny config on a CPU; what the test runs
+    python -m bench.decode_profile --retnphi 1b [--token-decoder] [--quant int4] [--batch 1]
+    python -m bench.decode_profile --retnphi tiny --token-decoder --small      # on a CPU; what its test runs
 
 busy ~= wall: the step is bound by kernel durations (per-kernel latency at small shapes shows as many kernels
 of a few µs each); busy << wall: by the gaps between kernels on the device (launch or dependency latency).
@@ -14,6 +16,12 @@ profiler (bytes/s, µs/step: the profiler's own cost is the difference from the 
 calls inside jax.profiler.trace(create_perfetto_trace=True). The trace is read by hqf_jax/infer/trace_stats.py;
 with --out it is copied to DIR/trace_<impl>.json.gz (ui.perfetto.dev opens it) beside table.md and
 results.json. On a CPU there are no GPU stream events: the figures are the XLA:CPU thunks' (the output says so).
+
+--retnphi SIZE (bench.generate_retnphi's sizes: tiny, 1b): RetNPhi converted from a random decoder of that size
+(hqf_jax/infer/bench_setup.py, as bench.generate_retnphi builds it) through its RecurrentEngine (bf16, --quant)
+instead of the byte LM's impls; --token-decoder puts the same decoder's KV-cache step beside it (bf16; a call is
+``--steps`` sampled steps from a cache prefilled once with 64 tokens, hqf_jax/infer/token_baseline.py; its bytes/s
+at --bytes-per-token, assumed and said so). Each row also carries its weight MB (what a step reads once).
 """
 
 from __future__ import annotations
@@ -26,29 +34,45 @@ import jax
 
 from hqf_jax import cli
 from hqf_jax import trace_stats
-from hqf_jax.infer.bench_setup import build_model, ops_per_step, warm_slots
+from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi, ops_per_step, retnphi_decoder,
+                                       warm_slots)
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
+from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.infer.token_baseline import kv_cache_call
+from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.report import write_report
 
 
-def chained(engine: Engine, slots, steps: int, calls: int):
-    outs = []
-    for _ in range(calls):
-        slots, out = engine.decode_device(slots, steps)
-        outs.append(out)
-    jax.block_until_ready(outs)
-    return slots
+def engine_call(engine: Engine | RecurrentEngine, batch: int, steps: int):
+    """``call()``: one decode call of ``steps`` steps, each from the slots the last one left (compiled here)."""
+    state = {"slots": warm_slots(engine, batch, steps)}
+
+    def call():
+        state["slots"], out = engine.decode_device(state["slots"], steps)
+        return out
+    return call
 
 
-def profile(engine: Engine, batch: int, steps: int, calls: int, top: int, keep: Path | None) -> dict:
-    """One impl's figures: untraced speed, then the traced calls' per-step device figures and host summary."""
-    slots = warm_slots(engine, batch, steps)
+def token_call(decoder, batch: int, steps: int):
+    """``call()``: one KV-cache call of ``steps`` sampled steps from the prefilled cache (compiled here)."""
+    run, i = kv_cache_call(decoder, batch, steps), iter(range(1 << 30))
+    jax.block_until_ready(run(next(i)))
+    return lambda: run(next(i))
+
+
+def chained(call, calls: int):
+    jax.block_until_ready([call() for _ in range(calls)])
+
+
+def profile(call, batch: int, steps: int, calls: int, top: int, keep: Path | None, per_step: float = 1.0) -> dict:
+    """One path's figures (``call`` warm): untraced speed (``per_step`` bytes a row a step), then the traced
+    calls' per-step device figures and host summary."""
     t = time.perf_counter()
-    slots = chained(engine, slots, steps, calls)
+    chained(call, calls)
     dt = time.perf_counter() - t
-    trace = trace_stats.capture(lambda: chained(engine, slots, steps, calls), keep)
+    trace = trace_stats.capture(lambda: chained(call, calls), keep)
     events, source = trace_stats.device_events(trace)
-    res = dict(bytes_per_s=batch * steps * calls / dt, untraced_us=dt * 1e6 / (steps * calls), source=source,
+    res = dict(bytes_per_s=batch * steps * calls * per_step / dt, untraced_us=dt * 1e6 / (steps * calls), source=source,
                source_note=trace_stats.SOURCES[source], trace_file=keep.name if keep else None,
                host=trace_stats.host_summary(trace), threads=trace_stats.inventory(trace)[:20])
     if jax.default_backend() == "gpu" and source != "gpu":
@@ -69,12 +93,12 @@ def verdict(r: dict) -> str:
 
 
 def tables(rows: list[dict], head: str) -> str:
-    out = [head, "", "| impl | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | "
+    out = [head, "", "| impl | weight MB | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | "
            "busy µs/step | idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | max gap µs |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['impl']} | {r['error']} |" + " |" * 10)
+            out.append(f"| {r['impl']} | {r['error']} |" + " |" * 11)
             continue
         ops = r.get("hlo_ops_per_step")
         if "wall_us" in r:
@@ -83,7 +107,8 @@ def tables(rows: list[dict], head: str) -> str:
                    f"{r['max_gap_us']:.1f}")
         else:
             dev = " | ".join(["-"] * 5 + [str(ops) if ops else "-"] + ["-"] * 3)
-        out.append(f"| {r['impl']} | {r['bytes_per_s']:,.0f} | {r['untraced_us']:.1f} | {dev} |")
+        out.append(f"| {r['impl']} | {r['weight_mb']:,.1f} | {r['bytes_per_s']:,.0f} | {r['untraced_us']:.1f} | "
+                   f"{dev} |")
     notes = {r["source_note"] for r in rows if "source" in r}
     out += ["", "Events: " + ("; ".join(f"{r['impl']}: {r['source_note']}" for r in rows if "source" in r)
                               if len(notes) > 1 else "".join(notes))]
@@ -107,6 +132,43 @@ def tables(rows: list[dict], head: str) -> str:
     return "\n".join(out)
 
 
+def byte_lm_paths(a, quant) -> tuple[str, list]:
+    """(source, [(name, setup)]): the byte LM's engine per --decode-impls; ``setup()`` builds one and returns
+    (warm call, weight bytes, HLO ops per step, bytes a row a step)."""
+    model, _, source = build_model(a.config, a.set, a.run)
+
+    def setup(impl):
+        engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl=impl, quant_impl=a.quant_impl,
+                        batch=a.batch, min_rows=a.min_rows, dot_rows=a.dot_rows if impl in PADDED_IMPLS else None)
+        ops = None if a.no_count_ops or a.batch != 1 else ops_per_step(engine)
+        return engine_call(engine, a.batch, a.steps), engine.weight_bytes(), ops, 1.0
+
+    paths = []
+    for impl in [x.strip() for x in a.decode_impls.split(",") if x.strip()]:
+        if quant and impl.startswith("fused"):
+            print(f"skipped {impl} {quant}: the fused step runs unquantized weights")
+            continue
+        paths.append((impl + (f" {quant}" if quant else ""), lambda impl=impl: setup(impl)))
+    return source, paths
+
+
+def retnphi_paths(a, quant) -> tuple[str, list]:
+    """(source, [(name, setup)]) of --retnphi: its RecurrentEngine (bf16, --quant) and, with --token-decoder, the
+    same decoder's KV-cache step (bf16); each built from a fresh random decoder (RetNPhi moves its layers)."""
+    def retnphi():
+        engine = RecurrentEngine(build_retnphi(retnphi_decoder(a.retnphi, "bfloat16")), dtype="bfloat16", quant=quant,
+                                 quant_impl=a.quant_impl, batch=a.batch, min_rows=a.min_rows or 1)
+        return engine_call(engine, a.batch, a.steps), engine.weight_bytes(), None, 1.0
+
+    def token():
+        decoder = retnphi_decoder(a.retnphi, "bfloat16")
+        return token_call(decoder, a.batch, a.steps), param_bytes(decoder), None, a.bytes_per_token
+
+    paths = [(f"RetNPhi engine{' ' + quant if quant else ''}", retnphi)]
+    return f"RetNPhi {a.retnphi} (random weights)", paths + ([("token decoder KV-cache", token)] if a.token_decoder
+                                                             else [])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/lm_125m.py")
@@ -124,41 +186,46 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=2, help="chained calls, timed and traced")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--no-count-ops", action="store_true", help="skip the HLO op count per step (one compile)")
-    p.add_argument("--small", action="store_true", help="the tiny config, 8 steps: runs on a CPU")
+    p.add_argument("--retnphi", default=None, choices=sorted(RETNPHI_SIZES), help="profile RetNPhi of this size "
+                   "(random weights) through its RecurrentEngine instead of the byte LM")
+    p.add_argument("--token-decoder", action="store_true", help="with --retnphi: the same decoder's KV-cache step "
+                   "beside it")
+    p.add_argument("--bytes-per-token", type=float, default=4.0, help="the token decoder's bytes/s at this (assumed)")
+    p.add_argument("--small", action="store_true", help="the tiny config (tiny RetNPhi), 8 steps: runs on a CPU")
     p.add_argument("--out", default=None, help="write table.md, results.json and the traces here")
     a = p.parse_args(argv)
     if a.small:
-        a.config, a.steps = "configs/lm_tiny.py", min(a.steps, 8)
+        a.config, a.steps, a.retnphi = "configs/lm_tiny.py", min(a.steps, 8), a.retnphi and "tiny"
+    if a.token_decoder and not a.retnphi:
+        p.error("--token-decoder goes with --retnphi (bench.generate times the byte LM's same-size token decoder)")
     out = Path(a.out) if a.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    model, _, source = build_model(a.config, a.set, a.run)
     quant = None if a.quant == "none" else a.quant
     device = jax.devices()[0].device_kind
+    source, paths = retnphi_paths(a, quant) if a.retnphi else byte_lm_paths(a, quant)
     rows = []
-    for impl in [x.strip() for x in a.decode_impls.split(",") if x.strip()]:
-        name = impl + (f" {quant}" if quant else "")
-        if quant and impl.startswith("fused"):
-            print(f"skipped {name}: the fused step runs unquantized weights")
-            continue
-        engine = None
+    for name, setup in paths:
+        call = None
         try:
-            engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl=impl, quant_impl=a.quant_impl,
-                            batch=a.batch, min_rows=a.min_rows, dot_rows=a.dot_rows if impl in PADDED_IMPLS else None)
-            ops = None if a.no_count_ops or a.batch != 1 else ops_per_step(engine)
+            call, weight_bytes, ops, per_step = setup()
             keep = out / f"trace_{name.replace(' ', '_')}.json.gz" if out else None
-            r = dict(impl=name, hlo_ops_per_step=ops, **profile(engine, a.batch, a.steps, a.calls, a.top, keep))
-        except Exception as e:  # noqa: BLE001 - the other impls still run; the table names the failure
+            r = dict(impl=name, hlo_ops_per_step=ops, weight_mb=weight_bytes / 1e6,
+                     **profile(call, a.batch, a.steps, a.calls, a.top, keep, per_step))
+        except Exception as e:  # noqa: BLE001 - the other paths still run; the table names the failure
             r = dict(impl=name, error=f"FAILED {type(e).__name__}: {str(e)[:200]}")
         print(f"  {name}: " + (r.get("error") or verdict(r)), flush=True)
         rows.append(r)
-        del engine
+        del call
     head = (f"bench.decode_profile on {device}; jax {jax.__version__}; {source} batch {a.batch}; {a.calls} calls x "
-            f"{a.steps} steps; bf16{' ' + quant if quant else ''}; {time.strftime('%Y-%m-%d')}")
+            f"{a.steps} steps; bf16{' ' + quant if quant else ''}; {time.strftime('%Y-%m-%d')}"
+            + (f"; the token decoder's bytes/s at {a.bytes_per_token:g} bytes/token (assumed)" if a.token_decoder
+               else ""))
     text = tables(rows, head)
     print("\n" + text)
     result = dict(device=device, jax=jax.__version__, config=source, batch=a.batch, steps=a.steps, calls=a.calls,
-                  quant=a.quant, date=time.strftime("%Y-%m-%d"), rows=rows)
+                  quant=a.quant, bytes_per_token=a.bytes_per_token if a.token_decoder else None,
+                  date=time.strftime("%Y-%m-%d"), rows=rows)
     if out:
         write_report(out, text, result)
     return result

@@ -1,8 +1,12 @@
 """Generation speed of RetNPhi (a converted decoder, random-init at the given size: speed does not depend on
 the values) through the engine (hqf_jax.infer.recurrent) against the old path (nn.generate.sample) and the
-same-size token decoder's KV-cache generation in bytes/s at a measured bytes per token.
+same-size token decoder's KV-cache generation in bytes/s at a measured bytes per token; each row beside its
+weight-read limit, as bench.generate's table: batch x bytes per step at one read a step of the weights that row's
+step reads (the engine's parameters as cast / quantized for inference; the token decoder's, at its bytes per token)
+at the copy bandwidth measured in the same run, and "x token", its bytes/s over the token decoder's at that batch.
 
-    python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--steps 256] [--data-paths /tmp/pysrc]
+    python -m bench.generate_retnphi [--size 1b] [--batches 1,8,64] [--quants none,int8,int4] [--steps 256]
+                                     [--data-paths /tmp/pysrc] [--copy-mib 2048]
     python -m bench.generate_retnphi --small      # tiny decoder, runs on a CPU (what the test runs)
     python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
 
@@ -15,7 +19,8 @@ Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabul
 said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
 earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
-bench.generate).
+bench.generate). The old path reads the --dtype engine's cast parameters; a speculative row is put beside the plain
+step's limit (a verify pass reads the weights once, as a step).
 """
 
 from __future__ import annotations
@@ -26,29 +31,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from hqf_jax import cli
+from hqf_jax.infer.bench_setup import RETNPHI_SIZES, build_retnphi, print_table, read_limit, retnphi_decoder
 from hqf_jax.infer.engine import Settings
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import speculative_generate
-from hqf_jax.infer.token_baseline import LLAMA, kv_cache_tokens_per_s, measure_bytes_per_token, read_bytes, timed
+from hqf_jax.infer.token_baseline import (add_token_ratios, kv_cache_tokens_per_s, measure_bytes_per_token,
+                                          read_bytes, timed)
 from hqf_jax.nn import generate
-from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
-from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
+from hqf_jax.nn.hf_loading import param_bytes
+from hqf_jax.quant.kernel_timing import copy_bandwidth
 from hqf_jax.trainer.extra_heads import fit_extra_heads
-
-SIZES = {
-    "tiny": dict(LLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2),
-    "1b": dict(LLAMA, vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-               num_attention_heads=32, num_key_value_heads=4),  # TinyLlama-1.1B shape
-}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="1b", choices=sorted(SIZES))
+    p.add_argument("--size", default="1b", choices=sorted(RETNPHI_SIZES))
     p.add_argument("--batches", default="1,8,64")
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--reps", type=int, default=3)
@@ -71,26 +70,35 @@ def main(argv=None):
     p.add_argument("--min-rows", default="", help="e.g. 8: the engine and token decoder rows again at each batch "
                    "below it with the decode batch padded to that many rows (RecurrentEngine(min_rows=...); the token "
                    "decoder runs that many rows and counts the batch's)")
+    p.add_argument("--copy-mib", type=int, default=2048, help="array size of the copy-bandwidth probe")
     p.add_argument("--small", action="store_true")
     a = p.parse_args(argv)
     if a.small:
         a.size, a.steps, a.reps, a.dtype, a.bpe_mb, a.quants = "tiny", 8, 2, "float32", 0.05, "none,int8"
+        a.copy_mib = min(a.copy_mib, 16)
         a.batches = "1,2" if a.spec_heads else "2"
         a.head_steps, a.head_batch, a.head_seq, a.head_mb, a.spec_prompts = min(a.head_steps, 30), 4, 32, 0.05, 2
     batches = [int(b) for b in a.batches.split(",")]
     a.min_rows = [int(r) for r in a.min_rows.split(",") if r.strip()]
     device = jax.devices()[0].device_kind
-    cfg = DecoderConfig.from_hf(SIZES[a.size], dtype=a.dtype)
-    decoder = HFDecoderLM(cfg, rngs=nnx.Rngs(0))
-    bpt, how = measure_bytes_per_token(a.data_paths, cfg.vocab_size, a.bpe_mb, a.bytes_per_token)
-    rows = []
+    bw = copy_bandwidth(a.copy_mib << 20, 20 if not a.small else 3)
+    decoder = retnphi_decoder(a.size, a.dtype)
+    bpt, how = measure_bytes_per_token(a.data_paths, decoder.cfg.vocab_size, a.bpe_mb, a.bytes_per_token)
+    rows, tok_wb = [], param_bytes(decoder)
+
+    def row(path, b, bps, comp, wb, per_step=1.0):  # bench.generate's row: beside its weight-read limit
+        rows.append(dict(config=f"retnphi {a.size}", path=path, batch=b, bytes_per_s=bps, compiles=comp,
+                         weight_bytes=wb, limit_bytes_per_s=read_limit(b, bw, wb, per_step)))
+        print(f"  {path} batch {b}: {bps:,.0f} bytes/s", flush=True)
+        return rows[-1]
+
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, a.steps, a.reps)
-        rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok)", b, tps * bpt, comp))
+        row("token decoder KV-cache", b, tps * bpt, comp, tok_wb, bpt)
         for r in [r for r in a.min_rows if b < r]:  # the baseline padded alike: r rows run, b of them counted
             tps, comp = kv_cache_tokens_per_s(decoder, r, a.steps, a.reps)
-            rows.append((f"token decoder KV-cache ({bpt:.2f} B/tok) min_rows {r}", b, tps * bpt * b / r, comp))
-    model = RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=a.spec_heads))
+            row(f"token decoder KV-cache min_rows {r}", b, tps * bpt * b / r, comp, tok_wb, bpt)
+    model = build_retnphi(decoder, a.spec_heads)
     del decoder
     fit, held, specs = None, None, []
     if a.spec_heads:
@@ -108,7 +116,7 @@ def main(argv=None):
         if not a.no_old:
             enc = jnp.asarray(np.stack([generate.encode_prompt(x) for x in prompts]))
             sec, comp = timed(lambda i: generate.sample(engine.model, enc, a.steps, jax.random.PRNGKey(i)), a.reps)
-            rows.append(("RetNPhi old path (nn.generate.sample)", b, b * a.steps / sec, comp))
+            row("RetNPhi old path (nn.generate.sample)", b, b * a.steps / sec, comp, engine.weight_bytes())
         for q in quants:
             eng = engine if q == "none" else RecurrentEngine(model, dtype=a.dtype, quant=q, batch=b)
             slots = eng.prefill(prompts, Settings.make(b, 0, temperature=1.0, top_p=0.95))
@@ -119,32 +127,33 @@ def main(argv=None):
                 return out
 
             sec, comp = timed(call, a.reps)
-            plain = (f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp)
-            rows.append(plain)
-            print(f"  {plain[0]} batch {b}: {plain[2]:,.0f} bytes/s", flush=True)
+            wb = eng.weight_bytes()
+            plain = row(f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp, wb)
             for r in [r for r in a.min_rows if b < r]:  # the decode batch padded to r rows (copies of row 0)
                 eng.min_rows, state["s"] = r, slots
                 sec, comp = timed(call, a.reps)
                 eng.min_rows = 1
-                rows.append((plain[0] + f" min_rows {r}", b, b * a.steps / sec, comp))
-                print(f"  {rows[-1][0]} batch {b}: {rows[-1][2]:,.0f} bytes/s", flush=True)
+                row(plain["path"] + f" min_rows {r}", b, b * a.steps / sec, comp, wb)
             if fit is not None and b == 1:
                 specs.append(speculative_row(eng, held, a, plain))
-                rows.append(specs[-1]["row"])
+                row(*specs[-1]["row"], wb)
             del eng
+    add_token_ratios(rows)
+    for r in rows:
+        r.update(device=device, steps=a.steps, copy_gb_s=bw / 1e9, bytes_per_token=bpt)
     print(f"\nbench.generate_retnphi on {device}, size {a.size} ({engine.weight_bytes() / 1e9:.2f} GB of weights); "
-          f"{a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); {time.strftime('%Y-%m-%d')}")
-    print(f"{'path':50s} {'batch':>5s} {'bytes/s':>12s} {'compiles':>8s}")
-    for name, b, bps, comp in rows:
-        print(f"{name:50s} {b:5d} {bps:12,.0f} {comp:8d}")
+          f"copy bandwidth {bw / 1e9:.0f} GB/s; {a.steps} steps x {a.reps} calls; bytes/token {bpt:.2f} ({how}); "
+          f"{time.strftime('%Y-%m-%d')}")
+    print_table(rows)
     if fit is not None:
-        print_spec(fit, specs, a, next(r[2] for r in rows if r[0].startswith("token decoder") and r[1] == 1) or np.nan)
+        print_spec(fit, specs, a, next((r["bytes_per_s"] for r in rows if r["path"].startswith("token decoder")
+                                        and r["batch"] == 1), np.nan))
     return rows
 
 
 def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
-    """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row at batch 1 with the
-    plain row's sampling settings; the verify pass's cost against the plain row's step."""
+    """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row (path, batch 1, bytes/s,
+    compiles) with the plain row's sampling settings; the verify pass's cost against the plain row's step."""
     prompts = [bytes(held[s:s + 64]) for s in np.linspace(0, len(held) - 65, a.spec_prompts).astype(np.int64)]
     accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
         "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)]  # one compile: settings are data
@@ -158,8 +167,9 @@ def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
 
     sec, comp = timed(call, a.reps)
     verify_s = sec / np.mean(verifies[1:])  # the timed calls only
-    return {"row": (f"{plain[0]} speculative {a.spec_heads} heads*", 1, a.steps / sec, comp), "accept": accept,
-            "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain[2], "break_even": verify_s * plain[2]}
+    return {"row": (f"{plain['path']} speculative {a.spec_heads} heads*", 1, a.steps / sec, comp), "accept": accept,
+            "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain["bytes_per_s"],
+            "break_even": verify_s * plain["bytes_per_s"]}
 
 
 def print_spec(f: dict, specs: list, a, token_bps: float) -> None:

@@ -71,17 +71,59 @@ def test_bench_serve_load_small():
     assert 0 < res["device_estimate"]["decode_share"] and 0 <= res["device_estimate"]["prefill_share"]
 
 
+def test_read_limit_is_batch_rows_at_one_weight_read_a_step():
+    from hqf_jax.infer.bench_setup import read_limit
+
+    assert read_limit(1, 4e12, 2e9) == 2000.0  # 1 GB/s of bandwidth per GB of weights: a step each 0.5 ms
+    assert read_limit(8, 4e12, 2e9, 3.5) == pytest.approx(8 * 2000 * 3.5)  # linear in the batch and bytes a step
+    assert read_limit(3, 1e9, 1e6) < read_limit(3, 1e9, 5e5)  # fewer weight bytes (int4 against bf16): higher
+    for bad in ((0, 1e9, 1e6), (1, 0.0, 1e6), (1, 1e9, 0), (1, 1e9, 1e6, 0.0)):
+        with pytest.raises(ValueError, match="positive"):
+            read_limit(*bad)
+
+
+def test_token_ratio_is_against_the_first_token_row_of_a_config_and_batch():
+    """A padded token decoder row (min_rows) after the plain one does not become the reference."""
+    from hqf_jax.infer.token_baseline import add_token_ratios
+
+    rows = [dict(config="c", batch=1, path="token decoder KV-cache", bytes_per_s=100.0),
+            dict(config="c", batch=1, path="token decoder KV-cache min_rows 8", bytes_per_s=50.0),
+            dict(config="c", batch=1, path="RetNPhi engine", bytes_per_s=25.0),
+            dict(config="c", batch=8, path="RetNPhi engine", bytes_per_s=25.0)]
+    add_token_ratios(rows)
+    assert [r.get("x_token") for r in rows] == [1.0, 0.5, 0.25, None]
+
+
 @pytest.mark.study
-def test_bench_generate_retnphi_small():
+def test_bench_generate_retnphi_small(capsys):
     from bench.generate_retnphi import main
 
     rows = main(["--small", "--min-rows", "4"])
-    names = [r[0] for r in rows]
-    assert any(n.startswith("token decoder KV-cache") for n in names) and "RetNPhi engine float32" in names
+    out = capsys.readouterr().out
+    names = [r["path"] for r in rows]
+    assert "token decoder KV-cache" in names and "RetNPhi engine float32" in names
     assert "RetNPhi engine float32 min_rows 4" in names  # the padded-batch row, and the baseline padded alike
-    assert any(n.startswith("token decoder KV-cache") and n.endswith("min_rows 4") for n in names)
+    assert "token decoder KV-cache min_rows 4" in names
     assert "RetNPhi engine float32 int8" in names  # the quantized engine row (--quants none,int8 in --small)
-    assert all(bps > 0 and comp == 0 for _, _, bps, comp in rows)  # no recompile inside a timed call
+    assert all(r["bytes_per_s"] > 0 and r["compiles"] == 0 for r in rows)  # no recompile inside a timed call
+    by = {r["path"]: r for r in rows}
+    bw, token, plain = rows[0]["copy_gb_s"] * 1e9, by["token decoder KV-cache"], by["RetNPhi engine float32"]
+    assert bw > 0 and "copy bandwidth" in out
+    # the weight-read limit: the token rows at their bytes/token over the decoder's weights, the engine rows over the
+    # engine's own (int8 reads fewer bytes than float32 only where the packed form is used: not the CPU reference)
+    assert token["limit_bytes_per_s"] == pytest.approx(2 * bw / token["weight_bytes"] * token["bytes_per_token"])
+    assert plain["limit_bytes_per_s"] == pytest.approx(2 * bw / plain["weight_bytes"])
+    assert by["RetNPhi old path (nn.generate.sample)"]["weight_bytes"] == plain["weight_bytes"]
+    assert by["token decoder KV-cache min_rows 4"]["limit_bytes_per_s"] == token["limit_bytes_per_s"]
+    assert plain["x_token"] == pytest.approx(plain["bytes_per_s"] / token["bytes_per_s"])
+    table = out.split("bench.generate_retnphi on")[1].splitlines()[2:2 + len(rows)]
+    for r, line in zip(rows, table):  # the printed table: a line a row with its limit and % limit
+        assert r["limit_bytes_per_s"] > 0 and r["weight_bytes"] > 0 and r["path"] in line
+        cells = line.split(r["path"])[1].split()
+        limit, pct = float(cells[3].replace(",", "")), float(cells[4].rstrip("%"))
+        assert limit == pytest.approx(r["limit_bytes_per_s"], abs=0.5)
+        assert pct == pytest.approx(100 * r["bytes_per_s"] / r["limit_bytes_per_s"], abs=0.051)
+        assert cells[5] == f"{r['x_token']:.2f}x"
 
 
 @pytest.mark.study
@@ -97,11 +139,12 @@ def test_bench_generate_retnphi_spec_heads_small(tmp_path, capsys):
         shutil.copy(f"{stdlib_root()}/{name}", tmp_path / name)
     rows = main(["--small", "--spec-heads", "2", "--head-steps", "30", "--data-paths", str(tmp_path), "--no-old"])
     out = capsys.readouterr().out
-    spec = [r for r in rows if "speculative 2 heads" in r[0]]  # one per engine of --quants (none,int8 in --small)
-    assert [r[0] for r in spec] == ["RetNPhi engine float32 speculative 2 heads*",
-                                    "RetNPhi engine float32 int8 speculative 2 heads*"]
-    assert all(r[1] == 1 and r[2] > 0 and r[3] == 0 for r in spec)
-    assert any(r[0].startswith("token decoder KV-cache") and r[1] == 1 for r in rows)
+    spec = [r for r in rows if "speculative 2 heads" in r["path"]]  # one per --quants engine (none,int8 in --small)
+    assert [r["path"] for r in spec] == ["RetNPhi engine float32 speculative 2 heads*",
+                                         "RetNPhi engine float32 int8 speculative 2 heads*"]
+    assert all(r["batch"] == 1 and r["bytes_per_s"] > 0 and r["compiles"] == 0 and r["limit_bytes_per_s"] > 0
+               for r in spec)
+    assert any(r["path"] == "token decoder KV-cache" and r["batch"] == 1 for r in rows)
     line = next(x for x in out.splitlines() if x.startswith("extra heads (2"))
     before, after = (np.array(x.split("]")[0].split(", "), float) for x in line.split("held-out head bpb [")[1].split("-> ["))
     assert (after < before).all(), line

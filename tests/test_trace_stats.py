@@ -144,3 +144,25 @@ def test_trace_op_counts_the_kernels_of_one_call():
     r = trace_op(lambda x, w: jnp.tanh(x @ w), x, ws, reps=5)
     assert r["steps"] == 10 and r["events_per_step"] >= 1
     assert 0 < r["busy_us"] <= r["wall_us"] + 1e-6 and r["top"]
+
+
+def test_decode_profile_retnphi_beside_its_token_decoder_on_cpu(capsys):
+    """--retnphi tiny --token-decoder (the GPU command's form at tiny size): both steps profiled, each with
+    kernels per step and top kernels; the token decoder's bytes/s at the assumed bytes per token."""
+    from bench.decode_profile import main
+
+    res = main(["--retnphi", "tiny", "--token-decoder", "--small", "--steps", "4", "--calls", "2", "--top", "5",
+                "--bytes-per-token", "3"])
+    text = capsys.readouterr().out
+    assert [r["impl"] for r in res["rows"]] == ["RetNPhi engine", "token decoder KV-cache"]
+    assert "RetNPhi tiny" in res["config"] and res["bytes_per_token"] == 3.0 and "3 bytes/token (assumed)" in text
+    for r in res["rows"]:
+        assert "error" not in r and r["source"] == "cpu_thunks" and r["bytes_per_s"] > 0 and r["weight_mb"] > 0
+        assert r["events_per_step"] > 0 and 0 < r["busy_us"] <= r["wall_us"] and 0 < len(r["top"]) <= 5
+        assert f"Top {len(r['top'])} kernels of {r['impl']}" in text and f"- {r['impl']}: device busy" in text
+    ret, tok = res["rows"]
+    # the same decoder's weights: the token decoder holds the token embedding and head, RetNPhi byte-sized ones
+    assert tok["weight_mb"] > ret["weight_mb"]
+    # bytes/s of the token decoder = tokens/s x 3: its untraced µs/step gives it back
+    assert tok["bytes_per_s"] == pytest.approx(3 * 1e6 / tok["untraced_us"], rel=1e-6)
+    assert ret["bytes_per_s"] == pytest.approx(1e6 / ret["untraced_us"], rel=1e-6)

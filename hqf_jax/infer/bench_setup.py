@@ -1,14 +1,26 @@
-"""What the decode benchmarks share (bench.generate, bench.decode_profile): the model they time (a config's
-random weights, or a run's trained ones), an engine's slots after one warm-up decode call, and the op count
-of one decode step from the compiled loop's HLO."""
+"""What the decode benchmarks share (bench.generate, bench.generate_retnphi, bench.decode_profile): the model they
+time (a config's random weights, or a run's trained ones; RetNPhi converted from a random decoder of a named size),
+an engine's slots after one warm-up decode call, the op count of one decode step from the compiled loop's HLO, and
+the weight-read limit with the summary table."""
 
 from __future__ import annotations
 
 import jax
+from flax import nnx
 
 from hqf_jax import cli
 from hqf_jax.infer.engine import Engine, Settings, _decode
 from hqf_jax.infer.hlo_count import loop_body_ops
+from hqf_jax.infer.token_baseline import LLAMA
+from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
+from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
+
+RETNPHI_SIZES = {  # the decoder RetNPhi is converted from (bench.generate_retnphi --size, decode_profile --retnphi)
+    "tiny": dict(LLAMA, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2),
+    "1b": dict(LLAMA, vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+               num_attention_heads=32, num_key_value_heads=4),  # TinyLlama-1.1B shape
+}
 
 
 def build_model(config: str, overrides=(), run: str | None = None, heads: int | None = None):
@@ -23,6 +35,27 @@ def build_model(config: str, overrides=(), run: str | None = None, heads: int | 
     cfg = cli.load_config_file(config)
     cfg = cli.apply_overrides(cfg, list(overrides) + ([f"model.extra_heads={heads}"] if heads is not None else []))
     return lm_task.build_model(cfg), cfg, config
+
+
+def retnphi_decoder(size: str, dtype: str) -> HFDecoderLM:
+    """The random-weight decoder of RETNPHI_SIZES[size] (parameters and compute in ``dtype``): RetNPhi's source
+    and the token decoder the benches put beside it."""
+    return HFDecoderLM(DecoderConfig.from_hf(RETNPHI_SIZES[size], dtype=dtype), rngs=nnx.Rngs(0))
+
+
+def build_retnphi(decoder: HFDecoderLM, extra_heads: int = 0) -> RetNPhi:
+    """RetNPhi converted from ``decoder`` (its layers are moved: the decoder is spent) with random byte rows
+    (speed does not depend on the values), chunk size 64, ``extra_heads`` extra byte heads."""
+    return RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=extra_heads))
+
+
+def read_limit(batch: int, bandwidth: float, weight_bytes: int, bytes_per_step: float = 1.0) -> float:
+    """Bytes/s of ``batch`` rows at one read of ``weight_bytes`` per decode step at ``bandwidth`` bytes/s, each
+    row emitting ``bytes_per_step`` bytes a step (1 for a byte model; a token decoder's bytes per token)."""
+    if batch < 1 or bandwidth <= 0 or weight_bytes <= 0 or bytes_per_step <= 0:
+        raise ValueError(f"read_limit needs positive figures: batch {batch}, bandwidth {bandwidth}, weight bytes "
+                         f"{weight_bytes}, bytes per step {bytes_per_step}")
+    return batch * bandwidth / weight_bytes * bytes_per_step
 
 
 def warm_slots(engine: Engine, batch: int, steps: int, prompt: bytes = b"The quic"):

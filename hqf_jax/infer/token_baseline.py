@@ -89,6 +89,13 @@ def measure_bytes_per_token(paths: str | None, vocab: int, mb: float, assumed: f
 def kv_cache_tokens_per_s(decoder: HFDecoderLM, batch: int, steps: int, reps: int, prefill: int = 64) -> tuple:
     """(tokens/s, compiles in the timed calls) of sampled KV-cache generation: a cache of ``prefill + steps``
     positions prefilled once with ``prefill`` tokens (untimed), then each timed call ``steps`` decode steps from it."""
+    sec, comp = timed(kv_cache_call(decoder, batch, steps, prefill), reps)
+    return batch * steps / sec, comp
+
+
+def kv_cache_call(decoder: HFDecoderLM, batch: int, steps: int, prefill: int = 64):
+    """``call(i)``: one jitted lax.scan of ``steps`` sampled KV-cache decode steps (key ``PRNGKey(i)``) from a cache
+    of ``prefill + steps`` positions prefilled once (here) with ``prefill`` tokens; returns the last tokens."""
     gd, st = nnx.split(decoder)
 
     @jax.jit
@@ -111,8 +118,7 @@ def kv_cache_tokens_per_s(decoder: HFDecoderLM, batch: int, steps: int, reps: in
         return tok
 
     first, cache = start(st)
-    sec, comp = timed(lambda i: run(st, first, cache, jax.random.PRNGKey(i)), reps)
-    return batch * steps / sec, comp
+    return lambda i: run(st, first, cache, jax.random.PRNGKey(i))
 
 
 def decoder_config_like(cfg, vocab: int = 32000) -> dict:
@@ -148,8 +154,12 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
 
 
 def add_token_ratios(rows: list[dict]) -> None:
-    """Each row's ``x_token``: its bytes/s over the token decoder's at the same config and batch (where measured)."""
-    token = {(r["config"], r["batch"]): r["bytes_per_s"] for r in rows if r["path"].startswith("token decoder")}
+    """Each row's ``x_token``: its bytes/s over the token decoder's at the same config and batch (where measured;
+    the first token decoder row of that config and batch: a padded one after it is a variant)."""
+    token = {}
+    for r in rows:
+        if r["path"].startswith("token decoder"):
+            token.setdefault((r["config"], r["batch"]), r["bytes_per_s"])
     for r in rows:
         if (r["config"], r["batch"]) in token:
             r["x_token"] = r["bytes_per_s"] / token[(r["config"], r["batch"])]
