@@ -319,3 +319,42 @@ def test_short_cuts_reprs_and_keeps_the_root_cause():
     assert 'ValueError: OUT_OF_RANGE: Error reading "params.w/0.0"' in text and "\n" not in text
     assert "pybind11" not in text and "TensorStore({" not in text
     assert "object at 0x" not in _short(RuntimeError("bad <foo.Bar object at 0x7f00> here"))
+
+
+# ---------------------------------------------------------------------- python -m serve
+
+
+def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir):
+    """`python -m serve --run RUN --port 0` as a user starts it: it prints its address, answers /health and a
+    completion of exactly max_tokens bytes over real HTTP, and ends on SIGINT with exit 0."""
+    import http.client
+    import json
+    import signal
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "serve", "--run", str(run_dir), "--port", "0", "--slots", "2",
+                          "--chunk", "4", "--dtype", "float32"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()  # after the warm-up compiles
+        assert line.startswith(f"serving {run_dir} on http://127.0.0.1:"), (line, p.stderr.read()[-2000:])
+        host, port = line.split("http://")[1].split()[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())
+        body = json.dumps({"prompt": "def ", "max_tokens": 5, "temperature": 0.0})
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        out = json.loads(r.read())
+        assert r.status == 200 and out["usage"]["completion_tokens"] == 5 and isinstance(out["choices"][0]["text"], str)
+    finally:
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=60)
+    assert rc == 0, p.stderr.read()[-2000:]
+
+
+def test_serve_cli_missing_run_is_one_line(tmp_path):
+    r = run_module("serve", "--run", str(tmp_path / "nope"), "--port", "0")
+    assert r.returncode == 2, r.stderr[-2000:]
+    _one_line(r.stderr, "nope")
