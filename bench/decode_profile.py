@@ -38,8 +38,7 @@ from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi
                                        warm_slots)
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.infer.recurrent import RecurrentEngine
-from hqf_jax.infer.token_baseline import kv_cache_call
-from hqf_jax.nn.hf_loading import param_bytes
+from hqf_jax.infer.token_baseline import kv_cache_call, step_weight_bytes
 from hqf_jax.report import write_report
 
 
@@ -162,7 +161,7 @@ def retnphi_paths(a, quant) -> tuple[str, list]:
 
     def token():
         decoder = retnphi_decoder(a.retnphi, "bfloat16")
-        return token_call(decoder, a.batch, a.steps), param_bytes(decoder), None, a.bytes_per_token
+        return token_call(decoder, a.batch, a.steps), step_weight_bytes(decoder), None, a.bytes_per_token
 
     paths = [(f"RetNPhi engine{' ' + quant if quant else ''}", retnphi)]
     return f"RetNPhi {a.retnphi} (random weights)", paths + ([("token decoder KV-cache", token)] if a.token_decoder

@@ -211,12 +211,13 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
             del engine
     if model.cfg.extra_heads:
         engine = Engine(model, dtype="bfloat16")
-        for b in batches:
+        for b, r in [(b, r) for b in batches for r in [None] + [r for r in a.min_rows if r > b]]:
             prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
+            engine.min_rows = r  # speculative decoding pads only at an explicit min_rows
             bps, per = time_speculative(engine, prompts, a.steps, a.reps)
-            add(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)", batch=b,
-                            weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
-                            limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
+            add(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)" + (f" min_rows {r}" if r else ""),
+                     batch=b, weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
+                     limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
     for r in out:
         r.update(config=source, heads=model.cfg.extra_heads)
     rows.extend(out)

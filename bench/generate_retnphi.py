@@ -38,9 +38,8 @@ from hqf_jax.infer.engine import Settings
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import speculative_generate
 from hqf_jax.infer.token_baseline import (add_token_ratios, kv_cache_tokens_per_s, measure_bytes_per_token,
-                                          read_bytes, timed)
+                                          read_bytes, step_weight_bytes, timed)
 from hqf_jax.nn import generate
-from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from hqf_jax.trainer.extra_heads import fit_extra_heads
 
@@ -84,7 +83,7 @@ def main(argv=None):
     bw = copy_bandwidth(a.copy_mib << 20, 20 if not a.small else 3)
     decoder = retnphi_decoder(a.size, a.dtype)
     bpt, how = measure_bytes_per_token(a.data_paths, decoder.cfg.vocab_size, a.bpe_mb, a.bytes_per_token)
-    rows, tok_wb = [], param_bytes(decoder)
+    rows, tok_wb = [], step_weight_bytes(decoder)
 
     def row(path, b, bps, comp, wb, per_step=1.0):  # bench.generate's row: beside its weight-read limit
         rows.append(dict(config=f"retnphi {a.size}", path=path, batch=b, bytes_per_s=bps, compiles=comp,

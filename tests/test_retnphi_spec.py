@@ -77,6 +77,16 @@ def test_greedy_equals_plain_recurrent_engine_greedy(engine):
     assert 1.0 <= stats["bytes_per_verify"] <= 3.0 and stats["heads"] == 2
 
 
+def test_padded_batch_leaves_the_real_row_unchanged(engine, monkeypatch):
+    """RecurrentEngine(min_rows=4): speculative decoding pads one prompt to 4 rows (copies of row 0, dropped);
+    the real row's sampled bytes and verify counts are those of the unpadded run."""
+    want = speculative_generate(engine, [b"def f(x):"], 16, temperature=1.0, seed=5)
+    monkeypatch.setattr(engine, "min_rows", 4)
+    got = speculative_generate(engine, [b"def f(x):"], 16, temperature=1.0, seed=5)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1]
+
+
 def test_sampled_distribution_equals_plain_sampling(engine):
     check_sampling_equals_plain(engine)
 

@@ -37,6 +37,19 @@ def test_same_size_decoder_matches_the_byte_lm(config):
         assert hf["head_dim"] == 256 and abs(n_byte - 128e6) < 2e6  # the ~128M byte LM (its config says so)
 
 
+def test_a_step_reads_every_weight_but_the_input_embedding():
+    """step_weight_bytes: the limit's weight bytes are the decoder's bf16 parameters less its (untied) input
+    embedding table, of which a step gathers one row a sequence; a tied table is the head too, so it counts."""
+    from hqf_jax.infer.token_baseline import step_weight_bytes
+
+    cfg = model_config(cli.load_config_file("configs/lm_tiny.py").model)
+    for tied in (False, True):
+        hf = dict(decoder_config_like(cfg, 512), tie_word_embeddings=tied)
+        dec = nnx.eval_shape(lambda: HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0)))
+        n = count_params(dec, nnx.Param)
+        assert step_weight_bytes(dec) == 2 * (n if tied else n - 512 * cfg.d_model)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 8), st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3))
 def test_same_size_decoder_body_within_rounding(heads, layers, qk_mult, v_mult, ffn_mult):

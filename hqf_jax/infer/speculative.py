@@ -157,9 +157,10 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
 
 def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
     """(ids (B, max_new), stats) by self-speculative decoding with an Engine or a RecurrentEngine (RetNPhi);
-    needs a model with extra heads. The batch is padded as the engine pads its decode batch (Engine.static_args:
-    batch 1 of unquantized weights on a GPU runs as 8 rows; ``min_rows``), with copies of row 0 (its prompt and settings, so
-    they repeat its bytes) that are dropped after: the real rows' bytes do not change."""
+    needs a model with extra heads. An engine built with an explicit ``min_rows`` pads the batch to that many rows
+    (not the decode default's automatic padding: the verify pass already runs k + 1 rows a sequence; unmeasured),
+    with copies of row 0 (its prompt and settings, so they repeat its bytes) dropped after: the real rows' bytes
+    do not change."""
     k = head_count(engine.model)
     if not k:
         raise EngineError("speculative decoding drafts with the extra heads: train with model.extra_heads=k "
@@ -178,8 +179,8 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
         kind, tokens = "recurrent", jnp.asarray(np.stack(ids))
         lengths = jnp.full((len(ids),), tokens.shape[1], jnp.int32)
     b = len(prompts)
-    rows = engine.static_args(b)[4] if isinstance(engine, Engine) else engine.min_rows
-    if rows > b:  # the engine's decode padding (copies of row 0, dropped after): the verify pass's dots as GEMMs
+    rows = (engine.min_rows or 1) if isinstance(engine, Engine) else engine.min_rows  # explicit min_rows only
+    if rows > b:  # copies of row 0, dropped after
         pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)])  # noqa: E731
         tokens, lengths, settings = pad(tokens), pad(lengths), jax.tree.map(pad, settings)
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),

@@ -131,11 +131,18 @@ def decoder_config_like(cfg, vocab: int = 32000) -> dict:
                 num_key_value_heads=cfg.num_heads, head_dim=head_dim)
 
 
+def step_weight_bytes(decoder) -> int:
+    """Bytes of weights one decode step reads: every parameter but the input embedding table, of which a step
+    gathers one row a sequence (a table tied to the head is read whole, so it counts)."""
+    total = param_bytes(decoder)
+    return total if decoder.lm_head is None else total - param_bytes(decoder.model.embed_tokens)
+
+
 def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float, bytes_per_token: float,
                    vocab: int, prefill: int = 64) -> list[dict]:
     """Rows (bench.generate's form) of the same-size token decoder's KV-cache generation in bytes/s (tokens/s x
     ``bytes_per_token``), random bf16 weights, at each batch; the weight-read limit is the batch's tokens/s at
-    one weight read per step (``bandwidth`` bytes/s) in bytes/s. Prints both models' parameter counts."""
+    one read of the step's weights (step_weight_bytes) per step (``bandwidth`` bytes/s) in bytes/s. Prints both models' parameter counts."""
     hf = decoder_config_like(byte_model.cfg, vocab)
     decoder = HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0))
     c, n_tok, n_byte = byte_model.cfg, count_params(decoder, nnx.Param), count_params(byte_model, nnx.Param)
@@ -144,7 +151,7 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
     print(f"  same-size token decoder: d_model {c.d_model}, {c.num_layers} layers, MLP {c.ffn_dim}, {c.num_heads} "
           f"heads x {hf['head_dim']} (kv {c.num_heads}), vocab {vocab}: {mp(n_tok)} params ({mp(n_tok - emb_tok)} "
           f"without embedding and head); byte LM {mp(n_byte)} ({mp(n_byte - emb_byte)})", flush=True)
-    wb, rows = param_bytes(decoder), []
+    wb, rows = step_weight_bytes(decoder), []
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, steps, reps, prefill)
         rows.append(dict(path="token decoder KV-cache bf16", batch=b, weight_bytes=wb,
