@@ -4,6 +4,8 @@ real kernel on a Hopper GPU (marked gpu). Mosaic GPU has no CPU lowering, and ja
 stops on the warp-specialized pipeline (run_scoped with collective axes; loads from tiled shared memory), so the
 kernel's numbers are checked on the GPU only."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,8 @@ def test_layout_is_the_quantized_weight(spec):
     err = np.abs(model - wm) / np.maximum(np.abs(wm), 1e-30)
     assert np.all((err <= roundings * 2.0**-8) | (wm == 0)), float(np.max(err))
     assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
+    with pytest.raises(KernelLayoutError, match="levels"):  # a codec without its table (or int with one) is refused
+        dataclasses.replace(mw, levels=None if mw.levels else tuple(range(16)))
 
 
 @pytest.mark.parametrize("n,ng,g", [(11008, 64, 64), (4096, 172, 64), (4096, 64, 64), (768, 72, 64),

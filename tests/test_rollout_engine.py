@@ -83,7 +83,8 @@ def test_engine_rollout_refuses_what_it_cannot_do():
 @pytest.mark.study
 def test_bench_rollout_small_times_the_engine_beside_the_loop(capsys):
     """bench.rollout --small: the engine's rollout is a row of the table, beside the step loop's forms, each with
-    positive bytes/s; the loop forms agree on their tokens (same key), the engine is not compared (own stream)."""
+    positive bytes/s; the loop forms agree on their tokens (same key); the engine (own random stream) reports the
+    log-probs the parallel form gives its own tokens."""
     from bench.rollout import main
 
     main(["--small", "--groups", "2", "--reps", "2", "--budget-s", "2", "--no-parallel"])
@@ -93,3 +94,4 @@ def test_bench_rollout_small_times_the_engine_beside_the_loop(capsys):
                        "GRPO train step (fwd+bwd+adamw)"}
     assert all(float(r[-5].replace(",", "")) > 0 for r in rows)
     assert by["recurrent (no prefill)"][-2] == "4/4" and by["engine (rl.rollout_impl=engine)"][-2] == "-"
+    assert float(by["engine (rl.rollout_impl=engine)"][-1]) < 1e-3  # its log-probs are the parallel form's

@@ -95,6 +95,11 @@ class MosaicWeight:
     plan: Plan
     levels: tuple[float, ...] | None = None  # the 16 levels by code of a table codec (NF4, 4-bit φ-grid), else None
 
+    def __post_init__(self):
+        if (self.levels is None) != (self.method == "int") or (self.levels is not None and len(self.levels) != 16):
+            raise KernelLayoutError(f"MosaicWeight(method={self.method!r}): int codes take no levels, a table codec "
+                                    "(nf4, phi) its 16 levels by code (lut_levels)")
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.w.shape[1], self.k
