@@ -324,7 +324,7 @@ def test_short_cuts_reprs_and_keeps_the_root_cause():
 # ---------------------------------------------------------------------- python -m serve
 
 
-def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir):
+def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir, tmp_path):
     """`python -m serve --run RUN --port 0` as a user starts it: it prints its address, answers /health and a
     completion of exactly max_tokens bytes over real HTTP, and ends on SIGINT with exit 0."""
     import http.client
@@ -334,10 +334,11 @@ def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "serve", "--run", str(run_dir), "--port", "0", "--slots", "2",
                           "--chunk", "4", "--dtype", "float32"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=(tmp_path / "stderr.txt").open("w"), text=True)  # a file: a full pipe cannot block it
+    err = lambda: (tmp_path / "stderr.txt").read_text()[-2000:]  # noqa: E731
     try:
         line = p.stdout.readline()  # after the warm-up compiles
-        assert line.startswith(f"serving {run_dir} on http://127.0.0.1:"), (line, p.stderr.read()[-2000:])
+        assert line.startswith(f"serving {run_dir} on http://127.0.0.1:"), (line, err())
         host, port = line.split("http://")[1].split()[0].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
         conn.request("GET", "/health")
@@ -351,7 +352,7 @@ def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir):
     finally:
         p.send_signal(signal.SIGINT)
         rc = p.wait(timeout=60)
-    assert rc == 0, p.stderr.read()[-2000:]
+    assert rc == 0, err()
 
 
 def test_serve_cli_missing_run_is_one_line(tmp_path):

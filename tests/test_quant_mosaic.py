@@ -102,7 +102,8 @@ def test_nf4_select_tree_is_the_table():
                                       NF4_LEVELS.astype(dt).astype(np.float32))
 
 
-@pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("nf4", 16, {"nf4": "select"}), ("nf4", 16, {"nf4": "prmt"}), ("int4z:group_size=128", 37, {"split_k": 2}),
+@pytest.mark.parametrize("spec,b,over", [("int4", 16, {}), ("nf4", 16, {"nf4": "select"}), ("nf4", 16, {"nf4": "prmt"}),
+                                         ("phi4", 16, {}), ("int4z:group_size=128", 37, {"split_k": 2}),
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
                                          ("int4", 64, {"wg_rows": 128, "acc": "value"}),
                                          ("nf4", 128, {"probe": "no_decode"}),

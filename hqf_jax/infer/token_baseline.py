@@ -142,7 +142,8 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
                    vocab: int, prefill: int = 64) -> list[dict]:
     """Rows (bench.generate's form) of the same-size token decoder's KV-cache generation in bytes/s (tokens/s x
     ``bytes_per_token``), random bf16 weights, at each batch; the weight-read limit is the batch's tokens/s at
-    one read of the step's weights (step_weight_bytes) per step (``bandwidth`` bytes/s) in bytes/s. Prints both models' parameter counts."""
+    one read of the step's weights (step_weight_bytes) per step (``bandwidth`` bytes/s) in bytes/s. Prints both
+    models' parameter counts."""
     hf = decoder_config_like(byte_model.cfg, vocab)
     decoder = HFDecoderLM(DecoderConfig.from_hf(hf, dtype="bfloat16"), rngs=nnx.Rngs(0))
     c, n_tok, n_byte = byte_model.cfg, count_params(decoder, nnx.Param), count_params(byte_model, nnx.Param)

@@ -191,7 +191,7 @@ def mosaic_configs(mw, more: int = 3) -> list:
 
     n, _ = mw.shape
     out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")]
-    if mw.levels is not None:  # a table codec (NF4, 4-bit φ-grid): the other decodes beside the default (word lookup): lookup on 2-nibble registers, select tree
+    if mw.levels is not None:  # a table codec (NF4, 4-bit φ-grid): the lookup on 2-nibble registers, the select tree
         out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
     for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):

@@ -5,8 +5,9 @@ the PackedWeight, the weight's plan for the Hopper form (mosaic_layout.py).
     form = layout_form("int", 4, k=4096, n=11008, batch=16, on_hopper=True)    # "mosaic" | "triton"
 
 A layer is stored once (two layouts would double its bytes), so the choice is made when the model is quantized,
-for the decode batch the caller names (the engine's `batch`, the server's slots). Only 4-bit int and NF4 weights
-can take the Hopper layout, and only on a Hopper GPU (Mosaic GPU lowers for sm_90a only).
+for the decode batch the caller names (the engine's `batch`, the server's slots). The table sends 4-bit int and
+NF4 weights to the Hopper layout, on a Hopper GPU only (Mosaic GPU lowers for sm_90a only); the 4-bit φ-grid
+(phi4) can take it too, but only when asked (impl="mosaic"): it has not been measured there.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("int", 8, "mosaic", (768, 768)),
     # NF4 at K, N >= 4096, with the word lookup (stop 30, nf4_words.py): 4096x11008 batch 8 / 16 / 64 Hopper 1.21x /
     # 1.23x / 1.42x bf16 vs Triton tc 0.27x / 0.25x / 0.31x; 11008x4096 1.26x / 1.31x / 1.31x vs 0.09-0.11x;
-    # 4096x4096 batch 8 0.94x vs 0.33x. Batch 1 (stop 29 lookup): the Triton GEMV 1.13-1.62x vs Hopper 0.74-0.77x;
+    # 4096x4096 batch 8 0.94-1.02x (two calls) vs 0.33x. Batch 1 (stop 29 lookup): the Triton GEMV 1.13-1.62x vs
+    # Hopper 0.74-0.77x;
     # batches 2-7 not measured with the word lookup (stop 29's lookup at batch 4: 0.59x vs Triton 0.61x).
     Layout("nf4", 8, "mosaic", (4096, 4096)),
     Layout("*", 1, "triton"),

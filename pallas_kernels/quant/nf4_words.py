@@ -1,14 +1,12 @@
 """NF4 lookup on whole 32-bit words of nibbles: the Hopper kernel's int4 -> WGMMA relayout done on i32, then the
 prmt lookup (nf4_prmt.PROGRAM) on each word.
 
-Why (stop 30, SASS of the NF4 kernel, CUDA 13 ptxas on the dumped PTX): with the lookup taking the int4 tile in
-the WGMMA layout (nf4_prmt.nf4_levels_prmt), each register is two nibbles, and a PTX lookup wants eight; the
-registers of one 32-bit word come interleaved with those of another (flat order: word 0 part 0, word 1 part 0,
-word 0 part 1, ...), so gathering them made LLVM spill 16-bit halves to a 128-byte local array and reassemble
-nibbles with 16-bit shifts and masks (32 ST + 16 LD a tile, 276 IMAD against int4's 68). Here the tile comes in
-the layout it is loaded in (WGMMA_UPCAST_4X: one vector<8 x i4> register = one 32-bit word), the two steps of
-Mosaic GPU's own relayout (4X -> 2X: shuffle by lane distance 2 and prmt; 2X -> WGMMA: distance 1 and prmt) run
-on the i32 words, and each relaid word goes through the lookup whole: no sub-word vector op is left for LLVM.
+With the lookup on the WGMMA layout (nf4_prmt.nf4_levels_prmt) each register holds two nibbles and the registers
+of one 32-bit word are interleaved with those of the next, so gathering eight nibbles for a lookup makes LLVM go
+through local memory (the SASS comparison is in docs/BENCHMARKS.md, stop 30). Here the tile comes in the layout
+it is loaded in (WGMMA_UPCAST_4X: one vector<8 x i4> register = one 32-bit word), the two steps of Mosaic GPU's
+own relayout (4X -> 2X: shuffle by lane distance 2 and prmt; 2X -> WGMMA: distance 1 and prmt) run on the i32
+words, and each relaid word goes through the lookup whole: no sub-word vector op is left for LLVM.
 
 ``wgmma_sources(shape)`` is the register bookkeeping of those two steps, written after Mosaic GPU's
 FragmentedArray.to_layout (the 4-bit branches): for each WGMMA-layout register, the UPCAST_4X register whose
