@@ -14,6 +14,20 @@ os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf
 # A GPU run of the gpu-marked tests keeps the default.
 if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# One XLA compilation cache for the whole test session: the pytest process, both xdist workers (they inherit this
+# environment from the controller, which imports this file first) and every process a test starts (train.lm runs,
+# notebook kernels without their own cache, multi-process workers) load a program compiled before instead of
+# compiling it again. The key covers the HLO, the compile options and XLA_FLAGS, so only the same program is shared;
+# the tests that count traces count Python traces, which the cache does not change. A new folder for each session
+# (removed by the process that made it), so a run never reads programs from an older one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+
+    _cache = tempfile.mkdtemp(prefix="hqf_jax_test_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 OPTIMIZED = {"xla_backend_optimization_level": 2}  # XLA's default, for tests marked xla_optimized (_xla_optimized)
 OPTIMIZED_FLAG = "--xla_backend_optimization_level=2"
 
