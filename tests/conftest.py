@@ -14,6 +14,22 @@ os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf
 # A GPU run of the gpu-marked tests keeps the default.
 if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# One XLA compilation cache for the whole test session: both xdist workers (they inherit this environment from the
+# controller, which imports this file first) and every process a test starts (train.lm runs, multi-process workers)
+# load a program compiled before instead of compiling it again. The processes tests start cache every program (their
+# small ones, init/eval/save, repeat from process to process); the pytest processes only those that took >= 0.5 s
+# (_cache_only_long_compiles: writing every small one cost more than its rare reuse saved). The key covers the HLO,
+# the compile options and XLA_FLAGS, so only the same program is shared; the tests that count traces count Python
+# traces, which the cache does not change. A new folder for each session (removed by the process that made it), so
+# a run never reads programs from an older one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+
+    _cache = tempfile.mkdtemp(prefix="hqf_jax_test_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 OPTIMIZED = {"xla_backend_optimization_level": 2}  # XLA's default, for tests marked xla_optimized (_xla_optimized)
 OPTIMIZED_FLAG = "--xla_backend_optimization_level=2"
 
@@ -33,6 +49,15 @@ def pytest_configure(config):
     Keep the order below instead (same as --no-loadscope-reorder; a no-op without xdist)."""
     if getattr(config.option, "loadscopereorder", None) is not None:
         config.option.loadscopereorder = False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_only_long_compiles():
+    """In the pytest process (a worker), only compiles of >= 0.5 s go to the session's compilation cache (above)."""
+    import jax
+
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,9 @@ from hqf_jax.errors import CheckpointError, ConfigError
 from tests.helpers import ROOT, run_module
 
 TINY = str(ROOT / "configs/lm_tiny.py")
-# a 4-step run with checkpoints at steps 2 and 4 (seconds on a CPU)
-SHORT = ["model.d_model=32", "model.qk_dim=32", "model.v_dim=64", "model.ffn_dim=64", "data.seq_len=32",
+# a 4-step run with checkpoints at steps 2 and 4 (seconds on a CPU); one layer: the command lines, prompt bytes,
+# steps and folders checked here do not depend on the depth, the compiles do
+SHORT = ["model.num_layers=1", "model.d_model=32", "model.qk_dim=32", "model.v_dim=64", "model.ffn_dim=64", "data.seq_len=32",
          "data.batch_size=4", "train.steps=4", "train.ckpt_every=2", "train.eval_every=100", "train.sample_every=100",
          "data.max_files=10", "train.sample_len=1", "train.eval_max_bytes=64"]
 

@@ -76,8 +76,10 @@ def test_lora_run_freezes_base_and_works_with_eval_bpb_generate_and_adapter(setu
     # each extra head's held-out bits per byte fell (they start as copies of the byte head)
     data = b"".join(p.read_bytes() for p in sorted(setup[1].iterdir()))[-4097:]
     x = jnp.asarray(np.frombuffer(data, np.uint8).astype(np.int32).reshape(1, -1))
-    _, before = lm_task.next_byte_loss(fresh, {"inputs": x[:, :-1], "targets": x[:, 1:]}, None, extra_heads_weight=1.0)
-    _, after = lm_task.next_byte_loss(model, {"inputs": x[:, :-1], "targets": x[:, 1:]}, None, extra_heads_weight=1.0)
+    # jitted: one compile for both models (same graph), where eager ran every op of the 4096-byte pass on its own
+    metrics = nnx.jit(lambda m, x: lm_task.next_byte_loss(m, {"inputs": x[:, :-1], "targets": x[:, 1:]}, None,
+                                                          extra_heads_weight=1.0)[1])
+    before, after = metrics(fresh, x), metrics(model, x)
     for j in (1, 2):
         assert float(after[f"extra_head{j}_bpb"]) < float(before[f"extra_head{j}_bpb"]) - 0.05, (j, before, after)
     assert counts["frozen"] == 2 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 48)  # q,o + GQA k,v + MLP
@@ -97,7 +99,8 @@ def test_lora_run_freezes_base_and_works_with_eval_bpb_generate_and_adapter(setu
     base, _ = retnphi_task.build_model(cfg)
     load_adapter(base, str(work / "adapter"), base_sha256=cfg.base_sha256)
     x = jnp.asarray([list(b"import os\n")], jnp.int32)
-    np.testing.assert_array_equal(np.asarray(base(x)), np.asarray(model(x)))
+    logits = nnx.jit(lambda m, x: m(x))  # the same compiled program runs both models
+    np.testing.assert_array_equal(np.asarray(logits(base, x)), np.asarray(logits(model, x)))
 
     # a changed base is refused on rebuild and on resume, in one line naming the fix
     _, _, hf = setup
