@@ -60,6 +60,27 @@ def _cache_only_long_compiles():
     yield
 
 
+MAPS_BEFORE_CLEAR = 30000  # of the kernel's default vm.max_map_count, 65530
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bound_memory_maps():
+    """After a test module, if this process holds more than MAPS_BEFORE_CLEAR memory maps, drop jax's in-memory
+    caches of compiled programs. Each live compiled CPU program holds ~6 maps and a worker keeps them for the whole
+    session: a single process running most of the suite climbed ~3.7k maps a minute and aborted inside XLA at the
+    kernel's limit (2026-11-30). Below the bound nothing is dropped, so a normal run recompiles nothing."""
+    yield
+    try:
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+    except OSError:  # not Linux
+        return
+    if maps > MAPS_BEFORE_CLEAR:
+        import jax
+
+        jax.clear_caches()
+
+
 @pytest.fixture(autouse=True)
 def _xla_optimized(request, monkeypatch):
     """Tests marked ``xla_optimized`` spend their time running many training steps, not compiling: their compiles
