@@ -40,7 +40,8 @@ import numpy as np
 from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
-from hqf_jax.infer.token_baseline import COMPILES, add_token_ratios, measure_bytes_per_token, same_size_rows
+from hqf_jax.infer.token_baseline import (COMPILES, add_token_ratios, measure_bytes_per_token, read_limit,
+                                          same_size_rows)
 from hqf_jax.nn import generate
 from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
@@ -140,7 +141,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
             bps, comp = time_old(model, b, a.steps, a.reps)
             wb = param_bytes(model)  # the model's own (float32) parameters, read once a step
             add(dict(path="old (nn.generate.sample, f32 params)", batch=b, weight_bytes=wb,
-                     bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp))
+                     bytes_per_s=bps, limit_bytes_per_s=read_limit(b, bw, wb), compiles=comp))
     if a.bpt:  # the same-size token decoder's KV-cache generation (hqf_jax.infer.token_baseline)
         for row in same_size_rows(model, batches, a.steps, a.reps, bw, a.bpt, a.token_vocab):
             add(row)
@@ -178,10 +179,9 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
-                add(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb,
-                                bytes_per_s=bps, limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=ops,
-                                bpb=bpb.get(q), bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb
-                                else None))
+                add(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb, bytes_per_s=bps,
+                         limit_bytes_per_s=read_limit(b, bw, wb), compiles=comp, ops_per_step=ops, bpb=bpb.get(q),
+                         bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb else None))
             qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
             # the same engine again with knobs changed: min_rows r pads the whole batch (its dots unpadded), dot_rows
             # r only the fused dots (the batch unpadded); r = 1 is the unpadded row, at every batch
@@ -207,7 +207,8 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                     for k, v in keep.items():
                         setattr(engine, k, v)
                 add(dict(path=f"engine bf16{qn} {impl} {label}", batch=b, weight_bytes=wb, bytes_per_s=bps,
-                         limit_bytes_per_s=b * bw / wb, compiles=comp, ops_per_step=None, bpb=None, bpb_cost=None))
+                         limit_bytes_per_s=read_limit(b, bw, wb), compiles=comp, ops_per_step=None, bpb=None,
+                         bpb_cost=None))
             del engine
     if model.cfg.extra_heads:
         engine = Engine(model, dtype="bfloat16")
@@ -217,7 +218,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
             bps, per = time_speculative(engine, prompts, a.steps, a.reps)
             add(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)" + (f" min_rows {r}" if r else ""),
                      batch=b, weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
-                     limit_bytes_per_s=b * bw / engine.weight_bytes(), bytes_per_verify=per))
+                     limit_bytes_per_s=read_limit(b, bw, engine.weight_bytes()), bytes_per_verify=per))
     for r in out:
         r.update(config=source, heads=model.cfg.extra_heads)
     rows.extend(out)

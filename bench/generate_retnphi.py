@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hqf_jax import cli
-from hqf_jax.infer.bench_setup import RETNPHI_SIZES, build_retnphi, print_table, read_limit, retnphi_decoder
+from hqf_jax.infer.bench_setup import RETNPHI_SIZES, build_retnphi, print_table, retnphi_decoder
 from hqf_jax.infer.engine import Settings
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import speculative_generate
 from hqf_jax.infer.token_baseline import (add_token_ratios, kv_cache_tokens_per_s, measure_bytes_per_token,
-                                          read_bytes, step_weight_bytes, timed)
+                                          read_bytes, read_limit, step_weight_bytes, timed)
 from hqf_jax.nn import generate
 from hqf_jax.quant.kernel_timing import copy_bandwidth
 from hqf_jax.trainer.extra_heads import fit_extra_heads

@@ -72,7 +72,7 @@ def test_bench_serve_load_small():
 
 
 def test_read_limit_is_batch_rows_at_one_weight_read_a_step():
-    from hqf_jax.infer.bench_setup import read_limit
+    from hqf_jax.infer.token_baseline import read_limit
 
     assert read_limit(1, 4e12, 2e9) == 2000.0  # 1 GB/s of bandwidth per GB of weights: a step each 0.5 ms
     assert read_limit(8, 4e12, 2e9, 3.5) == pytest.approx(8 * 2000 * 3.5)  # linear in the batch and bytes a step

@@ -49,15 +49,6 @@ def build_retnphi(decoder: HFDecoderLM, extra_heads: int = 0) -> RetNPhi:
     return RetNPhi.from_decoder(decoder, RetNPhiConfig(byte_init="random", chunk_size=64, extra_heads=extra_heads))
 
 
-def read_limit(batch: int, bandwidth: float, weight_bytes: int, bytes_per_step: float = 1.0) -> float:
-    """Bytes/s of ``batch`` rows at one read of ``weight_bytes`` per decode step at ``bandwidth`` bytes/s, each
-    row emitting ``bytes_per_step`` bytes a step (1 for a byte model; a token decoder's bytes per token)."""
-    if batch < 1 or bandwidth <= 0 or weight_bytes <= 0 or bytes_per_step <= 0:
-        raise ValueError(f"read_limit needs positive figures: batch {batch}, bandwidth {bandwidth}, weight bytes "
-                         f"{weight_bytes}, bytes per step {bytes_per_step}")
-    return batch * bandwidth / weight_bytes * bytes_per_step
-
-
 def warm_slots(engine: Engine, batch: int, steps: int, prompt: bytes = b"The quic"):
     """Slots of ``batch`` rows (sampling at temperature 1, top-p 0.95) after prefill and one decode call of
     ``steps`` steps, finished: the decode loop is compiled and the next calls time only the decode."""

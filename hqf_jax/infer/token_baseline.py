@@ -131,6 +131,15 @@ def decoder_config_like(cfg, vocab: int = 32000) -> dict:
                 num_key_value_heads=cfg.num_heads, head_dim=head_dim)
 
 
+def read_limit(batch: int, bandwidth: float, weight_bytes: int, bytes_per_step: float = 1.0) -> float:
+    """Bytes/s of ``batch`` rows at one read of ``weight_bytes`` per decode step at ``bandwidth`` bytes/s, each
+    row emitting ``bytes_per_step`` bytes a step (1 for a byte model; a token decoder's bytes per token)."""
+    if batch < 1 or bandwidth <= 0 or weight_bytes <= 0 or bytes_per_step <= 0:
+        raise ValueError(f"read_limit needs positive figures: batch {batch}, bandwidth {bandwidth}, weight bytes "
+                         f"{weight_bytes}, bytes per step {bytes_per_step}")
+    return batch * bandwidth / weight_bytes * bytes_per_step
+
+
 def step_weight_bytes(decoder) -> int:
     """Bytes of weights one decode step reads: every parameter but the input embedding table, of which a step
     gathers one row a sequence (a table tied to the head is read whole, so it counts)."""
@@ -156,7 +165,8 @@ def same_size_rows(byte_model, batches, steps: int, reps: int, bandwidth: float,
     for b in batches:
         tps, comp = kv_cache_tokens_per_s(decoder, b, steps, reps, prefill)
         rows.append(dict(path="token decoder KV-cache bf16", batch=b, weight_bytes=wb,
-                         bytes_per_s=tps * bytes_per_token, limit_bytes_per_s=b * bandwidth / wb * bytes_per_token,
+                         bytes_per_s=tps * bytes_per_token,
+                         limit_bytes_per_s=read_limit(b, bandwidth, wb, bytes_per_token),
                          compiles=comp, bytes_per_token=bytes_per_token, params=n_tok, byte_lm_params=n_byte))
     return rows
 
