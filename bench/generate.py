@@ -16,7 +16,7 @@ The old path's calls include its prefill of an 8-byte prompt (under 1% of a call
 are random (speed does not depend on their values) unless --run is given. Quantized engines on a GPU multiply
 through pallas_kernels.quant.quant_matmul, whose ROUTES table picks the GEMV form at batch <= 2 and the
 tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer shape and batch.
-"compiles" counts backend compiles inside the timed calls (0 unless a call recompiles; once 136 bytes/s).
+"compiles" counts backend compiles inside the timed calls (0 unless a call recompiles, which the timing includes).
 Token decoder (on unless --no-token; hqf_jax.infer.token_baseline): per config, a Llama-family decoder with the
 byte LM's d_model, layers, MLP width and heads, attention as wide as the retention's weights, a --token-vocab
 vocabulary, random bf16 weights (both parameter counts printed); a cache prefilled once (64 tokens), each call
