@@ -62,3 +62,54 @@ def test_word_relayout_bookkeeping_is_a_bijection(shape):
     assert sorted(src.flat) == sorted((w, p) for w in words for p in range(4))
     # per thread of the warpgroup (128): 2 elements a register, the whole tile over the 128 threads
     assert 2 * src.size * 128 == shape[0] * shape[1]
+
+
+def _coords(layout, shape, thread, reg_idx):
+    """(row, col) of each vector element of register reg_idx of a warpgroup thread, in numpy: Mosaic GPU's
+    TiledLayout.thread_idxs (linear index = warp + lane + register offsets over the tiled strides), the vector
+    elements along vector_dim."""
+    strides = layout.tiling.tile_strides((shape[1], 1))
+    tiled = layout.tiled_tiling_shape
+
+    def offset(idx, dims):  # _delinearize_index: dims major-to-minor
+        sizes = [tiled[d] for d in dims]
+        out = 0
+        for d, size, stride in zip(dims, sizes, np.cumprod([1] + sizes[::-1][:-1])[::-1]):
+            out += (idx // int(stride)) % size * strides[d]  # d < 0: a dimension of the tiled suffix
+        return out
+
+    base = offset(thread % 32, layout.lane_dims) + offset(thread // 32 % 4, layout.warp_dims)
+    base += sum(i * s for i, s in zip(reg_idx, strides))
+    lin = [base + v * strides[layout.vector_dim] for v in range(layout.vector_length)]
+    return [divmod(x, shape[1]) for x in lin]
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 128)])
+def test_word_relayout_puts_every_nibble_where_wgmma_reads_it(shape):
+    """The lookup's relayout, simulated for a whole warpgroup: every UPCAST_4X word holds its eight elements'
+    coordinates (per byte: low nibble, high nibble), the two steps (shuffle by lane distance 2 + prmt, then 1 +
+    prmt, with nf4_words' permutes) run on all 128 threads, and each WGMMA-layout register that wgmma_sources
+    assigns to a (word, nibble pair) holds exactly the coordinates the WGMMA layout gives that register."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    from pallas_kernels.quant.nf4_words import STEP_2X_WGMMA, STEP_4X_2X, wgmma_sources
+
+    l4, lw = fa.WGMMA_LAYOUT_UPCAST_4X, fa.WGMMA_LAYOUT
+    words = {(t, idx): _coords(l4, shape, t, idx)  # 8 nibbles = 4 bytes of 2 elements each
+             for t in range(128) for idx in np.ndindex(l4.registers_shape(shape))}
+
+    def step(state, spec, first):
+        dist, perm_first, perm_other = spec
+        out = {}
+        for (t, idx), w in state.items():
+            other = state[(t ^ dist, idx)]  # shfl.bfly within the warp
+            sel = perm_first if first(t) else perm_other
+            src = [w[2 * i:2 * i + 2] for i in range(4)] + [other[2 * i:2 * i + 2] for i in range(4)]
+            out[(t, idx)] = [e for i in range(4) for e in src[sel >> (4 * i) & 0xF]]
+        return out
+
+    relaid = step(step(words, STEP_4X_2X, lambda t: t % 4 < 2), STEP_2X_WGMMA, lambda t: t % 2 == 0)
+    sources = wgmma_sources(shape)
+    for t in range(128):
+        for reg, (word, part) in np.ndenumerate(sources):
+            assert relaid[(t, word)][2 * part:2 * part + 2] == _coords(lw, shape, t, reg), (t, reg)

@@ -10,10 +10,10 @@ words, and each relaid word goes through the lookup whole: no sub-word vector op
 
 ``wgmma_sources(shape)`` is the register bookkeeping of those two steps, written after Mosaic GPU's
 FragmentedArray.to_layout (the 4-bit branches): for each WGMMA-layout register, the UPCAST_4X register whose
-relaid word holds it and which of its four nibble pairs. The CPU test checks it is a bijection and that the
-2X -> WGMMA step pairs the two halves of one word in order (where Mosaic's own code relies on LLVM seeing the
-pair as a no-op); that the shuffles reproduce Mosaic's relayout is checked on the GPU (tests/test_quant_mosaic.py,
-every NF4 case against the jnp model).
+relaid word holds it and which of its four nibble pairs. The CPU tests check it is a bijection and simulate the
+two steps on a whole warpgroup (every thread's words carrying their elements' coordinates from Mosaic GPU's
+layouts): each WGMMA register ends up holding the elements that layout gives it; the GPU runs the kernel against
+the jnp model (tests/test_quant_mosaic.py, every NF4 case).
 """
 
 from __future__ import annotations
