@@ -41,7 +41,7 @@ from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.infer.token_baseline import (COMPILES, add_token_ratios, measure_bytes_per_token, read_limit,
-                                          same_size_rows)
+                                          same_size_rows, timed)
 from hqf_jax.nn import generate
 from hqf_jax.nn.hf_loading import param_bytes
 from hqf_jax.quant.kernel_timing import copy_bandwidth
@@ -51,13 +51,8 @@ from pallas_kernels.quant.layout_table import hopper
 def time_old(model, batch: int, steps: int, reps: int) -> tuple[float, int]:
     """(bytes/s, compiles inside the timed calls)."""
     prompts = jnp.asarray(np.stack([generate.encode_prompt(b"The quic")] * batch))
-    run = lambda i: generate.sample(model, prompts, steps, jax.random.PRNGKey(i), temperature=1.0)
-    run(0).block_until_ready()
-    before = COMPILES[0]
-    t = time.perf_counter()
-    outs = [run(i + 1) for i in range(reps)]
-    jax.block_until_ready(outs)
-    return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
+    sec, comp = timed(lambda i: generate.sample(model, prompts, steps, jax.random.PRNGKey(i), temperature=1.0), reps)
+    return batch * steps / sec, comp
 
 
 def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[float, int]:
