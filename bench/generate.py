@@ -268,7 +268,8 @@ def main(argv=None):
         a.bpb_seq, a.token_vocab, a.bpe_mb = min(a.bpb_seq, 128), min(a.token_vocab, 512), min(a.bpe_mb, 0.05)
     a.bpt, how = (None, "-") if a.no_token else measure_bytes_per_token(a.data_paths, a.token_vocab, a.bpe_mb,
                                                                           a.bytes_per_token)
-    print(f"bytes/token {a.bpt or 0:.2f} ({how})", flush=True)  # now: a run cut short keeps it
+    if a.bpt:
+        print(f"bytes/token {a.bpt:.2f} ({how})", flush=True)  # now: a run cut short keeps it
     batches = [int(b) for b in a.batches.split(",")]
     a.extra_unrolls = [int(u) for u in a.extra_unrolls.split(",") if u.strip()]
     a.dot_rows = [int(r) for r in a.dot_rows.split(",") if r.strip()]
