@@ -64,26 +64,6 @@ def test_word_relayout_bookkeeping_is_a_bijection(shape):
     assert 2 * src.size * 128 == shape[0] * shape[1]
 
 
-def _coords(layout, shape, thread, reg_idx):
-    """(row, col) of each vector element of register reg_idx of a warpgroup thread, in numpy: Mosaic GPU's
-    TiledLayout.thread_idxs (linear index = warp + lane + register offsets over the tiled strides), the vector
-    elements along vector_dim."""
-    strides = layout.tiling.tile_strides((shape[1], 1))
-    tiled = layout.tiled_tiling_shape
-
-    def offset(idx, dims):  # _delinearize_index: dims major-to-minor
-        sizes = [tiled[d] for d in dims]
-        out = 0
-        for d, size, stride in zip(dims, sizes, np.cumprod([1] + sizes[::-1][:-1])[::-1]):
-            out += (idx // int(stride)) % size * strides[d]  # d < 0: a dimension of the tiled suffix
-        return out
-
-    base = offset(thread % 32, layout.lane_dims) + offset(thread // 32 % 4, layout.warp_dims)
-    base += sum(i * s for i, s in zip(reg_idx, strides))
-    lin = [base + v * strides[layout.vector_dim] for v in range(layout.vector_length)]
-    return [divmod(x, shape[1]) for x in lin]
-
-
 @pytest.mark.parametrize("shape", [(64, 64), (128, 128)])
 def test_word_relayout_puts_every_nibble_where_wgmma_reads_it(shape):
     """The lookup's relayout, simulated for a whole warpgroup: every UPCAST_4X word holds its eight elements'
@@ -92,10 +72,10 @@ def test_word_relayout_puts_every_nibble_where_wgmma_reads_it(shape):
     assigns to a (word, nibble pair) holds exactly the coordinates the WGMMA layout gives that register."""
     from jax.experimental.mosaic.gpu import fragmented_array as fa
 
-    from pallas_kernels.quant.nf4_words import STEP_2X_WGMMA, STEP_4X_2X, wgmma_sources
+    from pallas_kernels.quant.nf4_words import STEP_2X_WGMMA, STEP_4X_2X, layout_coords, wgmma_sources
 
     l4, lw = fa.WGMMA_LAYOUT_UPCAST_4X, fa.WGMMA_LAYOUT
-    words = {(t, idx): _coords(l4, shape, t, idx)  # 8 nibbles = 4 bytes of 2 elements each
+    words = {(t, idx): layout_coords(l4, shape, t, idx)  # 8 nibbles = 4 bytes of 2 elements each
              for t in range(128) for idx in np.ndindex(l4.registers_shape(shape))}
 
     def step(state, spec, first):
@@ -112,4 +92,21 @@ def test_word_relayout_puts_every_nibble_where_wgmma_reads_it(shape):
     sources = wgmma_sources(shape)
     for t in range(128):
         for reg, (word, part) in np.ndenumerate(sources):
-            assert relaid[(t, word)][2 * part:2 * part + 2] == _coords(lw, shape, t, reg), (t, reg)
+            assert relaid[(t, word)][2 * part:2 * part + 2] == layout_coords(lw, shape, t, reg), (t, reg)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 64), (64, 128), (128, 256)])
+def test_shuffled_codes_need_no_relayout(shape):
+    """Codes stored in nf4_words.column_order (stored column c = the weight's column order[c], every row): a tile
+    of any plan's shape (64 or 128 rows, groups of 64-256 columns) loaded in WGMMA_UPCAST_4X holds, unmoved, what
+    each WGMMA register reads (the words the lookup takes with relayout=False)."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    from pallas_kernels.quant.nf4_words import column_order, layout_coords, wgmma_sources
+
+    order = column_order(shape[1])
+    assert sorted(order) == list(range(shape[1]))
+    for t in range(128):
+        for reg, (word, part) in np.ndenumerate(wgmma_sources(shape)):
+            held = layout_coords(fa.WGMMA_LAYOUT_UPCAST_4X, shape, t, word)[2 * part:2 * part + 2]
+            assert [(r, int(order[c])) for r, c in held] == layout_coords(fa.WGMMA_LAYOUT, shape, t, reg)

@@ -72,10 +72,55 @@ def wgmma_sources(shape: tuple[int, int]) -> np.ndarray:
     return res
 
 
-def nf4_levels_words(w, levels=None):
+def layout_coords(layout, shape: tuple[int, int], thread: int, reg_idx: tuple) -> list[tuple[int, int]]:
+    """(row, col) of each vector element of register ``reg_idx`` of warpgroup thread ``thread`` in a Mosaic GPU
+    TiledLayout, in numpy: TiledLayout.thread_idxs (linear index = warp + lane + register offsets over the tiled
+    strides), the vector's elements along vector_dim."""
+    strides = layout.tiling.tile_strides((shape[1], 1))
+    tiled = layout.tiled_tiling_shape
+
+    def offset(idx, dims):  # TiledLayout._delinearize_index: dims major-to-minor
+        sizes = [tiled[d] for d in dims]
+        out = 0
+        for d, size, stride in zip(dims, sizes, np.cumprod([1] + sizes[::-1][:-1])[::-1]):
+            out += (idx // int(stride)) % size * strides[d]  # d < 0: a dimension of the tiled suffix
+        return out
+
+    base = offset(thread % 32, layout.lane_dims) + offset(thread // 32 % 4, layout.warp_dims)
+    base += sum(i * s for i, s in zip(reg_idx, strides))
+    lin = [base + v * strides[layout.vector_dim] for v in range(layout.vector_length)]
+    return [divmod(int(x), shape[1]) for x in lin]
+
+
+def column_order(group: int) -> np.ndarray:
+    """The pre-shuffle of a group's columns (MosaicWeight.shuffled): stored column c holds the weight's column
+    order[c], the same for every row, so that a tile loaded in WGMMA_UPCAST_4X holds in each 32-bit word, unmoved,
+    the nibbles the two relayout steps would bring there: the kernel skips the shuffles. Computed from Mosaic GPU's
+    layouts on a (64, 64) tile; it repeats every 64 columns and rows (tests/test_nf4_prmt.py checks 64 and 128
+    rows, groups of 64-256)."""
+    from jax.experimental.mosaic.gpu import fragmented_array as fa
+
+    shape = (64, 64)
+    order = np.full(shape, -1, np.int64)
+    for t in range(128):
+        for reg, (word, part) in np.ndenumerate(wgmma_sources(shape)):
+            want, held = layout_coords(fa.WGMMA_LAYOUT, shape, t, reg), layout_coords(fa.WGMMA_LAYOUT_UPCAST_4X,
+                                                                                        shape, t, word)
+            for e in range(2):
+                r, c = held[2 * part + e]
+                if want[e][0] != r:
+                    raise NotImplementedError("the pre-shuffle moves codes across rows: not a column order")
+                order[r, c] = want[e][1]
+    if (order != order[0]).any() or sorted(order[0]) != list(range(64)):
+        raise NotImplementedError("the pre-shuffle is not one column order for every row")
+    return np.concatenate([order[0] + 64 * b for b in range(group // 64)])
+
+
+def nf4_levels_words(w, levels=None, relayout: bool = True):
     """(R, C) int4 array of v = code - 8 in the WGMMA_UPCAST_4X layout (as plgpu.load gives it) -> the bf16
-    levels (NF4's unless ``levels``, 16 by code, is given) in the WGMMA layout. Inside a Mosaic GPU Pallas kernel
-    only (Hopper)."""
+    levels (NF4's unless ``levels``, 16 by code, is given) in the WGMMA layout. ``relayout=False``: the codes were
+    stored in ``column_order`` (MosaicWeight.shuffled), so the loaded words already hold what the relayout would
+    bring and it is skipped. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
     from jax.experimental.mosaic import gpu as mgpu
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.mosaic.gpu import fragmented_array as fa
@@ -107,7 +152,7 @@ def nf4_levels_words(w, levels=None):
         def pair(word_idx, part):  # bf16x2 of nibble pair `part` of the relaid word
             if word_idx not in relaid:
                 word = mu.bitcast(arr.registers[word_idx], i32)
-                relaid[word_idx] = step(step(word, STEP_4X_2X, first_2x), STEP_2X_WGMMA, even)
+                relaid[word_idx] = step(step(word, STEP_4X_2X, first_2x), STEP_2X_WGMMA, even) if relayout else word
             key = (word_idx, part // 2)
             if key not in looked:
                 src = relaid[word_idx] if part < 2 else arith.shrui(relaid[word_idx], c(16))
