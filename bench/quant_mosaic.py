@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="int4,nf4")
     ap.add_argument("--batches", default="1,4,8,16,32,64,256")
     ap.add_argument("--target-s", type=float, default=0.05)
+    ap.add_argument("--shuffle", action="store_true", help="NF4 / phi4 weights with their codes in the "
+                    "lookup's column order (prepare_mosaic(shuffle=True): no relayout in the kernel)")
     ap.add_argument("--budget-s", type=float, default=360.0)
     ap.add_argument("--no-routes", action="store_true", help="skip the ROUTES (Triton) kernel column")
     ap.add_argument("--keep", type=int, default=2, help="after a weight's first batch, try only the plan and the "
@@ -61,7 +63,7 @@ def main(argv=None):
         w16s = bf16_copies(w)
         for method in a.methods.split(","):
             q = Q.quantize(w, method)
-            hw = hopper_weights(q)
+            hw = hopper_weights(q, a.shuffle)
             pw, mw, wm, mws, pws, floor_ws = (hw[key] for key in ("pw", "mw", "wm", "mws", "pws", "floor_ws"))
             ideal = k * n * 2 / mw.nbytes
             floor = None

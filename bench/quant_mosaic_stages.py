@@ -109,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="int4,nf4")
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--target-s", type=float, default=0.03)
+    ap.add_argument("--shuffle", action="store_true", help="NF4 / phi4 weights with their codes in the "
+                    "lookup's column order (prepare_mosaic(shuffle=True): no relayout in the kernel)")
     ap.add_argument("--budget-s", type=float, default=300.0)
     ap.add_argument("--trace", action="store_true", help="the kernels of one full call, from a profiler trace")
     ap.add_argument("--sweep", type=int, default=0, help="copy and full probes of the plan and N other forms")
@@ -123,7 +125,7 @@ def main(argv=None):
         w16s = bf16_copies(w)
         for method in a.methods.split(","):
             q = Q.quantize(w, method)
-            hw = hopper_weights(q)
+            hw = hopper_weights(q, a.shuffle)
             mw, wm, mws, floor_ws = hw["mw"], hw["wm"], hw["mws"], hw["floor_ws"]
             for b in (int(v) for v in a.batches.split(",")):
                 if time.perf_counter() - t0 > a.budget_s:

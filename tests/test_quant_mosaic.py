@@ -25,9 +25,9 @@ _prep = jax.jit(M.prepare_mosaic, static_argnums=1)  # one compile per weight sh
 _model = jax.jit(M.decode_model)
 
 
-def _abstract(spec, k, n, plan=None):
+def _abstract(spec, k, n, plan=None, shuffle=False):
     """The MosaicWeight of a (k, n) weight quantized by spec, shapes only (no quantization work)."""
-    return jax.eval_shape(lambda pw: M.prepare_mosaic(pw, plan), placeholder(parse_method(spec), n, k))
+    return jax.eval_shape(lambda pw: M.prepare_mosaic(pw, plan, shuffle), placeholder(parse_method(spec), n, k))
 
 
 SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256",
@@ -58,6 +58,25 @@ def test_layout_is_the_quantized_weight(spec):
     assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
     with pytest.raises(KernelLayoutError, match="levels"):  # a codec without its table (or int with one) is refused
         dataclasses.replace(mw, levels=None if mw.levels else tuple(range(16)))
+
+
+@pytest.mark.parametrize("spec", ["nf4", "nf4:group_size=256", "phi4"])
+def test_shuffled_layout_is_the_same_weight(spec):
+    """prepare_mosaic(shuffle=True) stores each group's columns in nf4_words.column_order (so the kernel's lookup
+    skips the relayout): other codes in each group, the same weight by the kernel's jnp model; int4 is refused and
+    so are the decodes that read the weight's own column order."""
+    _, q = _case(spec, 512, 128, 1)
+    plain, shuffled = M.prepare_mosaic(prepare(q)), M.prepare_mosaic(prepare(q), shuffle=True)
+    assert shuffled.shuffled and not np.array_equal(np.asarray(plain.w, np.int8), np.asarray(shuffled.w, np.int8))
+    np.testing.assert_array_equal(np.asarray(_model(shuffled)), np.asarray(_model(plain)))
+    with pytest.raises(KernelLayoutError, match="nf4='words'"):
+        M.resolve(shuffled, 8, M.MosaicBlocks(nf4="prmt"))
+    _, q4 = _case("int4", 256, 128, 1)
+    with pytest.raises(KernelLayoutError, match="NF4 and phi4"):
+        M.prepare_mosaic(prepare(q4), shuffle=True)
+    x = jax.ShapeDtypeStruct((16, 512), jnp.bfloat16)  # the kernel traces with it
+    assert jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw), x, _abstract(spec, 512, 256, shuffle=True)).shape == (
+        16, 256)
 
 
 @pytest.mark.parametrize("n,ng,g", [(11008, 64, 64), (4096, 172, 64), (4096, 64, 64), (768, 72, 64),
@@ -169,6 +188,14 @@ def test_gpu_cases_fit(spec, b, blocks):
 def test_mosaic_on_gpu(spec, b, blocks):
     x, q = _case(spec, 1024, 512, b, seed=b)
     _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q)), blocks), x, q)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec,b", [("nf4", 8), ("nf4:group_size=256", 100), ("phi4", 32), ("nf4dq:dq_block=4", 16)])
+def test_mosaic_shuffled_on_gpu(spec, b):
+    """Codes stored in the lookup's column order: the kernel skips the relayout and gives the same product."""
+    x, q = _case(spec, 1024, 512, b, seed=b)
+    _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), shuffle=True)), x, q)
 
 
 @pytest.mark.gpu

@@ -150,15 +150,16 @@ def bf16_copies(w) -> list:
     return [w16] + [copy_tree(w16) for _ in range(copies_for(w.size * 2, False) - 1)]
 
 
-def hopper_weights(q) -> dict:
-    """What the Hopper sweeps time for a QTensor: its PackedWeight (pw) and MosaicWeight (mw), L2-defeating copies
-    of both (pws, mws), random words of mw's size for the read floor (floor_ws), the dequantized matrix (wm)."""
+def hopper_weights(q, shuffle: bool = False) -> dict:
+    """What the Hopper sweeps time for a QTensor: its PackedWeight (pw) and MosaicWeight (mw; ``shuffle``: codes
+    in the lookup's column order, table codecs), L2-defeating copies of both (pws, mws), random words of mw's size
+    for the read floor (floor_ws), the dequantized matrix (wm)."""
     from hqf_jax.quant.linear import prepare
     from hqf_jax.quant.qtensor import dequantize_matrix
     from pallas_kernels.quant.mosaic_layout import prepare_mosaic
 
     pw = prepare(q)
-    mw = prepare_mosaic(pw)
+    mw = prepare_mosaic(pw, shuffle=shuffle and q.cfg.method != "int")
     mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
     return dict(pw=pw, mw=mw, wm=dequantize_matrix(q), mws=mws,
                 pws=[pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)],
@@ -191,7 +192,7 @@ def mosaic_configs(mw, more: int = 3) -> list:
 
     n, _ = mw.shape
     out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")]
-    if mw.levels is not None:  # a table codec (NF4, 4-bit φ-grid): the lookup on 2-nibble registers, the select tree
+    if mw.levels is not None and not mw.shuffled:  # table codecs: the lookup on 2-nibble registers, the select tree
         out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
     for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):

@@ -94,6 +94,9 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
         problems.append(f"acc={b.acc!r}: use 'value' or 'ref'")
     if b.nf4 not in NF4_DECODES:
         problems.append(f"nf4={b.nf4!r}: use one of {NF4_DECODES}")
+    elif mw.shuffled and b.nf4 != "words":
+        problems.append(f"nf4={b.nf4!r} reads the codes in the weight's own column order: a shuffled weight "
+                        "(prepare_mosaic(..., shuffle=True)) takes nf4='words'")
     if b.probe not in PROBES:
         problems.append(f"probe={b.probe!r}: use one of {PROBES}")
     if ng % (b.split_k * b.groups):
@@ -149,8 +152,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
             if blocks.probe == "no_decode":
                 return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
             w = plgpu.load(w_smem, (j, rows), layout=plgpu.Layout.WGMMA_UPCAST_4X)
-            if nf4 and blocks.nf4 == "words":
-                w = nf4_levels_words(w, mw.levels)  # relayout on i32 words, then the lookup
+            if nf4 and blocks.nf4 == "words":  # relayout on i32 words (none if the codes are shuffled), lookup
+                w = nf4_levels_words(w, mw.levels, relayout=not mw.shuffled)
             elif nf4 and blocks.nf4 == "prmt":
                 w = nf4_levels_prmt(plgpu.layout_cast(w, plgpu.Layout.WGMMA), mw.levels)
             else:

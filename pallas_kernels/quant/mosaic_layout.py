@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hqf_jax.ops import quant_grids as qg
 from pallas_kernels.quant.decode import decoder, tables_for
@@ -94,11 +95,15 @@ class MosaicWeight:
     k: int  # input features (before padding)
     plan: Plan
     levels: tuple[float, ...] | None = None  # the 16 levels by code of a table codec (NF4, 4-bit φ-grid), else None
+    shuffled: bool = False  # each group's columns stored in nf4_words.column_order (table codecs: no relayout)
 
     def __post_init__(self):
         if (self.levels is None) != (self.method == "int") or (self.levels is not None and len(self.levels) != 16):
             raise KernelLayoutError(f"MosaicWeight(method={self.method!r}): int codes take no levels, a table codec "
                                     "(nf4, phi) its 16 levels by code (lut_levels)")
+        if self.shuffled and self.levels is None:
+            raise KernelLayoutError("shuffle=True stores the codes for the table lookup's words: NF4 and phi4 "
+                                    "weights only (int4 converts through Mosaic GPU's own relayout)")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -112,7 +117,7 @@ class MosaicWeight:
 
 
 jax.tree_util.register_dataclass(MosaicWeight, data_fields=["w", "scale", "offset"],
-                                 meta_fields=["group", "method", "k", "plan", "levels"])
+                                 meta_fields=["group", "method", "k", "plan", "levels", "shuffled"])
 
 
 def lut_levels(cfg) -> tuple[float, ...] | None:
@@ -152,9 +157,10 @@ def _codes(pw: PackedWeight) -> jax.Array:
     return ((words[:, :, None] >> shifts) & jnp.uint32(15)).reshape(pw.rows, pw.cols)
 
 
-def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None) -> MosaicWeight:
+def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None, shuffle: bool = False) -> MosaicWeight:
     """The Mosaic form's layout of a 4-bit int / NF4 / 4-bit φ-grid PackedWeight (one XLA pass; nothing is
-    dequantized)."""
+    dequantized). ``shuffle`` (table codecs): each group's columns stored in nf4_words.column_order, so that the
+    kernel's lookup skips the relayout of every tile."""
     check_mosaic(pw)
     cfg = pw.cfg
     g = getattr(cfg, "group_size", None) or pw.cols
@@ -174,9 +180,14 @@ def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None) -> MosaicWeight:
             off = (8.0 - offset).T.astype(jnp.bfloat16)
     pad = plan.n_groups - ng
     w3 = jnp.pad(signed.reshape(pw.rows, ng, g).transpose(1, 0, 2), ((0, pad), (0, 0), (0, 0)))
+    if shuffle and lut_levels(cfg) is not None:
+        from pallas_kernels.quant.nf4_words import column_order  # here: numpy bookkeeping of Mosaic GPU's layouts
+
+        w3 = w3[:, :, column_order(g)]
     off = None if off is None else jnp.pad(off, ((0, pad), (0, 0)))
     return MosaicWeight(w=w3.astype(jnp.int4), scale=jnp.pad(mult.T.astype(jnp.bfloat16), ((0, pad), (0, 0))),
-                        offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan, levels=lut_levels(cfg))
+                        offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan, levels=lut_levels(cfg),
+                        shuffled=shuffle)
 
 
 def nf4_level(v: jax.Array, levels=None) -> jax.Array:
@@ -196,7 +207,12 @@ def nf4_level(v: jax.Array, levels=None) -> jax.Array:
 def decode_model(mw: MosaicWeight) -> jax.Array:
     """(N, K) float32 weight exactly as the kernel feeds wgmma (bf16 products), in jnp: the kernel's reference."""
     ng, n, g = mw.w.shape
-    v = mw.w.astype(jnp.float32).astype(jnp.bfloat16).transpose(1, 0, 2).reshape(n, ng * g)
+    w = mw.w
+    if mw.shuffled:  # back to the weight's column order: stored column c is column order[c]
+        from pallas_kernels.quant.nf4_words import column_order
+
+        w = w[:, :, np.argsort(column_order(g))]
+    v = w.astype(jnp.float32).astype(jnp.bfloat16).transpose(1, 0, 2).reshape(n, ng * g)
     if mw.levels is not None:
         v = nf4_level(v, mw.levels)
     if mw.offset is not None:
