@@ -25,3 +25,12 @@ def check_product(y, x, q):
     scale = np.abs(np.asarray(x, np.float32)) @ np.abs(np.asarray(wm, np.float32)).T
     assert y.shape == ref.shape
     assert np.all(np.abs(y - ref) <= 2.0**-7 * (scale + np.abs(ref)) + 1e-6), float(np.max(np.abs(y - ref)))
+
+
+def mosaic_abstract(spec, k, n, plan=None, shuffle=False):
+    """The Hopper form's MosaicWeight of a (k, n) weight quantized by spec, shapes only (no quantization work)."""
+    from hqf_jax.quant.config import parse_method
+    from hqf_jax.quant.linear import placeholder
+    from pallas_kernels.quant.mosaic_layout import prepare_mosaic
+
+    return jax.eval_shape(lambda pw: prepare_mosaic(pw, plan, shuffle), placeholder(parse_method(spec), n, k))

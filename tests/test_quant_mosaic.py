@@ -12,22 +12,18 @@ import numpy as np
 import pytest
 
 from hqf_jax.ops.quant_grids import NF4_LEVELS
-from hqf_jax.quant.config import parse_method
-from hqf_jax.quant.linear import placeholder, prepare
+from hqf_jax.quant.linear import prepare
 from hqf_jax.quant.qtensor import dequantize_matrix
 from pallas_kernels.quant import KernelLayoutError
 from pallas_kernels.quant import mosaic as M
-from tests.quant_cases import check_product, quant_case
+from tests.quant_cases import check_product, mosaic_abstract, quant_case
 
 
-_case, _check = quant_case, check_product
+_case, _check, _abstract = quant_case, check_product, mosaic_abstract
 _prep = jax.jit(M.prepare_mosaic, static_argnums=1)  # one compile per weight shape, not one per eager op
 _model = jax.jit(M.decode_model)
 
 
-def _abstract(spec, k, n, plan=None, shuffle=False):
-    """The MosaicWeight of a (k, n) weight quantized by spec, shapes only (no quantization work)."""
-    return jax.eval_shape(lambda pw: M.prepare_mosaic(pw, plan, shuffle), placeholder(parse_method(spec), n, k))
 
 
 SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256",
@@ -204,97 +200,3 @@ def test_mosaic_padded_plan_on_gpu(spec):
     """A plan that pads K (5 groups -> 6, split 3): the padded groups contribute nothing."""
     x, q = _case(spec, 5 * (128 if "128" in spec else 64), 256, 24, seed=3)
     _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), M.Plan(64, 1, 3, 6))), x, q)
-
-
-def test_quant_linear_takes_the_hopper_form_where_it_can():
-    """impl="mosaic": int4 layers hold the Hopper layout, a layer it cannot take (int8) keeps the Triton forms;
-    on a CPU qlinear says the form needs a Hopper GPU; weight bytes count int4 codes at half a byte."""
-    from hqf_jax.infer.engine import weight_bytes
-    from hqf_jax.quant.linear import qlinear
-    from hqf_jax.quant.model import QuantLinear
-    from hqf_jax.quant.config import QuantConfigError
-
-    x, q4 = _case("int4", 256, 128, 2)
-    _, q8 = _case("int8", 256, 128, 2)
-    l4, l8 = QuantLinear(q4, "mosaic"), QuantLinear(q8, "mosaic")
-    assert l4.impl == "mosaic" and isinstance(l4.weight.get_value(), M.MosaicWeight)
-    assert l8.impl == "pallas"
-    mw = l4.weight.get_value()
-    assert weight_bytes(l4) == mw.nbytes == 128 * mw.plan.n_groups * 64 // 2 + mw.scale.size * 2
-    if jax.default_backend() == "cpu":
-        with pytest.raises(QuantConfigError, match="Hopper GPU"):
-            qlinear(x, mw, "mosaic")
-
-
-def test_engine_takes_the_hopper_form_for_its_decode_batch(monkeypatch):
-    """Engine(quant="int4", batch=B) with quant_impl "auto" on a Hopper GPU (backend and device faked: only
-    weights are prepared, nothing runs): the layers the dispatcher's table sends to the Hopper form at B hold the
-    Hopper layout, the same engine built for batch 1 keeps the Triton forms, and NF4 follows its own row."""
-    from flax import nnx
-
-    from hqf_jax.infer import Engine
-    from hqf_jax.quant.model import QuantLinear
-    from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
-    from pallas_kernels.quant import layout_table as T
-
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(T, "hopper", lambda: True)
-    monkeypatch.setattr(T, "LAYOUTS", (T.Layout("int", 8, "mosaic", (128, 128)), T.Layout("nf4", 16, "mosaic",
-                                                                                             (128, 128)),
-                                       T.Layout("*", 1, "triton")))
-    cfg = RetNetConfig(d_model=128, num_layers=1, num_heads=2, qk_dim=128, v_dim=128, ffn_dim=256, chunk_size=8)
-    model = RetNetLM(cfg, nnx.Rngs(0))
-
-    def impls(quant, batch):
-        eng = Engine(model, dtype="float32", quant=quant, batch=batch, prompt_bucket=8)
-        return {type(node.weight.get_value()).__name__: node.impl
-                for _, node in nnx.iter_graph(eng.model) if isinstance(node, QuantLinear)}
-
-    assert impls("int4", 8) == {"MosaicWeight": "mosaic"}
-    assert impls("int4", 1) == {"PackedWeight": "pallas"}
-    assert impls("nf4", 8) == {"PackedWeight": "pallas"} and impls("nf4", 16) == {"MosaicWeight": "mosaic"}
-
-
-def test_stage_probe_arithmetic_and_cpu_exit():
-    """bench.quant_mosaic_stages: the derived stage costs are the probe differences; on a CPU it exits 2."""
-    from bench import quant_mosaic_stages as S
-
-    t = dict(full=10e-6, no_decode=6e-6, copy=4e-6, floor=2e-6, bf16=20e-6)
-    d = S.stage_row(t)
-    assert d["decode"] == pytest.approx(4e-6) and d["tensor"] == pytest.approx(2e-6)
-    assert d["copy_over_floor"] == pytest.approx(2.0) and d["x_bf16"] == pytest.approx(2.0)
-    assert S.row_md("4096x11008", "int4/g64", 16, t, d).count("|") == S.HEADER.splitlines()[0].count("|")
-    if jax.default_backend() == "cpu":
-        assert S.main(["--shapes", "256x128"]) == 2
-
-
-@pytest.mark.gpu
-def test_stage_probes_compute_what_they_claim_on_gpu():
-    """no_decode: wgmma on a tile of ones, so every output is the row sum of x; copy (value accumulator): zeros."""
-    x, q = _case("int4", 512, 256, 16, seed=5)
-    mw = M.prepare_mosaic(prepare(q))
-    y = M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(probe="no_decode")).astype(jnp.float32)
-    want = jnp.sum(x.astype(jnp.float32), axis=1, keepdims=True)
-    np.testing.assert_allclose(np.asarray(y), np.broadcast_to(np.asarray(want), y.shape), rtol=2e-2, atol=2e-2)
-    z = M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(probe="copy", acc="value"))
-    assert not np.any(np.asarray(z))
-
-
-def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct (rows,
-    groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
-    from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
-
-    mw = _abstract("int4", 4096, 11008)
-    cs = mosaic_configs(mw, 3)
-    assert cs[:3] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")] and len(cs) == 6
-    forms = {(c.wg_rows, c.groups) for c in cs[3:]}
-    assert len(forms) == 3 and (mw.plan.wg_rows, mw.plan.groups) not in forms
-    for c in cs:
-        r = M.resolve(mw, 16, c)
-        assert mw.plan.n_groups % (r.split_k * r.groups) == 0
-    p = mw.plan
-    assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")
-    nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
-    assert nf[3:5] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 8
-    assert mosaic_cfg_str(nf[3]).endswith("/prmt") and mosaic_cfg_str(nf[4]).endswith("/select")
