@@ -110,3 +110,16 @@ def test_shuffled_codes_need_no_relayout(shape):
         for reg, (word, part) in np.ndenumerate(wgmma_sources(shape)):
             held = layout_coords(fa.WGMMA_LAYOUT_UPCAST_4X, shape, t, word)[2 * part:2 * part + 2]
             assert [(r, int(order[c])) for r, c in held] == layout_coords(fa.WGMMA_LAYOUT, shape, t, reg)
+
+
+def test_bookkeeping_refuses_layouts_it_does_not_follow(monkeypatch):
+    """Where Mosaic GPU's layouts break nf4_words' assumptions, column_order says so (KernelLayoutError naming the
+    fallback) instead of returning a wrong order: here a source map whose two row halves are swapped (axis 4 of the
+    WGMMA registers: rows r and r + 8 of each 16-row tile)."""
+    from pallas_kernels.quant import nf4_words as W
+    from pallas_kernels.quant.layout import KernelLayoutError
+
+    real = W.wgmma_sources
+    monkeypatch.setattr(W, "wgmma_sources", lambda shape: real(shape)[:, :, :, :, ::-1])
+    with pytest.raises(KernelLayoutError, match="shuffle=True"):
+        W.column_order(64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from hqf_jax.ops.quant_grids import NF4_LEVELS
+from pallas_kernels.quant.layout import KernelLayoutError
 
 INTERLEAVE = (0x5140, 0x7362)  # (lo, hi) bytes -> bf16 pairs of elements (0, 1) and (2, 3)
 
@@ -148,7 +149,8 @@ def nf4_levels_prmt(w, levels=None):
         per = max(1, 8 // vlen)  # registers per 32-bit word of nibbles
         flat = list(regs.flat)
         if len(flat) % per or (8 % vlen if vlen < 8 else vlen % 8):
-            raise NotImplementedError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles")
+            raise KernelLayoutError(f"nf4_levels_prmt: {len(flat)} registers of {vlen} nibbles, where it reads whole "
+                                    "32-bit words of them: use MosaicBlocks(nf4='words') or nf4='select'")
 
         asm = ptx(levels)
 

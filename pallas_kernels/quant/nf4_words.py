@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from pallas_kernels.quant.layout import KernelLayoutError
+
 # Mosaic GPU's permutes of the two relayout steps (fragmented_array.py, the 4-bit branches), by lane parity.
 STEP_4X_2X = (2, 0x5410, 0x3276)  # shuffle distance; prmt for lanes with (lane % 4) < 2, for the others
 STEP_2X_WGMMA = (1, 0x6240, 0x3715)  # shuffle distance; prmt for even lanes, for odd ones
+# what to use where this jax's Mosaic GPU layouts break the bookkeeping's assumptions (checked, not assumed)
+WORDS_FALLBACK = "use MosaicBlocks(nf4='prmt') or nf4='select' (lookups on Mosaic GPU's own relayout)"
+SHUFFLE_FALLBACK = "prepare the weight without shuffle=True"
 
 
 class _Src:  # a label in the bookkeeping arrays (numpy would broadcast a tuple)
@@ -57,7 +62,8 @@ def wgmma_sources(shape: tuple[int, int]) -> np.ndarray:
     words = np.empty(minor.size // 2, object)
     for k, (lo, hi) in enumerate(zip(minor.flat[::2], minor.flat[1::2], strict=True)):
         if lo.word != hi.word or (lo.part, hi.part) != (0, 1):
-            raise NotImplementedError(f"relayout of {shape}: a paired word is not one 4X word ({lo.word}, {hi.word})")
+            raise KernelLayoutError(f"relayout of {shape}: a paired word is not one 4X word ({lo.word}, {hi.word}); "
+                                    f"this Mosaic GPU's layouts are not the ones nf4_words follows: {WORDS_FALLBACK}")
         words[k] = _Src(lo.word, None)
     words = np.moveaxis(words.reshape(*minor.shape[:-1], minor.shape[-1] // 2), -1, 1)
     out = np.empty(fa.WGMMA_LAYOUT.registers_shape(shape), object)
@@ -65,7 +71,7 @@ def wgmma_sources(shape: tuple[int, int]) -> np.ndarray:
         for part in range(4):
             _put(out, (idx[0], idx[1] * 4 + part, *idx[2:-1]), _Src(w.word, part))
     if any(r is None for r in out.flat):
-        raise NotImplementedError(f"relayout of {shape}: a WGMMA register has no source")
+        raise KernelLayoutError(f"relayout of {shape}: a WGMMA register has no source; {WORDS_FALLBACK}")
     res = np.empty(out.shape, object)
     for idx, s in np.ndenumerate(out):
         res[idx] = (s.word, s.part)
@@ -109,10 +115,10 @@ def column_order(group: int) -> np.ndarray:
             for e in range(2):
                 r, c = held[2 * part + e]
                 if want[e][0] != r:
-                    raise NotImplementedError("the pre-shuffle moves codes across rows: not a column order")
+                    raise KernelLayoutError(f"the pre-shuffle moves codes across rows: {SHUFFLE_FALLBACK}")
                 order[r, c] = want[e][1]
     if (order != order[0]).any() or sorted(order[0]) != list(range(64)):
-        raise NotImplementedError("the pre-shuffle is not one column order for every row")
+        raise KernelLayoutError(f"the pre-shuffle is not one column order for every row: {SHUFFLE_FALLBACK}")
     return np.concatenate([order[0] + 64 * b for b in range(group // 64)])
 
 
