@@ -27,6 +27,7 @@ at --bytes-per-token, assumed and said so). Each row also carries its weight MB 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -54,9 +55,9 @@ def engine_call(engine: Engine | RecurrentEngine, batch: int, steps: int):
 
 def token_call(decoder, batch: int, steps: int):
     """``call()``: one KV-cache call of ``steps`` sampled steps from the prefilled cache (compiled here)."""
-    run, i = kv_cache_call(decoder, batch, steps), iter(range(1 << 30))
-    jax.block_until_ready(run(next(i)))
-    return lambda: run(next(i))
+    run, keys = kv_cache_call(decoder, batch, steps), itertools.count()
+    jax.block_until_ready(run(next(keys)))
+    return lambda: run(next(keys))
 
 
 def chained(call, calls: int):
@@ -93,7 +94,8 @@ def verdict(r: dict) -> str:
 
 def tables(rows: list[dict], head: str) -> str:
     out = [head, "", "| impl | weight MB | bytes/s (no profiler) | µs/step (no profiler) | wall µs/step (traced) | "
-           "busy µs/step | idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | max gap µs |",
+           "busy µs/step | idle µs/step | busy % | kernels/step | HLO ops/step | median µs | p90 µs | "
+           "max gap µs |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

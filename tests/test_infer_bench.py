@@ -146,7 +146,8 @@ def test_bench_generate_retnphi_spec_heads_small(tmp_path, capsys):
                for r in spec)
     assert any(r["path"] == "token decoder KV-cache" and r["batch"] == 1 for r in rows)
     line = next(x for x in out.splitlines() if x.startswith("extra heads (2"))
-    before, after = (np.array(x.split("]")[0].split(", "), float) for x in line.split("held-out head bpb [")[1].split("-> ["))
+    parts = line.split("held-out head bpb [")[1].split("-> [")
+    before, after = (np.array(x.split("]")[0].split(", "), float) for x in parts)
     assert (after < before).all(), line
     assert out.count("accepted bytes per verify") == 2 and "NOT representative" in out
     assert out.count("x the token decoder at batch 1") == 2 and "nanx" not in out

@@ -67,7 +67,8 @@ def test_fused_engine_greedy_bytes_equal():
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("impl,quant", [("jnp", None), ("jnp", "int8:group_size=32")])  # padding is in _decode: any impl
+# the padding is in _decode, so any decode impl: jnp, and jnp over int8 kernels
+@pytest.mark.parametrize("impl,quant", [("jnp", None), ("jnp", "int8:group_size=32")])
 def test_min_rows_padding_leaves_the_real_rows_unchanged(impl, quant):
     """A batch padded with copies of row 0 (Engine(min_rows=...)) gives the real rows the same bytes, greedy and
     sampled, and the same slots after, over chained decode calls."""

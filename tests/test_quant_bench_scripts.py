@@ -4,6 +4,8 @@ passes the bench's own check against its reference, and the probe times every st
 import math
 import re
 
+import pytest
+
 from bench import quant_kernel_probe
 from bench import quant_kernels as bench_quant_kernels
 
@@ -77,3 +79,22 @@ def test_lower_only_new_batches():
                                   "int4,nf4", "--sweep", "small"])
     out = buf.getvalue()
     assert re.search(r"lowered for cuda: [1-9]\d* ok, 0 failed", out), out
+
+
+def test_sass_counts_reads_cuobjdump_and_ptxas_text(tmp_path):
+    """bench.sass_counts (the SASS table of docs/BENCHMARKS.md, stop 30): opcodes counted without modifiers and
+    with their predicated forms, ptxas -v's registers / stack / spills read, and a clear exit without ptxas."""
+    from bench.sass_counts import main, opcode_counts, ptxas_report
+
+    sass = """
+        /*0010*/                   PRMT R3, R2, 0x5410, R1 ;                         /* 0x0000541002037816 */
+        /*0020*/              @!P0 PRMT R4, R2, 0x3276, R1 ;                         /* 0x0000327602048816 */
+        /*0030*/                   ST.E.U16 desc[UR14][R4.64+0xc], R43 ;              /* 0x00000c2b04007985 */
+        /*0040*/               @P1 IMAD.MOV.U32 R5, RZ, RZ, R6 ;                     /* 0x000000ffff057224 */
+    """
+    assert opcode_counts(sass) == {"PRMT": 2, "ST": 1, "IMAD": 1}
+    rep = ptxas_report("ptxas info    : Function properties for k\n    128 bytes stack frame, 0 bytes spill stores, "
+                       "0 bytes spill loads\nptxas info    : Used 168 registers, used 16 barriers")
+    assert rep == dict(registers=168, stack=128, spill_stores=0, spill_loads=0)
+    with pytest.raises(SystemExit, match="no ptxas"):
+        main([str(tmp_path), "--cuda-bin", str(tmp_path)])

@@ -88,8 +88,8 @@ def test_stage_probes_compute_what_they_claim_on_gpu():
 
 
 def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct (rows,
-    groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct
+    (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
     from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
 
     mw = _abstract("int4", 4096, 11008)

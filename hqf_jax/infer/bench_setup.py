@@ -1,7 +1,7 @@
 """What the decode benchmarks share (bench.generate, bench.generate_retnphi, bench.decode_profile): the model they
 time (a config's random weights, or a run's trained ones; RetNPhi converted from a random decoder of a named size),
 an engine's slots after one warm-up decode call, the op count of one decode step from the compiled loop's HLO, and
-the weight-read limit with the summary table."""
+the summary table (the weight-read limit itself: token_baseline.read_limit)."""
 
 from __future__ import annotations
 

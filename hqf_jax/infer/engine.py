@@ -47,8 +47,8 @@ DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", 
 PADDED_IMPLS = ("fused", "fused_pallas", "fused_pallas_split")  # the steps whose dots XLA emits (dot_rows)
 AUTO_DOT_ROWS = 8  # fused dots of a one-row step (H200, 2026-11-30: 1.12-1.14x at 125M, 1.28-1.30x at ~1B)
 # H200, 2026-11-30, 125M batch 1: jnp 1,261 -> 1,945 bytes/s at 8 rows, fused_pallas 2,083 (dots padded) -> 2,206;
-# int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so quantized engines are not padded; batches 2-7
-# not measured padded, so not padded
+# ~1B: jnp 497 -> 901, fused_pallas 796 -> 1,025; int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so
+# quantized engines are not padded; batches 2 and 4 padded: 0.92-0.96x, so batches 2-7 are not
 AUTO_MIN_ROWS = 8
 
 

@@ -174,4 +174,3 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
         new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
     logits = padded_rows(model.head, model.norm(x).astype(jnp.float32), dot_rows)
     return logits, tuple(new)
-

@@ -53,17 +53,21 @@ class Slots(NamedTuple):
     settings: Settings
 
 
+def repeat_row0(a: jax.Array, rows: int) -> jax.Array:
+    """a (B, ...) with copies of its row 0 appended up to ``rows`` rows."""
+    return jnp.concatenate([a, jnp.repeat(a[:1], rows - a.shape[0], 0)])
+
+
 def pad_rows(slots: Slots, rows: int) -> tuple[Slots, Slots | None]:
     """(slots of at least ``rows`` rows, which leaves were padded) inside a jitted decode: copies of row 0 fill
     the batch in every leaf whose first axis is the batch (a position shared by all rows, a scalar, is left).
-    Rows sample independently (per-row keys), so the real rows' bytes and states are unchanged; ``take_rows``
-    drops the copies from exactly the padded leaves after."""
+    A row's bytes depend on its own state and key only, so the real rows' bytes and states are unchanged (the
+    copies, settings included, repeat row 0); ``take_rows`` drops them from exactly the padded leaves after."""
     b = slots.token.shape[0]
     if b >= rows:
         return slots, None
     padded = jax.tree.map(lambda a: bool(jnp.ndim(a)) and a.shape[0] == b, slots)
-    fill = lambda a, p: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)]) if p else a
-    return jax.tree.map(fill, slots, padded), padded
+    return jax.tree.map(lambda a, p: repeat_row0(a, rows) if p else a, slots, padded), padded
 
 
 def take_rows(slots: Slots, out: jax.Array, b: int, padded: Slots | None) -> tuple[Slots, jax.Array]:

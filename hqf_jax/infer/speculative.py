@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from hqf_jax.infer.engine import Engine, EngineError, Settings, encode
+from hqf_jax.infer.generator import repeat_row0
 from hqf_jax.infer.step import absorb, forward, init_state
 from hqf_jax.ops.sampling import filter_logits_rows
 
@@ -181,8 +182,7 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
     b = len(prompts)
     rows = (engine.min_rows or 1) if isinstance(engine, Engine) else engine.min_rows  # explicit min_rows only
     if rows > b:  # copies of row 0, dropped after
-        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[:1], rows - b, 0)])  # noqa: E731
-        tokens, lengths, settings = pad(tokens), pad(lengths), jax.tree.map(pad, settings)
+        tokens, lengths, settings = jax.tree.map(lambda a: repeat_row0(a, rows), (tokens, lengths, settings))
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
                                         engine.vocab_limit, kind)
     ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]

@@ -11,9 +11,9 @@ embedding and head (vocab x d_model each) and the retention's group-norm scales 
 
 Timing (``timed``): one warm-up call, then ``reps`` calls dispatched back to back, block_until_ready at the end;
 ``COMPILES`` counts the backend compiles inside the timed calls (0 in a sound timing: a recompile inside the
-timed calls is timed with them). KV-cache generation (``kv_cache_tokens_per_s``): a cache prefilled once with ``prefill`` tokens
-(untimed, as the engine rows' prefill), then each timed call is one jitted lax.scan of ``steps`` sampled decode
-steps from that cache (attending over its prefill + steps positions, masked).
+timed calls is timed with them). KV-cache generation (``kv_cache_tokens_per_s``): a cache prefilled once with
+``prefill`` tokens (untimed, as the engine rows' prefill), then each timed call is one jitted lax.scan of
+``steps`` sampled decode steps from that cache (attending over its prefill + steps positions, masked).
 """
 
 from __future__ import annotations
