@@ -121,5 +121,9 @@ def test_bookkeeping_refuses_layouts_it_does_not_follow(monkeypatch):
 
     real = W.wgmma_sources
     monkeypatch.setattr(W, "wgmma_sources", lambda shape: real(shape)[:, :, :, :, ::-1])
-    with pytest.raises(KernelLayoutError, match="shuffle=True"):
-        W.column_order(64)
+    W._column_order_64.cache_clear()  # computed once a process: from the patched map here, the real one after
+    try:
+        with pytest.raises(KernelLayoutError, match="shuffle=True"):
+            W.column_order(64)
+    finally:
+        W._column_order_64.cache_clear()

@@ -18,6 +18,8 @@ the jnp model (tests/test_quant_mosaic.py, every NF4 case).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from pallas_kernels.quant.layout import KernelLayoutError
@@ -104,6 +106,12 @@ def column_order(group: int) -> np.ndarray:
     the nibbles the two relayout steps would bring there: the kernel skips the shuffles. Computed from Mosaic GPU's
     layouts on a (64, 64) tile; it repeats every 64 columns and rows (tests/test_nf4_prmt.py checks 64 and 128
     rows, groups of 64-256)."""
+    return np.concatenate([np.asarray(_column_order_64()) + 64 * b for b in range(group // 64)])
+
+
+@functools.lru_cache(maxsize=None)
+def _column_order_64() -> tuple[int, ...]:
+    """The order of one 64-column block (column_order), computed once a process."""
     from jax.experimental.mosaic.gpu import fragmented_array as fa
 
     shape = (64, 64)
@@ -119,7 +127,7 @@ def column_order(group: int) -> np.ndarray:
                 order[r, c] = want[e][1]
     if (order != order[0]).any() or sorted(order[0]) != list(range(64)):
         raise KernelLayoutError(f"the pre-shuffle is not one column order for every row: {SHUFFLE_FALLBACK}")
-    return np.concatenate([order[0] + 64 * b for b in range(group // 64)])
+    return tuple(int(c) for c in order[0])
 
 
 def nf4_levels_words(w, levels=None, relayout: bool = True):
