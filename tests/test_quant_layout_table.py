@@ -25,6 +25,10 @@ def test_layout_table_picks_by_method_shape_batch_and_device():
     assert form("nf4", 4, 4096, 4096, 64) == "triton"
     assert form("int", 8, 4096, 4096, 64) == "triton" and form("phi", 4, 4096, 4096, 64) == "triton"
     assert form("int", 4, 512, 256, 8, hop=False) == "triton"
+    wide = (Layout("int", 8, "mosaic", bits=8), Layout("phi", 1, "mosaic"), Layout("*", 1, "triton"))
+    by = lambda m, bits, b: layout_form(m, bits, 4096, 4096, b, True, wide)  # noqa: E731
+    assert [by("int", 8, 8), by("int", 8, 4), by("int", 4, 8)] == ["mosaic", "triton", "triton"]  # a row's width
+    assert [by("phi", 4, 1), by("phi", 5, 1), by("int", 3, 8)] == ["mosaic", "triton", "triton"]  # codes it holds
     with pytest.raises(ValueError, match="batch=0"):
         form("int", 4, 512, 256, 0)
     assert layout_form("int", 4, 4096, 11008, 16, True) == "mosaic"  # the shipped table's measured row

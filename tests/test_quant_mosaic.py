@@ -27,7 +27,7 @@ _model = jax.jit(M.decode_model)
 
 
 SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256",
-         "phi4"]
+         "phi4", "int8", "int8:symmetric=false:group_size=128"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -37,13 +37,16 @@ def test_layout_is_the_quantized_weight(spec):
     _, q = _case(spec, 256, 128, 1)
     mw = _prep(prepare(q))
     ng = 256 // mw.group
-    assert mw.w.dtype == jnp.int4 and mw.shape == (128, 256) and mw.w.shape[1:] == (128, mw.group)
+    bits = 8 if spec.startswith("int8") else 4
+    assert mw.bits == bits and mw.w.dtype == (jnp.int8 if bits == 8 else jnp.int4)
+    assert mw.shape == (128, 256) and mw.w.shape[1:] == (128, mw.group)
     assert mw.w.shape[0] == mw.plan.n_groups >= ng and mw.scale.shape == (mw.plan.n_groups, 128)
     assert mw.scale.dtype == jnp.bfloat16
-    assert (mw.offset is not None) == spec.startswith("int4z")
+    assert (mw.offset is not None) == (spec.startswith("int4z") or "symmetric=false" in spec)
     codes = np.asarray(q.codes["idx" if spec.startswith("phi") else "q"], np.int64)
     signed = np.asarray(mw.w.astype(jnp.int32))[:ng].transpose(1, 0, 2).reshape(128, 256)
-    centre = 7 if spec in ("int4", "int4:group_size=128") else 8
+    symmetric = spec in ("int4", "int4:group_size=128", "int8")
+    centre = 2 ** (bits - 1) - (1 if symmetric else 0)
     np.testing.assert_array_equal(signed, codes - centre)
     wm = np.asarray(dequantize_matrix(q), np.float32)
     model = np.asarray(_model(mw))
@@ -51,7 +54,8 @@ def test_layout_is_the_quantized_weight(spec):
     roundings = 3 if spec.startswith(("nf4", "phi")) else 2
     err = np.abs(model - wm) / np.maximum(np.abs(wm), 1e-30)
     assert np.all((err <= roundings * 2.0**-8) | (wm == 0)), float(np.max(err))
-    assert mw.nbytes < 128 * 256 * 2 / 3 * mw.plan.n_groups / ng  # 4 bits a weight plus bf16 group multipliers
+    # `bits` a weight plus bf16 group multipliers (and offsets)
+    assert mw.nbytes < 128 * 256 * (bits / 8 + 1 / 6) * mw.plan.n_groups / ng
     with pytest.raises(KernelLayoutError, match="levels"):  # a codec without its table (or int with one) is refused
         dataclasses.replace(mw, levels=None if mw.levels else tuple(range(16)))
 
@@ -122,7 +126,8 @@ def test_nf4_select_tree_is_the_table():
                                          ("nf4", 8, {"groups": 2, "split_k": 1, "acc": "ref"}),
                                          ("int4", 64, {"wg_rows": 128, "acc": "value"}),
                                          ("nf4", 128, {"probe": "no_decode"}),
-                                         ("int4z", 40, {"probe": "copy", "acc": "value"})])
+                                         ("int4z", 40, {"probe": "copy", "acc": "value"}), ("int8", 16, {}),
+                                         ("int8:symmetric=false:group_size=128", 40, {"split_k": 2, "acc": "value"})])
 def test_kernel_traces(spec, b, over):
     """The kernel body traces (shapes, specs, the pipeline's carry) for each codec and option; output shape."""
     x = jax.ShapeDtypeStruct((b, 512), jnp.bfloat16)
@@ -130,7 +135,7 @@ def test_kernel_traces(spec, b, over):
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("spec,n,message", [("int8", 128, "4-bit"), ("phi5u8", 128, "4-bit index without deviation"),
+@pytest.mark.parametrize("spec,n,message", [("int:bits=6", 128, "4-bit codes .int: 4 or 8."), ("phi5u8", 128, "4-bit index without deviation"),
                                             ("int4:group_size=32", 128, "group_size=32"),
                                             ("int4", 96, "multiple of 128")])
 def test_refuses_weights_it_cannot_take(spec, n, message):
@@ -157,8 +162,9 @@ def test_refuses_options_it_cannot_run():
 
 
 def _gpu_blocks(spec):
-    """Explicit options per case; groups of 256 columns take half the groups per step (shared memory)."""
-    wide = "256" in spec
+    """Explicit options per case; groups of 256 columns, and 8-bit codes, take half the groups per step (shared
+    memory)."""
+    wide = "256" in spec or spec.startswith("int8")
     return [(8, M.MosaicBlocks()), (16, M.MosaicBlocks(split_k=2, groups=1, acc="value")),
             (64, M.MosaicBlocks(stages=2, groups=1, split_k=1)),
             (100, M.MosaicBlocks(block_b=32 if wide else 64, groups=2)),

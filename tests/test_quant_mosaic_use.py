@@ -14,8 +14,9 @@ from tests.quant_cases import quant_case as _case
 
 
 def test_quant_linear_takes_the_hopper_form_where_it_can():
-    """impl="mosaic": int4 layers hold the Hopper layout, a layer it cannot take (int8) keeps the Triton forms;
-    on a CPU qlinear says the form needs a Hopper GPU; weight bytes count int4 codes at half a byte."""
+    """impl="mosaic": int4 and int8 layers hold the Hopper layout, a layer it cannot take (phi5u8: a 5-bit index
+    and a deviation) keeps the Triton forms; on a CPU qlinear says the form needs a Hopper GPU; weight bytes count
+    int4 codes at half a byte, int8 at one."""
     from hqf_jax.infer.engine import weight_bytes
     from hqf_jax.quant.linear import qlinear
     from hqf_jax.quant.model import QuantLinear
@@ -23,11 +24,13 @@ def test_quant_linear_takes_the_hopper_form_where_it_can():
 
     x, q4 = _case("int4", 256, 128, 2)
     _, q8 = _case("int8", 256, 128, 2)
-    l4, l8 = QuantLinear(q4, "mosaic"), QuantLinear(q8, "mosaic")
-    assert l4.impl == "mosaic" and isinstance(l4.weight.get_value(), M.MosaicWeight)
-    assert l8.impl == "pallas"
-    mw = l4.weight.get_value()
+    _, q5 = _case("phi5u8", 256, 128, 2)
+    l4, l8, l5 = QuantLinear(q4, "mosaic"), QuantLinear(q8, "mosaic"), QuantLinear(q5, "mosaic")
+    assert l4.impl == l8.impl == "mosaic" and isinstance(l4.weight.get_value(), M.MosaicWeight)
+    assert l5.impl == "pallas"
+    mw, mw8 = l4.weight.get_value(), l8.weight.get_value()
     assert weight_bytes(l4) == mw.nbytes == 128 * mw.plan.n_groups * 64 // 2 + mw.scale.size * 2
+    assert weight_bytes(l8) == mw8.nbytes == 128 * mw8.plan.n_groups * 64 + mw8.scale.size * 2
     if jax.default_backend() == "cpu":
         with pytest.raises(QuantConfigError, match="Hopper GPU"):
             qlinear(x, mw, "mosaic")

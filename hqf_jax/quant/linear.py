@@ -3,13 +3,13 @@
     y = qlinear(x, q, impl="reference")   # dequantize in XLA, bf16 matmul (any codec, any device)
     y = qlinear(x, q, impl="pallas")      # fused Pallas kernel on the packed words (phi / int / NF4; GPU, or
                                           # interpret=True on CPU); never writes the dequantized weight
-    y = qlinear(x, q, impl="mosaic")      # Hopper (Mosaic GPU) kernel, 4-bit int / NF4: int4 codes group by
-                                          # group, wgmma fed from registers (pallas_kernels/quant/mosaic.py)
+    y = qlinear(x, q, impl="mosaic")      # Hopper (Mosaic GPU) kernel, int4 / int8 / NF4 / phi4: codes group
+                                          # by group, wgmma fed from registers (pallas_kernels/quant/mosaic.py)
 
 x (..., K) with q quantizing a Flax kernel (K, N) -> y (..., N) in x's dtype (bf16 products, f32 accumulation).
 For impl="pallas" pass q through prepare_for(q, "pallas") (= prepare(q), the kernels' PackedWeight) once and
 reuse the result; for impl="mosaic" through prepare_for(q, "mosaic") (its MosaicWeight; a KernelLayoutError says
-why the form cannot take a weight: it needs 4-bit codes, groups of 64/128/256, outputs a multiple of 128). The
+why the form cannot take a weight: it needs 4-bit codes or int8, groups of 64/128/256, outputs a multiple of 128). The
 kernels (pallas_kernels/quant/) are imported inside the functions that use them, so that importing this module does
 not load Pallas's Triton backend.
 """

@@ -25,7 +25,7 @@ def auto_impl(q: QTensor, batch: int = 1) -> str:
     from pallas_kernels.quant.layout_table import layout_form  # here, not at the top: keeps Pallas unloaded
 
     k, n = q.shape
-    bits = getattr(q.cfg, "bits", 4)  # NF4's config has no bits field: its codes are 4-bit
+    bits = getattr(q.cfg, "bits", getattr(q.cfg, "index_bits", 4))  # NF4's config has neither: its codes are 4-bit
     return "mosaic" if layout_form(q.cfg.method, bits, k, n, batch) == "mosaic" else "pallas"
 
 

@@ -5,9 +5,9 @@ the PackedWeight, the weight's plan for the Hopper form (mosaic_layout.py).
     form = layout_form("int", 4, k=4096, n=11008, batch=16, on_hopper=True)    # "mosaic" | "triton"
 
 A layer is stored once (two layouts would double its bytes), so the choice is made when the model is quantized,
-for the decode batch the caller names (the engine's `batch`, the server's slots). The table sends 4-bit int and
-NF4 weights to the Hopper layout, on a Hopper GPU only (Mosaic GPU lowers for sm_90a only); the 4-bit φ-grid
-(phi4) can take it too, but only when asked (impl="mosaic"): it has not been measured there.
+for the decode batch the caller names (the engine's `batch`, the server's slots). The Hopper layout takes 4-bit
+int, int8, NF4 and the 4-bit φ-grid (phi4), on a Hopper GPU only (Mosaic GPU lowers for sm_90a only); a row names
+the code width it was measured at.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import jax
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    method: str  # "int" | "nf4" | "*"
+    method: str  # "int" | "nf4" | "phi" | "*"
     min_batch: int  # the row holds for decode batch >= min_batch
     form: str  # "mosaic": the Hopper layout (MosaicWeight); "triton": the PackedWeight (ROUTES picks by batch)
     min_shape: tuple[int, int] = (0, 0)  # (K, N): the row holds where in features >= K and out features >= N
+    bits: int = 4  # code width (a φ-grid's index bits); "*" rows hold for any
 
 
 # Measured on one H200 (jax 0.11.2), 2026-11-30, docs/BENCHMARKS.md "The Hopper kernel": `python -m
@@ -56,6 +57,9 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
+HOPPER_CODES = (("int", 4), ("int", 8), ("nf4", 4), ("phi", 4))  # what MosaicWeight holds (mosaic_layout.py)
+
+
 def hopper() -> bool:
     """True on an H100 / H200 / H800 / GH200 (sm_90): where Mosaic GPU lowers."""
     d = jax.devices()[0]
@@ -64,12 +68,14 @@ def hopper() -> bool:
 
 def layout_form(method: str, bits: int, k: int, n: int, batch: int = 1, on_hopper: bool | None = None,
                 table: tuple[Layout, ...] | None = None) -> str:
-    """"mosaic" or "triton" for a (k in, n out) weight of this method and code width at this decode batch."""
+    """"mosaic" or "triton" for a (k in, n out) weight of this method and code width (a φ-grid's index bits) at
+    this decode batch."""
     if batch < 1:
         raise ValueError(f"batch={batch}: the decode batch is at least 1")
-    if bits != 4 or method not in ("int", "nf4") or not (hopper() if on_hopper is None else on_hopper):
+    if (method, bits) not in HOPPER_CODES or not (hopper() if on_hopper is None else on_hopper):
         return "triton"
     for row in LAYOUTS if table is None else table:
-        if row.method in ("*", method) and batch >= row.min_batch and k >= row.min_shape[0] and n >= row.min_shape[1]:
+        same = row.method == "*" or (row.method == method and row.bits == bits)
+        if same and batch >= row.min_batch and k >= row.min_shape[0] and n >= row.min_shape[1]:
             return row.form
     return "triton"

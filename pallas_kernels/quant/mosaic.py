@@ -1,4 +1,4 @@
-"""Hopper form (mode "mosaic") of the fused dequantize-matmul for 4-bit int and NF4 weights: Pallas's Mosaic GPU
+"""Hopper form (mode "mosaic") of the fused dequantize-matmul for 4-bit int, int8, NF4 and 4-bit φ-grid weights: Pallas's Mosaic GPU
 backend, so that the copy engine (TMA) streams the weight and the tensor cores (wgmma) take the decoded tile
 straight from registers. Issue 22's kernel for batch >= 8 (and below where it measures faster than the GEMV
 form). The weight layout and the launch plan: pallas_kernels/quant/mosaic_layout.py.
@@ -10,7 +10,8 @@ The kernel computes y^T = W x^T: per program 2 compute warpgroups own wg_rows ou
 64 or 128), the batch tile is wgmma's N side (16-128), and one warpgroup issues the copies
 (emit_pipeline_warp_specialized). Each step takes `groups` groups of g input columns; per group a compute
 warpgroup loads its (wg_rows, g) int4 tile from shared memory in the layout made for 4-bit upcasts, converts it
-to bf16 (int4 -> bf16 in registers: prmt/lop3/sub), for NF4 looks its level up by byte permutes on whole 32-bit
+to bf16 (int4 -> bf16 in registers: prmt/lop3/sub; int8 tiles load in the layout made for 8-bit upcasts and
+convert by Mosaic's prmt/and/sub), for NF4 looks its level up by byte permutes on whole 32-bit
 words after an i32 relayout (nf4_words.py; blocks.nf4="prmt": the same lookup on the WGMMA layout's registers,
 "select": the select tree of before),
 multiplies by the row's group scale (one broadcast per row), and issues wgmma with x^T from shared memory; the
@@ -109,7 +110,7 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
     tiles = [tb] if b.block_b is not None else [t for t in (128, 64, 32, 16) if t <= tb]  # auto: shrink to fit
     for t in tiles:
         stages = [b.stages] if b.stages is not None else [4, 3, 2]
-        fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off) <= SMEM_BYTES]
+        fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off, mw.bits) <= SMEM_BYTES]
         if fits:
             return dataclasses.replace(b, block_b=t, stages=fits[0])
     raise KernelLayoutError(f"block_b={tiles[-1]} x groups={b.groups} x wg_rows={b.wg_rows} x stages={stages[-1]} "
@@ -134,10 +135,11 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     nf4 = mw.levels is not None  # a table codec (NF4, 4-bit φ-grid): its level looked up
 
     x_swz = plgpu.find_swizzle(gs_n * g * 16, "rhs")
-    w_swz = plgpu.find_swizzle(g * 4, "lhs")
+    w_swz = plgpu.find_swizzle(g * mw.bits, "lhs")
     o_swz = plgpu.find_swizzle(tb * 32, "out")
     x_tr = (plgpu.TilingTransform((8, x_swz * 8 // 16)), plgpu.SwizzleTransform(x_swz))
-    w_tr = (plgpu.TilingTransform((8, w_swz * 8 // 4)), plgpu.SwizzleTransform(w_swz))
+    w_tr = (plgpu.TilingTransform((8, w_swz * 8 // mw.bits)), plgpu.SwizzleTransform(w_swz))
+    load_layout = plgpu.Layout.WGMMA_UPCAST_4X if mw.bits == 4 else plgpu.Layout.WGMMA_UPCAST_2X
     o_tr = (plgpu.TilingTransform((8, o_swz * 8 // 32)), plgpu.SwizzleTransform(o_swz))
     row_layout = plgpu.Layout.WGMMA.reduce(1)
 
@@ -151,7 +153,7 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
             """(wr, g) bf16 tile of group j of this step, as wgmma reads it."""
             if blocks.probe == "no_decode":
                 return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
-            w = plgpu.load(w_smem, (j, rows), layout=plgpu.Layout.WGMMA_UPCAST_4X)
+            w = plgpu.load(w_smem, (j, rows), layout=load_layout)
             if nf4 and blocks.nf4 == "words":  # relayout on i32 words (none if the codes are shuffled), lookup
                 w = nf4_levels_words(w, mw.levels, relayout=not mw.shuffled)
             elif nf4 and blocks.nf4 == "prmt":

@@ -1,13 +1,16 @@
-"""The Hopper form's weight layout (MosaicWeight), made once at prepare time from a 4-bit int / NF4 PackedWeight,
-its launch plan, and the jnp model of what the kernel (pallas_kernels/quant/mosaic.py) feeds the tensor cores.
+"""The Hopper form's weight layout (MosaicWeight), made once at prepare time from a 4-bit int / int8 / NF4 /
+4-bit φ-grid PackedWeight, its launch plan, and the jnp model of what the kernel (pallas_kernels/quant/mosaic.py)
+feeds the tensor cores.
 
 Layout:
-  * w      (K' / g, N, g) int4, the signed codes group by group (each group its own 2-D tile, so a pipeline step
-           can take several groups and each keeps its own swizzled tile): int: code - centre (symmetric:
-           2**(bits-1) - 1, so [-7, 7]) or code - 8 (asymmetric); NF4: code - 8. XLA stores int4 two to a byte.
+  * w      (K' / g, N, g) int4 (int8 for 8-bit int), the signed codes group by group (each group its own 2-D tile,
+           so a pipeline step can take several groups and each keeps its own swizzled tile): int: code - centre
+           (symmetric: 2**(bits-1) - 1, so [-7, 7] / [-127, 127]) or code - 2**(bits-1) (asymmetric); NF4 and
+           phi4: code - 8. XLA stores int4 two to a byte.
   * scale  (K' / g, N) bfloat16: the group multiplier (int scale, NF4 absmax with double quantization resolved).
-  * offset (K' / g, N) bfloat16 or None: asymmetric int only, 8 - zero (a small integer, exact in bf16), added to
-           the code before the scale so that (code - zero) stays exact and nothing cancels.
+  * offset (K' / g, N) bfloat16 or None: asymmetric int only, 2**(bits-1) - zero (an integer of at most 8
+           bits, exact in bf16), added to the code before the scale so that (code - zero) stays exact (|.| <= 255)
+           and nothing cancels.
 K' >= K: the groups are padded (zero codes, zero scales) to a multiple of split_k x groups-per-step of the plan,
 so that the programs fill the GPU in full waves (plan_for). The group multipliers are rounded to bf16 here and the
 products with the codes in the kernel: both within the bf16 rounding of the weight that the reference applies.
@@ -42,9 +45,9 @@ SMEM_BYTES = 232448 - 4096  # the H200's opt-in shared memory per block, less ro
 MIN_STEPS = 4  # pipeline steps per program, where the weight has that many groups (the copies need a few in flight)
 
 
-def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool) -> int:
+def smem_bytes(tb: int, g: int, groups: int, wg_rows: int, stages: int, has_offset: bool, bits: int = 4) -> int:
     cta_n = COMPUTE_WGS * wg_rows
-    stage = tb * groups * g * 2 + groups * cta_n * g // 2 + groups * cta_n * 2 * (2 if has_offset else 1)
+    stage = tb * groups * g * 2 + groups * cta_n * g * bits // 8 + groups * cta_n * 2 * (2 if has_offset else 1)
     return stages * stage + COMPUTE_WGS * wg_rows * tb * 4
 
 
@@ -56,15 +59,16 @@ class Plan:
     n_groups: int  # K' / g, padded
 
 
-def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float = MAX_PAD) -> list[tuple[float, Plan]]:
+def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float = MAX_PAD,
+                 bits: int = 4) -> list[tuple[float, Plan]]:
     """Every (rows per warpgroup, groups per step, split_k, padded groups) with its cost by STEP_US, cheapest first:
     waves x (steps x step time + PROGRAM_US), for batch tiles of one (batch <= 128), padding at most max_pad of the
     groups, with at least MIN_STEPS steps a program where the weight has that many groups, and only forms that fit
     shared memory at the smallest batch tile (16) with two stages (so that every batch runs: resolve shrinks the
-    tile). Step times scale with g / 64."""
+    tile). Step times scale with g / 64 (int8 takes int4's: its steps were not timed apart)."""
     out = []
     for (wr, gr), t in STEP_US.items():
-        if n % (COMPUTE_WGS * wr) or smem_bytes(16, g, gr, wr, 2, True) > SMEM_BYTES:
+        if n % (COMPUTE_WGS * wr) or smem_bytes(16, g, gr, wr, 2, True, bits) > SMEM_BYTES:
             continue
         tiles = n // (COMPUTE_WGS * wr)
         for sk in range(1, 33):
@@ -77,9 +81,9 @@ def plan_options(n: int, ng: int, g: int = 64, n_sm: int = N_SM, max_pad: float 
     return sorted(out, key=lambda cp: cp[0])
 
 
-def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
+def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM, bits: int = 4) -> Plan:
     """The cheapest plan of plan_options."""
-    options = plan_options(n, ng, g, n_sm)
+    options = plan_options(n, ng, g, n_sm, bits=bits)
     if not options:
         raise KernelLayoutError(f"no Mosaic plan for {n} outputs and {ng} groups")
     return options[0][1]
@@ -87,7 +91,7 @@ def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM) -> Plan:
 
 @dataclasses.dataclass(frozen=True)
 class MosaicWeight:
-    w: jax.Array  # (K' // group, N, group) int4 signed codes
+    w: jax.Array  # (K' // group, N, group) int4 (int8: bits == 8) signed codes
     scale: jax.Array  # (K' // group, N) bfloat16
     offset: jax.Array | None  # (K' // group, N) bfloat16 integers 8 - zero, asymmetric int only
     group: int
@@ -96,11 +100,15 @@ class MosaicWeight:
     plan: Plan
     levels: tuple[float, ...] | None = None  # the 16 levels by code of a table codec (NF4, 4-bit φ-grid), else None
     shuffled: bool = False  # each group's columns stored in nf4_words.column_order (table codecs: no relayout)
+    bits: int = 4  # code width: 4, or 8 (int only)
 
     def __post_init__(self):
         if (self.levels is None) != (self.method == "int") or (self.levels is not None and len(self.levels) != 16):
             raise KernelLayoutError(f"MosaicWeight(method={self.method!r}): int codes take no levels, a table codec "
                                     "(nf4, phi) its 16 levels by code (lut_levels)")
+        if self.bits not in (4, 8) or (self.bits == 8 and self.method != "int"):
+            raise KernelLayoutError(f"MosaicWeight(bits={self.bits}, method={self.method!r}): 4-bit codes, or "
+                                    "8-bit int codes")
         if self.shuffled and self.levels is None:
             raise KernelLayoutError("shuffle=True stores the codes for the table lookup's words: NF4 and phi4 "
                                     "weights only (int4 converts through Mosaic GPU's own relayout)")
@@ -113,11 +121,11 @@ class MosaicWeight:
     def nbytes(self) -> int:
         ng, n, g = self.w.shape
         extra = self.scale.size * 2 * (1 if self.offset is None else 2)
-        return n * ng * g // 2 + extra
+        return n * ng * g * self.bits // 8 + extra
 
 
 jax.tree_util.register_dataclass(MosaicWeight, data_fields=["w", "scale", "offset"],
-                                 meta_fields=["group", "method", "k", "plan", "levels", "shuffled"])
+                                 meta_fields=["group", "method", "k", "plan", "levels", "shuffled", "bits"])
 
 
 def lut_levels(cfg) -> tuple[float, ...] | None:
@@ -135,12 +143,12 @@ def check_mosaic(pw: PackedWeight) -> None:
     cfg = pw.cfg
     problems = []
     if cfg.method not in MOSAIC_METHODS:
-        problems.append(f"mode='mosaic' takes int4, NF4 and 4-bit φ-grid weights, not {cfg.name}")
+        problems.append(f"mode='mosaic' takes int4, int8, NF4 and 4-bit φ-grid weights, not {cfg.name}")
     elif cfg.method == "phi" and (cfg.index_bits != 4 or cfg.depth or cfg.sort):
         problems.append(f"mode='mosaic' takes a φ-grid of a 4-bit index without deviation stages or sorting "
                         f"(e.g. phi4), not {cfg.name}: the kernel holds one 4-bit code plane")
-    elif cfg.method != "phi" and pw.bits_dict.get("q") != 4:
-        problems.append(f"mode='mosaic' needs 4-bit codes, {cfg.name} has {pw.bits_dict.get('q')}")
+    elif pw.bits_dict.get("q") not in ((4, 8) if cfg.method == "int" else (4,)) and cfg.method != "phi":
+        problems.append(f"mode='mosaic' needs 4-bit codes (int: 4 or 8), {cfg.name} has {pw.bits_dict.get('q')}")
     g = getattr(cfg, "group_size", None) or pw.cols
     if g not in (64, 128, 256):
         problems.append(f"group_size={g}: the Mosaic form steps one group per pipeline stage, use 64, 128 or 256")
@@ -150,22 +158,30 @@ def check_mosaic(pw: PackedWeight) -> None:
         raise KernelLayoutError("; ".join(problems))
 
 
+def code_bits(pw: PackedWeight) -> int:
+    """Width of the code field the kernel reads (q; a φ-grid's idx)."""
+    return pw.bits_dict["idx" if pw.cfg.method == "phi" else "q"]
+
+
 def _codes(pw: PackedWeight) -> jax.Array:
-    """(R, C) uint32 codes of the 4-bit code field (q; a φ-grid's idx) (code e of a word at bits [4e, 4e + 4))."""
+    """(R, C) uint32 codes of the 4- or 8-bit code field (q; a φ-grid's idx) (code e of a word at bits
+    [w e, w e + w))."""
     (words,) = pw.elem["idx" if pw.cfg.method == "phi" else "q"]
-    shifts = jnp.arange(8, dtype=jnp.uint32) * 4
-    return ((words[:, :, None] >> shifts) & jnp.uint32(15)).reshape(pw.rows, pw.cols)
+    w = code_bits(pw)
+    shifts = jnp.arange(32 // w, dtype=jnp.uint32) * w
+    return ((words[:, :, None] >> shifts) & jnp.uint32(2**w - 1)).reshape(pw.rows, pw.cols)
 
 
 def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None, shuffle: bool = False) -> MosaicWeight:
-    """The Mosaic form's layout of a 4-bit int / NF4 / 4-bit φ-grid PackedWeight (one XLA pass; nothing is
+    """The Mosaic form's layout of a 4-bit int / int8 / NF4 / 4-bit φ-grid PackedWeight (one XLA pass; nothing is
     dequantized). ``shuffle`` (table codecs): each group's columns stored in nf4_words.column_order, so that the
     kernel's lookup skips the relayout of every tile."""
     check_mosaic(pw)
     cfg = pw.cfg
     g = getattr(cfg, "group_size", None) or pw.cols
     ng = pw.cols // g
-    plan = plan or plan_for(pw.rows, ng, g)
+    bits = code_bits(pw)
+    plan = plan or plan_for(pw.rows, ng, g, bits=bits)
     if plan.n_groups < ng:
         raise KernelLayoutError(f"plan.n_groups={plan.n_groups} is below the weight's {ng} groups")
     flat = jnp.arange(pw.rows * ng, dtype=jnp.int32).reshape(pw.rows, ng)
@@ -175,9 +191,9 @@ def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None, shuffle: bool = F
     if cfg.method == "int" and cfg.symmetric:
         signed = codes - (2 ** (cfg.bits - 1) - 1)
     else:
-        signed = codes - 8
+        signed = codes - 2 ** (bits - 1)
         if offset is not None:
-            off = (8.0 - offset).T.astype(jnp.bfloat16)
+            off = (2.0 ** (bits - 1) - offset).T.astype(jnp.bfloat16)
     pad = plan.n_groups - ng
     w3 = jnp.pad(signed.reshape(pw.rows, ng, g).transpose(1, 0, 2), ((0, pad), (0, 0), (0, 0)))
     if shuffle and lut_levels(cfg) is not None:
@@ -185,9 +201,10 @@ def prepare_mosaic(pw: PackedWeight, plan: Plan | None = None, shuffle: bool = F
 
         w3 = w3[:, :, column_order(g)]
     off = None if off is None else jnp.pad(off, ((0, pad), (0, 0)))
-    return MosaicWeight(w=w3.astype(jnp.int4), scale=jnp.pad(mult.T.astype(jnp.bfloat16), ((0, pad), (0, 0))),
+    scale = jnp.pad(mult.T.astype(jnp.bfloat16), ((0, pad), (0, 0)))
+    return MosaicWeight(w=w3.astype(jnp.int4 if bits == 4 else jnp.int8), scale=scale,
                         offset=off, group=g, method=cfg.method, k=pw.cols, plan=plan, levels=lut_levels(cfg),
-                        shuffled=shuffle)
+                        shuffled=shuffle, bits=bits)
 
 
 def nf4_level(v: jax.Array, levels=None) -> jax.Array:
