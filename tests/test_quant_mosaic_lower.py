@@ -117,7 +117,7 @@ def test_kernel_lowers_for_cuda(i):
     the decode its variant names: the lookup (ptx of the weight's levels) once per four codes a thread holds, on
     the relaid words or (shuffled codes) with no relayout at all, the select tree's 15 compares per register of
     two codes, or nothing of either (int codes, probes)."""
-    spec, b, _, shuffle = CASES[i]
+    _, b, _, shuffle = CASES[i]
     lowered, mw, r = _case(i)
     assert lowered.out_info.shape == (b, N) and lowered.out_info.dtype == jnp.bfloat16
     [call] = [c for c in custom_calls(lowered) if "mosaic_gpu" in c.attributes["call_target_name"].value]
