@@ -7,11 +7,12 @@ bytecode in the ``mosaic_gpu`` custom call's backend config; ``kernel_ops`` read
 it (its serde pass, inverted; a private API: a jax upgrade that moves it fails here loudly) and counts the ops and
 the inline asm strings, so each variant is checked for what it emits: the table lookup (nf4_prmt.ptx of the
 weight's own levels, once per four codes a thread holds), the relayout the words lookup runs on (or skips, for
-shuffled codes), the select tree, the wgmma count. A tile handed to a lookup in a layout Mosaic GPU cannot
-relayout from fails here, where tracing alone (jax.eval_shape) passes.
+shuffled codes), the select tree, the wgmma count. A tile handed to a lookup in the wrong layout fails here,
+where tracing alone (jax.eval_shape) passes.
 """
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -109,8 +110,14 @@ def _case(i):
     return lowered, mw, M.resolve(mw, b, blocks)
 
 
-@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{s}-b{b}-{bl.nf4}-{bl.probe}-{bl.acc}-wg{bl.wg_rows}"
-                                                      f"{'-shuffled' if sh else ''}" for s, b, bl, sh in CASES])
+def _id(case) -> str:
+    spec, b, blocks, shuffle = case
+    changed = [f"{f.name}={getattr(blocks, f.name)}" for f in dataclasses.fields(blocks)
+               if getattr(blocks, f.name) != f.default]
+    return "-".join([spec, f"b{b}", *changed, *(["shuffled"] if shuffle else [])])
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[_id(c) for c in CASES])
 def test_kernel_lowers_for_cuda(i):
     """One mosaic_gpu call a kernel with its (split_k, N, padded batch) float32 partials; the output (B, N) in
     x's dtype; the kernel emits per group and compute warpgroup wg_rows * g / 16 / 64 wgmma instructions and
