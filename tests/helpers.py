@@ -29,3 +29,10 @@ def run_module(module: str, *args: str, timeout: int = 600, **popen) -> subproce
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, **popen)
+
+
+def assert_one_line(msg: str, *needles: str) -> None:
+    """msg is one line (no traceback) holding every needle: the form of the house's user-facing errors."""
+    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
+    for n in needles:
+        assert n in msg, (n, msg)

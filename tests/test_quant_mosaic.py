@@ -1,8 +1,9 @@
 """The Hopper form (pallas_kernels/quant/mosaic.py): its layout (prepare_mosaic), the jnp model of what the kernel
 feeds wgmma, the NF4 select tree, the kernel's tracing on CPU, clear errors for weights it cannot take, and the
-real kernel on a Hopper GPU (marked gpu). Mosaic GPU has no CPU lowering, and jax 0.10's Mosaic GPU interpreter
-stops on the warp-specialized pipeline (run_scoped with collective axes; loads from tiled shared memory), so the
-kernel's numbers are checked on the GPU only."""
+real kernel on a Hopper GPU (marked gpu). The kernel's lowering for CUDA runs on CPU and is checked there
+(tests/test_quant_mosaic_lower.py: layouts, relayouts and the inline PTX each variant emits); jax 0.10's Mosaic
+GPU interpreter stops on the warp-specialized pipeline (run_scoped with collective axes; loads from tiled shared
+memory), so the kernel's numbers are checked on the GPU only."""
 
 import dataclasses
 

@@ -19,9 +19,11 @@ step waits for its wgmmas once. The accumulator is either carried as a value ("v
 accumulator ref for the whole K loop ("ref"). split_k splits the K steps over programs (f32 partials summed by
 XLA) so that the programs fill the SMs (the weight's plan picks it, with the group padding that makes it divide).
 
-Hopper only (sm_90a): Mosaic GPU has no CPU lowering and its CPU interpreter does not run warp-specialized
-pipelines in jax 0.10 (tests/test_quant_mosaic.py checks the layout, the jnp model of the kernel and the
-kernel's tracing on CPU, the kernel itself on the GPU).
+Hopper only (sm_90a) to run: its CPU interpreter does not run warp-specialized pipelines in jax 0.10. It lowers
+for "cuda" on a CPU machine, though (Mosaic GPU builds the kernel's IR in Python, layouts, relayouts and inline
+PTX included; only the PTX compile needs the GPU): tests/test_quant_mosaic_lower.py lowers every variant on CPU
+and checks what it emits, tests/test_quant_mosaic.py the layout and the jnp model of the kernel on CPU and the
+kernel's numbers on the GPU.
 """
 
 from __future__ import annotations

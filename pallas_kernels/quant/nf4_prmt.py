@@ -14,8 +14,9 @@ The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.
 
 ``PROGRAM`` is the block as data: ``ptx()`` writes the PTX the kernel runs and ``run_np`` runs the same steps on
 numpy integers (``prmt_np`` models the instruction); the CPU test runs every 16-bit nibble pattern through it.
-``nf4_levels_prmt`` is the Mosaic GPU form (``plgpu.inline_mgpu``), run on the GPU by the kernel's own checks
-(bench.quant_mosaic compares each config with the jnp model of the kernel).
+``lookup_half`` emits the block on one 32-bit word in a Mosaic GPU kernel (for both lookups: here and nf4_words.py);
+``nf4_levels_prmt`` is the Mosaic GPU form on the WGMMA layout (``plgpu.inline_mgpu``), run on the GPU by the
+kernel's own checks (bench.quant_mosaic compares each config with the jnp model of the kernel).
 """
 
 from __future__ import annotations
@@ -126,6 +127,21 @@ def decode_word_np(reg, levels=None) -> np.ndarray:
     return np.stack(out, -1).astype(np.uint16)
 
 
+def lookup_half(word, half: int, asm: str) -> list:
+    """The lookup of nibbles 4 * half .. 4 * half + 3 of an i32 word inside a Mosaic GPU kernel: one PTX block
+    (``asm = ptx(levels)``: PROGRAM, the tables as immediates) on the word (half 0) or the word >> 16 (half 1);
+    its two i32 results, the bf16x2 pairs of elements (0, 1) and (2, 3). Used by nf4_levels_prmt and
+    nf4_words.nf4_levels_words."""
+    from jax.experimental.mosaic.gpu import utils as mu
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import arith, llvm
+
+    i32 = ir.IntegerType.get_signless(32)
+    src = word if half == 0 else arith.shrui(word, mu.c(16, i32))
+    res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [src], asm, "=r,=r,r")
+    return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
+
+
 def nf4_levels_prmt(w, levels=None):
     """(R, C) int4 array of v = code - 8 in a Mosaic GPU register layout -> the bf16 levels (NF4's unless
     ``levels`` is given), same layout. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
@@ -133,7 +149,7 @@ def nf4_levels_prmt(w, levels=None):
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.pallas import mosaic_gpu as plgpu
     from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import arith, llvm, vector
+    from jax._src.lib.mlir.dialects import vector
     import jax.numpy as jnp
 
     layout = plgpu.Layout.WGMMA
@@ -143,7 +159,6 @@ def nf4_levels_prmt(w, levels=None):
     def lookup(_ctx, arr):
         i32 = ir.IntegerType.get_signless(32)
         bf16 = ir.BF16Type.get()
-        c = lambda v: mu.c(v, i32)
         regs = arr.registers
         [vlen] = ir.VectorType(regs.flat[0].type).shape
         per = max(1, 8 // vlen)  # registers per 32-bit word of nibbles
@@ -153,17 +168,12 @@ def nf4_levels_prmt(w, levels=None):
                                     "32-bit words of them: use MosaicBlocks(nf4='words') or nf4='select'")
 
         asm = ptx(levels)
-
-        def part(word):  # one PTX block (PROGRAM): tables as immediates, two bf16x2 words out
-            res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [word], asm, "=r,=r,r")
-            return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
-
         cache = {}  # (32-bit source word, 16-bit half) -> its two bf16x2 words, shared by the registers in it
 
         def pair_words(word, half):
             key = (word, half)
             if key not in cache:
-                cache[key] = part(word if half == 0 else arith.shrui(word, c(16)))
+                cache[key] = lookup_half(word, half, asm)
             return cache[key]
 
         def from_word(word, first, count):  # bf16 of nibbles first..first+count-1 of a 32-bit word

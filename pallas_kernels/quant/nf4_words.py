@@ -140,10 +140,10 @@ def nf4_levels_words(w, levels=None, relayout: bool = True):
     from jax.experimental.mosaic.gpu import fragmented_array as fa
     from jax.experimental.pallas import mosaic_gpu as plgpu
     from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import arith, llvm
+    from jax._src.lib.mlir.dialects import arith
     import jax.numpy as jnp
 
-    from pallas_kernels.quant.nf4_prmt import ptx
+    from pallas_kernels.quant.nf4_prmt import lookup_half, ptx
 
     sources = wgmma_sources(tuple(w.shape))
 
@@ -169,9 +169,7 @@ def nf4_levels_words(w, levels=None, relayout: bool = True):
                 relaid[word_idx] = step(step(word, STEP_4X_2X, first_2x), STEP_2X_WGMMA, even) if relayout else word
             key = (word_idx, part // 2)
             if key not in looked:
-                src = relaid[word_idx] if part < 2 else arith.shrui(relaid[word_idx], c(16))
-                res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [src], asm, "=r,=r,r")
-                looked[key] = [llvm.extractvalue(i32, res, [k]) for k in range(2)]
+                looked[key] = lookup_half(relaid[word_idx], part // 2, asm)
             return looked[key][part % 2]
 
         regs = np.empty(sources.shape, object)
