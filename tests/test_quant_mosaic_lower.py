@@ -100,7 +100,10 @@ CASES = [  # (spec, batch, blocks, shuffled): test_kernel_traces' variants, the 
     ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64), False),
     ("nf4", 128, M.MosaicBlocks(probe="no_decode"), False),
     ("int4z", 40, M.MosaicBlocks(probe="copy", acc="value"), False),
+    ("int8", 16, M.MosaicBlocks(), False),
+    ("int8:symmetric=false:group_size=128", 40, M.MosaicBlocks(split_k=2, acc="value"), False),
 ]
+I8_TO_BF16 = "0xff7fff7f"  # the mask in Mosaic GPU's int8 -> bf16 conversion (prmt/and/and/sub), one per two codes
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,7 +126,8 @@ def test_kernel_lowers_for_cuda(i):
     x's dtype; the kernel emits per group and compute warpgroup wg_rows * g / 16 / 64 wgmma instructions and
     the decode its variant names: the lookup (ptx of the weight's levels) once per four codes a thread holds, on
     the relaid words or (shuffled codes) with no relayout at all, the select tree's 15 compares per register of
-    two codes, or nothing of either (int codes, probes)."""
+    two codes, or nothing of either (int codes, probes); int8 codes convert by Mosaic's prmt/and/sub, one
+    conversion per two codes, after the same count of relayout permutes as int4."""
     _, b, _, shuffle = CASES[i]
     lowered, mw, r = _case(i)
     assert lowered.out_info.shape == (b, N) and lowered.out_info.dtype == jnp.bfloat16
@@ -142,6 +146,7 @@ def test_kernel_lowers_for_cuda(i):
     assert looked == (codes // 4 if table and r.nf4 in ("words", "prmt") else 0)
     assert sum(n for a, n in asms.items() if "0x7777" in a) == looked  # no lookup with another table
     assert names["arith.cmpf"] == (15 * codes // 2 if table and r.nf4 == "select" else 0)
+    assert sum(n for a, n in asms.items() if I8_TO_BF16 in a) == (codes // 2 if decodes and mw.bits == 8 else 0)
     if table and r.nf4 == "words":
         # the words lookup reads whole relaid 32-bit words: two relayout prmts a word, none for shuffled codes
         assert asms[RELAYOUT_PRMT] == (0 if shuffle else 2 * codes // 8)

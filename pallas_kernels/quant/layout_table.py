@@ -53,6 +53,22 @@ LAYOUTS: tuple[Layout, ...] = (
     # Hopper 0.74-0.77x;
     # batches 2-7 not measured with the word lookup (stop 29's lookup at batch 4: 0.59x vs Triton 0.61x).
     Layout("nf4", 8, "mosaic", (4096, 4096)),
+    # NF4 with the word lookup at batch 1 / 4 (stop 31, codes not shuffled): 4096x11008 1.72x / 1.30x bf16 vs
+    # Triton 1.69x / 0.65x (batch 1 a tie: left to the GEMV); 4096x4096 batch 1 1.04x (11.1 µs, bf16 11.5) where the
+    # GEMV measured 1.13-1.62x (stop 29).
+    Layout("nf4", 4, "mosaic", (4096, 11008)),
+    # phi4 (stop 31, shuffled codes): 4096x11008 batch 1 / 4 / 8 / 32 Hopper 2.11x / 1.44x / 1.30x / 1.51x bf16 vs
+    # Triton 1.33x / 0.52x / 0.33x / 0.59x, batch 256 0.51x vs 0.24x; 4096x4096 batch 1 1.17x (Triton not timed):
+    # only the measured shape and wider.
+    Layout("phi", 1, "mosaic", (4096, 11008)),
+    # int8 (stop 31): 4096x11008 batch 1 / 8 / 16 / 64 Hopper 1.98x / 1.26x / 1.24x / 1.25x bf16 vs Triton 1.89x /
+    # 0.31x / 0.31x / 0.25x; 11008x4096 2.02x / 1.42x / 1.49x / 1.34x vs 0.32x / 0.14x / 0.14x / 0.28x (ideal
+    # 1.9x); the ~1B LM's 2048x5632 batch 1 1.34x vs Triton GEMV 1.45x, batch 8 / 16 / 64 0.76x / 0.79x / 0.81x vs
+    # 0.36-0.38x (neither beats bf16); 5632x2048 batch 1 0.96x vs 1.00x. Whole ~1B decode, int8 batch 8: Hopper
+    # 5,699 bytes/s vs Triton 2,551. 4096x4096 and batches 2-7 not measured.
+    Layout("int", 1, "mosaic", (4096, 11008), bits=8),
+    Layout("int", 1, "mosaic", (11008, 4096), bits=8),
+    Layout("int", 8, "mosaic", (2048, 2048), bits=8),
     Layout("*", 1, "triton"),
 )
 
