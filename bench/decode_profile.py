@@ -7,6 +7,7 @@ kernels per step, their median / p90 duration, and the kernels that take the tim
     python -m bench.decode_profile --small      # the tiny config on a CPU; what the test runs
     python -m bench.decode_profile --retnphi 1b [--token-decoder] [--quant int4] [--batch 1]
     python -m bench.decode_profile --retnphi tiny --token-decoder --small      # on a CPU; what its test runs
+    python -m bench.decode_profile --run RUN --decode-impls jnp --speculative   # a verify pass beside a step
 
 busy ~= wall: the step is bound by kernel durations (per-kernel latency at small shapes shows as many kernels
 of a few µs each); busy << wall: by the gaps between kernels on the device (launch or dependency latency).
@@ -22,6 +23,12 @@ results.json. On a CPU there are no GPU stream events: the figures are the XLA:C
 instead of the byte LM's impls; --token-decoder puts the same decoder's KV-cache step beside it (bf16; a call is
 ``--steps`` sampled steps from a cache prefilled once with 64 tokens, hqf_jax/infer/token_baseline.py; its bytes/s
 at --bytes-per-token, assumed and said so). Each row also carries its weight MB (what a step reads once).
+
+--speculative adds self-speculative decoding (hqf_jax/infer/speculative.py) of the byte LM as a row whose "step"
+is one verify pass: a call is speculative_generate of --steps bytes a row from an 8-byte prompt (its prefill
+included), at temperature 1 with one seed, so every call runs the same passes; bytes/s counts the emitted bytes.
+The model needs extra heads: --run of a model trained with them, or --heads K (random heads: about one byte a
+pass, and the pass's kernels are the same).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi
                                        warm_slots)
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.infer.speculative import head_count, speculative_generate
 from hqf_jax.infer.token_baseline import kv_cache_call, step_weight_bytes
 from hqf_jax.report import write_report
 
@@ -58,6 +66,14 @@ def token_call(decoder, batch: int, steps: int):
     run, keys = kv_cache_call(decoder, batch, steps), itertools.count()
     jax.block_until_ready(run(next(keys)))
     return lambda: run(next(keys))
+
+
+def speculative_call(engine: Engine, batch: int, steps: int):
+    """(``call()``, verify passes a call): speculative decoding of ``steps`` bytes a row (compiled here)."""
+    prompts = [b"The quic"] * batch
+    run = lambda: speculative_generate(engine, prompts, steps, seed=0, temperature=1.0)  # noqa: E731
+    _, stats = run()
+    return (lambda: run()[0]), max(stats["verifies"])
 
 
 def chained(call, calls: int):
@@ -134,9 +150,9 @@ def tables(rows: list[dict], head: str) -> str:
 
 
 def byte_lm_paths(a, quant) -> tuple[str, list]:
-    """(source, [(name, setup)]): the byte LM's engine per --decode-impls; ``setup()`` builds one and returns
-    (warm call, weight bytes, HLO ops per step, bytes a row a step)."""
-    model, _, source = build_model(a.config, a.set, a.run)
+    """(source, [(name, setup)]): the byte LM's engine per --decode-impls (and --speculative); ``setup()`` builds
+    one and returns (warm call, weight bytes, HLO ops per step, bytes a row a step[, steps a call])."""
+    model, _, source = build_model(a.config, a.set, a.run, a.heads)
 
     def setup(impl):
         engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl=impl, quant_impl=a.quant_impl,
@@ -150,6 +166,18 @@ def byte_lm_paths(a, quant) -> tuple[str, list]:
             print(f"skipped {impl} {quant}: the fused step runs unquantized weights")
             continue
         paths.append((impl + (f" {quant}" if quant else ""), lambda impl=impl: setup(impl)))
+    if a.speculative:
+        if not head_count(model):
+            raise SystemExit("--speculative needs a model with extra heads: --run of one trained with "
+                             "model.extra_heads=K, or --heads K (random heads)")
+
+        def spec():
+            engine = Engine(model, dtype="bfloat16", quant=quant, decode_impl="jnp", quant_impl=a.quant_impl,
+                            batch=a.batch, min_rows=a.min_rows)
+            call, passes = speculative_call(engine, a.batch, a.steps)
+            return call, engine.weight_bytes(), None, a.steps / passes, passes
+
+        paths.append((f"speculative ({head_count(model)} heads, a step = a verify pass)", spec))
     return source, paths
 
 
@@ -192,6 +220,9 @@ def main(argv=None):
     p.add_argument("--token-decoder", action="store_true", help="with --retnphi: the same decoder's KV-cache step "
                    "beside it")
     p.add_argument("--bytes-per-token", type=float, default=4.0, help="the token decoder's bytes/s at this (assumed)")
+    p.add_argument("--speculative", action="store_true", help="also profile self-speculative decoding (the byte "
+                   "LM with extra heads), per verify pass")
+    p.add_argument("--heads", type=int, default=None, help="build --config with model.extra_heads=K (random heads)")
     p.add_argument("--small", action="store_true", help="the tiny config (tiny RetNPhi), 8 steps: runs on a CPU")
     p.add_argument("--out", default=None, help="write table.md, results.json and the traces here")
     a = p.parse_args(argv)
@@ -209,10 +240,11 @@ def main(argv=None):
     for name, setup in paths:
         call = None
         try:
-            call, weight_bytes, ops, per_step = setup()
-            keep = out / f"trace_{name.replace(' ', '_')}.json.gz" if out else None
-            r = dict(impl=name, hlo_ops_per_step=ops, weight_mb=weight_bytes / 1e6,
-                     **profile(call, a.batch, a.steps, a.calls, a.top, keep, per_step))
+            call, weight_bytes, ops, per_step, *steps = setup()
+            steps = steps[0] if steps else a.steps
+            keep = out / f"trace_{name.split(' (')[0].replace(' ', '_')}.json.gz" if out else None
+            r = dict(impl=name, hlo_ops_per_step=ops, weight_mb=weight_bytes / 1e6, steps_per_call=steps,
+                     **profile(call, a.batch, steps, a.calls, a.top, keep, per_step))
         except Exception as e:  # noqa: BLE001 - the other paths still run; the table names the failure
             r = dict(impl=name, error=f"FAILED {type(e).__name__}: {str(e)[:200]}")
         print(f"  {name}: " + (r.get("error") or verdict(r)), flush=True)

@@ -171,3 +171,21 @@ def test_decode_profile_retnphi_beside_its_token_decoder_on_cpu(capsys):
     # bytes/s of the token decoder = tokens/s x 3: its untraced µs/step gives it back
     assert tok["bytes_per_s"] == pytest.approx(3 * 1e6 / tok["untraced_us"], rel=1e-6)
     assert ret["bytes_per_s"] == pytest.approx(1e6 / ret["untraced_us"], rel=1e-6)
+
+
+def test_decode_profile_speculative_row_is_per_verify_pass(capsys):
+    """--speculative --heads 2 (random heads): a row whose step is one verify pass; its bytes/s counts the bytes
+    emitted (--steps a row a call over the passes a call runs); a pass does all of a decode step's work and more,
+    so it runs more kernels (XLA:CPU thunks here) than the plain step beside it. Without heads: a clear refusal."""
+    from bench.decode_profile import main
+
+    res = main(["--small", "--decode-impls", "jnp", "--speculative", "--heads", "2", "--steps", "6", "--calls", "2",
+                "--no-count-ops"])
+    step, spec = res["rows"]
+    assert "error" not in spec and spec["impl"].startswith("speculative (2 heads")
+    assert 1 <= spec["steps_per_call"] <= 6 and spec["steps"] == 2 * spec["steps_per_call"]
+    assert spec["bytes_per_s"] == pytest.approx(1e6 * 6 / spec["steps_per_call"] / spec["untraced_us"], rel=1e-6)
+    assert spec["events_per_step"] > step["events_per_step"] > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="extra heads"):
+        main(["--small", "--decode-impls", "jnp", "--speculative"])
