@@ -34,7 +34,6 @@ pass, and the pass's kernels are the same).
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from pathlib import Path
 
@@ -42,38 +41,13 @@ import jax
 
 from hqf_jax import cli
 from hqf_jax import trace_stats
-from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi, ops_per_step, retnphi_decoder,
-                                       warm_slots)
+from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi, engine_call, ops_per_step,
+                                       retnphi_decoder, speculative_call, token_call)
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
 from hqf_jax.infer.recurrent import RecurrentEngine
-from hqf_jax.infer.speculative import head_count, speculative_generate
-from hqf_jax.infer.token_baseline import kv_cache_call, step_weight_bytes
+from hqf_jax.infer.speculative import head_count
+from hqf_jax.infer.token_baseline import step_weight_bytes
 from hqf_jax.report import write_report
-
-
-def engine_call(engine: Engine | RecurrentEngine, batch: int, steps: int):
-    """``call()``: one decode call of ``steps`` steps, each from the slots the last one left (compiled here)."""
-    state = {"slots": warm_slots(engine, batch, steps)}
-
-    def call():
-        state["slots"], out = engine.decode_device(state["slots"], steps)
-        return out
-    return call
-
-
-def token_call(decoder, batch: int, steps: int):
-    """``call()``: one KV-cache call of ``steps`` sampled steps from the prefilled cache (compiled here)."""
-    run, keys = kv_cache_call(decoder, batch, steps), itertools.count()
-    jax.block_until_ready(run(next(keys)))
-    return lambda: run(next(keys))
-
-
-def speculative_call(engine: Engine, batch: int, steps: int):
-    """(``call()``, verify passes a call): speculative decoding of ``steps`` bytes a row (compiled here)."""
-    prompts = [b"The quic"] * batch
-    run = lambda: speculative_generate(engine, prompts, steps, seed=0, temperature=1.0)  # noqa: E731
-    _, stats = run()
-    return (lambda: run()[0]), max(stats["verifies"])
 
 
 def chained(call, calls: int):

@@ -233,7 +233,7 @@ def main(argv=None):
                    "fused_pallas_split (the mixer kernel on column blocks of the state), fused_gemv (every projection "
                    "a Pallas GEMV with norm / silu*up / residual fused in)")
     p.add_argument("--quant-impls", default="auto", help="quantized layers' kernels, each benched: auto, pallas "
-                   "(Triton forms), mosaic (Hopper, int4/NF4), reference")
+                   "(Triton forms), mosaic (Hopper, int4/int8/NF4/phi4), reference")
     p.add_argument("--steps", type=int, default=256, help="decode steps per jitted call")
     p.add_argument("--reps", type=int, default=3, help="chained calls per timing")
     p.add_argument("--unroll", type=int, default=1, help="decode-loop unroll (fewer loop-condition round trips)")

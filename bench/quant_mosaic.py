@@ -96,7 +96,7 @@ def main(argv=None):
                             continue
                         t, _ = time_for(op, x, mws, n, a.target_s, False)
                     except Exception as e:  # noqa: BLE001 -- a config Mosaic rejects must not end the sweep
-                        print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: FAILED {type(e).__name__}: "
+                        print(f"  {shape} {q.cfg.name} b={b} {c}: FAILED {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
                         continue
                     print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: {t * 1e6:.1f} us "

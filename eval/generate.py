@@ -51,9 +51,10 @@ def main(argv=None):
     p.add_argument("--quant", default=None, help="generate with the dense layers quantized by this method (e.g. nf4)")
     p.add_argument("--quant-impl", default="auto", choices=["auto", "reference", "pallas", "mosaic"],
                    help="auto: on a GPU each layer's kernels from the measured table (pallas_kernels/quant/"
-                        "layout_table.py, batch 1: the Hopper form for int4 layers >= 4096 wide on an H100/H200, the "
-                        "fused Pallas (Triton) kernels otherwise), XLA dequantize-then-matmul elsewhere; "
-                        "mosaic: the Hopper kernel for int4/NF4 wherever it takes the layer")
+                        "layout_table.py, batch 1: the Hopper form for int4 layers >= 4096 wide (and int8 / phi4 "
+                        "where measured) on an H100/H200, the fused Pallas (Triton) kernels otherwise), XLA "
+                        "dequantize-then-matmul elsewhere; mosaic: the Hopper kernel for int4/int8/NF4/phi4 "
+                        "wherever it takes the layer")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="the engine's compute and weight dtype")
     p.add_argument("--decode-impl", default="jnp", choices=DECODE_IMPLS)
     p.add_argument("--chunk", type=int, default=32, help="bytes per device call")

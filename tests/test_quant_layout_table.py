@@ -12,8 +12,9 @@ _case, _check = quant_case, check_product
 
 
 def test_layout_table_picks_by_method_shape_batch_and_device():
-    """The dispatcher's first level (layout_table.py): the Hopper layout only for 4-bit int / NF4 on a Hopper GPU, and
-    there by the table's first matching row; the shipped table ends with a row for anything."""
+    """The dispatcher's first level (layout_table.py): the Hopper layout only for the codes it holds (int4, int8,
+    NF4, phi4) on a Hopper GPU, and there by the table's first matching row of that method and code width; the
+    shipped table ends with a row for anything."""
     from pallas_kernels.quant.layout_table import LAYOUTS, Layout, layout_form
 
     assert LAYOUTS[-1] == Layout("*", 1, "triton")
@@ -39,6 +40,8 @@ def test_layout_table_picks_by_method_shape_batch_and_device():
     assert [layout_form("int", 8, k, n, 1, True) for k, n in ((4096, 11008), (11008, 4096), (4096, 4096))] == [
         "mosaic", "mosaic", "triton"]
     assert [layout_form("phi", bits, 4096, 11008, 1, True) for bits in (4, 5)] == ["mosaic", "triton"]
+    # the int8 row from batch 8 holds between the measured shapes too (its comment says so)
+    assert [layout_form("int", 8, 4096, 4096, b, True) for b in (4, 8)] == ["triton", "mosaic"]
 
 
 def test_auto_impl_follows_the_table(monkeypatch):
@@ -55,7 +58,12 @@ def test_auto_impl_follows_the_table(monkeypatch):
     assert QM.auto_impl(q, 8) == "mosaic" and QM.auto_impl(q, 2) == "pallas"
     assert QM.QuantLinear(q, "auto", interpret=True, batch=8).impl == "mosaic"
     _, q8 = _case("int8", 256, 128, 1)
-    assert QM.auto_impl(q8, 8) == "pallas"
+    assert QM.auto_impl(q8, 8) == "pallas"  # the int row is a 4-bit row
+    # each QTensor's code width reaches the table: int8's bits, a φ-grid's index bits (phi5u8: 5, not a default 4)
+    monkeypatch.setattr(L, "LAYOUTS", (L.Layout("int", 1, "mosaic", bits=8), L.Layout("phi", 1, "mosaic"),
+                                       L.Layout("*", 1, "triton")))
+    (_, p4), (_, p5) = _case("phi4", 256, 128, 1), _case("phi5u8", 256, 128, 1)
+    assert [QM.auto_impl(q, 1) for q in (q8, p4, p5, q)] == ["mosaic", "mosaic", "pallas", "pallas"]
 
 
 @pytest.mark.parametrize("spec,k,n", [("int4:group_size=32", 256, 128), ("int4", 256, 96)])

@@ -136,7 +136,8 @@ def test_kernel_traces(spec, b, over):
     assert out.shape == (b, 256) and out.dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("spec,n,message", [("int:bits=6", 128, "4-bit codes .int: 4 or 8."), ("phi5u8", 128, "4-bit index without deviation"),
+@pytest.mark.parametrize("spec,n,message", [("int:bits=6", 128, "4-bit codes .int: 4 or 8."),
+                                            ("phi5u8", 128, "4-bit index without deviation"),
                                             ("int4:group_size=32", 128, "group_size=32"),
                                             ("int4", 96, "multiple of 128")])
 def test_refuses_weights_it_cannot_take(spec, n, message):

@@ -1,9 +1,12 @@
 """What the decode benchmarks share (bench.generate, bench.generate_retnphi, bench.decode_profile): the model they
 time (a config's random weights, or a run's trained ones; RetNPhi converted from a random decoder of a named size),
-an engine's slots after one warm-up decode call, the op count of one decode step from the compiled loop's HLO, and
-the summary table (the weight-read limit itself: token_baseline.read_limit)."""
+an engine's slots after one warm-up decode call, the warm calls bench.decode_profile chains (a decode call, a
+KV-cache call, a speculative call), the op count of one decode step from the compiled loop's HLO, and the summary
+table (the weight-read limit itself: token_baseline.read_limit)."""
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 from flax import nnx
@@ -11,7 +14,9 @@ from flax import nnx
 from hqf_jax import cli
 from hqf_jax.infer.engine import Engine, Settings, _decode
 from hqf_jax.infer.hlo_count import loop_body_ops
-from hqf_jax.infer.token_baseline import LLAMA
+from hqf_jax.infer.recurrent import RecurrentEngine
+from hqf_jax.infer.speculative import speculative_generate
+from hqf_jax.infer.token_baseline import LLAMA, kv_cache_call
 from hqf_jax.nn.hf_decoder import DecoderConfig, HFDecoderLM
 from hqf_jax.nn.retnphi import RetNPhi, RetNPhiConfig
 
@@ -86,3 +91,28 @@ def print_table(rows: list[dict]) -> None:
         cfg_name = str(r["config"]).split("/")[-1]
         print(f"{cfg_name:22s} {r['path']:40s} {r['batch']:5d} {r['bytes_per_s']:11,.0f} {wb} {lim_s} {pct} {xtok} "
               f"{ops} {bpb:>15s} {r.get('compiles', 0):8d}{spec}")
+
+
+def engine_call(engine: Engine | RecurrentEngine, batch: int, steps: int):
+    """``call()``: one decode call of ``steps`` steps, each from the slots the last one left (compiled here)."""
+    state = {"slots": warm_slots(engine, batch, steps)}
+
+    def call():
+        state["slots"], out = engine.decode_device(state["slots"], steps)
+        return out
+    return call
+
+
+def token_call(decoder, batch: int, steps: int):
+    """``call()``: one KV-cache call of ``steps`` sampled steps from the prefilled cache (compiled here)."""
+    run, keys = kv_cache_call(decoder, batch, steps), itertools.count()
+    jax.block_until_ready(run(next(keys)))
+    return lambda: run(next(keys))
+
+
+def speculative_call(engine: Engine, batch: int, steps: int):
+    """(``call()``, verify passes a call): speculative decoding of ``steps`` bytes a row (compiled here)."""
+    prompts = [b"The quic"] * batch
+    run = lambda: speculative_generate(engine, prompts, steps, seed=0, temperature=1.0)  # noqa: E731
+    _, stats = run()
+    return (lambda: run()[0]), max(stats["verifies"])

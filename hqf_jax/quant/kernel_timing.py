@@ -195,7 +195,7 @@ def mosaic_configs(mw, more: int = 3) -> list:
     if mw.levels is not None and not mw.shuffled:  # table codecs: the lookup on 2-nibble registers, the select tree
         out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
-    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0):
+    for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0, bits=mw.bits):
         if (p.wg_rows, p.groups) not in seen and len(out) < base + more:
             seen.add((p.wg_rows, p.groups))
             out.append(M.MosaicBlocks(wg_rows=p.wg_rows, groups=p.groups, split_k=p.split_k))

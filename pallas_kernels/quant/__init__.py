@@ -9,7 +9,7 @@ kernel form over one shared decode module:
     gather    row-sorted form (sort=true weights: y_i = sum_j S[i,j] x[P[i,j]])
     dispatch  BlockConfig, default_blocks, fit_smem and quant_matmul, which picks the form (choose, explain)
     routes    the ROUTES table (measured crossovers, H200 sweep of 2026-11-30): the form by batch, Triton family
-    mosaic    the Hopper form (Mosaic GPU) for int4 / NF4, with its layout and plan in mosaic_layout
+    mosaic    the Hopper form (Mosaic GPU) for int4 / int8 / NF4 / phi4, with its layout and plan in mosaic_layout
     layout_table  LAYOUTS: which family (Hopper or Triton) a layer is stored for, by method, shape, decode batch
 
 Imports run one way: layout <- decode <- {matmul, gemv, gather, tc}, routes <- dispatch <- this __init__. The package

@@ -59,13 +59,16 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("nf4", 4, "mosaic", (4096, 11008)),
     # phi4 (stop 31, shuffled codes): 4096x11008 batch 1 / 4 / 8 / 32 Hopper 2.11x / 1.44x / 1.30x / 1.51x bf16 vs
     # Triton 1.33x / 0.52x / 0.33x / 0.59x, batch 256 0.51x vs 0.24x; 4096x4096 batch 1 1.17x (Triton not timed):
-    # only the measured shape and wider.
+    # only the measured shape and wider. The layers this row serves hold unshuffled codes (prepare_for), not timed
+    # on their own (NF4's two layouts: within the spread between processes, docs/BENCHMARKS.md stop 31).
     Layout("phi", 1, "mosaic", (4096, 11008)),
     # int8 (stop 31): 4096x11008 batch 1 / 8 / 16 / 64 Hopper 1.98x / 1.26x / 1.24x / 1.25x bf16 vs Triton 1.89x /
     # 0.31x / 0.31x / 0.25x; 11008x4096 2.02x / 1.42x / 1.49x / 1.34x vs 0.32x / 0.14x / 0.14x / 0.28x (ideal
     # 1.9x); the ~1B LM's 2048x5632 batch 1 1.34x vs Triton GEMV 1.45x, batch 8 / 16 / 64 0.76x / 0.79x / 0.81x vs
     # 0.36-0.38x (neither beats bf16); 5632x2048 batch 1 0.96x vs 1.00x. Whole ~1B decode, int8 batch 8: Hopper
-    # 5,699 bytes/s vs Triton 2,551. 4096x4096 and batches 2-7 not measured.
+    # 5,699 bytes/s vs Triton 2,551. Batches 2-7 not measured. The batch->=8 row also takes shapes between the
+    # measured ones (4096x4096, 2048x2048, 5632x2048), unmeasured: Triton was 0.14-0.38x bf16 at every int8 cell
+    # timed from batch 8, the Hopper form 2.1-10x faster.
     Layout("int", 1, "mosaic", (4096, 11008), bits=8),
     Layout("int", 1, "mosaic", (11008, 4096), bits=8),
     Layout("int", 8, "mosaic", (2048, 2048), bits=8),

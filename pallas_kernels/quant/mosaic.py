@@ -1,9 +1,9 @@
-"""Hopper form (mode "mosaic") of the fused dequantize-matmul for 4-bit int, int8, NF4 and 4-bit φ-grid weights: Pallas's Mosaic GPU
-backend, so that the copy engine (TMA) streams the weight and the tensor cores (wgmma) take the decoded tile
-straight from registers. Issue 22's kernel for batch >= 8 (and below where it measures faster than the GEMV
+"""Hopper form (mode "mosaic") of the fused dequantize-matmul for 4-bit int, int8, NF4 and 4-bit φ-grid weights:
+Pallas's Mosaic GPU backend, so that the copy engine (TMA) streams the weight and the tensor cores (wgmma) take the
+decoded tile straight from registers. Issue 22's kernel for batch >= 8 (and below where it measures faster than the GEMV
 form). The weight layout and the launch plan: pallas_kernels/quant/mosaic_layout.py.
 
-    mw = prepare_mosaic(prepare(q))      # once: int4 codes group by group, bf16 group multipliers
+    mw = prepare_mosaic(prepare(q))      # once: int4 (int8) codes group by group, bf16 group multipliers
     y = mosaic_matmul(x, mw)             # x (B, K) bf16 -> y (B, N)
 
 The kernel computes y^T = W x^T: per program 2 compute warpgroups own wg_rows output rows each (wgmma's M side,

@@ -93,7 +93,7 @@ def plan_for(n: int, ng: int, g: int = 64, n_sm: int = N_SM, bits: int = 4) -> P
 class MosaicWeight:
     w: jax.Array  # (K' // group, N, group) int4 (int8: bits == 8) signed codes
     scale: jax.Array  # (K' // group, N) bfloat16
-    offset: jax.Array | None  # (K' // group, N) bfloat16 integers 8 - zero, asymmetric int only
+    offset: jax.Array | None  # (K' // group, N) bfloat16 integers 2**(bits-1) - zero, asymmetric int only
     group: int
     method: str  # "int" | "nf4" | "phi"
     k: int  # input features (before padding)
