@@ -108,3 +108,6 @@ def test_sweep_configs_are_the_plan_first_and_resolve():
     nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
     assert nf[3:5] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 8
     assert mosaic_cfg_str(nf[3]).endswith("/prmt") and mosaic_cfg_str(nf[4]).endswith("/select")
+    # int8 in groups of 256: the other forms are planned at 8 bits a code, so every one fits shared memory
+    w8 = _abstract("int8:group_size=256", 4096, 11008)
+    assert all(M.resolve(w8, 16, c).stages >= 1 for c in mosaic_configs(w8, 3))
