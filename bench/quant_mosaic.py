@@ -4,6 +4,7 @@ GEMV / tensor-core forms, quant_matmul without blocks), on one weight per (shape
 
     python -m bench.quant_mosaic [--shapes 4096x11008,4096x4096,11008x4096] [--methods int4,nf4]
                                  [--batches 1,4,8,16,32,64,256] [--budget-s 360]
+    python -m bench.quant_mosaic --methods nf4,nf4+shuffled    # both layouts of the NF4 weight, one process
 
 Hopper only (Mosaic GPU lowers for sm_90a); elsewhere it says so and exits 2. For each cell every Mosaic config
 (the weight's plan, its value-accumulator variant, and the three next rows-per-warpgroup x groups-per-step forms
@@ -27,8 +28,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, mosaic_cfg_str, mosaic_configs,
-                                         require_hopper, time_floor, time_for, tolerance)
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, method_layout, mosaic_cfg_str,
+                                         mosaic_configs, require_hopper, time_floor, time_for, tolerance)
 from pallas_kernels.quant import quant_matmul
 from pallas_kernels.quant import mosaic as M
 
@@ -61,16 +62,17 @@ def main(argv=None):
         k, n = (int(v) for v in shape.split("x"))
         w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
         w16s = bf16_copies(w)
-        for method in a.methods.split(","):
+        for token in a.methods.split(","):
+            method, shuffled, label = method_layout(token, a.shuffle)
             q = Q.quantize(w, method)
-            hw = hopper_weights(q, a.shuffle)
+            hw = hopper_weights(q, shuffled)
             pw, mw, wm, mws, pws, floor_ws = (hw[key] for key in ("pw", "mw", "wm", "mws", "pws", "floor_ws"))
             ideal = k * n * 2 / mw.nbytes
             floor = None
             ranked = None  # configs of the previous batch, fastest first
             for b in (int(v) for v in a.batches.split(",")):
                 if time.perf_counter() - t0 > a.budget_s:
-                    print(f"{shape} {q.cfg.name} b={b}: left out (past --budget-s)", flush=True)
+                    print(f"{shape} {label} b={b}: left out (past --budget-s)", flush=True)
                     continue
                 x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
                 ref = dequant_matmul_ref(x, wm)
@@ -91,25 +93,25 @@ def main(argv=None):
                     try:
                         ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)
                         if not ok:
-                            print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: FAILS its check "
+                            print(f"  {shape} {label} b={b} {mosaic_cfg_str(c, mw, b)}: FAILS its check "
                                   f"(rel {rel:.1e})")
                             continue
                         t, _ = time_for(op, x, mws, n, a.target_s, False)
                     except Exception as e:  # noqa: BLE001 -- a config Mosaic rejects must not end the sweep
-                        print(f"  {shape} {q.cfg.name} b={b} {c}: FAILED {type(e).__name__}: "
+                        print(f"  {shape} {label} b={b} {c}: FAILED {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
                         continue
-                    print(f"  {shape} {q.cfg.name} b={b} {mosaic_cfg_str(c, mw, b)}: {t * 1e6:.1f} us "
+                    print(f"  {shape} {label} b={b} {mosaic_cfg_str(c, mw, b)}: {t * 1e6:.1f} us "
                           f"(bf16 {t16 * 1e6:.1f}, floor {floor * 1e6:.1f})", flush=True)
                     timed.append((t, c))
                     if best is None or t < best[1]:
                         best = (c, t)
                 ranked = [c for _, c in sorted(timed, key=lambda tc: tc[0])]
-                rows.append((shape, q.cfg.name, b, t16, floor, t_route,
+                rows.append((shape, label, b, t16, floor, t_route,
                              (mosaic_cfg_str(best[0], mw, b), best[1]) if best else None, ideal))
                 print("ROW " + row_md(rows[-1]), flush=True)
                 if best:
-                    best_rows.append((shape, method, b, mosaic_cfg_str(best[0], mw, b), t16 / best[1]))
+                    best_rows.append((shape, label, b, mosaic_cfg_str(best[0], mw, b), t16 / best[1]))
     print("\n| shape KxN | method | batch | bf16 µs | read floor µs | ROUTES µs (x bf16) | Mosaic best | µs | "
           "x bf16 | ideal |\n|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -12,6 +12,7 @@ so that decode = full - no_decode, tensor-core issue and wait = no_decode - copy
 copy pipeline itself streams at the read floor.
 
     python -m bench.quant_mosaic_stages [--shapes 4096x11008,11008x4096] [--methods int4,nf4] [--batches 1,16,64]
+                                        [--methods nf4,nf4+shuffled: both layouts in one process]
                                         [--trace] [--sweep 3 --sweep-stages 2,3,4]
 
 --trace: the kernels one call of the full op launches (the Mosaic kernel, the x padding, the split-K sum), each
@@ -37,8 +38,8 @@ import jax.numpy as jnp
 
 from hqf_jax import quant as Q
 from hqf_jax.ops.quant_matmul import bf16_matmul, dequant_matmul_ref
-from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, mosaic_cfg_str, mosaic_configs,
-                                         require_hopper, time_floor, time_for, tolerance, trace_op)
+from hqf_jax.quant.kernel_timing import (bf16_copies, check, hopper_weights, method_layout, mosaic_cfg_str,
+                                         mosaic_configs, require_hopper, time_floor, time_for, tolerance, trace_op)
 from pallas_kernels.quant import mosaic as M
 
 PROBES = ("full", "no_decode", "copy")
@@ -123,9 +124,10 @@ def main(argv=None):
         k, n = (int(v) for v in shape.split("x"))
         w = jax.random.normal(jax.random.key(0), (k, n), jnp.float32) * 0.02
         w16s = bf16_copies(w)
-        for method in a.methods.split(","):
+        for token in a.methods.split(","):
+            method, shuffled, label = method_layout(token, a.shuffle)
             q = Q.quantize(w, method)
-            hw = hopper_weights(q, a.shuffle)
+            hw = hopper_weights(q, shuffled)
             mw, wm, mws, floor_ws = hw["mw"], hw["wm"], hw["mws"], hw["floor_ws"]
             for b in (int(v) for v in a.batches.split(",")):
                 if time.perf_counter() - t0 > a.budget_s:
@@ -143,13 +145,13 @@ def main(argv=None):
                     blocks = M.MosaicBlocks(probe="none" if probe == "full" else probe)
                     op = lambda x, m, c=blocks: M.mosaic_matmul(x, m, c)  # noqa: E731
                     t[probe] = time_for(op, x, mws, n, a.target_s, False)[0]
-                lines.append(row_md(shape, q.cfg.name, b, t, stage_row(t)))
+                lines.append(row_md(shape, label, b, t, stage_row(t)))
                 print("ROW " + lines[-1], flush=True)
                 if a.trace:
-                    print_trace(shape, q.cfg.name, b, x, mws)
+                    print_trace(shape, label, b, x, mws)
                 if a.sweep:
                     bound = tolerance(x, wm, ref)
-                    sweep(shape, q.cfg.name, b, x, mw, mws, t["floor"],
+                    sweep(shape, label, b, x, mw, mws, t["floor"],
                           lambda y: check(y, ref, x, wm, bound)[0], a)
     print("\n" + HEADER)
     print("\n".join(lines))

@@ -90,6 +90,19 @@ def test_stage_probes_compute_what_they_claim_on_gpu():
     assert not np.any(np.asarray(z))
 
 
+def test_method_layout_names_both_layouts_of_a_weight():
+    """The sweeps' --methods entries: "nf4+shuffled" is NF4 with shuffled codes (labelled so), --shuffle shuffles
+    every table codec, int codes never (refused when asked by name), any other suffix refused."""
+    from hqf_jax.quant.kernel_timing import method_layout
+
+    assert method_layout("nf4") == ("nf4", False, "nf4/g64")
+    assert method_layout("phi4+shuffled")[1:] == (True, "phi4/g64+shuffled")
+    assert method_layout("nf4", shuffle=True)[1] and not method_layout("int4", shuffle=True)[1]
+    for bad, match in (("int4+shuffled", "table codecs"), ("nf4+sorted", "suffix")):
+        with pytest.raises(ValueError, match=match):
+            method_layout(bad)
+
+
 def test_sweep_configs_are_the_plan_first_and_resolve():
     """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct
     (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""

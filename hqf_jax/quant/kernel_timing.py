@@ -150,6 +150,22 @@ def bf16_copies(w) -> list:
     return [w16] + [copy_tree(w16) for _ in range(copies_for(w.size * 2, False) - 1)]
 
 
+def method_layout(token: str, shuffle: bool = False) -> tuple[str, bool, str]:
+    """(method spec, shuffled codes?, row label) of a sweep's --methods entry: "nf4" or "nf4+shuffled" (codes in
+    the lookup's column order; table codecs only), so that one process times both layouts of a weight. ``shuffle``
+    (the sweeps' --shuffle) shuffles every table codec."""
+    from hqf_jax.quant.config import parse_method
+
+    spec, plus, opt = token.partition("+")
+    if plus and opt != "shuffled":
+        raise ValueError(f"--methods entry {token!r}: the only layout suffix is '+shuffled'")
+    cfg = parse_method(spec)
+    shuffled = (shuffle or bool(plus)) and cfg.method != "int"  # int codes take Mosaic GPU's own relayout
+    if plus and not shuffled:
+        raise ValueError(f"--methods entry {token!r}: only table codecs (NF4, phi4) store shuffled codes")
+    return spec, shuffled, cfg.name + ("+shuffled" if shuffled else "")
+
+
 def hopper_weights(q, shuffle: bool = False) -> dict:
     """What the Hopper sweeps time for a QTensor: its PackedWeight (pw) and MosaicWeight (mw; ``shuffle``: codes
     in the lookup's column order, table codecs), L2-defeating copies of both (pws, mws), random words of mw's size
