@@ -175,7 +175,9 @@ def _gpu_blocks(spec):
 
 GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(spec)] + [
     ("nf4", 24, M.MosaicBlocks(nf4="select")), ("nf4", 24, M.MosaicBlocks(nf4="prmt")),
-    ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64))]
+    ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64)),
+    ("int4", 1, M.MosaicBlocks(pad_x=False)), ("nf4", 37, M.MosaicBlocks(pad_x=False)),
+    ("int8", 200, M.MosaicBlocks(pad_x=False))]
 
 
 @pytest.mark.parametrize("spec,b,blocks", GPU_CASES)
@@ -205,6 +207,9 @@ def test_mosaic_shuffled_on_gpu(spec, b):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ["int4", "int4z:group_size=128"])
 def test_mosaic_padded_plan_on_gpu(spec):
-    """A plan that pads K (5 groups -> 6, split 3): the padded groups contribute nothing."""
+    """A plan that pads K (5 groups -> 6, split 3): the padded groups contribute nothing, with x padded by XLA or
+    read past its end by the copy engine (pad_x=False)."""
     x, q = _case(spec, 5 * (128 if "128" in spec else 64), 256, 24, seed=3)
-    _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), M.Plan(64, 1, 3, 6))), x, q)
+    mw = M.prepare_mosaic(prepare(q), M.Plan(64, 1, 3, 6))
+    _check(M.mosaic_matmul_jit(x, mw), x, q)
+    _check(M.mosaic_matmul_jit(x, mw, M.MosaicBlocks(pad_x=False)), x, q)

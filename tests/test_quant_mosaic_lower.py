@@ -185,3 +185,20 @@ def test_wrong_tile_layout_fails_at_lowering(monkeypatch, lookup, nf4, layout, e
     assert jax.eval_shape(lambda x, mw: M.mosaic_matmul(x, mw, blocks), x, mw).shape == (16, N)
     with pytest.raises(error, match=match):
         _lowered("nf4", 16, blocks)
+
+
+@pytest.mark.parametrize("pad_x", [True, False])
+def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x):
+    """MosaicBlocks(pad_x=False): no XLA pad before the call, the kernel's x operand is x itself (1 row, 5 groups
+    of K against the plan's 6), its copies reading past both ends (TMA fills zeros); pad_x=True (the default) pads
+    x to the batch tile and the plan's K first."""
+    x = jax.ShapeDtypeStruct((1, 320), jnp.bfloat16)
+    mw = mosaic_abstract("int4", 320, N, plan=M.Plan(64, 1, 3, 6))
+    lowered = jax.jit(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(pad_x=pad_x))).trace(x, mw).lower(
+        lowering_platforms=("cuda",))
+    from jax._src.lib.mlir import ir
+
+    [call] = [c for c in custom_calls(lowered) if "mosaic_gpu" in c.attributes["call_target_name"].value]
+    assert tuple(ir.RankedTensorType(call.operands[0].type).shape) == ((16, 384) if pad_x else (1, 320))
+    assert ("stablehlo.pad" in lowered.as_text()) == pad_x
+    assert lowered.out_info.shape == (1, N)

@@ -104,14 +104,16 @@ def test_method_layout_names_both_layouts_of_a_weight():
 
 
 def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, then distinct
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, x unpadded, then distinct
     (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
     from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
 
     mw = _abstract("int4", 4096, 11008)
     cs = mosaic_configs(mw, 3)
-    assert cs[:3] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")] and len(cs) == 6
-    forms = {(c.wg_rows, c.groups) for c in cs[3:]}
+    assert cs[:4] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"),
+                      M.MosaicBlocks(pad_x=False)] and len(cs) == 7
+    assert mosaic_cfg_str(cs[3], mw, 1).endswith("/nopad")
+    forms = {(c.wg_rows, c.groups) for c in cs[4:]}
     assert len(forms) == 3 and (mw.plan.wg_rows, mw.plan.groups) not in forms
     for c in cs:
         r = M.resolve(mw, 16, c)
@@ -119,8 +121,8 @@ def test_sweep_configs_are_the_plan_first_and_resolve():
     p = mw.plan
     assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")
     nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
-    assert nf[3:5] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 8
-    assert mosaic_cfg_str(nf[3]).endswith("/prmt") and mosaic_cfg_str(nf[4]).endswith("/select")
+    assert nf[4:6] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 9
+    assert mosaic_cfg_str(nf[4]).endswith("/prmt") and mosaic_cfg_str(nf[5]).endswith("/select")
     # int8 in groups of 256: the other forms are planned at 8 bits a code, so every one fits shared memory
     w8 = _abstract("int8:group_size=256", 4096, 11008)
     assert all(M.resolve(w8, 16, c).stages >= 1 for c in mosaic_configs(w8, 3))

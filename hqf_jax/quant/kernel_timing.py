@@ -199,7 +199,8 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
 
 def mosaic_configs(mw, more: int = 3) -> list:
     """The weight's plan (MosaicBlocks()), the plan at pipeline depth 2 (stage probe, 2026-11-30: 10.7 µs where the
-    plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, for NF4 the plan with the
+    plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, the plan reading x
+    unpadded (pad_x=False), for NF4 the plan with the
     other NF4 decodes (nf4_prmt's lookup on the WGMMA layout's registers, the select tree), and the cheapest split of
     each of the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
     plan's own cost model, mosaic_layout.plan_options)."""
@@ -207,7 +208,7 @@ def mosaic_configs(mw, more: int = 3) -> list:
     from pallas_kernels.quant.mosaic_layout import plan_options
 
     n, _ = mw.shape
-    out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value")]
+    out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"), M.MosaicBlocks(pad_x=False)]
     if mw.levels is not None and not mw.shuffled:  # table codecs: the lookup on 2-nibble registers, the select tree
         out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
@@ -225,5 +226,5 @@ def mosaic_cfg_str(c, mw=None, batch: int = 1) -> str:
 
     if mw is not None:
         c = M.resolve(mw, batch, c)
-    sel = "" if c.nf4 == M.MosaicBlocks().nf4 else f"/{c.nf4}"
+    sel = ("" if c.nf4 == M.MosaicBlocks().nf4 else f"/{c.nf4}") + ("" if c.pad_x else "/nopad")
     return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}{sel}"

@@ -66,6 +66,9 @@ class MosaicBlocks:
     probe: str = "none"  # PROBES: a stage probe for timing only (the result is not the product)
     nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py), on the WGMMA
     # layout's two-nibble registers (nf4_prmt.py), or the select tree
+    pad_x: bool = True  # False: x is read as it is, the copy engine filling the tile's rows past the batch and
+    # columns past K (a TMA read out of bounds gives zeros; a row past the batch only reaches its own output
+    # column, sliced away): no XLA pad kernel before the call. Lowering checked on CPU; speed not yet measured
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -132,7 +135,9 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     tb, g, gs_n, wr, sk = blocks.block_b, mw.group, blocks.groups, blocks.wg_rows, blocks.split_k
     steps = mw.w.shape[0] // (sk * gs_n)
     bp = -(-b // tb) * tb
-    xp = jnp.pad(x.astype(jnp.bfloat16), ((0, bp - b), (0, mw.w.shape[0] * g - k)))
+    xp = x.astype(jnp.bfloat16)
+    if blocks.pad_x:
+        xp = jnp.pad(xp, ((0, bp - b), (0, mw.w.shape[0] * g - k)))
     cta_n = COMPUTE_WGS * wr
     nf4 = mw.levels is not None  # a table codec (NF4, 4-bit φ-grid): its level looked up
 
