@@ -33,6 +33,26 @@ def test_byte_permute_lookup_is_the_table(spec):
     np.testing.assert_array_equal(P.decode_word_np(words, levels), want[nib8.astype(int)])
 
 
+@pytest.mark.parametrize("spec", ["nf4", "phi4"])
+def test_whole_word_lookup_is_the_two_half_lookups(spec):
+    """PROGRAM_WORD (one block a word, nf4.words8) gives the eight levels of a word exactly as PROGRAM run on the word
+    and on word >> 16: every 16-bit pattern in either half (the other half random), and random words; it spends 22
+    instructions where the two half-word runs take 2 x 12 + 1 (the shift between them)."""
+    levels = lut_levels(parse_method(spec))
+    rng = np.random.default_rng(1)
+    pat = np.arange(1 << 16, dtype=np.uint64)
+    other = rng.integers(0, 1 << 16, pat.size, dtype=np.uint64)
+    words = np.concatenate([pat | other << np.uint64(16), other | pat << np.uint64(16),
+                            rng.integers(0, 1 << 32, 4096, dtype=np.uint64)])
+    got = np.stack([(w[:, None] >> np.array([0, 16], np.uint64)) & np.uint64(0xFFFF)
+                    for w in P.run_np(words, levels, P.PROGRAM_WORD)], 1).reshape(-1, 8)
+    np.testing.assert_array_equal(got.astype(np.uint16), P.decode_word_np(words, levels))
+    assert len(P.PROGRAM_WORD) == 22 < 2 * len(P.PROGRAM) + 1
+    assert sum(op == "prmt" for op, _, _ in P.PROGRAM_WORD) == 2 * sum(op == "prmt" for op, _, _ in P.PROGRAM)
+    text = P.ptx(levels, P.PROGRAM_WORD)
+    assert text.count(";") - 1 == 22 and "$4" in text and "$5" not in text and all(f"${j}" in text for j in range(4))
+
+
 def test_the_kernels_ptx_is_the_program():
     """ptx() writes one instruction per PROGRAM step (what run_np runs), the tables as immediates."""
     lines = P.ptx().split("\n")

@@ -177,7 +177,8 @@ GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(sp
     ("nf4", 24, M.MosaicBlocks(nf4="select")), ("nf4", 24, M.MosaicBlocks(nf4="prmt")),
     ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64)),
     ("int4", 1, M.MosaicBlocks(pad_x=False)), ("nf4", 37, M.MosaicBlocks(pad_x=False)),
-    ("int8", 200, M.MosaicBlocks(pad_x=False))]
+    ("int8", 200, M.MosaicBlocks(pad_x=False)), ("nf4", 24, M.MosaicBlocks(nf4="words8")),
+    ("phi4:group_size=128", 64, M.MosaicBlocks(nf4="words8", wg_rows=128))]
 
 
 @pytest.mark.parametrize("spec,b,blocks", GPU_CASES)

@@ -6,8 +6,8 @@ only the PTX compile and the numbers need one (tests/test_quant_mosaic.py, marke
 bytecode in the ``mosaic_gpu`` custom call's backend config; ``kernel_ops`` reads it back the way Mosaic GPU writes
 it (its serde pass, inverted; a private API: a jax upgrade that moves it fails here loudly) and counts the ops and
 the inline asm strings, so each variant is checked for what it emits: the table lookup (nf4_prmt.ptx of the
-weight's own levels, once per four codes a thread holds), the relayout the words lookup runs on (or skips, for
-shuffled codes), the select tree, the wgmma count. A tile handed to a lookup in the wrong layout fails here,
+weight's own levels, once per four codes a thread holds or, for nf4="words8", per eight), the relayout the words
+lookup runs on (or skips, for shuffled codes), the select tree, the wgmma count. A tile handed to a lookup in the wrong layout fails here,
 where tracing alone (jax.eval_shape) passes.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import pytest
 
 from pallas_kernels.quant import mosaic as M
-from pallas_kernels.quant.nf4_prmt import ptx
+from pallas_kernels.quant.nf4_prmt import PROGRAM_WORD, ptx
 from tests.quant_cases import mosaic_abstract
 
 K, N = 512, 256
@@ -92,6 +92,8 @@ CASES = [  # (spec, batch, blocks, shuffled): test_kernel_traces' variants, the 
     ("nf4", 16, M.MosaicBlocks(), False),  # nf4="words", the default
     ("phi4", 16, M.MosaicBlocks(), False),
     ("nf4", 16, M.MosaicBlocks(), True),
+    ("nf4", 16, M.MosaicBlocks(nf4="words8"), False),
+    ("phi4", 32, M.MosaicBlocks(nf4="words8", wg_rows=128), True),
     ("phi4", 32, M.MosaicBlocks(wg_rows=128, acc="value"), True),
     ("int4z:group_size=128", 37, M.MosaicBlocks(split_k=2), False),
     ("nf4", 8, M.MosaicBlocks(groups=2, split_k=1, acc="ref"), False),
@@ -124,7 +126,8 @@ def _id(case) -> str:
 def test_kernel_lowers_for_cuda(i):
     """One mosaic_gpu call a kernel with its (split_k, N, padded batch) float32 partials; the output (B, N) in
     x's dtype; the kernel emits per group and compute warpgroup wg_rows * g / 16 / 64 wgmma instructions and
-    the decode its variant names: the lookup (ptx of the weight's levels) once per four codes a thread holds, on
+    the decode its variant names: the lookup (ptx of the weight's levels) once per four codes a thread holds (per
+    eight: words8), on
     the relaid words or (shuffled codes) with no relayout at all, the select tree's 15 compares per register of
     two codes, or nothing of either (int codes, probes); int8 codes convert by Mosaic's prmt/and/sub, one
     conversion per two codes, after the same count of relayout permutes as int4."""
@@ -142,12 +145,13 @@ def test_kernel_lowers_for_cuda(i):
     assert wgmma == (0 if r.probe == "copy" else r.groups * mw.group // 16 * r.wg_rows // 64)
     decodes = r.probe == "none"
     table = decodes and mw.levels is not None
-    looked = asms[ptx(mw.levels)] if mw.levels is not None else 0
-    assert looked == (codes // 4 if table and r.nf4 in ("words", "prmt") else 0)
+    whole = r.nf4 == "words8"  # one lookup block a word of eight codes, else a half word of four
+    looked = asms[ptx(mw.levels, PROGRAM_WORD) if whole else ptx(mw.levels)] if mw.levels is not None else 0
+    assert looked == (codes // (8 if whole else 4) if table and r.nf4 in ("words", "words8", "prmt") else 0)
     assert sum(n for a, n in asms.items() if "0x7777" in a) == looked  # no lookup with another table
     assert names["arith.cmpf"] == (15 * codes // 2 if table and r.nf4 == "select" else 0)
     assert sum(n for a, n in asms.items() if I8_TO_BF16 in a) == (codes // 2 if decodes and mw.bits == 8 else 0)
-    if table and r.nf4 == "words":
+    if table and r.nf4 in ("words", "words8"):
         # the words lookup reads whole relaid 32-bit words: two relayout prmts a word, none for shuffled codes
         assert asms[RELAYOUT_PRMT] == (0 if shuffle else 2 * codes // 8)
         assert feeds[RELAYOUT_PRMT if not shuffle else False] == looked

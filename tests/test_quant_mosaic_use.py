@@ -104,8 +104,9 @@ def test_method_layout_names_both_layouts_of_a_weight():
 
 
 def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, x unpadded, then distinct
-    (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, x unpadded,
+    then distinct (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved
+    form."""
     from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
 
     mw = _abstract("int4", 4096, 11008)
@@ -121,8 +122,10 @@ def test_sweep_configs_are_the_plan_first_and_resolve():
     p = mw.plan
     assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")
     nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
-    assert nf[4:6] == [M.MosaicBlocks(nf4="prmt"), M.MosaicBlocks(nf4="select")] and len(nf) == 9
-    assert mosaic_cfg_str(nf[4]).endswith("/prmt") and mosaic_cfg_str(nf[5]).endswith("/select")
+    assert nf[4:7] == [M.MosaicBlocks(nf4=d) for d in ("words8", "prmt", "select")] and len(nf) == 10
+    assert mosaic_cfg_str(nf[5]).endswith("/prmt") and mosaic_cfg_str(nf[6]).endswith("/select")
+    shuffled = mosaic_configs(_abstract("nf4", 4096, 11008, shuffle=True), 3)  # only the lookups on relaid words
+    assert shuffled[4] == M.MosaicBlocks(nf4="words8") and len(shuffled) == 8
     # int8 in groups of 256: the other forms are planned at 8 bits a code, so every one fits shared memory
     w8 = _abstract("int8:group_size=256", 4096, 11008)
     assert all(M.resolve(w8, 16, c).stages >= 1 for c in mosaic_configs(w8, 3))

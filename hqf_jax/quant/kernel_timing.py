@@ -200,8 +200,8 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
 def mosaic_configs(mw, more: int = 3) -> list:
     """The weight's plan (MosaicBlocks()), the plan at pipeline depth 2 (stage probe, 2026-11-30: 10.7 µs where the
     plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, the plan reading x
-    unpadded (pad_x=False), for NF4 the plan with the
-    other NF4 decodes (nf4_prmt's lookup on the WGMMA layout's registers, the select tree), and the cheapest split of
+    unpadded (pad_x=False), for table codecs the plan with the other lookups (a block a word, "words8"; nf4_prmt's
+    lookup on the WGMMA layout's registers and the select tree, unshuffled codes only), and the cheapest split of
     each of the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
     plan's own cost model, mosaic_layout.plan_options)."""
     from pallas_kernels.quant import mosaic as M
@@ -209,8 +209,9 @@ def mosaic_configs(mw, more: int = 3) -> list:
 
     n, _ = mw.shape
     out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"), M.MosaicBlocks(pad_x=False)]
-    if mw.levels is not None and not mw.shuffled:  # table codecs: the lookup on 2-nibble registers, the select tree
-        out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4]
+    if mw.levels is not None:  # table codecs: the other lookups (shuffled codes: only those on the relaid words)
+        out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4
+                and (not mw.shuffled or d.startswith("words"))]
     seen, base = {(mw.plan.wg_rows, mw.plan.groups)}, len(out)
     for _, p in plan_options(n, mw.w.shape[0], mw.group, max_pad=0.0, bits=mw.bits):
         if (p.wg_rows, p.groups) not in seen and len(out) < base + more:

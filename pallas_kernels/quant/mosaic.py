@@ -50,7 +50,7 @@ MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
 # register tile in place of the decoded weight (copies + wgmma + waits, no smem load / convert / scale); "copy"
 # runs the pipeline's copies and barriers with an empty compute step. Full minus no_decode is the decode's cost.
 PROBES = ("none", "no_decode", "copy")
-NF4_DECODES = ("words", "prmt", "select")
+NF4_DECODES = ("words", "words8", "prmt", "select")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,8 @@ class MosaicBlocks:
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
     probe: str = "none"  # PROBES: a stage probe for timing only (the result is not the product)
-    nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py), on the WGMMA
+    nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py; "words8": one PTX
+    # block for a word's eight nibbles, 22 ops where two half-word blocks take 25, not yet timed), on the WGMMA
     # layout's two-nibble registers (nf4_prmt.py), or the select tree
     pad_x: bool = True  # False: x is read as it is, the copy engine filling the tile's rows past the batch and
     # columns past K (a TMA read out of bounds gives zeros; a row past the batch only reaches its own output
@@ -100,9 +101,9 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
         problems.append(f"acc={b.acc!r}: use 'value' or 'ref'")
     if b.nf4 not in NF4_DECODES:
         problems.append(f"nf4={b.nf4!r}: use one of {NF4_DECODES}")
-    elif mw.shuffled and b.nf4 != "words":
+    elif mw.shuffled and b.nf4 not in ("words", "words8"):
         problems.append(f"nf4={b.nf4!r} reads the codes in the weight's own column order: a shuffled weight "
-                        "(prepare_mosaic(..., shuffle=True)) takes nf4='words'")
+                        "(prepare_mosaic(..., shuffle=True)) takes nf4='words' or 'words8'")
     if b.probe not in PROBES:
         problems.append(f"probe={b.probe!r}: use one of {PROBES}")
     if ng % (b.split_k * b.groups):
@@ -161,8 +162,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
             if blocks.probe == "no_decode":
                 return plgpu.layout_cast(jnp.full((wr, g), 1.0, jnp.bfloat16), plgpu.Layout.WGMMA)
             w = plgpu.load(w_smem, (j, rows), layout=load_layout)
-            if nf4 and blocks.nf4 == "words":  # relayout on i32 words (none if the codes are shuffled), lookup
-                w = nf4_levels_words(w, mw.levels, relayout=not mw.shuffled)
+            if nf4 and blocks.nf4 in ("words", "words8"):  # relayout on i32 words (none if shuffled), lookup
+                w = nf4_levels_words(w, mw.levels, relayout=not mw.shuffled, whole=blocks.nf4 == "words8")
             elif nf4 and blocks.nf4 == "prmt":
                 w = nf4_levels_prmt(plgpu.layout_cast(w, plgpu.Layout.WGMMA), mw.levels)
             else:

@@ -12,11 +12,10 @@ The Hopper kernel holds NF4 codes as signed nibbles v = code - 8 (mosaic_layout.
 - the four high bytes and four low bytes are interleaved into two bf16x2 words by two more prmt; the kernel runs
   the whole of it as one PTX block per four nibbles, the tables as immediates.
 
-``PROGRAM`` is the block as data: ``ptx()`` writes the PTX the kernel runs and ``run_np`` runs the same steps on
-numpy integers (``prmt_np`` models the instruction); the CPU test runs every 16-bit nibble pattern through it.
-``lookup_half`` emits the block on one 32-bit word in a Mosaic GPU kernel (for both lookups: here and nf4_words.py);
-``nf4_levels_prmt`` is the Mosaic GPU form on the WGMMA layout (``plgpu.inline_mgpu``), run on the GPU by the
-kernel's own checks (bench.quant_mosaic compares each config with the jnp model of the kernel).
+``PROGRAM`` is the block as data (``PROGRAM_WORD``: all eight nibbles of a word): ``ptx()`` writes the PTX the kernel
+runs and ``run_np`` runs the same steps on numpy integers (``prmt_np`` models the instruction); the CPU tests run
+every 16-bit nibble pattern through them. ``lookup_half`` / ``lookup_word`` emit a block in a Mosaic GPU kernel
+(here and nf4_words.py); ``nf4_levels_prmt`` is the Mosaic GPU form on the WGMMA layout (``plgpu.inline_mgpu``).
 """
 
 from __future__ import annotations
@@ -86,6 +85,19 @@ PROGRAM = (
     ("prmt", "out0", ("l", "h", INTERLEAVE[0])),
     ("prmt", "out1", ("l", "h", INTERLEAVE[1])),
 )
+# The same lookup of all eight nibbles of w: the index and selector made once for the word (its upper half's by
+# one shift each, prmt reading its selector's low 16 bits), 6 integer ops and 16 prmt where two runs of PROGRAM
+# (on w and on w >> 16) take 9 and 16. Outputs out0..out3: the bf16 pairs of elements (0, 1) .. (6, 7).
+PROGRAM_WORD = (
+    ("and", "idx", ("w", 0x77777777)),
+    ("and", "sel", ("w", 0x88888888)),
+    ("shr", "sel", ("sel", 1)),
+    ("or", "sel", ("sel", 0x32103210)),
+    *PROGRAM[4:10], ("prmt", "out0", ("l", "h", INTERLEAVE[0])), ("prmt", "out1", ("l", "h", INTERLEAVE[1])),
+    ("shr", "idx", ("idx", 16)),
+    ("shr", "sel", ("sel", 16)),
+    *PROGRAM[4:10], ("prmt", "out2", ("l", "h", INTERLEAVE[0])), ("prmt", "out3", ("l", "h", INTERLEAVE[1])),
+)
 _NP_OPS = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "shr": lambda x, y: x >> y, "prmt": None}
 _PTX_TYPES = {"and": "b32", "or": "b32", "shr": "u32", "prmt": "b32"}
 
@@ -95,23 +107,30 @@ def _table_env(levels=None) -> dict:
     return {**{f"H{j}": w for j, w in enumerate(hi)}, **{f"L{j}": w for j, w in enumerate(lo)}}
 
 
-def run_np(w, levels=None) -> tuple:
-    """PROGRAM on numpy uint64 words (or ints) of nibbles (bits 0-15 read): (out0, out1), the bf16 pairs of
-    elements (0, 1) and (2, 3): the kernel's PTX, run by the numpy model of its instructions."""
+def _outputs(program) -> list[str]:
+    return sorted(d for _, d, _ in program if d.startswith("out"))
+
+
+def run_np(w, levels=None, program=PROGRAM) -> tuple:
+    """A lookup program on numpy uint64 words (or ints) of nibbles: PROGRAM reads bits 0-15 and gives (out0, out1),
+    the bf16 pairs of elements (0, 1) and (2, 3); PROGRAM_WORD reads all 32 bits and gives out0..out3. The
+    kernel's PTX, run by the numpy model of its instructions."""
     env = {**{k: np.uint64(v) for k, v in _table_env(levels).items()}, "w": np.asarray(w, np.uint64)}
-    for op, dst, args in PROGRAM:
+    for op, dst, args in program:
         vals = [env[x] if isinstance(x, str) else np.uint64(x) for x in args]
         env[dst] = prmt_np(*vals) if op == "prmt" else _NP_OPS[op](*vals) & np.uint64(0xFFFFFFFF)
-    return env["out0"], env["out1"]
+    return tuple(env[o] for o in _outputs(program))
 
 
-def ptx(levels=None) -> str:
-    """PROGRAM as one PTX block: $2 the word, $0 / $1 the two outputs, the tables as immediates."""
+def ptx(levels=None, program=PROGRAM) -> str:
+    """A lookup program as one PTX block: $0.. the outputs (two for PROGRAM, four for PROGRAM_WORD), then the word,
+    the tables as immediates."""
+    outs = _outputs(program)
     env = {k: f"0x{v:08x}" for k, v in _table_env(levels).items()}
-    env.update(w="$2", out0="$0", out1="$1")
-    regs = sorted({d for _, d, _ in PROGRAM} - {"out0", "out1"})
+    env.update({o: f"${j}" for j, o in enumerate(outs)}, w=f"${len(outs)}")
+    regs = sorted({d for _, d, _ in program} - set(outs))
     lines = [f".reg .b32 {', '.join(regs)};"]
-    for op, dst, args in PROGRAM:
+    for op, dst, args in program:
         ops = ", ".join(env.get(x, x) if isinstance(x, str) else (str(x) if x < 16 else f"0x{x:x}") for x in args)
         lines.append(f"{op}.{_PTX_TYPES[op]} {env.get(dst, dst)}, {ops};")
     return "{\n" + "\n".join(lines) + "\n}"
@@ -140,6 +159,17 @@ def lookup_half(word, half: int, asm: str) -> list:
     src = word if half == 0 else arith.shrui(word, mu.c(16, i32))
     res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [src], asm, "=r,=r,r")
     return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
+
+
+def lookup_word(word, asm: str) -> list:
+    """The lookup of all eight nibbles of an i32 word inside a Mosaic GPU kernel (``asm = ptx(levels,
+    PROGRAM_WORD)``): its four i32 results, the bf16x2 pairs of elements (0, 1) .. (6, 7)."""
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import llvm
+
+    i32 = ir.IntegerType.get_signless(32)
+    res = llvm.inline_asm(llvm.StructType.get_literal([i32] * 4), [word], asm, "=r,=r,=r,=r,r")
+    return [llvm.extractvalue(i32, res, [k]) for k in range(4)]
 
 
 def nf4_levels_prmt(w, levels=None):

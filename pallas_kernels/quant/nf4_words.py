@@ -130,11 +130,12 @@ def _column_order_64() -> tuple[int, ...]:
     return tuple(int(c) for c in order[0])
 
 
-def nf4_levels_words(w, levels=None, relayout: bool = True):
+def nf4_levels_words(w, levels=None, relayout: bool = True, whole: bool = False):
     """(R, C) int4 array of v = code - 8 in the WGMMA_UPCAST_4X layout (as plgpu.load gives it) -> the bf16
     levels (NF4's unless ``levels``, 16 by code, is given) in the WGMMA layout. ``relayout=False``: the codes were
     stored in ``column_order`` (MosaicWeight.shuffled), so the loaded words already hold what the relayout would
-    bring and it is skipped. Inside a Mosaic GPU Pallas kernel only (Hopper)."""
+    bring and it is skipped. ``whole``: one PTX block a word (nf4_prmt.PROGRAM_WORD, the eight nibbles' index and
+    selector made once), else one a half word (PROGRAM). Inside a Mosaic GPU Pallas kernel only (Hopper)."""
     from jax.experimental.mosaic import gpu as mgpu
     from jax.experimental.mosaic.gpu import utils as mu
     from jax.experimental.mosaic.gpu import fragmented_array as fa
@@ -143,7 +144,7 @@ def nf4_levels_words(w, levels=None, relayout: bool = True):
     from jax._src.lib.mlir.dialects import arith
     import jax.numpy as jnp
 
-    from pallas_kernels.quant.nf4_prmt import lookup_half, ptx
+    from pallas_kernels.quant.nf4_prmt import PROGRAM_WORD, lookup_half, lookup_word, ptx
 
     sources = wgmma_sources(tuple(w.shape))
 
@@ -160,13 +161,17 @@ def nf4_levels_words(w, levels=None, relayout: bool = True):
 
         first_2x = arith.cmpi(arith.CmpIPredicate.ult, arith.remui(lane, c(4)), c(2))
         even = arith.cmpi(arith.CmpIPredicate.eq, arith.remui(lane, c(2)), c(0))
-        asm = ptx(levels)
+        asm = ptx(levels, PROGRAM_WORD) if whole else ptx(levels)
         relaid, looked = {}, {}
 
         def pair(word_idx, part):  # bf16x2 of nibble pair `part` of the relaid word
             if word_idx not in relaid:
                 word = mu.bitcast(arr.registers[word_idx], i32)
                 relaid[word_idx] = step(step(word, STEP_4X_2X, first_2x), STEP_2X_WGMMA, even) if relayout else word
+            if whole:
+                if word_idx not in looked:
+                    looked[word_idx] = lookup_word(relaid[word_idx], asm)
+                return looked[word_idx][part]
             key = (word_idx, part // 2)
             if key not in looked:
                 looked[key] = lookup_half(relaid[word_idx], part // 2, asm)
