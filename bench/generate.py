@@ -205,15 +205,20 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                          limit_bytes_per_s=read_limit(b, bw, wb), compiles=comp, ops_per_step=None, bpb=None,
                          bpb_cost=None))
             del engine
-    if model.cfg.extra_heads:
-        engine = Engine(model, dtype="bfloat16")
+    # speculative rows: the module-by-module verify pass, and with fused dots when a fused impl is benched
+    spec_impls = (["jnp"] + (["fused"] if any(i.startswith("fused") for i in impls) else [])
+                  if model.cfg.extra_heads else [])
+    for impl in spec_impls:
+        engine = Engine(model, dtype="bfloat16", decode_impl=impl)
+        name = "speculative" + (" fused dots" if impl != "jnp" else "")
         for b, r in [(b, r) for b in batches for r in [None] + [r for r in a.min_rows if r > b]]:
             prompts = held_out_prompts(cfg, b) if a.run else [b"The quick brown fox jumps over the lazy dog. "] * b
             engine.min_rows = r  # speculative decoding pads only at an explicit min_rows
             bps, per = time_speculative(engine, prompts, a.steps, a.reps)
-            add(dict(path=f"engine bf16 speculative ({model.cfg.extra_heads} heads)" + (f" min_rows {r}" if r else ""),
+            add(dict(path=f"engine bf16 {name} ({model.cfg.extra_heads} heads)" + (f" min_rows {r}" if r else ""),
                      batch=b, weight_bytes=engine.weight_bytes(), bytes_per_s=bps,
                      limit_bytes_per_s=read_limit(b, bw, engine.weight_bytes()), bytes_per_verify=per))
+        del engine
     for r in out:
         r.update(config=source, heads=model.cfg.extra_heads)
     rows.extend(out)

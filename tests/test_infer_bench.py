@@ -20,6 +20,8 @@ def test_bench_generate_small(tmp_path, capsys):
     paths = {r["path"] for r in rows}
     assert any(p.startswith("old") for p in paths) and "engine bf16 jnp" in paths and "engine bf16 int8 jnp" in paths
     assert "engine bf16 fused" in paths and "engine bf16 fused_pallas" in paths
+    spec = [p for p in paths if "speculative" in p]  # the layers' verify pass and the fused engine's
+    assert sorted(spec) == ["engine bf16 speculative (2 heads)", "engine bf16 speculative fused dots (2 heads)"]
     by = {r["path"]: r for r in rows}
     assert by["engine bf16 fused"]["ops_per_step"] < by["engine bf16 jnp"]["ops_per_step"]
     assert by["engine bf16 jnp"]["bpb_cost"] == 0.0 and 0 < by["engine bf16 int8 jnp"]["bpb"] < 16

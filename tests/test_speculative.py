@@ -51,6 +51,28 @@ def test_padded_batch_leaves_the_real_rows_unchanged(engine, temperature):
     assert got[1] == want[1] and got[0].shape == (1, 24)
 
 
+def test_fused_engine_verifies_with_its_fused_weights(engine):
+    """An engine built with a fused decode_impl runs the verify pass (and the prefill) with its concatenated
+    projections: the forward gives the layers' logits, hidden states and collected keys/values, and greedy
+    speculative output equals plain greedy decoding."""
+    from hqf_jax.infer.step import forward, init_state
+
+    fused = Engine(engine.model, dtype="float32", prompt_bucket=16, decode_impl="fused")
+    assert fused.fused_weights is not None
+    tokens = jnp.asarray([[104, 101, 108, 108, 111], [1, 2, 3, 4, 5]], jnp.int32)
+    state = init_state(engine.model.cfg, jnp.asarray([3, 0], jnp.int32))
+    (ref_kvs, got_kvs) = ([], [])
+    ref = forward(engine.model, tokens, state, kvs=ref_kvs, return_hidden=True)
+    got = forward(engine.model, tokens, state, kvs=got_kvs, return_hidden=True, fw=fused.fused_weights)
+    for a, b in zip(jax.tree.leaves((ref, ref_kvs)), jax.tree.leaves((got, got_kvs))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    zeroed = jax.tree.map(jnp.zeros_like, fused.fused_weights)  # the products come from fw, not the layers
+    assert not np.allclose(forward(engine.model, tokens, state, fw=zeroed)[0], ref[0], atol=1e-3)
+    prompts = [b"hello wor", b"a prompt of two chunks"]
+    ids, _ = speculative_generate(fused, prompts, 16)
+    np.testing.assert_array_equal(ids, engine.generate_ids(prompts, 16))
+
+
 def test_sampled_distribution_equals_plain_sampling(engine):
     check_sampling_equals_plain(engine)
 

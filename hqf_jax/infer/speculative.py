@@ -9,7 +9,9 @@ emitted byte has exactly the distribution of plain sampling with the same temper
 target p is the filtered distribution; greedy rows use one-hot distributions, which makes the output equal
 to greedy decoding). The state keeps the pending byte and the accepted drafts only (``step.absorb``).
 
-One loop for two engines: Engine (the RetNet byte LM, its inference forward ``step.forward``; ragged prompts) and
+One loop for two engines: Engine (the RetNet byte LM, its inference forward ``step.forward``; ragged prompts; an
+engine built with a fused decode_impl verifies with its fused weights: one dot for [Wq|Wk|Wv|Wg], one for
+[Wgate|Wup] a layer) and
 RecurrentEngine (RetNPhi, ``retnphi.extra_heads = k``: the model's own chunkwise form collects what ``absorb``
 needs; prompts of one length, as its prefill). Each gives a prefill and a verify function (``KINDS``).
 
@@ -70,29 +72,31 @@ def _drafts(model, hidden, settings, counter, vocab_limit):
     return d, q
 
 
-def _retnet_prefill(model, tokens, lengths):
-    """(last logits (B, V), state, last hidden (B, d)) of left-padded prompts: the byte LM's inference forward."""
+def _retnet_prefill(model, tokens, lengths, fw=None):
+    """(last logits (B, V), state, last hidden (B, d)) of left-padded prompts: the byte LM's inference forward
+    (its dots fused when the engine holds fused weights ``fw``)."""
     t = tokens.shape[1]
     valid = jnp.arange(t)[None, :] >= (t - lengths)[:, None]
-    logits, state, hidden = forward(model, tokens, init_state(model.cfg, lengths - t), valid, return_hidden=True)
+    logits, state, hidden = forward(model, tokens, init_state(model.cfg, lengths - t), valid, return_hidden=True,
+                                    fw=fw)
     return logits[:, -1], state, hidden[:, -1]
 
 
-def _retnet_verify(model, chunk, state):
+def _retnet_verify(model, chunk, state, fw=None):
     """(logits (B, k+1, V), hidden (B, k+1, d), kvs for absorb) of one verify chunk."""
     kvs = []
-    logits, _, hidden = forward(model, chunk, state, kvs=kvs, return_hidden=True)
+    logits, _, hidden = forward(model, chunk, state, kvs=kvs, return_hidden=True, fw=fw)
     return logits, hidden, kvs
 
 
-def _recurrent_prefill(model, tokens, lengths):
+def _recurrent_prefill(model, tokens, lengths, fw=None):  # RetNPhi: its own form (no fused weights)
     """The model's own form over prompts of one length; offsets made per row (verify moves rows apart)."""
     logits, state, hidden = model(tokens, model.init_state(tokens.shape[0]), return_state=True, return_hidden=True)
     state = tuple(s._replace(offset=jnp.broadcast_to(s.offset, lengths.shape).astype(jnp.int32)) for s in state)
     return logits[:, -1], state, hidden[:, -1]
 
 
-def _recurrent_verify(model, chunk, state):
+def _recurrent_verify(model, chunk, state, fw=None):
     kvs = []
     logits, _, hidden = model(chunk, state, form="chunkwise", return_state=True, return_hidden=True, kvs=kvs)
     return logits, hidden, kvs
@@ -108,12 +112,12 @@ def head_count(model) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind"))
-def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet"):
+def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet", fw=None):
     model = nnx.merge(graphdef, weights)
     prefill, verify = KINDS[kind]
     k = head_count(model)
     b = tokens.shape[0]
-    last_logits, state, last_hidden = prefill(model, tokens, lengths)
+    last_logits, state, last_hidden = prefill(model, tokens, lengths, fw)
     zero = jnp.zeros((b,), jnp.int32)
     p0 = target_probs(last_logits, settings, vocab_limit)
     pending = _draw(_row_keys(settings, zero, 1)[0], p0)
@@ -127,7 +131,7 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
     def body(c):
         state, pending, drafts, q, emitted, it, out, verifies = c
         chunk = jnp.concatenate([pending[:, None], drafts], 1)  # (B, k+1)
-        logits, hidden, kvs = verify(model, chunk, state)
+        logits, hidden, kvs = verify(model, chunk, state, fw)
         p = target_probs(logits, settings, vocab_limit)  # (B, k+1, V): p[:, j] is the law of the byte after chunk[:, j]
         keys = _row_keys(settings, it * 2 + 2, 2)
         u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(keys[0])  # (B, k)
@@ -169,10 +173,9 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
     if max_new < 1:
         raise EngineError(f"max_new must be >= 1; got {max_new}")
     settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
-    if isinstance(engine, Engine):
-        if engine.decode_impl != "jnp":
-            raise EngineError("speculative decoding verifies in the chunkwise form; use decode_impl='jnp'")
-        kind, (tokens, lengths) = "retnet", engine._pad(prompts)
+    fw = None
+    if isinstance(engine, Engine):  # a fused engine's weights make the verify pass's dots fewer and wider
+        kind, (tokens, lengths), fw = "retnet", engine._pad(prompts), engine.fused_weights
     else:  # RecurrentEngine: the model's own prefill, no left padding
         ids = [encode(p) for p in prompts]
         if not ids or len({len(x) for x in ids}) != 1:
@@ -184,7 +187,7 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
     if rows > b:  # copies of row 0, dropped after
         tokens, lengths, settings = jax.tree.map(lambda a: repeat_row0(a, rows), (tokens, lengths, settings))
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
-                                        engine.vocab_limit, kind)
+                                        engine.vocab_limit, kind, fw)
     ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)

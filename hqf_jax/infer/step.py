@@ -3,8 +3,10 @@ GRPO rollouts): the model's own modules around the retention step, with each row
 padding that leaves the state exactly zero; the decode step in its module-by-module or fused forms.
 
 ``forward`` takes T == 1 through the recurrent step (``ops.retention.retention_step`` or the Pallas decode kernel,
-``decode_impl="pallas"``) and T > 1 through the chunkwise form; ``absorb`` rebuilds the state after the first m
-tokens of a chunk (speculative verify); ``step_logits`` is one decode step in any DECODE_IMPLS form.
+``decode_impl="pallas"``) and T > 1 through the chunkwise form, with the projections as the model's layers or, given
+``fw`` (fused.fuse_weights), as one dot with [Wq | Wk | Wv | Wg] and one with [Wgate | Wup] a layer; ``absorb``
+rebuilds the state after the first m tokens of a chunk (speculative verify); ``step_logits`` is one decode step in
+any DECODE_IMPLS form.
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.ops import retention as ret
 
 
-def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None):
+def _projections(m, x, qkvg=None):
+    """(q, k, v, gate) pre-activations of x (B, T, d): the layers', or slices of one dot with qkvg."""
+    if qkvg is None:
+        return m.q(x), m.k(x), m.v(x), m.g(x)
+    qk, v = m.cfg.qk_dim, m.cfg.v_dim
+    h = jnp.dot(x, qkvg.astype(x.dtype))
+    return h[..., :qk], h[..., qk:2 * qk], h[..., 2 * qk:2 * qk + v], h[..., 2 * qk + v:]
+
+
+def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None, qkvg=None):
     cfg = m.cfg
     b, t, _ = x.shape
-    q, k, v = m._heads(m.q(x)), m._heads(m.k(x)), m._heads(m.v(x))
+    q, k, v, gate = _projections(m, x, qkvg)
+    q, k, v = m._heads(q), m._heads(k), m._heads(v)
     positions = jnp.asarray(state.offset)[:, None] + jnp.arange(t)  # (B, T): each row's own positions
     q, k = ret.rotate_qk(q, k, positions[:, None, :], cfg.position, cfg.rope_theta)
     gammas = m.gammas[...]
@@ -42,23 +54,31 @@ def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpr
         y, state = ret.retention_chunkwise(q, k, v, gammas, state, cfg.chunk_size)
     y = y.transpose(0, 2, 1, 3).reshape(b, t, cfg.v_dim)
     y = m.group_norm(y.reshape(b * t, cfg.v_dim).astype(jnp.float32)).reshape(b, t, cfg.v_dim).astype(x.dtype)
-    return m.o(nnx.swish(m.g(x)) * y), state
+    return m.o(nnx.swish(gate) * y), state
 
 
 def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array | None = None,
-            decode_impl: str = "jnp", interpret: bool = False, kvs: list | None = None, return_hidden=False):
+            decode_impl: str = "jnp", interpret: bool = False, kvs: list | None = None, return_hidden=False,
+            fw: dict | None = None):
     """tokens (B, T) -> logits (B, T, V) float32 and the state after them; state offsets (B,). T == 1 takes the
     recurrent step, T > 1 the chunkwise form. ``valid`` (B, T) marks real tokens (False: left padding).
     ``kvs`` (a list) collects each layer's (state before, k, v, gammas) for ``absorb``; ``return_hidden`` adds
-    the normed hidden state (B, T, d) float32 (what the extra heads read)."""
+    the normed hidden state (B, T, d) float32 (what the extra heads read). ``fw``: the engine's fused weights,
+    for fewer, wider dots (the same products)."""
     cfg = model.cfg
     dtype = jnp.dtype(cfg.compute_dtype)
     x = model.embed(tokens).astype(dtype)
     new = []
-    for block, s in zip(model.blocks, state):
-        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret, kvs)
+    for i, (block, s) in enumerate(zip(model.blocks, state)):
+        y, s = _retention(block.retention, block.norm1(x).astype(dtype), s, valid, decode_impl, interpret, kvs,
+                          None if fw is None else fw["qkvg"][i])
         x = x + y
-        x = x + block.ffn(block.norm2(x).astype(dtype))
+        h = block.norm2(x).astype(dtype)
+        if fw is None:
+            x = x + block.ffn(h)
+        else:
+            a, u = jnp.split(jnp.dot(h, fw["gu"][i].astype(dtype)), [cfg.ffn_dim], axis=-1)
+            x = x + block.ffn.down(nnx.silu(a) * u)
         new.append(s)
     hidden = model.norm(x).astype(jnp.float32)
     logits = model.head(hidden)
