@@ -131,13 +131,13 @@ def main(argv=None):
             mw, wm, mws, floor_ws = hw["mw"], hw["wm"], hw["mws"], hw["floor_ws"]
             for b in (int(v) for v in a.batches.split(",")):
                 if time.perf_counter() - t0 > a.budget_s:
-                    print(f"{shape} {method} b={b}: left out (past --budget-s)", flush=True)
+                    print(f"{shape} {label} b={b}: left out (past --budget-s)", flush=True)
                     continue
                 x = jax.random.normal(jax.random.key(b), (b, k)).astype(jnp.bfloat16)
                 ref = dequant_matmul_ref(x, wm)
                 ok, rel = check(M.mosaic_matmul_jit(x, mw), ref, x, wm, tolerance(x, wm, ref))
                 if not ok:
-                    print(f"{shape} {method} b={b}: the kernel FAILS its check (rel {rel:.1e}); not timed", flush=True)
+                    print(f"{shape} {label} b={b}: the kernel FAILS its check (rel {rel:.1e}); not timed", flush=True)
                     continue
                 t = {"bf16": time_for(bf16_matmul, x, w16s, n, a.target_s, False)[0],
                      "floor": time_floor(x, floor_ws, n, a.target_s, False)}

@@ -198,11 +198,13 @@ def test_mosaic_on_gpu(spec, b, blocks):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("spec,b", [("nf4", 8), ("nf4:group_size=256", 100), ("phi4", 32), ("nf4dq:dq_block=4", 16)])
-def test_mosaic_shuffled_on_gpu(spec, b):
+@pytest.mark.parametrize("spec,b,nf4", [("nf4", 8, "words"), ("nf4:group_size=256", 100, "words"),
+                                        ("phi4", 32, "words"), ("nf4dq:dq_block=4", 16, "words"),
+                                        ("phi4", 32, "words8")])
+def test_mosaic_shuffled_on_gpu(spec, b, nf4):
     """Codes stored in the lookup's column order: the kernel skips the relayout and gives the same product."""
     x, q = _case(spec, 1024, 512, b, seed=b)
-    _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), shuffle=True)), x, q)
+    _check(M.mosaic_matmul_jit(x, M.prepare_mosaic(prepare(q), shuffle=True), M.MosaicBlocks(nf4=nf4)), x, q)
 
 
 @pytest.mark.gpu

@@ -191,18 +191,20 @@ def test_wrong_tile_layout_fails_at_lowering(monkeypatch, lookup, nf4, layout, e
         _lowered("nf4", 16, blocks)
 
 
-@pytest.mark.parametrize("pad_x", [True, False])
-def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x):
-    """MosaicBlocks(pad_x=False): no XLA pad before the call, the kernel's x operand is x itself (1 row, 5 groups
-    of K against the plan's 6), its copies reading past both ends (TMA fills zeros); pad_x=True (the default) pads
-    x to the batch tile and the plan's K first."""
-    x = jax.ShapeDtypeStruct((1, 320), jnp.bfloat16)
+@pytest.mark.parametrize("pad_x,b,rows", [(True, 1, 16), (False, 1, 1), (False, 5, 5), (False, 37, 40),
+                                           (False, 40, 40), (True, 37, 64)])
+def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x, b, rows):
+    """MosaicBlocks(pad_x=False): no XLA pad before the call at batch <= 8 or a multiple of 8, the kernel's x
+    operand is x itself (5 groups of K against the plan's 6), its copies reading past both ends (TMA fills zeros);
+    other batches are padded to a multiple of 8 rows only (Mosaic tiles x by 8 rows: 37 unpadded does not lower).
+    pad_x=True (the default) pads x to the batch tile and the plan's K first."""
+    x = jax.ShapeDtypeStruct((b, 320), jnp.bfloat16)
     mw = mosaic_abstract("int4", 320, N, plan=M.Plan(64, 1, 3, 6))
     lowered = jax.jit(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(pad_x=pad_x))).trace(x, mw).lower(
         lowering_platforms=("cuda",))
     from jax._src.lib.mlir import ir
 
     [call] = [c for c in custom_calls(lowered) if "mosaic_gpu" in c.attributes["call_target_name"].value]
-    assert tuple(ir.RankedTensorType(call.operands[0].type).shape) == ((16, 384) if pad_x else (1, 320))
-    assert ("stablehlo.pad" in lowered.as_text()) == pad_x
-    assert lowered.out_info.shape == (1, N)
+    assert tuple(ir.RankedTensorType(call.operands[0].type).shape) == (rows, 384 if pad_x else 320)
+    assert ("stablehlo.pad" in lowered.as_text()) == (rows != b)
+    assert lowered.out_info.shape == (b, N)

@@ -67,9 +67,12 @@ class MosaicBlocks:
     nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py; "words8": one PTX
     # block for a word's eight nibbles, 22 ops where two half-word blocks take 25, not yet timed), on the WGMMA
     # layout's two-nibble registers (nf4_prmt.py), or the select tree
-    pad_x: bool = True  # False: x is read as it is, the copy engine filling the tile's rows past the batch and
-    # columns past K (a TMA read out of bounds gives zeros; a row past the batch only reaches its own output
-    # column, sliced away): no XLA pad kernel before the call. Lowering checked on CPU; speed not yet measured
+    pad_x: bool = True  # False: x is read as it is (rows padded to a multiple of 8 only where the batch is above 8
+    # and not one: Mosaic tiles x by 8 rows), the copy engine filling the tile's rows past the batch and columns
+    # past K with zeros (Pallas's tensor copies read out of bounds as zeros). A row past the batch reaches only its
+    # own output column, sliced away; columns past K meet only the plan's padded groups, whose weights are exactly
+    # zero (a NaN fill would reach every output: the fill is zeros). No XLA pad kernel before the call at batch
+    # <= 8 or a multiple of 8. Lowering checked on CPU; speed not yet measured
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -139,6 +142,8 @@ def mosaic_matmul(x: jax.Array, mw: MosaicWeight, blocks: MosaicBlocks | None = 
     xp = x.astype(jnp.bfloat16)
     if blocks.pad_x:
         xp = jnp.pad(xp, ((0, bp - b), (0, mw.w.shape[0] * g - k)))
+    elif b > 8 and b % 8:  # Mosaic tiles x in global memory by 8 rows
+        xp = jnp.pad(xp, ((0, -b % 8), (0, 0)))
     cta_n = COMPUTE_WGS * wr
     nf4 = mw.levels is not None  # a table codec (NF4, 4-bit φ-grid): its level looked up
 
