@@ -73,6 +73,19 @@ def test_fused_engine_verifies_with_its_fused_weights(engine):
     np.testing.assert_array_equal(ids, engine.generate_ids(prompts, 16))
 
 
+def test_rows_without_top_k_or_top_p_skip_the_filter_bit_for_bit():
+    """target_probs(filtering=False), what speculative decoding runs when no row has top-k or top-p on, is the
+    filtered law bit for bit for such rows (greedy, tempered); with top-p on the filter does change it."""
+    from hqf_jax.infer.engine import Settings
+    from hqf_jax.infer.speculative import target_probs
+
+    logits = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 256)) * 3
+    off = Settings.make(3, 0, temperature=np.array([0.0, 0.7, 1.0], np.float32))
+    np.testing.assert_array_equal(target_probs(logits, off, 256, filtering=False), target_probs(logits, off, 256))
+    on = Settings.make(3, 0, temperature=1.0, top_p=0.5)
+    assert not np.array_equal(target_probs(logits, on, 256, filtering=False), target_probs(logits, on, 256))
+
+
 def test_sampled_distribution_equals_plain_sampling(engine):
     check_sampling_equals_plain(engine)
 

@@ -34,9 +34,10 @@ from hqf_jax.infer.step import absorb, forward, init_state
 from hqf_jax.ops.sampling import filter_logits_rows
 
 
-def target_probs(logits: jax.Array, settings: Settings, vocab_limit: int) -> jax.Array:
+def target_probs(logits: jax.Array, settings: Settings, vocab_limit: int, filtering: bool = True) -> jax.Array:
     """The distribution a row samples from, (B, ..., V): softmax of the filtered, tempered logits; one-hot at
-    the argmax for temperature 0."""
+    the argmax for temperature 0. ``filtering=False`` (no row has top-k or top-p on) leaves out the filter's sort:
+    filter_logits_rows returns such rows unchanged, bit for bit."""
     logits = logits.astype(jnp.float32)
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     extra = logits.ndim - 2
@@ -47,7 +48,9 @@ def target_probs(logits: jax.Array, settings: Settings, vocab_limit: int) -> jax
     n = flat.shape[1]
     rep = lambda x: jnp.repeat(x, n)
     scaled = flat / jnp.where(t > 0, t, 1.0)[:, None, None]
-    filt = filter_logits_rows(scaled.reshape(-1, flat.shape[-1]), rep(settings.top_k), rep(settings.top_p))
+    filt = scaled.reshape(-1, flat.shape[-1])
+    if filtering:
+        filt = filter_logits_rows(filt, rep(settings.top_k), rep(settings.top_p))
     soft = jax.nn.softmax(filt, axis=-1).reshape(logits.shape)
     onehot = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
     return jnp.where(hot, soft, onehot)
@@ -65,8 +68,8 @@ def _row_keys(settings: Settings, counter: jax.Array, n: int) -> jax.Array:
     return jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, n))(base), 1, 0)
 
 
-def _drafts(model, hidden, settings, counter, vocab_limit):
-    q = target_probs(jnp.moveaxis(model.extra_logits(hidden), 0, 1), settings, vocab_limit)  # (B, k, V)
+def _drafts(model, hidden, settings, counter, vocab_limit, filtering=True):
+    q = target_probs(jnp.moveaxis(model.extra_logits(hidden), 0, 1), settings, vocab_limit, filtering)  # (B, k, V)
     keys = _row_keys(settings, counter * 2 + 1, q.shape[1])
     d = jnp.stack([_draw(keys[j], q[:, j]) for j in range(q.shape[1])], 1)
     return d, q
@@ -111,17 +114,18 @@ def head_count(model) -> int:
     return len(heads) if heads else 0
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind"))
-def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet", fw=None):
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind", "filtering"))
+def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet", fw=None,
+               filtering=True):
     model = nnx.merge(graphdef, weights)
     prefill, verify = KINDS[kind]
     k = head_count(model)
     b = tokens.shape[0]
     last_logits, state, last_hidden = prefill(model, tokens, lengths, fw)
     zero = jnp.zeros((b,), jnp.int32)
-    p0 = target_probs(last_logits, settings, vocab_limit)
+    p0 = target_probs(last_logits, settings, vocab_limit, filtering)
     pending = _draw(_row_keys(settings, zero, 1)[0], p0)
-    drafts, q = _drafts(model, last_hidden, settings, zero, vocab_limit)
+    drafts, q = _drafts(model, last_hidden, settings, zero, vocab_limit, filtering)
     out = jnp.zeros((b, n + k + 1), jnp.int32)
     rows = jnp.arange(b)[:, None]
 
@@ -132,7 +136,8 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
         state, pending, drafts, q, emitted, it, out, verifies = c
         chunk = jnp.concatenate([pending[:, None], drafts], 1)  # (B, k+1)
         logits, hidden, kvs = verify(model, chunk, state, fw)
-        p = target_probs(logits, settings, vocab_limit)  # (B, k+1, V): p[:, j] is the law of the byte after chunk[:, j]
+        # (B, k+1, V): p[:, j] is the law of the byte after chunk[:, j]
+        p = target_probs(logits, settings, vocab_limit, filtering)
         keys = _row_keys(settings, it * 2 + 2, 2)
         u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(keys[0])  # (B, k)
         pd = jnp.take_along_axis(p[:, :k], drafts[..., None], -1)[..., 0]
@@ -150,7 +155,7 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
         out = out.at[rows, idx].set(chunk, mode="drop")
         state = absorb(kvs, a + 1)
         h_last = jnp.take_along_axis(hidden, a[:, None, None], 1)[:, 0]
-        drafts, q = _drafts(model, h_last, settings, it + 1, vocab_limit)
+        drafts, q = _drafts(model, h_last, settings, it + 1, vocab_limit, filtering)
         live = emitted < n
         verifies = verifies + live.astype(jnp.int32)
         return state, nxt, drafts, q, emitted + a + 1, it + 1, out, verifies
@@ -183,11 +188,12 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
         kind, tokens = "recurrent", jnp.asarray(np.stack(ids))
         lengths = jnp.full((len(ids),), tokens.shape[1], jnp.int32)
     b = len(prompts)
+    filtering = bool(np.any(np.asarray(top_k) > 0) or np.any(np.asarray(top_p) < 1.0))  # from the host's values
     rows = (engine.min_rows or 1) if isinstance(engine, Engine) else engine.min_rows  # explicit min_rows only
     if rows > b:  # copies of row 0, dropped after
         tokens, lengths, settings = jax.tree.map(lambda a: repeat_row0(a, rows), (tokens, lengths, settings))
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
-                                        engine.vocab_limit, kind, fw)
+                                        engine.vocab_limit, kind, fw, filtering)
     ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)
