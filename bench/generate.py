@@ -40,6 +40,7 @@ import numpy as np
 from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
 from hqf_jax.infer.engine import PADDED_IMPLS, Engine
+from hqf_jax.infer.held_out import held_out_bpb, held_out_bytes, held_out_prompts
 from hqf_jax.infer.token_baseline import (COMPILES, add_token_ratios, measure_bytes_per_token, read_limit,
                                           same_size_rows, timed)
 from hqf_jax.nn import generate
@@ -67,36 +68,6 @@ def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[floa
     return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
 
 
-def held_out_bpb(engine: Engine, data: np.ndarray, seq_len: int) -> float:
-    """Bits per byte of the engine's prepared weights on ``data`` (rows of seq_len + 1 bytes), chunkwise form."""
-    from flax import nnx
-
-    from hqf_jax.infer.step import forward, init_state
-
-    rows = data[: len(data) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1).astype(np.int32)
-
-    @jax.jit
-    def nll(weights, toks):
-        model = nnx.merge(engine.graphdef, weights)
-        b = toks.shape[0]
-        logits, _ = forward(model, toks[:, :-1], init_state(model.cfg, jnp.zeros((b,), jnp.int32)))
-        lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        return -jnp.take_along_axis(lp, toks[:, 1:, None], -1).sum()
-
-    total = sum(float(nll(engine.weights, jnp.asarray(rows[i:i + 8]))) for i in range(0, len(rows), 8))
-    return total / (rows.shape[0] * seq_len) / np.log(2)
-
-
-def held_out_bytes(cfg, n: int) -> np.ndarray | None:
-    try:
-        from hqf_jax.trainer import lm_task
-
-        return np.asarray(lm_task.load_corpus(cfg.data).stream("valid")[:n])
-    except Exception as e:  # noqa: BLE001 - the bench still runs; the table says bpb is missing
-        print(f"held-out data unavailable ({type(e).__name__}: {e}); no bpb column")
-        return None
-
-
 def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int) -> tuple[float, float]:
     """(bytes/s, accepted bytes per verify pass) of self-speculative decoding, sampling at temperature 1."""
     from hqf_jax.infer.speculative import speculative_generate
@@ -106,20 +77,6 @@ def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int
     t = time.perf_counter()
     per = [run(i + 1)[1]["bytes_per_verify"] for i in range(reps)]  # each call ends on the host: ids copied back
     return len(prompts) * steps * reps / (time.perf_counter() - t), float(np.mean(per))
-
-
-def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
-    """n windows of the run's held-out bytes (what acceptance is measured on); a fixed text when the data
-    is not on this machine."""
-    try:
-        from hqf_jax.trainer import lm_task
-
-        stream = lm_task.load_corpus(cfg.data).stream("valid")
-        rng = np.random.default_rng(0)
-        return [bytes(stream[s:s + length].tolist()) for s in rng.integers(0, len(stream) - length, n)]
-    except Exception as e:  # noqa: BLE001 - the bench still runs; the table says where prompts came from
-        print(f"held-out data unavailable ({type(e).__name__}: {e}); prompts are a fixed text")
-        return [b"The quick brown fox jumps over the lazy dog. " * 2] * n
 
 
 def bench_model(a, config, bw, rows, batches, quants, impls):
