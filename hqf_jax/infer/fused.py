@@ -54,6 +54,12 @@ def fuse_weights(model) -> dict:
     return {"qkvg": qkvg, "gu": gu}
 
 
+def split_qkvg(h: jax.Array, cfg):
+    """(q, k, v, gate) slices of a projection output h (..., 2qk+2v) made with fuse_weights' [Wq | Wk | Wv | Wg]."""
+    qk, v = cfg.qk_dim, cfg.v_dim
+    return h[..., :qk], h[..., qk:2 * qk], h[..., 2 * qk:2 * qk + v], h[..., 2 * qk + v:]
+
+
 def position_tables(cfg, offset: jax.Array):
     """cos, sin, xPos scale (B, Dk/2) float32 at each row's position ``offset`` (B,) (identity for 'none')."""
     dk = cfg.qk_dim // cfg.num_heads
@@ -80,11 +86,10 @@ def mixer_xla(h, gn_scale, gammas, rnorm, tables, state: ret.RetentionState, cfg
     """The jnp form of the fused kernel: h (B, 2qk+2v) the projection output -> gated, group-normed retention
     output (B, v) float32 and the state after the step. rnorm (B, H)."""
     b = h.shape[0]
-    nh, qk, v = cfg.num_heads, cfg.qk_dim, cfg.v_dim
-    dk, dv = qk // nh, v // nh
-    f = h.astype(jnp.float32)
-    q, k = f[:, :qk].reshape(b, nh, dk), f[:, qk:2 * qk].reshape(b, nh, dk)
-    vv, gate = f[:, 2 * qk:2 * qk + v].reshape(b, nh, dv), f[:, 2 * qk + v:]
+    nh = cfg.num_heads
+    dk, dv = cfg.qk_dim // nh, cfg.v_dim // nh
+    q, k, vv, gate = split_qkvg(h.astype(jnp.float32), cfg)
+    q, k, vv = q.reshape(b, nh, dk), k.reshape(b, nh, dk), vv.reshape(b, nh, dv)
     cos, sin, xs = (t[:, None, :] for t in tables)
     q1, q2 = _rot(q, cos, sin)
     k1, k2 = _rot(k, cos, sin)

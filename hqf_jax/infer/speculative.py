@@ -168,7 +168,8 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
 def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
     """(ids (B, max_new), stats) by self-speculative decoding with an Engine or a RecurrentEngine (RetNPhi);
     needs a model with extra heads. An engine built with an explicit ``min_rows`` pads the batch to that many rows
-    (not the decode default's automatic padding: the verify pass already runs k + 1 rows a sequence; unmeasured),
+    (not the decode default's automatic padding: the verify pass already runs k + 1 rows a sequence; 125M at batch
+    1 padded to 8 rows ran 0.87x, H200, 2026-11-30),
     with copies of row 0 (its prompt and settings, so they repeat its bytes) dropped after: the real rows' bytes
     do not change."""
     k = head_count(engine.model)

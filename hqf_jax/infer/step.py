@@ -24,9 +24,7 @@ def _projections(m, x, qkvg=None):
     """(q, k, v, gate) pre-activations of x (B, T, d): the layers', or slices of one dot with qkvg."""
     if qkvg is None:
         return m.q(x), m.k(x), m.v(x), m.g(x)
-    qk, v = m.cfg.qk_dim, m.cfg.v_dim
-    h = jnp.dot(x, qkvg.astype(x.dtype))
-    return h[..., :qk], h[..., qk:2 * qk], h[..., 2 * qk:2 * qk + v], h[..., 2 * qk + v:]
+    return fused.split_qkvg(jnp.dot(x, qkvg.astype(x.dtype)), m.cfg)
 
 
 def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None, qkvg=None):

@@ -175,7 +175,7 @@ def hopper_weights(q, shuffle: bool = False) -> dict:
     from pallas_kernels.quant.mosaic_layout import prepare_mosaic
 
     pw = prepare(q)
-    mw = prepare_mosaic(pw, shuffle=shuffle and q.cfg.method != "int")
+    mw = prepare_mosaic(pw, shuffle=shuffle)
     mws = [mw] + [copy_tree(mw) for _ in range(copies_for(mw.nbytes, False) - 1)]
     return dict(pw=pw, mw=mw, wm=dequantize_matrix(q), mws=mws,
                 pws=[pw] + [copy_tree(pw) for _ in range(copies_for(pw.nbytes, False) - 1)],

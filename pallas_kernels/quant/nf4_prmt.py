@@ -69,35 +69,30 @@ def prmt_np(a, b, sel):
     return out
 
 
+def _index(halves: int) -> tuple:
+    """idx = n & 7 per nibble (the entry within a half table); sel: selector nibble i picks byte i of the first
+    (n < 8) or the second (n >= 8) half table's prmt; for the low 16 bits of w (halves=1) or all 32 (2)."""
+    rep = 0x10001 if halves == 2 else 1  # the 16-bit masks, once or in both halves
+    return (("and", "idx", ("w", 0x7777 * rep)), ("and", "sel", ("w", 0x8888 * rep)), ("shr", "sel", ("sel", 1)),
+            ("or", "sel", ("sel", 0x3210 * rep)))
+
+
+def _levels(out_a: str, out_b: str) -> tuple:
+    """The four levels of idx / sel's low 16 bits: high and low bytes by three prmt each, interleaved into out_a,
+    out_b."""
+    return (("prmt", "a", ("H0", "H1", "idx")), ("prmt", "b", ("H2", "H3", "idx")), ("prmt", "h", ("a", "b", "sel")),
+            ("prmt", "a", ("L0", "L1", "idx")), ("prmt", "b", ("L2", "L3", "idx")), ("prmt", "l", ("a", "b", "sel")),
+            ("prmt", out_a, ("l", "h", INTERLEAVE[0])), ("prmt", out_b, ("l", "h", INTERLEAVE[1])))
+
+
 # The lookup of the four nibbles in bits 0-15 of w as (op, destination, operands): the kernel's PTX block and the
 # numpy model (``run_np``) are both made from it. H0-H3 / L0-L3: the high- / low-byte table words (immediates).
-PROGRAM = (
-    ("and", "idx", ("w", 0x7777)),  # n & 7 per nibble: the entry within a half table
-    ("and", "sel", ("w", 0x8888)),
-    ("shr", "sel", ("sel", 1)),
-    ("or", "sel", ("sel", 0x3210)),  # selector nibble i: byte i of the first (n < 8) or the second (n >= 8) prmt
-    ("prmt", "a", ("H0", "H1", "idx")),
-    ("prmt", "b", ("H2", "H3", "idx")),
-    ("prmt", "h", ("a", "b", "sel")),
-    ("prmt", "a", ("L0", "L1", "idx")),
-    ("prmt", "b", ("L2", "L3", "idx")),
-    ("prmt", "l", ("a", "b", "sel")),
-    ("prmt", "out0", ("l", "h", INTERLEAVE[0])),
-    ("prmt", "out1", ("l", "h", INTERLEAVE[1])),
-)
+PROGRAM = (*_index(1), *_levels("out0", "out1"))
 # The same lookup of all eight nibbles of w: the index and selector made once for the word (its upper half's by
 # one shift each, prmt reading its selector's low 16 bits), 6 integer ops and 16 prmt where two runs of PROGRAM
 # (on w and on w >> 16) take 9 and 16. Outputs out0..out3: the bf16 pairs of elements (0, 1) .. (6, 7).
-PROGRAM_WORD = (
-    ("and", "idx", ("w", 0x77777777)),
-    ("and", "sel", ("w", 0x88888888)),
-    ("shr", "sel", ("sel", 1)),
-    ("or", "sel", ("sel", 0x32103210)),
-    *PROGRAM[4:10], ("prmt", "out0", ("l", "h", INTERLEAVE[0])), ("prmt", "out1", ("l", "h", INTERLEAVE[1])),
-    ("shr", "idx", ("idx", 16)),
-    ("shr", "sel", ("sel", 16)),
-    *PROGRAM[4:10], ("prmt", "out2", ("l", "h", INTERLEAVE[0])), ("prmt", "out3", ("l", "h", INTERLEAVE[1])),
-)
+PROGRAM_WORD = (*_index(2), *_levels("out0", "out1"), ("shr", "idx", ("idx", 16)),
+                ("shr", "sel", ("sel", 16)), *_levels("out2", "out3"))
 _NP_OPS = {"and": lambda x, y: x & y, "or": lambda x, y: x | y, "shr": lambda x, y: x >> y, "prmt": None}
 _PTX_TYPES = {"and": "b32", "or": "b32", "shr": "u32", "prmt": "b32"}
 
@@ -153,23 +148,26 @@ def lookup_half(word, half: int, asm: str) -> list:
     nf4_words.nf4_levels_words."""
     from jax.experimental.mosaic.gpu import utils as mu
     from jax._src.lib.mlir import ir
-    from jax._src.lib.mlir.dialects import arith, llvm
+    from jax._src.lib.mlir.dialects import arith
 
     i32 = ir.IntegerType.get_signless(32)
-    src = word if half == 0 else arith.shrui(word, mu.c(16, i32))
-    res = llvm.inline_asm(llvm.StructType.get_literal([i32, i32]), [src], asm, "=r,=r,r")
-    return [llvm.extractvalue(i32, res, [k]) for k in range(2)]
+    return _inline(word if half == 0 else arith.shrui(word, mu.c(16, i32)), asm, 2)
 
 
 def lookup_word(word, asm: str) -> list:
     """The lookup of all eight nibbles of an i32 word inside a Mosaic GPU kernel (``asm = ptx(levels,
     PROGRAM_WORD)``): its four i32 results, the bf16x2 pairs of elements (0, 1) .. (6, 7)."""
+    return _inline(word, asm, 4)
+
+
+def _inline(word, asm: str, outs: int) -> list:
+    """One PTX block on an i32 word: its ``outs`` i32 results."""
     from jax._src.lib.mlir import ir
     from jax._src.lib.mlir.dialects import llvm
 
     i32 = ir.IntegerType.get_signless(32)
-    res = llvm.inline_asm(llvm.StructType.get_literal([i32] * 4), [word], asm, "=r,=r,=r,=r,r")
-    return [llvm.extractvalue(i32, res, [k]) for k in range(4)]
+    res = llvm.inline_asm(llvm.StructType.get_literal([i32] * outs), [word], asm, "=r," * outs + "r")
+    return [llvm.extractvalue(i32, res, [k]) for k in range(outs)]
 
 
 def nf4_levels_prmt(w, levels=None):
