@@ -41,7 +41,7 @@ from hqf_jax.infer.token_baseline import (add_token_ratios, kv_cache_tokens_per_
                                           read_bytes, read_limit, step_weight_bytes, timed)
 from hqf_jax.nn import generate
 from hqf_jax.quant.kernel_timing import copy_bandwidth
-from hqf_jax.trainer.extra_heads import fit_extra_heads
+from hqf_jax.trainer.extra_heads import fit_extra_heads, held_out_windows
 
 
 def main(argv=None):
@@ -150,10 +150,10 @@ def main(argv=None):
     return rows
 
 
-def speculative_row(engine, held: np.ndarray, a, plain: tuple) -> dict:
+def speculative_row(engine, held: np.ndarray, a, plain: dict) -> dict:
     """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row (path, batch 1, bytes/s,
     compiles) with the plain row's sampling settings; the verify pass's cost against the plain row's step."""
-    prompts = [bytes(held[s:s + 64]) for s in np.linspace(0, len(held) - 65, a.spec_prompts).astype(np.int64)]
+    prompts = [bytes(w.astype(np.uint8).tolist()) for w in held_out_windows(held, 63, a.spec_prompts)]
     accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
         "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)]  # one compile: settings are data
     verifies = []

@@ -43,14 +43,14 @@ def held_out_bytes(cfg, n: int) -> np.ndarray | None:
 
 
 def held_out_prompts(cfg, n: int, length: int = 64) -> list[bytes]:
-    """n windows of the run's held-out bytes (what acceptance is measured on); a fixed text when the data
-    is not on this machine."""
+    """n windows of ``length`` held-out bytes of the run, evenly spaced (what acceptance is measured on); a fixed
+    text when the data is not on this machine."""
     try:
         from hqf_jax.trainer import lm_task
+        from hqf_jax.trainer.extra_heads import held_out_windows
 
-        stream = lm_task.load_corpus(cfg.data).stream("valid")
-        rng = np.random.default_rng(0)
-        return [bytes(stream[s:s + length].tolist()) for s in rng.integers(0, len(stream) - length, n)]
+        windows = held_out_windows(lm_task.load_corpus(cfg.data).stream("valid"), length - 1, n)
+        return [bytes(w.astype(np.uint8).tolist()) for w in windows]
     except Exception as e:  # noqa: BLE001 - the bench still runs; the table says where prompts came from
         print(f"held-out data unavailable ({type(e).__name__}: {e}); prompts are a fixed text")
         return [b"The quick brown fox jumps over the lazy dog. " * 2] * n
