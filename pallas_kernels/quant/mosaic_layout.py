@@ -147,8 +147,8 @@ def check_mosaic(pw: PackedWeight) -> None:
     elif cfg.method == "phi" and (cfg.index_bits != 4 or cfg.depth or cfg.sort):
         problems.append(f"mode='mosaic' takes a φ-grid of a 4-bit index without deviation stages or sorting "
                         f"(e.g. phi4), not {cfg.name}: the kernel holds one 4-bit code plane")
-    elif pw.bits_dict.get("q") not in ((4, 8) if cfg.method == "int" else (4,)) and cfg.method != "phi":
-        problems.append(f"mode='mosaic' needs 4-bit codes (int: 4 or 8), {cfg.name} has {pw.bits_dict.get('q')}")
+    elif cfg.method != "phi" and code_bits(pw) not in ((4, 8) if cfg.method == "int" else (4,)):
+        problems.append(f"mode='mosaic' needs 4-bit codes (int: 4 or 8), {cfg.name} has {code_bits(pw)}")
     g = getattr(cfg, "group_size", None) or pw.cols
     if g not in (64, 128, 256):
         problems.append(f"group_size={g}: the Mosaic form steps one group per pipeline stage, use 64, 128 or 256")
@@ -158,15 +158,20 @@ def check_mosaic(pw: PackedWeight) -> None:
         raise KernelLayoutError("; ".join(problems))
 
 
+def _code_field(pw: PackedWeight) -> str:
+    """The field of the codes the kernel reads: q, a φ-grid's idx."""
+    return "idx" if pw.cfg.method == "phi" else "q"
+
+
 def code_bits(pw: PackedWeight) -> int:
-    """Width of the code field the kernel reads (q; a φ-grid's idx)."""
-    return pw.bits_dict["idx" if pw.cfg.method == "phi" else "q"]
+    """Width of the code field the kernel reads."""
+    return pw.bits_dict[_code_field(pw)]
 
 
 def _codes(pw: PackedWeight) -> jax.Array:
     """(R, C) uint32 codes of the 4- or 8-bit code field (q; a φ-grid's idx) (code e of a word at bits
     [w e, w e + w))."""
-    (words,) = pw.elem["idx" if pw.cfg.method == "phi" else "q"]
+    (words,) = pw.elem[_code_field(pw)]
     w = code_bits(pw)
     shifts = jnp.arange(32 // w, dtype=jnp.uint32) * w
     return ((words[:, :, None] >> shifts) & jnp.uint32(2**w - 1)).reshape(pw.rows, pw.cols)
