@@ -11,7 +11,7 @@ at the copy bandwidth measured in the same run, and "x token", its bytes/s over 
     python -m bench.generate_retnphi --batches 1 --no-old --data-paths /tmp/pysrc --spec-heads 3 --head-steps 400
 
 --spec-heads K: K extra byte heads trained alone (hqf_jax.trainer.extra_heads) on --head-mb MB of --data-paths; at
-batch 1 a self-speculative row per --quants engine, its acceptance on held-out prompts, the verify pass's cost, the
+every batch a self-speculative row per --quants engine (held-out prompts), at batch 1 its acceptance, the verify pass's cost, the
 break-even bytes/verify. The random base's acceptance is NOT a trained RetNPhi's; the verify cost carries over.
 
 Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabulary size on the first
@@ -133,8 +133,8 @@ def main(argv=None):
                 sec, comp = timed(call, a.reps)
                 eng.min_rows = 1
                 row(plain["path"] + f" min_rows {r}", b, b * a.steps / sec, comp, wb)
-            if fit is not None and b == 1:
-                specs.append(speculative_row(eng, held, a, plain))
+            if fit is not None:
+                specs.append(speculative_row(eng, held, a, plain, b))
                 row(*specs[-1]["row"], wb)
             del eng
     add_token_ratios(rows)
@@ -150,25 +150,28 @@ def main(argv=None):
     return rows
 
 
-def speculative_row(engine, held: np.ndarray, a, plain: dict) -> dict:
-    """Acceptance on held-out prompts (t=0; t=1, top-p 0.95) and the timed speculative row (path, batch 1, bytes/s,
-    compiles) with the plain row's sampling settings; the verify pass's cost against the plain row's step."""
-    prompts = [bytes(w.astype(np.uint8).tolist()) for w in held_out_windows(held, 63, a.spec_prompts)]
+def speculative_row(engine, held: np.ndarray, a, plain: dict, batch: int = 1) -> dict:
+    """The timed speculative row (path, batch, bytes/s, compiles) with the plain row's sampling settings, `batch`
+    held-out prompts a call; at batch 1 also the acceptance on held-out prompts one at a time (t=0; t=1, top-p 0.95);
+    the verify pass's cost against the plain row's step (a pass runs until every row is done: its count is the
+    batch's largest)."""
+    prompts = [bytes(w.astype(np.uint8).tolist()) for w in held_out_windows(held, 63, max(a.spec_prompts, batch))]
     accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
-        "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)]  # one compile: settings are data
+        "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)] if batch == 1 else None
     verifies = []
 
     def call(i):
-        ids, st = speculative_generate(engine, [prompts[i % len(prompts)]], a.steps, temperature=1.0, top_p=0.95,
-                                       seed=i)
-        verifies.append(st["verifies"][0])
+        qs = [prompts[(i * batch + j) % len(prompts)] for j in range(batch)]
+        ids, st = speculative_generate(engine, qs, a.steps, temperature=1.0, top_p=0.95, seed=i * batch)
+        verifies.append(max(st["verifies"]))
         return ids
 
     sec, comp = timed(call, a.reps)
     verify_s = sec / np.mean(verifies[1:])  # the timed calls only
-    return {"row": (f"{plain['path']} speculative {a.spec_heads} heads*", 1, a.steps / sec, comp), "accept": accept,
-            "verify_ms": 1e3 * verify_s, "step_ms": 1e3 / plain["bytes_per_s"],
-            "break_even": verify_s * plain["bytes_per_s"]}
+    plain_step = batch / plain["bytes_per_s"]
+    return {"row": (f"{plain['path']} speculative {a.spec_heads} heads*", batch, batch * a.steps / sec, comp),
+            "accept": accept, "batch": batch, "verify_ms": 1e3 * verify_s, "step_ms": 1e3 * plain_step,
+            "break_even": verify_s / plain_step}
 
 
 def print_spec(f: dict, specs: list, a, token_bps: float) -> None:
@@ -179,12 +182,13 @@ def print_spec(f: dict, specs: list, a, token_bps: float) -> None:
           f"{fmt(f['valid_bpb_before'])} -> {fmt(f['valid_bpb_after'])} (the random base's own head: "
           f"{f['valid_main_bpb']:.2f} bpb)")
     for s in specs:
-        print(f"{s['row'][0]}: accepted bytes per verify {s['accept'][0]:.2f} (t=0), {s['accept'][1]:.2f} (t=1, "
-              f"top-p 0.95) over {a.spec_prompts} held-out prompts x {a.steps} bytes; a verify pass "
+        acc = (f"accepted bytes per verify {s['accept'][0]:.2f} (t=0), {s['accept'][1]:.2f} (t=1, top-p 0.95) over "
+               f"{a.spec_prompts} held-out prompts x {a.steps} bytes" if s["accept"] else "(acceptance: batch 1's)")
+        print(f"{s['row'][0]} batch {s['batch']}: {acc}; a verify pass "
               f"({a.spec_heads + 1} bytes) {s['verify_ms']:.3f} ms, a plain step {s['step_ms']:.3f} ms: speculative "
-              f"beats plain above {s['break_even']:.2f} bytes/verify; at {a.project_accept:g} bytes/verify "
-              f"(projected) {1e3 * a.project_accept / s['verify_ms']:,.0f} bytes/s = "
-              f"{1e3 * a.project_accept / s['verify_ms'] / token_bps:.2f}x the token decoder at batch 1")
+              f"beats plain above {s['break_even']:.2f} bytes/verify" + ("" if s["batch"] != 1 else
+              f"; at {a.project_accept:g} bytes/verify (projected) {1e3 * a.project_accept / s['verify_ms']:,.0f} "
+              f"bytes/s = {1e3 * a.project_accept / s['verify_ms'] / token_bps:.2f}x the token decoder at batch 1"))
     print("* random base (random TinyLlama-shaped weights): its predictions are noise that heads trained on real bytes "
           "cannot match, so this acceptance and the speculative bytes/s are NOT representative of a trained RetNPhi; "
           "the verify cost and break-even are.")

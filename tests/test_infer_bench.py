@@ -141,17 +141,17 @@ def test_bench_generate_retnphi_spec_heads_small(tmp_path, capsys):
         shutil.copy(f"{stdlib_root()}/{name}", tmp_path / name)
     rows = main(["--small", "--spec-heads", "2", "--head-steps", "30", "--data-paths", str(tmp_path), "--no-old"])
     out = capsys.readouterr().out
-    spec = [r for r in rows if "speculative 2 heads" in r["path"]]  # one per --quants engine (none,int8 in --small)
-    assert [r["path"] for r in spec] == ["RetNPhi engine float32 speculative 2 heads*",
-                                         "RetNPhi engine float32 int8 speculative 2 heads*"]
-    assert all(r["batch"] == 1 and r["bytes_per_s"] > 0 and r["compiles"] == 0 and r["limit_bytes_per_s"] > 0
-               for r in spec)
+    spec = [r for r in rows if "speculative 2 heads" in r["path"]]  # per batch (1,2 in --small), per --quants engine
+    names = ["RetNPhi engine float32 speculative 2 heads*", "RetNPhi engine float32 int8 speculative 2 heads*"]
+    assert [(r["path"], r["batch"]) for r in spec] == [(n, b) for b in (1, 2) for n in names]
+    assert all(r["bytes_per_s"] > 0 and r["compiles"] == 0 and r["limit_bytes_per_s"] > 0 for r in spec)
     assert any(r["path"] == "token decoder KV-cache" and r["batch"] == 1 for r in rows)
     line = next(x for x in out.splitlines() if x.startswith("extra heads (2"))
     parts = line.split("held-out head bpb [")[1].split("-> [")
     before, after = (np.array(x.split("]")[0].split(", "), float) for x in parts)
     assert (after < before).all(), line
-    assert out.count("accepted bytes per verify") == 2 and "NOT representative" in out
+    assert out.count("accepted bytes per verify") == 2 and out.count("(acceptance: batch 1's)") == 2
+    assert "NOT representative" in out
     assert out.count("x the token decoder at batch 1") == 2 and "nanx" not in out
 
 
