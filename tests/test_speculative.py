@@ -51,6 +51,17 @@ def test_padded_batch_leaves_the_real_rows_unchanged(engine, temperature):
     assert got[1] == want[1] and got[0].shape == (1, 24)
 
 
+@pytest.mark.parametrize("passes", [2, 3])
+def test_passes_between_checks_do_not_change_the_output(engine, passes):
+    """Several verify passes between two looks at whether every row is done: rows that finish first keep drafting
+    past max_new, dropped; the sampled bytes and each row's verify count equal one pass a look."""
+    prompts = [b"def f(x):", b"import o", b"class A:"]
+    want = speculative_generate(engine, prompts, 21, temperature=1.0, seed=5, passes=1)
+    got = speculative_generate(engine, prompts, 21, temperature=1.0, seed=5, passes=passes)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1] == want[1] and want[1]["bytes_per_verify"] > 1.0
+
+
 def test_fused_engine_verifies_with_its_fused_weights(engine):
     """An engine built with a fused decode_impl runs the verify pass (and the prefill) with its concatenated
     projections: the forward gives the layers' logits, hidden states and collected keys/values, and greedy
@@ -116,3 +127,10 @@ def test_errors_name_the_fix():
     cfg = RetNetConfig(d_model=32, num_layers=1, num_heads=2, qk_dim=32, v_dim=64, ffn_dim=64)
     with pytest.raises(EngineError, match="model.extra_heads"):
         speculative_generate(Engine(RetNetLM(cfg, nnx.Rngs(0)), dtype="float32"), [b"x"], 4)
+
+
+def test_bad_counts_are_refused(engine):
+    with pytest.raises(EngineError, match="max_new must be >= 1"):
+        speculative_generate(engine, [b"x"], 0)
+    with pytest.raises(EngineError, match="passes must be >= 1"):
+        speculative_generate(engine, [b"x"], 4, passes=0)

@@ -114,9 +114,17 @@ def head_count(model) -> int:
     return len(heads) if heads else 0
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind", "filtering"))
+# Verify passes per trip of the outer while loop. Its condition is data-dependent, so each trip waits for the device
+# (a copy of the predicate to the host) before the host launches the next trip's ~350 kernels; the inner loop of a
+# fixed count launches ahead. A trip past the last live row costs at most PASSES_PER_SYNC - 1 passes; rows that are
+# done keep drafting past n, dropped from the output (as when other rows still run). 125M, H200, 2026-12-01: a
+# pass took 839 µs against ~776 µs of kernels, one trip a pass.
+PASSES_PER_SYNC = 4
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "vocab_limit", "kind", "filtering", "passes"))
 def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_limit, kind="retnet", fw=None,
-               filtering=True):
+               filtering=True, passes=PASSES_PER_SYNC):
     model = nnx.merge(graphdef, weights)
     prefill, verify = KINDS[kind]
     k = head_count(model)
@@ -161,23 +169,28 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
         return state, nxt, drafts, q, emitted + a + 1, it + 1, out, verifies
 
     carry = (state, pending, drafts, q, zero, zero, out, zero)
-    carry = jax.lax.while_loop(cond, body, carry)
+    trip = body if passes == 1 else lambda c: jax.lax.fori_loop(0, passes, lambda _, x: body(x), c)
+    carry = jax.lax.while_loop(cond, trip, carry)
     return carry[6][:, :n], carry[4], carry[7]
 
 
-def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0):
+def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0,
+                         passes: int = PASSES_PER_SYNC):
     """(ids (B, max_new), stats) by self-speculative decoding with an Engine or a RecurrentEngine (RetNPhi);
     needs a model with extra heads. An engine built with an explicit ``min_rows`` pads the batch to that many rows
     (not the decode default's automatic padding: the verify pass already runs k + 1 rows a sequence; 125M at batch
     1 padded to 8 rows ran 0.87x, H200, 2026-11-30),
     with copies of row 0 (its prompt and settings, so they repeat its bytes) dropped after: the real rows' bytes
-    do not change."""
+    do not change. ``passes``: verify passes between two looks at whether every row is done (PASSES_PER_SYNC); the
+    output does not depend on it."""
     k = head_count(engine.model)
     if not k:
         raise EngineError("speculative decoding drafts with the extra heads: train with model.extra_heads=k "
                           "(RetNPhi: model.retnphi.extra_heads=k; k >= 1, e.g. 3) and train.extra_heads_weight > 0")
     if max_new < 1:
         raise EngineError(f"max_new must be >= 1; got {max_new}")
+    if passes < 1:
+        raise EngineError(f"passes must be >= 1; got {passes}")
     settings = Settings.make(len(prompts), seed, temperature, top_k, top_p)
     fw = None
     if isinstance(engine, Engine):  # a fused engine's weights make the verify pass's dots fewer and wider
@@ -194,7 +207,7 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
     if rows > b:  # copies of row 0, dropped after
         tokens, lengths, settings = jax.tree.map(lambda a: repeat_row0(a, rows), (tokens, lengths, settings))
     ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
-                                        engine.vocab_limit, kind, fw, filtering)
+                                        engine.vocab_limit, kind, fw, filtering, int(passes))
     ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)
