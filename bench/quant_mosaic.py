@@ -84,11 +84,14 @@ def main(argv=None):
                 if not a.no_routes:
                     ok, _ = check(quant_matmul(x, pw), ref, x, wm, bound)
                     t_route = time_for(quant_matmul, x, pws, n, a.target_s, False)[0] if ok else float("nan")
-                best, timed = None, []
+                best, timed, seen = None, [], set()
                 cands = mosaic_configs(mw)
                 if a.keep and ranked:
                     cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep]]
                 for c in cands:
+                    if (cs := mosaic_cfg_str(c, mw, b)) in seen:  # the same form at this batch (pad_x's default)
+                        continue
+                    seen.add(cs)
                     op = lambda x, m, c=c: M.mosaic_matmul(x, m, c)  # noqa: E731
                     try:
                         ok, rel = check(jax.jit(op)(x, mw), ref, x, wm, bound)

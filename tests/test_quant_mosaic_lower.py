@@ -161,7 +161,7 @@ def test_kernel_lowers_for_cuda(i):
 
 def test_levels_reach_the_kernel():
     """NF4 and the 4-bit φ-grid lower to lookups with different immediates: the tables are the weight's own."""
-    nf4, phi = (kernel_ops(custom_calls(_lowered(s, 16, M.MosaicBlocks())[0])[0])[1] for s in ("nf4", "phi4"))
+    nf4, phi = (kernel_ops(custom_calls(_lowered(s, 16, M.MosaicBlocks(nf4="words"))[0])[0])[1] for s in ("nf4", "phi4"))
     phi_levels = mosaic_abstract("phi4", K, N).levels
     assert ptx(phi_levels) != ptx() and nf4[ptx()] > 0 and phi[ptx(phi_levels)] > 0
     assert phi[ptx()] == 0 and nf4[ptx(phi_levels)] == 0
@@ -192,12 +192,13 @@ def test_wrong_tile_layout_fails_at_lowering(monkeypatch, lookup, nf4, layout, e
 
 
 @pytest.mark.parametrize("pad_x,b,rows", [(True, 1, 16), (False, 1, 1), (False, 5, 5), (False, 37, 40),
-                                           (False, 40, 40), (True, 37, 64)])
+                                           (False, 40, 40), (True, 37, 64), (None, 1, 1), (None, 8, 16)])
 def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x, b, rows):
     """MosaicBlocks(pad_x=False): no XLA pad before the call at batch <= 8 or a multiple of 8, the kernel's x
     operand is x itself (5 groups of K against the plan's 6), its copies reading past both ends (TMA fills zeros);
     other batches are padded to a multiple of 8 rows only (Mosaic tiles x by 8 rows: 37 unpadded does not lower).
-    pad_x=True (the default) pads x to the batch tile and the plan's K first."""
+    pad_x=True pads x to the batch tile and the plan's K first. The default (None) reads x unpadded below batch 8
+    and pads it from 8."""
     x = jax.ShapeDtypeStruct((b, 320), jnp.bfloat16)
     mw = mosaic_abstract("int4", 320, N, plan=M.Plan(64, 1, 3, 6))
     lowered = jax.jit(lambda x, mw: M.mosaic_matmul(x, mw, M.MosaicBlocks(pad_x=pad_x))).trace(x, mw).lower(
@@ -205,6 +206,7 @@ def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x, b, rows):
     from jax._src.lib.mlir import ir
 
     [call] = [c for c in custom_calls(lowered) if "mosaic_gpu" in c.attributes["call_target_name"].value]
-    assert tuple(ir.RankedTensorType(call.operands[0].type).shape) == (rows, 384 if pad_x else 320)
+    padded = pad_x if pad_x is not None else b >= 8
+    assert tuple(ir.RankedTensorType(call.operands[0].type).shape) == (rows, 384 if padded else 320)
     assert ("stablehlo.pad" in lowered.as_text()) == (rows != b)
     assert lowered.out_info.shape == (b, N)

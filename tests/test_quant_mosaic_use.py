@@ -36,6 +36,22 @@ def test_quant_linear_takes_the_hopper_form_where_it_can():
             qlinear(x, mw, "mosaic")
 
 
+def test_table_codec_layers_hold_pre_shuffled_codes():
+    """prepare_for(q, "mosaic") stores NF4 and phi4 codes in the lookup's column order (the kernel skips the
+    relayout) and int codes as they are; the shuffled weight decodes to the unshuffled one exactly."""
+    from hqf_jax.quant.linear import prepare_for
+    from pallas_kernels.quant.mosaic_layout import prepare_mosaic
+
+    for spec, shuffled in (("nf4", True), ("phi4", True), ("int4", False), ("int8", False)):
+        _, q = _case(spec, 256, 128, 2)
+        mw = prepare_for(q, "mosaic")
+        assert mw.shuffled == shuffled, spec
+        plain = prepare_mosaic(prepare(q))
+        np.testing.assert_array_equal(M.decode_model(mw), M.decode_model(plain), err_msg=spec)
+        if shuffled:
+            assert not np.array_equal(np.asarray(mw.w, np.int8), np.asarray(plain.w, np.int8)), spec
+
+
 def test_engine_takes_the_hopper_form_for_its_decode_batch(monkeypatch):
     """Engine(quant="int4", batch=B) with quant_impl "auto" on a Hopper GPU (backend and device faked: only
     weights are prepared, nothing runs): the layers the dispatcher's table sends to the Hopper form at B hold the
@@ -104,17 +120,18 @@ def test_method_layout_names_both_layouts_of_a_weight():
 
 
 def test_sweep_configs_are_the_plan_first_and_resolve():
-    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, x unpadded,
-    then distinct (rows, groups) forms that resolve on the weight's padded groups; mosaic_cfg_str names the resolved
-    form."""
+    """kernel_timing.mosaic_configs (the sweeps' forms): the plan, at depth 2, its value accumulator, x unpadded and
+    padded (one of them is the plan's own choice at a batch: unpadded below 8), then distinct (rows, groups) forms
+    that resolve on the weight's padded groups; mosaic_cfg_str names the resolved form."""
     from hqf_jax.quant.kernel_timing import mosaic_cfg_str, mosaic_configs
 
     mw = _abstract("int4", 4096, 11008)
     cs = mosaic_configs(mw, 3)
-    assert cs[:4] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"),
-                      M.MosaicBlocks(pad_x=False)] and len(cs) == 7
-    assert mosaic_cfg_str(cs[3], mw, 1).endswith("/nopad")
-    forms = {(c.wg_rows, c.groups) for c in cs[4:]}
+    assert cs[:5] == [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"),
+                      M.MosaicBlocks(pad_x=False), M.MosaicBlocks(pad_x=True)] and len(cs) == 8
+    assert [mosaic_cfg_str(c, mw, 1).endswith("/nopad") for c in (cs[0], cs[3], cs[4])] == [True, True, False]
+    assert [mosaic_cfg_str(c, mw, 8).endswith("/nopad") for c in (cs[0], cs[3], cs[4])] == [False, True, False]
+    forms = {(c.wg_rows, c.groups) for c in cs[5:]}
     assert len(forms) == 3 and (mw.plan.wg_rows, mw.plan.groups) not in forms
     for c in cs:
         r = M.resolve(mw, 16, c)
@@ -122,10 +139,11 @@ def test_sweep_configs_are_the_plan_first_and_resolve():
     p = mw.plan
     assert mosaic_cfg_str(cs[0], mw, 1).startswith(f"g{p.groups}/r{p.wg_rows}/ref/sk{p.split_k}/st")
     nf = mosaic_configs(_abstract("nf4", 4096, 11008), 3)  # NF4: the two other decodes are forms of their own
-    assert nf[4:7] == [M.MosaicBlocks(nf4=d) for d in ("words8", "prmt", "select")] and len(nf) == 10
-    assert mosaic_cfg_str(nf[5]).endswith("/prmt") and mosaic_cfg_str(nf[6]).endswith("/select")
+    assert nf[5:8] == [M.MosaicBlocks(nf4=d) for d in ("words", "prmt", "select")] and len(nf) == 11
+    assert mosaic_cfg_str(nf[6]).endswith("/prmt") and mosaic_cfg_str(nf[7]).endswith("/select")
+    assert mosaic_cfg_str(nf[5]).endswith("/words") and "/words" not in mosaic_cfg_str(nf[0])  # default: words8
     shuffled = mosaic_configs(_abstract("nf4", 4096, 11008, shuffle=True), 3)  # only the lookups on relaid words
-    assert shuffled[4] == M.MosaicBlocks(nf4="words8") and len(shuffled) == 8
+    assert shuffled[5] == M.MosaicBlocks(nf4="words") and len(shuffled) == 9
     # int8 in groups of 256: the other forms are planned at 8 bits a code, so every one fits shared memory
     w8 = _abstract("int8:group_size=256", 4096, 11008)
     assert all(M.resolve(w8, 16, c).stages >= 1 for c in mosaic_configs(w8, 3))

@@ -200,7 +200,8 @@ def trace_op(op, x, weights: list, reps: int, top: int = 8) -> dict:
 def mosaic_configs(mw, more: int = 3) -> list:
     """The weight's plan (MosaicBlocks()), the plan at pipeline depth 2 (stage probe, 2026-11-30: 10.7 µs where the
     plan's depth 4 took 15.0 on 4096x11008 batch 1), the plan with the value accumulator, the plan reading x
-    unpadded (pad_x=False), for table codecs the plan with the other lookups (a block a word, "words8"; nf4_prmt's
+    unpadded and padded (pad_x False / True: at a given batch one of them is the plan's own choice; the sweeps skip
+    a form already timed), for table codecs the plan with the other lookups (two blocks a word, "words"; nf4_prmt's
     lookup on the WGMMA layout's registers and the select tree, unshuffled codes only), and the cheapest split of
     each of the `more` next (rows per warpgroup, groups per step) forms that divides the weight's padded groups (by the
     plan's own cost model, mosaic_layout.plan_options)."""
@@ -208,7 +209,8 @@ def mosaic_configs(mw, more: int = 3) -> list:
     from pallas_kernels.quant.mosaic_layout import plan_options
 
     n, _ = mw.shape
-    out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"), M.MosaicBlocks(pad_x=False)]
+    out = [M.MosaicBlocks(), M.MosaicBlocks(stages=2), M.MosaicBlocks(acc="value"), M.MosaicBlocks(pad_x=False),
+           M.MosaicBlocks(pad_x=True)]
     if mw.levels is not None:  # table codecs: the other lookups (shuffled codes: only those on the relaid words)
         out += [M.MosaicBlocks(nf4=d) for d in M.NF4_DECODES if d != M.MosaicBlocks().nf4
                 and (not mw.shuffled or d.startswith("words"))]
@@ -227,5 +229,5 @@ def mosaic_cfg_str(c, mw=None, batch: int = 1) -> str:
 
     if mw is not None:
         c = M.resolve(mw, batch, c)
-    sel = ("" if c.nf4 == M.MosaicBlocks().nf4 else f"/{c.nf4}") + ("" if c.pad_x else "/nopad")
+    sel = ("" if c.nf4 == M.MosaicBlocks().nf4 else f"/{c.nf4}") + ("/nopad" if c.pad_x is False else "")
     return f"g{c.groups}/r{c.wg_rows}/{c.acc}/sk{c.split_k}/st{c.stages}/bb{c.block_b}{sel}"

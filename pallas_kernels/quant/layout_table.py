@@ -54,13 +54,13 @@ LAYOUTS: tuple[Layout, ...] = (
     # batches 2-7 not measured with the word lookup (stop 29's lookup at batch 4: 0.59x vs Triton 0.61x).
     Layout("nf4", 8, "mosaic", (4096, 4096)),
     # NF4 with the word lookup at batch 1 / 4 (stop 31, codes not shuffled): 4096x11008 1.72x / 1.30x bf16 vs
-    # Triton 1.69x / 0.65x (batch 1 a tie: left to the GEMV); 4096x4096 batch 1 1.04x (11.1 µs, bf16 11.5) where the
-    # GEMV measured 1.13-1.62x (stop 29).
-    Layout("nf4", 4, "mosaic", (4096, 11008)),
-    # phi4 (stop 31, shuffled codes): 4096x11008 batch 1 / 4 / 8 / 32 Hopper 2.11x / 1.44x / 1.30x / 1.51x bf16 vs
-    # Triton 1.33x / 0.52x / 0.33x / 0.59x, batch 256 0.51x vs 0.24x; 4096x4096 batch 1 1.17x (Triton not timed):
-    # only the measured shape and wider. The layers this row serves hold unshuffled codes (prepare_for), not timed
-    # on their own (NF4's two layouts: within the spread between processes, docs/BENCHMARKS.md stop 31).
+    # Triton 1.69x / 0.65x; shuffled codes (as the layers now hold them) batch 1 1.94x vs 1.81x; stop 32 (one
+    # process, "words8", unshuffled) batch 1 19.8 µs (1.73x) vs the GEMV's 21.3 (1.61x). 4096x4096 batch 1 1.04x
+    # (11.1 µs, bf16 11.5) where the GEMV measured 1.13-1.62x (stop 29): that shape stays on the GEMV below 8.
+    Layout("nf4", 1, "mosaic", (4096, 11008)),
+    # phi4 (stop 31, shuffled codes, as prepare_for stores them): 4096x11008 batch 1 / 4 / 8 / 32 Hopper 2.11x /
+    # 1.44x / 1.30x / 1.51x bf16 vs Triton 1.33x / 0.52x / 0.33x / 0.59x, batch 256 0.51x vs 0.24x; 4096x4096 batch
+    # 1 1.17x (Triton not timed): only the measured shape and wider.
     Layout("phi", 1, "mosaic", (4096, 11008)),
     # int8 (stop 31): 4096x11008 batch 1 / 8 / 16 / 64 Hopper 1.98x / 1.26x / 1.24x / 1.25x bf16 vs Triton 1.89x /
     # 0.31x / 0.31x / 0.25x; 11008x4096 2.02x / 1.42x / 1.49x / 1.34x vs 0.32x / 0.14x / 0.14x / 0.28x (ideal

@@ -64,15 +64,18 @@ class MosaicBlocks:
     wg_rows: int | None = None  # output rows per compute warpgroup (wgmma M: 64 or 128)
     acc: str = "ref"  # "ref": one accumulator ref for the K loop; "value": carried through the pipeline
     probe: str = "none"  # PROBES: a stage probe for timing only (the result is not the product)
-    nf4: str = "words"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py; "words8": one PTX
-    # block for a word's eight nibbles, 22 ops where two half-word blocks take 25, not yet timed), on the WGMMA
-    # layout's two-nibble registers (nf4_prmt.py), or the select tree
-    pad_x: bool = True  # False: x is read as it is (rows padded to a multiple of 8 only where the batch is above 8
-    # and not one: Mosaic tiles x by 8 rows), the copy engine filling the tile's rows past the batch and columns
-    # past K with zeros (Pallas's tensor copies read out of bounds as zeros). A row past the batch reaches only its
-    # own output column, sliced away; columns past K meet only the plan's padded groups, whose weights are exactly
-    # zero (a NaN fill would reach every output: the fill is zeros). No XLA pad kernel before the call at batch
-    # <= 8 or a multiple of 8. Lowering checked on CPU; speed not yet measured
+    nf4: str = "words8"  # NF4_DECODES: byte-permute lookup on relaid 32-bit words (nf4_words.py), "words8" one PTX
+    # block for a word's eight nibbles (22 ops where "words"' two half-word blocks take 25; 4096x11008 batch 1 / 8:
+    # 19.8 / 20.7 µs against 20.1 / 21.1, one process, H200, 2026-12-01), on the WGMMA layout's two-nibble registers
+    # (nf4_prmt.py, 2.5x slower), or the select tree (3.9x)
+    pad_x: bool | None = None  # False: x is read as it is (rows padded to a multiple of 8 only where the batch is
+    # above 8 and not one: Mosaic tiles x by 8 rows), the copy engine filling the tile's rows past the batch and
+    # columns past K with zeros (Pallas's tensor copies read out of bounds as zeros). A row past the batch reaches
+    # only its own output column, sliced away; columns past K meet only the plan's padded groups, whose weights are
+    # exactly zero (a NaN fill would reach every output: the fill is zeros). True: an XLA pad to the batch tile and
+    # the plan's K first. None: False below batch 8, True from 8. One process, H200, 2026-12-01: batch 1 int4
+    # 4096x11008 15.7 µs unpadded against 16.5 padded, 4096x4096 9.7 against 9.8-10.4 (the plan's other forms);
+    # batch 8-64 unpadded within -0.3 / +0.3 µs (4096x4096 batch 8: 10.8 against 10.5); batches 2-7 not timed
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
@@ -121,7 +124,7 @@ def resolve(mw: MosaicWeight, batch: int, blocks: MosaicBlocks | None = None) ->
         stages = [b.stages] if b.stages is not None else [4, 3, 2]
         fits = [s for s in stages if smem_bytes(t, mw.group, b.groups, b.wg_rows, s, has_off, mw.bits) <= SMEM_BYTES]
         if fits:
-            return dataclasses.replace(b, block_b=t, stages=fits[0])
+            return dataclasses.replace(b, block_b=t, stages=fits[0], pad_x=batch >= 8 if b.pad_x is None else b.pad_x)
     raise KernelLayoutError(f"block_b={tiles[-1]} x groups={b.groups} x wg_rows={b.wg_rows} x stages={stages[-1]} "
                             "needs more shared memory than the GPU has: lower block_b, groups, wg_rows or stages")
 
