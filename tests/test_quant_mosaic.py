@@ -178,7 +178,9 @@ GPU_CASES = [(spec, b, blocks) for spec in SPECS for b, blocks in _gpu_blocks(sp
     ("nf4:group_size=256", 40, M.MosaicBlocks(nf4="prmt", wg_rows=64)),
     ("int4", 1, M.MosaicBlocks(pad_x=False)), ("nf4", 37, M.MosaicBlocks(pad_x=False)),
     ("int8", 200, M.MosaicBlocks(pad_x=False)), ("nf4", 24, M.MosaicBlocks(nf4="words8")),
-    ("phi4:group_size=128", 64, M.MosaicBlocks(nf4="words8", wg_rows=128))]
+    ("phi4:group_size=128", 64, M.MosaicBlocks(nf4="words8", wg_rows=128)),
+    ("nf4", 1, M.MosaicBlocks()), ("phi4", 3, M.MosaicBlocks()), ("int8", 5, M.MosaicBlocks()),  # defaults below 8:
+    ("nf4", 8, M.MosaicBlocks(nf4="words"))]  # x unpadded, the "words8" lookup; the half-word lookup
 
 
 @pytest.mark.parametrize("spec,b,blocks", GPU_CASES)
@@ -200,7 +202,7 @@ def test_mosaic_on_gpu(spec, b, blocks):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec,b,nf4", [("nf4", 8, "words"), ("nf4:group_size=256", 100, "words"),
                                         ("phi4", 32, "words"), ("nf4dq:dq_block=4", 16, "words"),
-                                        ("phi4", 32, "words8")])
+                                        ("phi4", 32, "words8"), ("nf4", 1, "words8"), ("phi4:group_size=128", 5, "words8")])
 def test_mosaic_shuffled_on_gpu(spec, b, nf4):
     """Codes stored in the lookup's column order: the kernel skips the relayout and gives the same product."""
     x, q = _case(spec, 1024, 512, b, seed=b)
