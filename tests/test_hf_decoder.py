@@ -249,3 +249,20 @@ def test_kv_cache_decode_matches_full_forward(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(np.asarray(ids, np.int64))).logits.numpy()
     assert np.abs(np.asarray(full) - ref).max() < TOL
+
+
+def test_gqa_decode_step_never_repeats_the_cache(tmp_path):
+    """A grouped-query decode step reads the KV cache at its own head count: no value in the step's program has
+    the shape of the cache repeated to every query head (B, H, S, hd). The repeat made a TinyLlama-shaped decoder's
+    batch-256 KV-cache step read 8x its cache (docs/BENCHMARKS.md, stop 32)."""
+    import jax
+
+    _save(transformers.MistralForCausalLM, MistralConfig(
+        **COMMON, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64), tmp_path / "m")
+    jm = load_hf_decoder(str(tmp_path / "m"), progress=False)
+    cache = jm.init_cache(3, 16)
+    gd, st = nnx.split(jm)
+    jaxpr = jax.make_jaxpr(lambda st, x, c: nnx.merge(gd, st).decode(x, c))(st, jnp.ones((3, 1), jnp.int32), cache)
+    hd = jm.cfg.head_dim
+    shapes = {tuple(v.aval.shape) for e in jaxpr.jaxpr.eqns for v in e.outvars}
+    assert (3, 2, 16, hd) in shapes and (3, 4, 16, hd) not in shapes

@@ -106,8 +106,11 @@ class Attention(nnx.Module):
         c = self.cfg
         b, _, tq, _ = q.shape
         rep = c.num_heads // c.num_kv_heads
-        k, v = jnp.repeat(k, rep, axis=1), jnp.repeat(v, rep, axis=1)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+        # grouped-query attention without repeating k / v to every query head: q's heads as (kv head, group)
+        # (head h reads kv head h // rep, as a repeat along axis 1 would give). A repeated KV cache is rep times
+        # the bytes a decode step reads.
+        qg = q.reshape(b, c.num_kv_heads, rep, tq, q.shape[-1])
+        scores = jnp.einsum("bgrqd,bgkd->bgrqk", qg.astype(jnp.float32), k.astype(jnp.float32))
         scores = scores * (c.head_dim**-0.5)
         qi, ki = q_pos[:, None], k_pos[None, :]
         allowed = ki <= qi
@@ -115,7 +118,7 @@ class Attention(nnx.Module):
             allowed = allowed & (ki > qi - self.window)
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(c.compute_dtype)
-        out = jnp.einsum("bhqk,bhkd->bhqd", probs, v.astype(c.compute_dtype))
+        out = jnp.einsum("bgrqk,bgkd->bgrqd", probs, v.astype(c.compute_dtype)).reshape(b, c.num_heads, tq, -1)
         return out.transpose(0, 2, 1, 3).reshape(b, tq, c.num_heads * c.head_dim)
 
     def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, cache=None, length=None):
