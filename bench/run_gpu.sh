@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
 #   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data generate generate_1b generate_retnphi decode_profile serve_load gpu_tests
+#   LIMIT=560 bash bench/run_gpu.sh quant_nf4_cells | generate_125m_cells | generate_heads_cells | generate_retnphi_cells
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
@@ -23,6 +24,11 @@ for b in "$@"; do
     decode_profile) cmd="python -m bench.decode_profile --config configs/lm_125m.py --decode-impls jnp,fused_pallas --batch 1 --steps 64 --out $LOG_DIR/decode_profile" ;;
     serve_load) cmd="python -m bench.serve_load --config configs/lm_125m.py --decode-impl fused_pallas --clients 16 --requests 128 --slots 8 --chunk 32 --max-tokens 256" ;;
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
+    # the cells issue 22's and issue 15's matrices still lack (docs/BENCHMARKS.md, stop 32); give them LIMIT=560
+    quant_nf4_cells) cmd="python -m bench.quant_mosaic --shapes 4096x4096,11008x4096,4096x11008 --methods nf4 --batches 1,4,16,32,64,256 --keep 1 --target-s 0.02 --budget-s 520" ;;
+    generate_125m_cells) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64,256 --quants int8,int4 --decode-impls jnp --no-old --no-token --steps 128 --reps 2" ;;
+    generate_heads_cells) cmd="python -m bench.generate --configs configs/lm_125m.py,configs/lm_1b.py --heads 3 --batches 1,8,64,256 --quants none --decode-impls jnp --no-old --no-token --steps 64 --reps 2" ;;
+    generate_retnphi_cells) cmd="python -m bench.generate_retnphi --size 1b --batches 256,64 --quants int4 --spec-heads 3 --head-steps 200 --data-paths /tmp/pysrc --no-old --steps 64 --reps 2" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac
   echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"
