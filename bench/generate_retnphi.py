@@ -58,7 +58,7 @@ def main(argv=None):
     p.add_argument("--quants", default="none", help="engine weight formats, each a row per batch: none, int8, int4, "
                    "nf4 (quant_impl auto: each layer's kernels picked for the row's batch)")
     p.add_argument("--spec-heads", type=int, default=0, help="K extra heads trained alone, then speculative rows "
-                   "at batch 1 (needs --data-paths; random base: acceptance not representative)")
+                   "at every batch (needs --data-paths; random base: acceptance not representative)")
     for name, kind, default in (("steps", int, 400), ("batch", int, 16), ("seq", int, 256), ("lr", float, 1e-3)):
         p.add_argument(f"--head-{name}", type=kind, default=default, help="the heads' training")
     p.add_argument("--head-mb", type=float, default=16.0,
@@ -153,8 +153,8 @@ def main(argv=None):
 def speculative_row(engine, held: np.ndarray, a, plain: dict, batch: int = 1) -> dict:
     """The timed speculative row (path, batch, bytes/s, compiles) with the plain row's sampling settings, `batch`
     held-out prompts a call; at batch 1 also the acceptance on held-out prompts one at a time (t=0; t=1, top-p 0.95);
-    the verify pass's cost against the plain row's step (a pass runs until every row is done: its count is the
-    batch's largest)."""
+    the verify pass's cost against the plain row's step (over every pass the device ran: until every row is done,
+    in trips of PASSES_PER_SYNC)."""
     prompts = [bytes(w.astype(np.uint8).tolist()) for w in held_out_windows(held, 63, max(a.spec_prompts, batch))]
     accept = [float(np.mean([speculative_generate(engine, [q], a.steps, temperature=t, top_p=0.95, seed=i)[1][
         "bytes_per_verify"] for i, q in enumerate(prompts)])) for t in (0.0, 1.0)] if batch == 1 else None
@@ -163,7 +163,7 @@ def speculative_row(engine, held: np.ndarray, a, plain: dict, batch: int = 1) ->
     def call(i):
         qs = [prompts[(i * batch + j) % len(prompts)] for j in range(batch)]
         ids, st = speculative_generate(engine, qs, a.steps, temperature=1.0, top_p=0.95, seed=i * batch)
-        verifies.append(max(st["verifies"]))
+        verifies.append(st["passes_run"])  # every pass run (past the last live row's: PASSES_PER_SYNC)
         return ids
 
     sec, comp = timed(call, a.reps)

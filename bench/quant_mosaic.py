@@ -87,7 +87,8 @@ def main(argv=None):
                 best, timed, seen = None, [], set()
                 cands = mosaic_configs(mw)
                 if a.keep and ranked:
-                    cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep]]
+                    # the plan, the K fastest before, and both pad_x forms (whose meaning moves at batch 8)
+                    cands = [c for c in cands if c == cands[0] or c in ranked[:a.keep] or c.pad_x is not None]
                 for c in cands:
                     if (cs := mosaic_cfg_str(c, mw, b)) in seen:  # the same form at this batch (pad_x's default)
                         continue

@@ -26,9 +26,9 @@ for b in "$@"; do
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
     # the cells issue 22's and issue 15's matrices still lack (docs/BENCHMARKS.md, stop 32); give them LIMIT=560
     quant_nf4_cells) cmd="python -m bench.quant_mosaic --shapes 4096x4096,11008x4096,4096x11008 --methods nf4 --batches 1,4,16,32,64,256 --keep 1 --target-s 0.02 --budget-s 520" ;;
-    generate_125m_cells) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64,256 --quants int8,int4 --decode-impls jnp --no-old --no-token --steps 128 --reps 2" ;;
+    generate_125m_cells) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64,256 --quants none,int8,int4 --decode-impls jnp --no-old --no-token --steps 128 --reps 2" ;;
     generate_heads_cells) cmd="python -m bench.generate --configs configs/lm_125m.py,configs/lm_1b.py --heads 3 --batches 1,8,64,256 --quants none --decode-impls jnp --no-old --no-token --steps 64 --reps 2" ;;
-    generate_retnphi_cells) cmd="python -m bench.generate_retnphi --size 1b --batches 256,64 --quants int4 --spec-heads 3 --head-steps 200 --data-paths /tmp/pysrc --no-old --steps 64 --reps 2" ;;
+    generate_retnphi_cells) cmd="python -m bench.generate_retnphi --size 1b --batches 256,64 --quants none,int4 --spec-heads 3 --head-steps 200 --data-paths /tmp/pysrc --no-old --steps 64 --reps 2" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac
   echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"

@@ -61,6 +61,8 @@ def test_short_chunkwise_call_is_one_unpadded_chunk():
     assert " pad[" not in jaxpr, "a 4-step call padded to the 64-step chunk"
     padded = str(jax.make_jaxpr(lambda *x: R.retention_chunkwise(*x, g, st, 3))(*tail))
     assert " pad[" in padded  # the check above can fail: 4 steps in chunks of 3 are padded
+    o0, s0 = R.retention_chunkwise(*(x[:, :, :0] for x in tail), g, st, 64)  # no steps: the state as it was
+    assert o0.shape == (2, 3, 0, 6) and all(np.array_equal(a, b) for a, b in zip(s0, st))
 
 
 @pytest.mark.parametrize("split", [5, 8, 11])

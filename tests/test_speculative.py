@@ -59,7 +59,10 @@ def test_passes_between_checks_do_not_change_the_output(engine, passes):
     want = speculative_generate(engine, prompts, 21, temperature=1.0, seed=5, passes=1)
     got = speculative_generate(engine, prompts, 21, temperature=1.0, seed=5, passes=passes)
     np.testing.assert_array_equal(got[0], want[0])
+    run, last = got[1].pop("passes_run"), max(want[1]["verifies"])
+    assert want[1].pop("passes_run") == last  # one pass a look: no pass past the last live row's
     assert got[1] == want[1] and want[1]["bytes_per_verify"] > 1.0
+    assert run % passes == 0 and last <= run < last + passes  # whole trips, at most passes - 1 past the end
 
 
 def test_fused_engine_verifies_with_its_fused_weights(engine):

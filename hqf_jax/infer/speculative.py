@@ -171,7 +171,7 @@ def _speculate(graphdef, weights, tokens, lengths, settings: Settings, n, vocab_
     carry = (state, pending, drafts, q, zero, zero, out, zero)
     trip = body if passes == 1 else lambda c: jax.lax.fori_loop(0, passes, lambda _, x: body(x), c)
     carry = jax.lax.while_loop(cond, trip, carry)
-    return carry[6][:, :n], carry[4], carry[7]
+    return carry[6][:, :n], carry[4], carry[7], carry[5][0]
 
 
 def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0.0, top_k=0, top_p=1.0,
@@ -206,9 +206,12 @@ def speculative_generate(engine, prompts, max_new: int, *, seed=0, temperature=0
     rows = (engine.min_rows or 1) if isinstance(engine, Engine) else engine.min_rows  # explicit min_rows only
     if rows > b:  # copies of row 0, dropped after
         tokens, lengths, settings = jax.tree.map(lambda a: repeat_row0(a, rows), (tokens, lengths, settings))
-    ids, emitted, verifies = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings, int(max_new),
-                                        engine.vocab_limit, kind, fw, filtering, int(passes))
+    ids, emitted, verifies, run = _speculate(engine.graphdef, engine.weights, tokens, lengths, settings,
+                                             int(max_new), engine.vocab_limit, kind, fw, filtering, int(passes))
     ids, emitted, verifies = np.asarray(ids)[:b], np.asarray(emitted)[:b], np.asarray(verifies)[:b]
     # bytes per verify pass while a row was live: each pass emits the pending byte and the accepted drafts
     per = max_new / np.maximum(verifies, 1)
-    return ids, {"bytes_per_verify": float(np.mean(per)), "verifies": verifies.tolist(), "heads": k}
+    # passes_run: every pass the device ran (a multiple of ``passes``, past the last live row's): what a pass's
+    # cost is timed over
+    return ids, {"bytes_per_verify": float(np.mean(per)), "verifies": verifies.tolist(), "heads": k,
+                 "passes_run": int(run)}
