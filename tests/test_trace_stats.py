@@ -175,7 +175,7 @@ def test_decode_profile_retnphi_beside_its_token_decoder_on_cpu(capsys):
 
 def test_decode_profile_speculative_row_is_per_verify_pass(capsys):
     """--speculative --heads 2 (random heads): a row whose step is one verify pass; its bytes/s counts the bytes
-    emitted (--steps a row a call over the passes a call runs); a pass does all of a decode step's work and more,
+    emitted (--steps a row a call over the passes a call runs, every pass the device ran); a pass does all of a decode step's work and more,
     so it runs more kernels (XLA:CPU thunks here) than the plain step beside it. Without heads: a clear refusal."""
     from bench.decode_profile import main
 
@@ -183,7 +183,11 @@ def test_decode_profile_speculative_row_is_per_verify_pass(capsys):
                 "--no-count-ops"])
     step, spec = res["rows"]
     assert "error" not in spec and spec["impl"].startswith("speculative (2 heads")
-    assert 1 <= spec["steps_per_call"] <= 6 and spec["steps"] == 2 * spec["steps_per_call"]
+    from hqf_jax.infer.speculative import PASSES_PER_SYNC
+
+    # every pass run: whole trips of PASSES_PER_SYNC, at most PASSES_PER_SYNC - 1 past the 6 a row can need
+    assert spec["steps_per_call"] % PASSES_PER_SYNC == 0 and 1 <= spec["steps_per_call"] < 6 + PASSES_PER_SYNC
+    assert spec["steps"] == 2 * spec["steps_per_call"]
     assert spec["bytes_per_s"] == pytest.approx(1e6 * 6 / spec["steps_per_call"] / spec["untraced_us"], rel=1e-6)
     assert spec["events_per_step"] > step["events_per_step"] > 0
     capsys.readouterr()
