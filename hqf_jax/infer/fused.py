@@ -60,6 +60,12 @@ def split_qkvg(h: jax.Array, cfg):
     return h[..., :qk], h[..., qk:2 * qk], h[..., 2 * qk:2 * qk + v], h[..., 2 * qk + v:]
 
 
+def gated_mlp_input(gu: jax.Array, cfg):
+    """silu(gate) * up of a projection output gu (..., 2 ffn) made with fuse_weights' [Wgate | Wup]: what the MLP's
+    down projection reads."""
+    return nnx.silu(gu[..., :cfg.ffn_dim]) * gu[..., cfg.ffn_dim:]
+
+
 def position_tables(cfg, offset: jax.Array):
     """cos, sin, xPos scale (B, Dk/2) float32 at each row's position ``offset`` (B,) (identity for 'none')."""
     dk = cfg.qk_dim // cfg.num_heads
@@ -174,8 +180,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
             y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
         x = x + padded_rows(m.o, y.astype(dtype), dot_rows)
         gu = padded_rows(lambda z: jnp.dot(z, fw["gu"][i].astype(dtype)), block.norm2(x).astype(dtype), dot_rows)
-        a, u = gu[:, :cfg.ffn_dim], gu[:, cfg.ffn_dim:]
-        x = x + padded_rows(block.ffn.down, nnx.silu(a) * u, dot_rows)
+        x = x + padded_rows(block.ffn.down, gated_mlp_input(gu, cfg), dot_rows)
         new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
     logits = padded_rows(model.head, model.norm(x).astype(jnp.float32), dot_rows)
     return logits, tuple(new)

@@ -117,8 +117,8 @@ def head_count(model) -> int:
 # Verify passes per trip of the outer while loop. Its condition is data-dependent, so each trip waits for the device
 # (a copy of the predicate to the host) before the host launches the next trip's ~350 kernels; the inner loop of a
 # fixed count launches ahead. A trip past the last live row costs at most PASSES_PER_SYNC - 1 passes; rows that are
-# done keep drafting past n, dropped from the output (as when other rows still run). 125M, H200, 2026-12-01: a
-# pass took 839 µs against ~776 µs of kernels, one trip a pass.
+# done keep drafting past n, dropped from the output (as when other rows still run). The saving is not measured on
+# its own (docs/BENCHMARKS.md stop 32: the profiles before and after are not like for like).
 PASSES_PER_SYNC = 4
 
 

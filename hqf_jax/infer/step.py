@@ -75,8 +75,7 @@ def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array |
         if fw is None:
             x = x + block.ffn(h)
         else:
-            a, u = jnp.split(jnp.dot(h, fw["gu"][i].astype(dtype)), [cfg.ffn_dim], axis=-1)
-            x = x + block.ffn.down(nnx.silu(a) * u)
+            x = x + block.ffn.down(fused.gated_mlp_input(jnp.dot(h, fw["gu"][i].astype(dtype)), cfg))
         new.append(s)
     hidden = model.norm(x).astype(jnp.float32)
     logits = model.head(hidden)

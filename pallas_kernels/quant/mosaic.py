@@ -75,7 +75,7 @@ class MosaicBlocks:
     # exactly zero (a NaN fill would reach every output: the fill is zeros). True: an XLA pad to the batch tile and
     # the plan's K first. None: False below batch 8, True from 8. One process, H200, 2026-12-01: batch 1 int4
     # 4096x11008 15.7 µs unpadded against 16.5 padded, 4096x4096 9.7 against 9.8-10.4 (the plan's other forms);
-    # batch 8-64 unpadded within -0.3 / +0.3 µs (4096x4096 batch 8: 10.8 against 10.5); batches 2-7 not timed
+    # batch 8-64 unpadded 0 to 0.3 µs slower (4096x4096 batch 8: 10.8 against 10.5); batches 2-7 not timed
 
 
 def tile_b_for(batch: int, blocks: MosaicBlocks) -> int:
