@@ -36,7 +36,8 @@ def test_layout_table_picks_by_method_shape_batch_and_device():
     assert [layout_form("int", 4, 768, 2560, b, True) for b in (1, 8)] == ["triton", "mosaic"]
     assert [layout_form("nf4", 4, 4096, 11008, b, True) for b in (1, 4, 64)] == ["mosaic", "mosaic", "mosaic"]
     assert layout_form("nf4", 4, 4096, 4096, 1, True) == "triton"
-    assert [layout_form("nf4", 4, 4096, 4096, b, True) for b in (4, 8)] == ["triton", "mosaic"]
+    assert [layout_form("nf4", 4, 4096, 4096, b, True) for b in (3, 4, 8)] == ["triton", "mosaic", "mosaic"]
+    assert [layout_form("nf4", 4, 11008, 4096, b, True) for b in (1, 4)] == ["mosaic", "mosaic"]
     assert [layout_form("int", 8, 2048, 5632, b, True) for b in (1, 8)] == ["triton", "mosaic"]
     assert [layout_form("int", 8, k, n, 1, True) for k, n in ((4096, 11008), (11008, 4096), (4096, 4096))] == [
         "mosaic", "mosaic", "triton"]
