@@ -52,9 +52,9 @@ LAYOUTS: tuple[Layout, ...] = (
     # 4096x4096 batch 8 0.94-1.02x (two calls) vs 0.33x. Batch 1 (stop 29 lookup): the Triton GEMV 1.13-1.62x vs
     # Hopper 0.74-0.77x;
     # batches 2-7 not measured with the word lookup (stop 29's lookup at batch 4: 0.59x vs Triton 0.61x).
-    # Stop 33 ("words8", codes not shuffled, where the layers hold them shuffled): 4096x4096 batch 4 10.6 µs (0.86x bf16: slower than
-    # bf16, faster than the GEMV's 22.2), batch 16 / 32 / 64 1.09x / 1.11x / 1.16x, batch 256 0.52x (Triton 0.20x),
-    # batch 1 11.0 µs against the GEMV's 10.6: from batch 4 (2-3 not measured).
+    # Stop 33 ("words8", codes not shuffled, where the layers hold them shuffled): 4096x4096 batch 4 10.6 µs
+    # (0.86x bf16: slower than bf16, faster than the GEMV's 22.2), batch 16 / 32 / 64 1.09x / 1.11x / 1.16x, batch
+    # 256 0.52x (Triton 0.20x), batch 1 11.0 µs against the GEMV's 10.6: from batch 4 (2-3 not measured).
     Layout("nf4", 4, "mosaic", (4096, 4096)),
     # 11008x4096 (stop 33): batch 1 / 4 Hopper 19.3 / 18.1 µs (2.00x / 1.37x bf16) vs the GEMV's 32.7 / 56.2 µs
     # (1.19x / 0.44x); batch 32 1.46x vs 0.10x; batch 256 0.46x vs 0.12x.
