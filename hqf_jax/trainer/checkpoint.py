@@ -379,8 +379,13 @@ class Checkpointer:
         try:
             self._complete()
         finally:
-            self.manager.close()
-            self._remove_temporary()  # nothing is in flight any more: a temporary folder now is debris
+            try:
+                self.manager.close()
+            except Exception:
+                if not self._save_failed:  # after a failed save already reported, orbax's closing re-raise is not news
+                    raise
+            finally:
+                self._remove_temporary()  # nothing is in flight any more: a temporary folder now is debris
 
 
 def _fill_shardings(abstract):
