@@ -34,6 +34,10 @@ def test_layout_table_picks_by_method_shape_batch_and_device():
         form("int", 4, 512, 256, 0)
     assert layout_form("int", 4, 4096, 11008, 16, True) == "mosaic"  # the shipped table's measured row
     assert [layout_form("int", 4, 768, 2560, b, True) for b in (1, 8)] == ["triton", "mosaic"]
+    # int4 at batch 1: the GEMV on 4096x4096 (faster there in the same process), the Hopper form on the wider shapes
+    assert [layout_form("int", 4, k, n, 1, True) for k, n in ((4096, 4096), (4096, 11008), (11008, 4096))] == [
+        "triton", "mosaic", "mosaic"]
+    assert [layout_form("int", 4, 4096, 4096, b, True) for b in (2, 16, 64)] == ["mosaic"] * 3
     assert [layout_form("nf4", 4, 4096, 11008, b, True) for b in (1, 4, 64)] == ["mosaic", "mosaic", "mosaic"]
     assert layout_form("nf4", 4, 4096, 4096, 1, True) == "triton"
     assert [layout_form("nf4", 4, 4096, 4096, b, True) for b in (3, 4, 8)] == ["triton", "mosaic", "mosaic"]

@@ -35,8 +35,12 @@ LAYOUTS: tuple[Layout, ...] = (
     # 16-64 on 4096x11008 / 11008x4096 (Triton tc 0.22-0.51x); 4096x4096 batch 1 1.34-1.43x (two runs) vs the
     # GEMV's 1.54x (the one cell the Triton form wins), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256:
     # 0.58-0.72x bf16 (Triton 0.17-0.24x): neither form beats bf16 there. 4096x4096 batch 32 / 64 (stop 28): 1.25x
-    # / 1.28x (Triton 0.51x at 32).
-    Layout("int", 1, "mosaic", (4096, 4096)),
+    # / 1.28x (Triton 0.51x at 32). Stop 32, one process: 4096x4096 batch 1 Hopper 1.44x vs the GEMV's 1.67x, so
+    # that shape keeps the GEMV at batch 1 (batches 2-3 not measured: the Hopper form from 2, as at 4, 1.03x vs
+    # Triton tc 0.57x); the two wider shapes take the Hopper form from batch 1.
+    Layout("int", 1, "mosaic", (4096, 11008)),
+    Layout("int", 1, "mosaic", (11008, 4096)),
+    Layout("int", 2, "mosaic", (4096, 4096)),
     # the 125M byte LM's layers: at batch 8 the Hopper form takes 5.0-5.6 µs on 768x2560 / 2560x768 (2.2-2.3x
     # bf16; Triton 0.60-0.96x), at batch 64 7.1 µs on 768x2560 (1.84x; Triton 0.90x); at batch 1 it takes ~7 µs
     # (0.24-0.29x: a floor of launch, pipeline fill, epilogue and the split-K sum) where the Triton GEMV takes 2.6-3.5
