@@ -46,7 +46,7 @@ def test_training_beats_the_order0_entropy_of_real_text(tmp_path):
 
 
 RESUME_ARGS = ["--config", "configs/lm_tiny.py", *as_args(SMALL_LM), "data.seq_len=64", "data.batch_size=8",
-               "train.steps=120", "train.ckpt_every=25", "train.eval_every=1000", "train.sample_every=1000",
+               "train.steps=60", "train.ckpt_every=25", "train.eval_every=1000", "train.sample_every=1000",
                "train.log_every=5", "data.max_files=20"]
 
 
@@ -77,12 +77,12 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and saved[-1] < 120, f"the run finished before it could be killed: {saved}"
+    assert saved and saved[-1] < 60, f"the run finished before it could be killed: {saved}"
 
     r = run_module("train.lm", *RESUME_ARGS, "--workdir", str(killed))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stdout
-    for a, b in zip(_params_at(whole, 120), _params_at(killed, 120)):
+    for a, b in zip(_params_at(whole, 60), _params_at(killed, 60)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
