@@ -136,8 +136,8 @@ def byte_lm_paths(a, quant) -> tuple[str, list]:
 
     paths = []
     for impl in [x.strip() for x in a.decode_impls.split(",") if x.strip()]:
-        if quant and impl.startswith("fused"):
-            print(f"skipped {impl} {quant}: the fused step runs unquantized weights")
+        if quant and impl == "fused_gemv":
+            print(f"skipped {impl} {quant}: the GEMV step runs unquantized weights")
             continue
         paths.append((impl + (f" {quant}" if quant else ""), lambda impl=impl: setup(impl)))
     if a.speculative:
@@ -179,7 +179,7 @@ def main(argv=None):
     p.add_argument("--run", default=None, help="a train.lm run folder (its trained weights) instead of --config")
     p.add_argument("--decode-impls", default="jnp,fused_pallas")
     p.add_argument("--quant", default="none", help="engine weight format: none (bf16), int8, int4, nf4 "
-                   "(the fused impls run unquantized weights: skipped with a quant)")
+                   "(fused_gemv runs unquantized weights: skipped with a quant)")
     p.add_argument("--quant-impl", default="auto")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--min-rows", type=int, default=None, help="the engine's min_rows (default: its auto choice; 1: "

@@ -101,8 +101,8 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
     bpb = {}
     for q, qi in [(q, qi) for q in quants for qi in (["auto"] if q == "none" else a.quant_impls.split(","))]:
         for impl in impls:
-            if q != "none" and impl.startswith("fused"):
-                continue  # the fused step runs unquantized weights
+            if q != "none" and impl == "fused_gemv":
+                continue  # the GEMV step runs unquantized weights (fused / fused_pallas quantize their joined dots)
             # auto on a Hopper GPU: the dispatcher lays layers out for the decode batch, so one engine per batch
             # (each row is what `--quant` gives there); elsewhere the layouts do not depend on the batch
             per_batch = q != "none" and qi == "auto" and hopper()

@@ -143,7 +143,7 @@ def test_gemv_engine_greedy_bytes_equal():
 
 
 def test_gemv_engine_refuses_quantized():
-    with pytest.raises(ValueError, match="fused decode step runs bf16/float32"):
+    with pytest.raises(ValueError, match="fused_gemv runs bf16/float32"):
         Engine(tiny(), quant="int8", decode_impl="fused_gemv")
 
 

@@ -103,7 +103,8 @@ class Engine(ByteGenerator):
     any weights); None (auto): batch 1 runs as 8 rows on a GPU for unquantized weights (H200, 2026-11-30, 125M: jnp
     1.54x, fused_pallas 1.06x over its padded dots; int4 0.37x, so not for quantized weights), else no padding.
     ``dot_rows`` > 1 pads only the fused steps' XLA dots (fused.padded_rows); None (auto): 8 rows when the step
-    runs one row on a GPU, i.e. with min_rows=1 (1.12-1.14x at 125M, 1.28-1.30x at ~1B; 0.92-0.95x at 2-8 rows).
+    runs one row of unquantized weights on a GPU, i.e. with min_rows=1 (1.12-1.14x at 125M, 1.28-1.30x at ~1B;
+    0.92-0.95x at 2-8 rows). A quantized fused engine quantizes its concatenated projections whole.
     ``static_args(batch)`` is what one decode call of ``batch`` rows runs with."""
 
     def __init__(self, model: RetNetLM, *, dtype: str = "bfloat16", quant: str | None = None,
@@ -112,16 +113,21 @@ class Engine(ByteGenerator):
                  min_rows: int | None = None):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
-        if decode_impl.startswith("fused") and quant:
-            raise EngineError("the fused decode step runs bf16/float32 weights; quantized engines use jnp or pallas")
+        if decode_impl == "fused_gemv" and quant:
+            raise EngineError("fused_gemv runs bf16/float32 weights; a quantized engine takes jnp, pallas, fused or "
+                              "fused_pallas")
         self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl, batch)
         self.batch = int(batch)
         self.cfg = self.model.cfg
         self.graphdef, self.weights = nnx.split(self.model)
         self._model = Prepared(self.graphdef, self.weights)  # what the jitted stages take (jit_args: cheap calls)
         self._leaves = flat_weights(self.weights)  # beside it, not inside: jit's cache keeps static arguments
-        # the fused step reads the projections concatenated (made once here); the model's own kernels are not read
-        self.fused_weights = fused.fuse_weights(self.model) if decode_impl.startswith("fused") else None
+        # the fused step reads the projections concatenated (made once here); the model's own kernels are not read.
+        # Quantized: the concatenations of the unquantized weights, quantized whole (fused.quantize_fused)
+        self.fused_weights = None
+        if decode_impl.startswith("fused"):
+            self.fused_weights = (fused.quantize_fused(fused.fuse_weights(model), self.model, quant, quant_impl, batch)
+                                  if quant else fused.fuse_weights(self.model))
         self.decode_impl = decode_impl
         self.unroll = int(unroll)
         pads = decode_impl in PADDED_IMPLS
@@ -151,8 +157,8 @@ class Engine(ByteGenerator):
         if self.fused_weights is None:
             return weight_bytes(self.model)
         per = sum(array_bytes(x) for x in jax.tree.leaves(self.fused_weights))
-        dup = sum(getattr(b.retention, n).kernel[...].nbytes for b in self.model.blocks for n in "qkvg")
-        dup += sum(getattr(b.ffn, n).kernel[...].nbytes for b in self.model.blocks for n in ("gate", "up"))
+        dup = sum(weight_bytes(getattr(b.retention, n)) for b in self.model.blocks for n in "qkvg")
+        dup += sum(weight_bytes(getattr(b.ffn, n)) for b in self.model.blocks for n in ("gate", "up"))
         return weight_bytes(self.model) - dup + per
 
     def _pad(self, prompts) -> tuple[jax.Array, jax.Array]:
@@ -190,7 +196,7 @@ class Engine(ByteGenerator):
             AUTO_MIN_ROWS if batch == 1 and gpu and not self.quantized else 1)
         rows = max(batch, min_rows)
         dot_rows = self.dot_rows if self.dot_rows is not None else (
-            AUTO_DOT_ROWS if rows == 1 and gpu and self.decode_impl in PADDED_IMPLS else 1)
+            AUTO_DOT_ROWS if rows == 1 and gpu and self.decode_impl in PADDED_IMPLS and not self.quantized else 1)
         return self.decode_impl, self.interpret, self.unroll, dot_rows, min_rows
 
     def put(self, slots: Slots, new: Slots, rows: Sequence[int]) -> Slots:

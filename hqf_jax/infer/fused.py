@@ -22,7 +22,11 @@ Same logits as ``step.forward``'s recurrent step (tests in float32; the Pallas k
 on CPU).
 
 Weights: ``fuse_weights`` concatenates the projections once, when the engine prepares its parameters
-(bf16 or float32). Quantized engines keep the module-by-module step (their layers are hqf_jax.quant's).
+(bf16 or float32). A quantized engine's fused matrices are quantized as wholes (``quantize_fused``: the same
+method, each matrix's kernel layout picked by the dispatcher for its own shape), and ``fdot`` multiplies by
+either kind. Per-column codecs (int, NF4, φ-grid) quantize a concatenation exactly as its parts (tested), so the
+fused quantized step computes the module-by-module quantized step's products; NF4 with double quantization does
+not (its second-level scale blocks run across the joined columns). ``gemv_step`` takes unquantized weights only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hqf_jax.infer.generator import EngineError
 from hqf_jax.ops import retention as ret
 
 FUSED_IMPLS = ("xla", "pallas", "gemv")
@@ -52,6 +57,38 @@ def fuse_weights(model) -> dict:
     if any(not np.array_equal(np.asarray(b.retention.gammas[...]), g0) for b in model.blocks):
         raise ValueError("the fused step shares one decay table across layers; this model's gammas differ")
     return {"qkvg": qkvg, "gu": gu}
+
+
+def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int = 1) -> dict:
+    """``fw`` (fuse_weights of the unquantized model, in its parameter dtype) with each concatenated matrix
+    quantized by ``method`` where the layers it joins are quantized in ``model`` (the engine's quantized model);
+    impl "auto" picks each matrix's layout for decode batch ``batch`` as QuantLinear does."""
+    from hqf_jax.quant.model import QuantLinear
+    from hqf_jax.quant.qtensor import quantize
+
+    out = {"qkvg": [], "gu": []}
+    for i, block in enumerate(model.blocks):
+        m, f = block.retention, block.ffn
+        for key, parts in (("qkvg", (m.q, m.k, m.v, m.g)), ("gu", (f.gate, f.up))):
+            quantized = [isinstance(x, QuantLinear) for x in parts]
+            w = fw[key][i]
+            if all(quantized):
+                w = QuantLinear(quantize(w, method), impl, batch=batch).weight.get_value()
+            elif any(quantized):
+                raise EngineError(f"block {i}: the fused {key} matrix joins quantized and unquantized layers "
+                                 "(quantize_model's min_size keeps small layers unquantized); use a module-by-module "
+                                 "decode_impl (jnp, pallas) for this model")
+            out[key].append(w)
+    return out
+
+
+def fdot(x: jax.Array, w, interpret: bool = False) -> jax.Array:
+    """x @ w for a fused matrix: a plain array (cast to x's dtype) or a quantized one (quantize_fused)."""
+    if isinstance(w, jax.Array):
+        return jnp.dot(x, w.astype(x.dtype))
+    from hqf_jax.quant.linear import impl_of, qlinear
+
+    return qlinear(x, w, impl_of(w), interpret=interpret).astype(x.dtype)
 
 
 def split_qkvg(h: jax.Array, cfg):
@@ -168,7 +205,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
     new = []
     for i, (block, s) in enumerate(zip(model.blocks, state)):
         m = block.retention
-        h = padded_rows(lambda z: jnp.dot(z, fw["qkvg"][i].astype(dtype)), block.norm1(x).astype(dtype), dot_rows)
+        h = padded_rows(lambda z: fdot(z, fw["qkvg"][i], interpret), block.norm1(x).astype(dtype), dot_rows)
         gn = m.group_norm.scale[...]
         if impl in ("pallas", "pallas_split"):
             from pallas_kernels.retention_decode_fused import auto_v_split, fused_mixer  # loads Triton when asked
@@ -179,7 +216,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
         else:
             y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
         x = x + padded_rows(m.o, y.astype(dtype), dot_rows)
-        gu = padded_rows(lambda z: jnp.dot(z, fw["gu"][i].astype(dtype)), block.norm2(x).astype(dtype), dot_rows)
+        gu = padded_rows(lambda z: fdot(z, fw["gu"][i], interpret), block.norm2(x).astype(dtype), dot_rows)
         x = x + padded_rows(block.ffn.down, gated_mlp_input(gu, cfg), dot_rows)
         new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
     logits = padded_rows(model.head, model.norm(x).astype(jnp.float32), dot_rows)

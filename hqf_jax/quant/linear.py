@@ -65,6 +65,20 @@ def prepare_for(q: QTensor, impl: str):
     raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
 
 
+def impl_of(w) -> str:
+    """The qlinear impl a prepared weight (prepare_for's output) is for: reference, pallas or mosaic."""
+    if isinstance(w, QTensor):
+        return "reference"
+    from pallas_kernels.quant.layout import PackedWeight  # the layout modules: no Triton import
+    from pallas_kernels.quant.mosaic_layout import MosaicWeight
+
+    if isinstance(w, PackedWeight):
+        return "pallas"
+    if isinstance(w, MosaicWeight):
+        return "mosaic"
+    raise QuantConfigError(f"{type(w).__name__} is not a prepared quantized weight (prepare_for's output)")
+
+
 def qlinear(x: jax.Array, w, impl: str = "reference", *, interpret: bool = False, blocks=None) -> jax.Array:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
