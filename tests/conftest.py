@@ -14,6 +14,29 @@ os.environ.setdefault("HQF_DATA_STORE", os.path.join(tempfile.gettempdir(), "hqf
 # A GPU run of the gpu-marked tests keeps the default.
 if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# XLA's CPU fusion emitters (MLIR, the default) take most of the compile time of these tiny programs; the older
+# elemental emitters compile them faster: tests/test_infer_recurrent.py 36.6 -> 22.1 s of CPU in one process
+# (jaxlib 0.10.2, this 2-core machine, 2026-12-01). Every test passes under both. XLA aborts on a flag it does not
+# know, so the first process of a session asks a child jax whether this one's XLA takes it (~1.5 s; the xdist
+# workers and the tests' own processes inherit the answer). A GPU run of the gpu-marked tests keeps the default.
+EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_takes(flags: str) -> bool:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": flags}
+    code = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
+
+
+if (os.environ["JAX_PLATFORMS"] == "cpu" and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
+        and "HQF_TEST_EMITTERS_ASKED" not in os.environ):
+    os.environ["HQF_TEST_EMITTERS_ASKED"] = "1"  # the workers inherit the answer, also when it was no
+    with_emitters = (os.environ["XLA_FLAGS"] + " " + EMITTERS_FLAG).strip()
+    if _xla_takes(with_emitters):
+        os.environ["XLA_FLAGS"] = with_emitters
 # One XLA compilation cache for the whole test session: both xdist workers (they inherit this environment from the
 # controller, which imports this file first) and every process a test starts (train.lm runs, multi-process workers)
 # load a program compiled before instead of compiling it again. The processes tests start cache every program (their
@@ -84,15 +107,25 @@ def _bound_memory_maps():
 @pytest.fixture(autouse=True)
 def _xla_optimized(request, monkeypatch):
     """Tests marked ``xla_optimized`` spend their time running many training steps, not compiling: their compiles
-    get XLA's default LLVM level back instead of the suite's -O0. In this process per compile (the trainer's jits
-    included), through the env-option overrides that ``jax.jit(..., compiler_options=...)`` also uses (XLA_FLAGS
-    are read once per process); the processes the test starts (notebook kernels, train.lm) get it in XLA_FLAGS.
-    A jax without the hook runs the in-process compiles at -O0: slower, nothing else changes."""
-    if request.node.get_closest_marker("xla_optimized") is None or os.environ["JAX_PLATFORMS"] != "cpu":
+    get XLA's default LLVM level back instead of the suite's -O0. Tests marked ``xla_default_emitters`` assert
+    bit-identity between two programs that only XLA's default CPU fusion emitters keep (the older ones the suite
+    uses fuse a rematerialised forward differently, ~1e-7 apart): their compiles get the default emitters back.
+    In this process per compile (the trainer's jits included), through the env-option overrides that
+    ``jax.jit(..., compiler_options=...)`` also uses (XLA_FLAGS are read once per process); the processes the test
+    starts (notebook kernels, train.lm) get it in XLA_FLAGS. A jax without the hook runs the in-process compiles
+    with the suite's flags: slower, nothing else changes."""
+    overrides, flags = {}, os.environ.get("XLA_FLAGS", "")
+    if os.environ["JAX_PLATFORMS"] == "cpu":
+        if request.node.get_closest_marker("xla_optimized") is not None:
+            overrides.update(OPTIMIZED)
+            flags = flags.replace("--xla_backend_optimization_level=0", OPTIMIZED_FLAG)
+        if request.node.get_closest_marker("xla_default_emitters") is not None and EMITTERS_FLAG in flags:
+            overrides["xla_cpu_use_fusion_emitters"] = True
+            flags = flags.replace(EMITTERS_FLAG, "").strip()
+    if not overrides:
         yield
         return
-    flags = os.environ.get("XLA_FLAGS", "")
-    monkeypatch.setenv("XLA_FLAGS", flags.replace("--xla_backend_optimization_level=0", OPTIMIZED_FLAG))
+    monkeypatch.setenv("XLA_FLAGS", flags)
     from jax._src import compiler
 
     original = getattr(compiler, "get_compile_options", None)
@@ -101,7 +134,7 @@ def _xla_optimized(request, monkeypatch):
         return
 
     def optimized(*args, env_options_overrides=None, **kwargs):
-        return original(*args, env_options_overrides={**OPTIMIZED, **(env_options_overrides or {})}, **kwargs)
+        return original(*args, env_options_overrides={**overrides, **(env_options_overrides or {})}, **kwargs)
 
     monkeypatch.setattr(compiler, "get_compile_options", optimized)
     yield
