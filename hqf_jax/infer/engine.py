@@ -114,8 +114,8 @@ class Engine(ByteGenerator):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
         if decode_impl == "fused_gemv" and quant:
-            raise EngineError("fused_gemv runs bf16/float32 weights; a quantized engine takes jnp, pallas, fused or "
-                              "fused_pallas")
+            raise EngineError("fused_gemv runs bf16/float32 weights; a quantized engine takes jnp, pallas, fused, "
+                              "fused_pallas or fused_pallas_split")
         self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl, batch)
         self.batch = int(batch)
         self.cfg = self.model.cfg

@@ -25,8 +25,9 @@ Weights: ``fuse_weights`` concatenates the projections once, when the engine pre
 (bf16 or float32). A quantized engine's fused matrices are quantized as wholes (``quantize_fused``: the same
 method, each matrix's kernel layout picked by the dispatcher for its own shape), and ``fdot`` multiplies by
 either kind. Per-column codecs (int, NF4, φ-grid) quantize a concatenation exactly as its parts (tested), so the
-fused quantized step computes the module-by-module quantized step's products; NF4 with double quantization does
-not (its second-level scale blocks run across the joined columns). ``gemv_step`` takes unquantized weights only.
+fused quantized step computes the module-by-module quantized step's products; NF4 with double quantization would
+not (its second-level scale blocks would run across the joined columns), so it is refused. ``gemv_step`` takes
+unquantized weights only.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def fuse_weights(model) -> dict:
 
 def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int = 1) -> dict:
     """``fw`` (fuse_weights of the unquantized model, in its parameter dtype) with each concatenated matrix
-    quantized by ``method`` where the layers it joins are quantized in ``model`` (the engine's quantized model);
-    impl "auto" picks each matrix's layout for decode batch ``batch`` as QuantLinear does."""
+    quantized by ``method`` where the layers it joins are quantized in ``model`` (the engine's quantized model),
+    else cast to its compute dtype; impl "auto" picks each matrix's layout for decode batch ``batch`` as
+    QuantLinear does (so on a GPU a joined matrix may take another layout than its parts)."""
     from hqf_jax.quant.model import QuantLinear
     from hqf_jax.quant.qtensor import quantize
 
@@ -73,8 +75,14 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
             quantized = [isinstance(x, QuantLinear) for x in parts]
             w = fw[key][i]
             if all(quantized):
-                w = QuantLinear(quantize(w, method), impl, batch=batch).weight.get_value()
-            elif any(quantized):
+                q = quantize(w, method)
+                if getattr(q.cfg, "double_quant", False):
+                    raise EngineError(f"{method}: double quantization's second-level scale blocks would span the "
+                                      "joined columns (other codes than the layers'); use decode_impl jnp or pallas")
+                w = QuantLinear(q, impl, batch=batch).weight.get_value()
+            elif not any(quantized):  # stored as the engine's other parameters are
+                w = w.astype(jnp.dtype(model.cfg.compute_dtype))
+            else:
                 raise EngineError(f"block {i}: the fused {key} matrix joins quantized and unquantized layers "
                                  "(quantize_model's min_size keeps small layers unquantized); use a module-by-module "
                                  "decode_impl (jnp, pallas) for this model")
@@ -82,12 +90,14 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
     return out
 
 
-def fdot(x: jax.Array, w, interpret: bool = False) -> jax.Array:
-    """x @ w for a fused matrix: a plain array (cast to x's dtype) or a quantized one (quantize_fused)."""
-    if isinstance(w, jax.Array):
-        return jnp.dot(x, w.astype(x.dtype))
+def fdot(x: jax.Array, w, interpret: bool | None = None) -> jax.Array:
+    """x @ w for a fused matrix: a plain array (cast to x's dtype) or a quantized one (quantize_fused), whose
+    Pallas form runs in interpret mode where ``interpret`` says, by default on a CPU (as QuantLinear)."""
+    if isinstance(w, (jax.Array, np.ndarray)):
+        return jnp.dot(x, jnp.asarray(w).astype(x.dtype))
     from hqf_jax.quant.linear import impl_of, qlinear
 
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
     return qlinear(x, w, impl_of(w), interpret=interpret).astype(x.dtype)
 
 

@@ -30,7 +30,7 @@ def _projections(m, x, qkvg=None, interpret: bool = False):
 def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None, qkvg=None):
     cfg = m.cfg
     b, t, _ = x.shape
-    q, k, v, gate = _projections(m, x, qkvg, interpret)
+    q, k, v, gate = _projections(m, x, qkvg, interpret or None)  # None: fdot decides by backend
     q, k, v = m._heads(q), m._heads(k), m._heads(v)
     positions = jnp.asarray(state.offset)[:, None] + jnp.arange(t)  # (B, T): each row's own positions
     q, k = ret.rotate_qk(q, k, positions[:, None, :], cfg.position, cfg.rope_theta)
@@ -75,7 +75,7 @@ def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array |
         if fw is None:
             x = x + block.ffn(h)
         else:
-            x = x + block.ffn.down(fused.gated_mlp_input(fused.fdot(h, fw["gu"][i], interpret), cfg))
+            x = x + block.ffn.down(fused.gated_mlp_input(fused.fdot(h, fw["gu"][i], interpret or None), cfg))
         new.append(s)
     hidden = model.norm(x).astype(jnp.float32)
     logits = model.head(hidden)
