@@ -38,6 +38,8 @@ def test_layout_table_picks_by_method_shape_batch_and_device():
     assert [layout_form("int", 4, k, n, 1, True) for k, n in ((4096, 4096), (4096, 11008), (11008, 4096))] == [
         "triton", "mosaic", "mosaic"]
     assert [layout_form("int", 4, 4096, 4096, b, True) for b in (2, 16, 64)] == ["mosaic"] * 3
+    assert [layout_form("int", 4, k, n, 1, True) for k, n in ((8192, 8192), (4096, 8192), (6144, 4096))] == [
+        "mosaic"] * 3  # only exactly 4096x4096 (of the shapes from 4096) keeps the GEMV at batch 1
     assert [layout_form("nf4", 4, 4096, 11008, b, True) for b in (1, 4, 64)] == ["mosaic", "mosaic", "mosaic"]
     assert layout_form("nf4", 4, 4096, 4096, 1, True) == "triton"
     assert [layout_form("nf4", 4, 4096, 4096, b, True) for b in (3, 4, 8)] == ["triton", "mosaic", "mosaic"]

@@ -36,10 +36,11 @@ LAYOUTS: tuple[Layout, ...] = (
     # GEMV's 1.54x (the one cell the Triton form wins), batch 8-16 1.18-1.25x (Triton 0.59-0.63x). Batch 256:
     # 0.58-0.72x bf16 (Triton 0.17-0.24x): neither form beats bf16 there. 4096x4096 batch 32 / 64 (stop 28): 1.25x
     # / 1.28x (Triton 0.51x at 32). Stop 32, one process: 4096x4096 batch 1 Hopper 1.44x vs the GEMV's 1.67x, so
-    # that shape keeps the GEMV at batch 1 (batches 2-3 not measured: the Hopper form from 2, as at 4, 1.03x vs
-    # Triton tc 0.57x); the two wider shapes take the Hopper form from batch 1.
-    Layout("int", 1, "mosaic", (4096, 11008)),
-    Layout("int", 1, "mosaic", (11008, 4096)),
+    # exactly that shape keeps the GEMV at batch 1 (batches 2-3 not measured: the Hopper form from 2, as at 4,
+    # 1.03x vs Triton tc 0.57x); any wider one (4096x11008, 11008x4096 measured; others not) takes the Hopper
+    # form from batch 1, as every shape from 4096 did before.
+    Layout("int", 1, "mosaic", (4096, 4097)),
+    Layout("int", 1, "mosaic", (4097, 4096)),
     Layout("int", 2, "mosaic", (4096, 4096)),
     # the 125M byte LM's layers: at batch 8 the Hopper form takes 5.0-5.6 µs on 768x2560 / 2560x768 (2.2-2.3x
     # bf16; Triton 0.60-0.96x), at batch 64 7.1 µs on 768x2560 (1.84x; Triton 0.90x); at batch 1 it takes ~7 µs
@@ -59,6 +60,7 @@ LAYOUTS: tuple[Layout, ...] = (
     # Stop 33 ("words8", codes not shuffled, where the layers hold them shuffled): 4096x4096 batch 4 10.6 µs
     # (0.86x bf16: slower than bf16, faster than the GEMV's 22.2), batch 16 / 32 / 64 1.09x / 1.11x / 1.16x, batch
     # 256 0.52x (Triton 0.20x), batch 1 11.0 µs against the GEMV's 10.6: from batch 4 (2-3 not measured).
+    # Wider shapes not measured here take this row too (before: from batch 8).
     Layout("nf4", 4, "mosaic", (4096, 4096)),
     # 11008x4096 (stop 33): batch 1 / 4 Hopper 19.3 / 18.1 µs (2.00x / 1.37x bf16) vs the GEMV's 32.7 / 56.2 µs
     # (1.19x / 0.44x); batch 32 1.46x vs 0.10x; batch 256 0.46x vs 0.12x.
@@ -66,7 +68,7 @@ LAYOUTS: tuple[Layout, ...] = (
     # NF4 with the word lookup at batch 1 / 4 (stop 31, codes not shuffled): 4096x11008 1.72x / 1.30x bf16 vs
     # Triton 1.69x / 0.65x; shuffled codes (as the layers now hold them) batch 1 1.94x vs 1.81x; stop 32 (one
     # process, "words8", unshuffled) batch 1 19.8 µs (1.73x) vs the GEMV's 21.3 (1.61x). 4096x4096 batch 1 1.04x
-    # (11.1 µs, bf16 11.5) where the GEMV measured 1.13-1.62x (stop 29): that shape stays on the GEMV below 8.
+    # (11.1 µs, bf16 11.5) where the GEMV measured 1.13-1.62x (stop 29): that shape stays on the GEMV below 4.
     Layout("nf4", 1, "mosaic", (4096, 11008)),
     # phi4 (stop 31, shuffled codes, as prepare_for stores them): 4096x11008 batch 1 / 4 / 8 / 32 Hopper 2.11x /
     # 1.44x / 1.30x / 1.51x bf16 vs Triton 1.33x / 0.52x / 0.33x / 0.59x, batch 256 0.51x vs 0.24x; 4096x4096 batch
