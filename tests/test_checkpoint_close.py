@@ -48,6 +48,27 @@ def test_close_after_a_failed_save_keeps_the_save_error_and_removes_debris(tmp_p
     assert (ckpt.dir / "1").is_dir() and not (ckpt.dir / "2").exists()
 
 
+def test_a_completed_save_after_a_failed_one_makes_close_errors_news_again(tmp_path, monkeypatch):
+    from orbax.checkpoint._src.serialization import jax_array_handlers
+
+    ckpt = Checkpointer(tmp_path, async_save=False, trainer=True)
+    real = jax_array_handlers.ArrayHandler.serialize
+
+    async def full_disk(self, values, infos, args=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(jax_array_handlers.ArrayHandler, "serialize", full_disk)
+    with pytest.raises(CheckpointError):
+        ckpt.save(1, _state(1.0))
+    monkeypatch.setattr(jax_array_handlers.ArrayHandler, "serialize", real)
+    ckpt.save(2, _state(2.0))
+    ckpt._complete()  # step 2 is on disk
+    monkeypatch.setattr(ckpt.manager, "close", _debris_then_raise(ckpt, f"3{TMP_MARK}-1"))
+    with pytest.raises(RuntimeError, match="finalize thread failed"):
+        ckpt.close()
+    assert sorted(p.name for p in ckpt.dir.iterdir() if TMP_MARK in p.name) == []
+
+
 def test_close_error_without_a_failed_save_still_raises_and_removes_debris(tmp_path, monkeypatch):
     ckpt = Checkpointer(tmp_path, async_save=False, trainer=True)
     ckpt.save(1, _state(1.0))

@@ -231,6 +231,7 @@ class Checkpointer:
             self._failed(pending[0] if pending else None, e)
         if pending is None:
             return
+        self._save_failed = False  # a save completed since: a later error is news again
         step, best = pending
         if best is not None:
             self._best_step = int(step)
