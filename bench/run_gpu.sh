@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
 #   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data generate generate_1b generate_retnphi decode_profile serve_load gpu_tests
-#   LIMIT=560 bash bench/run_gpu.sh quant_nf4_cells | generate_125m_cells | generate_heads_cells | generate_retnphi_cells | generate_fused_quant
-#   LIMIT=590 bash bench/run_gpu.sh verify_profile    (needs /tmp/pysrc: docs/BENCHMARKS.md, "Retention vs a standard transformer")
+#   LIMIT=560 bash bench/run_gpu.sh quant_nf4_cells | generate_125m_cells | generate_heads_cells
+#   LIMIT=560 bash bench/run_gpu.sh generate_retnphi_cells | generate_fused_quant
+#   LIMIT=590 bash bench/run_gpu.sh verify_profile
+#   (RetNPhi and verify_profile read /tmp/pysrc: docs/BENCHMARKS.md, "Retention vs a standard transformer")
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
@@ -30,15 +32,23 @@ for b in "$@"; do
     generate_125m_cells) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64,256 --quants none,int8,int4 --decode-impls jnp --no-old --no-token --steps 128 --reps 2" ;;
     generate_heads_cells) cmd="python -m bench.generate --configs configs/lm_125m.py,configs/lm_1b.py --heads 3 --batches 1,8,64,256 --quants none --decode-impls jnp --no-old --no-token --steps 64 --reps 2" ;;
     generate_retnphi_cells) cmd="python -m bench.generate_retnphi --size 1b --batches 256,64 --quants none,int4 --spec-heads 3 --head-steps 200 --data-paths /tmp/pysrc --no-old --steps 64 --reps 2" ;;
-    # the fused step over quantized weights (fused.quantize_fused: half the quantized calls a layer) beside the module-by-module one
-    generate_fused_quant) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 1,8,64 --quants none,int4,int8 --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
+    # the fused step over quantized weights (fused.quantize_fused: half the quantized calls a layer)
+    generate_fused_quant)
+      cmd="python -m bench.generate --configs configs/lm_125m.py --batches 1,8,64 --quants none,int4,int8"
+      cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
     # issue 15's like-for-like verify-pass profile: one trained 125M run with 3 heads (~4 min), profiled and timed
-    verify_profile) cmd="python -m train.lm --config configs/lm_125m.py --workdir /tmp/r125 data.source=files data.paths=/tmp/pysrc model.extra_heads=3 train.steps=1200 train.warmup_steps=100 train.lr=1e-3 && python -m bench.decode_profile --run /tmp/r125 --decode-impls jnp --speculative --batch 1 --steps 64 --calls 2 && python -m bench.generate --run /tmp/r125 --batches 1,8 --quants none --decode-impls jnp,fused_pallas --no-old --no-token --steps 256 --reps 2" ;;
+    verify_profile)
+      cmd="python -m train.lm --config configs/lm_125m.py --workdir /tmp/r125 data.source=files"
+      cmd+=" data.paths=/tmp/pysrc model.extra_heads=3 train.steps=1200 train.warmup_steps=100 train.lr=1e-3"
+      cmd+=" && python -m bench.decode_profile --run /tmp/r125 --decode-impls jnp --speculative --batch 1"
+      cmd+=" --steps 64 --calls 2 && python -m bench.generate --run /tmp/r125 --batches 1,8 --quants none"
+      cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 256 --reps 2" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac
   echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"
   start=$SECONDS
-  timeout "$LIMIT" bash -c "$cmd" > "$LOG_DIR/$b.log" 2>&1  # a shell: a group may chain commands
+  # a shell, so a group may chain commands; -k: a run that saves on SIGTERM (train.lm) is killed 30 s later
+  timeout -k 30 "$LIMIT" bash -c "$cmd" > "$LOG_DIR/$b.log" 2>&1
   echo "=== $b: rc=$? in $((SECONDS - start)) s"
   tail -n 25 "$LOG_DIR/$b.log"
 done
