@@ -43,7 +43,7 @@ from hqf_jax import cli
 from hqf_jax import trace_stats
 from hqf_jax.infer.bench_setup import (RETNPHI_SIZES, build_model, build_retnphi, engine_call, ops_per_step,
                                        retnphi_decoder, speculative_call, token_call)
-from hqf_jax.infer.engine import PADDED_IMPLS, Engine
+from hqf_jax.infer.engine import PADDED_IMPLS, UNQUANTIZED_IMPLS, Engine
 from hqf_jax.infer.recurrent import RecurrentEngine
 from hqf_jax.infer.speculative import head_count
 from hqf_jax.infer.token_baseline import step_weight_bytes
@@ -136,8 +136,8 @@ def byte_lm_paths(a, quant) -> tuple[str, list]:
 
     paths = []
     for impl in [x.strip() for x in a.decode_impls.split(",") if x.strip()]:
-        if quant and impl == "fused_gemv":
-            print(f"skipped {impl} {quant}: the GEMV step runs unquantized weights")
+        if quant and impl in UNQUANTIZED_IMPLS:
+            print(f"skipped {impl} {quant}: it runs unquantized weights")
             continue
         paths.append((impl + (f" {quant}" if quant else ""), lambda impl=impl: setup(impl)))
     if a.speculative:

@@ -39,7 +39,7 @@ import numpy as np
 
 from hqf_jax import cli
 from hqf_jax.infer.bench_setup import build_model, ops_per_step, print_table, warm_slots
-from hqf_jax.infer.engine import PADDED_IMPLS, Engine
+from hqf_jax.infer.engine import PADDED_IMPLS, UNQUANTIZED_IMPLS, Engine
 from hqf_jax.infer.held_out import held_out_bpb, held_out_bytes, held_out_prompts
 from hqf_jax.infer.token_baseline import (COMPILES, add_token_ratios, measure_bytes_per_token, read_limit,
                                           same_size_rows, timed)
@@ -101,7 +101,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
     bpb = {}
     for q, qi in [(q, qi) for q in quants for qi in (["auto"] if q == "none" else a.quant_impls.split(","))]:
         for impl in impls:
-            if q != "none" and impl == "fused_gemv":
+            if q != "none" and impl in UNQUANTIZED_IMPLS:
                 continue  # the GEMV step runs unquantized weights (fused / fused_pallas quantize their joined dots)
             # auto on a Hopper GPU: the dispatcher lays layers out for the decode batch, so one engine per batch
             # (each row is what `--quant` gives there); elsewhere the layouts do not depend on the batch

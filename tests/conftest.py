@@ -16,10 +16,12 @@ if os.environ["JAX_PLATFORMS"] == "cpu" and "xla_backend_optimization_level" not
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 # XLA's CPU fusion emitters (MLIR, the default) take most of the compile time of these tiny programs; the older
 # elemental emitters compile them faster: tests/test_infer_recurrent.py 36.6 -> 22.1 s of CPU in one process
-# (jaxlib 0.10.2, this 2-core machine, 2026-12-01). One test of bit-identity holds only under the default emitters
-# and is marked xla_default_emitters (below). XLA aborts on a flag it does not know, so the first process of a
-# session asks a child jax whether this one's XLA takes it (~1.5 s; the xdist workers and the tests' own processes
-# inherit the answer). A GPU run of the gpu-marked tests keeps the default.
+# (jaxlib 0.10.2, this 2-core machine, 2026-12-01: `/usr/bin/time python -m pytest -p no:cacheprovider
+# tests/test_infer_recurrent.py`, with HQF_TEST_EMITTERS_ASKED=1 to leave the flag out). One test of
+# bit-identity holds only under the default emitters and is marked xla_default_emitters (below). XLA aborts on
+# a flag it does not know, so the first process of a session asks a child jax whether this one's XLA takes it
+# (~1.5 s; the xdist workers and the tests' own processes inherit the answer). A GPU run of the gpu-marked
+# tests keeps the default.
 EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
 
 
@@ -57,7 +59,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-OPTIMIZED = {"xla_backend_optimization_level": 2}  # XLA's default, for tests marked xla_optimized (_xla_optimized)
+OPTIMIZED = {"xla_backend_optimization_level": 2}  # XLA's default, for tests marked xla_optimized
+# (_compile_options_by_mark)
 OPTIMIZED_FLAG = "--xla_backend_optimization_level=2"
 
 
@@ -109,7 +112,7 @@ def _bound_memory_maps():
 
 
 @pytest.fixture(autouse=True)
-def _xla_optimized(request, monkeypatch):
+def _compile_options_by_mark(request, monkeypatch):
     """Tests marked ``xla_optimized`` spend their time running many training steps, not compiling: their compiles
     get XLA's default LLVM level back instead of the suite's -O0. Tests marked ``xla_default_emitters`` assert
     bit-identity between two programs that only XLA's default CPU fusion emitters keep (the older ones the suite
@@ -118,8 +121,8 @@ def _xla_optimized(request, monkeypatch):
     ``jax.jit(..., compiler_options=...)`` also uses (XLA_FLAGS are read once per process); the processes the test
     starts (notebook kernels, train.lm) get it in XLA_FLAGS. jax's in-memory caches of compiled programs do not
     key on these options, so they are cleared before and after: a function compiled by an earlier test is
-    compiled again here, and what is compiled here serves no later test. A jax without the hook runs the in-process compiles with the suite's flags: slower, nothing else
-    changes."""
+    compiled again here, and what is compiled here serves no later test. A jax without the hook runs the
+    in-process compiles with the suite's flags: slower, nothing else changes."""
     overrides, flags = {}, os.environ.get("XLA_FLAGS", "")
     if os.environ["JAX_PLATFORMS"] == "cpu":
         if request.node.get_closest_marker("xla_optimized") is not None:

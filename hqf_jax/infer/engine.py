@@ -45,6 +45,7 @@ from hqf_jax.ops.constants import NUM_BYTES
 # fused*: hqf_jax.infer.fused
 DECODE_IMPLS = ("jnp", "pallas", "fused", "fused_pallas", "fused_pallas_split", "fused_gemv")
 PADDED_IMPLS = ("fused", "fused_pallas", "fused_pallas_split")  # the steps whose dots XLA emits (dot_rows)
+UNQUANTIZED_IMPLS = ("fused_gemv",)  # steps that take bf16/float32 weights only (its GEMV kernels)
 AUTO_DOT_ROWS = 8  # fused dots of a one-row step (H200, 2026-11-30: 1.12-1.14x at 125M, 1.28-1.30x at ~1B)
 # H200, 2026-11-30, 125M batch 1: jnp 1,261 -> 1,945 bytes/s at 8 rows, fused_pallas 2,083 (dots padded) -> 2,206;
 # ~1B: jnp 497 -> 901, fused_pallas 796 -> 1,025; int4 1,738 -> 648 (its batch-1 GEMV layout is slow at 8 rows), so
@@ -113,9 +114,9 @@ class Engine(ByteGenerator):
                  min_rows: int | None = None):
         if decode_impl not in DECODE_IMPLS:
             raise EngineError(f"decode_impl {decode_impl!r} is not one of {DECODE_IMPLS}")
-        if decode_impl == "fused_gemv" and quant:
-            raise EngineError("fused_gemv runs bf16/float32 weights; a quantized engine takes jnp, pallas, fused, "
-                              "fused_pallas or fused_pallas_split")
+        if decode_impl in UNQUANTIZED_IMPLS and quant:
+            others = ", ".join(x for x in DECODE_IMPLS if x not in UNQUANTIZED_IMPLS)
+            raise EngineError(f"{decode_impl} runs bf16/float32 weights; a quantized engine takes {others}")
         self.model, self.quant_report = prepare_model(model, dtype, quant, quant_impl, batch)
         self.batch = int(batch)
         self.cfg = self.model.cfg

@@ -65,7 +65,7 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
     quantized by ``method`` where the layers it joins are quantized in ``model`` (the engine's quantized model),
     else cast to its compute dtype; impl "auto" picks each matrix's layout for decode batch ``batch`` as
     QuantLinear does (so on a GPU a joined matrix may take another layout than its parts)."""
-    from hqf_jax.quant.model import QuantLinear
+    from hqf_jax.quant.model import QuantLinear, prepare_auto
     from hqf_jax.quant.qtensor import quantize
 
     out = {"qkvg": [], "gu": []}
@@ -79,7 +79,7 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
                 if getattr(q.cfg, "double_quant", False):
                     raise EngineError(f"{method}: double quantization's second-level scale blocks would span the "
                                       "joined columns (other codes than the layers'); use decode_impl jnp or pallas")
-                w = QuantLinear(q, impl, batch=batch).weight.get_value()
+                w = prepare_auto(q, impl, batch)[1]
             elif not any(quantized):  # stored as the engine's other parameters are
                 w = w.astype(jnp.dtype(model.cfg.compute_dtype))
             else:
@@ -90,15 +90,14 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
     return out
 
 
-def fdot(x: jax.Array, w, interpret: bool | None = None) -> jax.Array:
+def fdot(x: jax.Array, w) -> jax.Array:
     """x @ w for a fused matrix: a plain array (cast to x's dtype) or a quantized one (quantize_fused), whose
-    Pallas form runs in interpret mode where ``interpret`` says, by default on a CPU (as QuantLinear)."""
+    Pallas form runs in interpret mode on a CPU, as a QuantLinear's does."""
     if isinstance(w, (jax.Array, np.ndarray)):
         return jnp.dot(x, jnp.asarray(w).astype(x.dtype))
     from hqf_jax.quant.linear import impl_of, qlinear
 
-    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    return qlinear(x, w, impl_of(w), interpret=interpret).astype(x.dtype)
+    return qlinear(x, w, impl_of(w), interpret=jax.default_backend() == "cpu").astype(x.dtype)
 
 
 def split_qkvg(h: jax.Array, cfg):
@@ -215,7 +214,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
     new = []
     for i, (block, s) in enumerate(zip(model.blocks, state)):
         m = block.retention
-        h = padded_rows(lambda z: fdot(z, fw["qkvg"][i], interpret), block.norm1(x).astype(dtype), dot_rows)
+        h = padded_rows(lambda z: fdot(z, fw["qkvg"][i]), block.norm1(x).astype(dtype), dot_rows)
         gn = m.group_norm.scale[...]
         if impl in ("pallas", "pallas_split"):
             from pallas_kernels.retention_decode_fused import auto_v_split, fused_mixer  # loads Triton when asked
@@ -226,7 +225,7 @@ def fused_step(model, fw: dict, token: jax.Array, state: tuple, impl: str = "xla
         else:
             y, s = mixer_xla(h, gn, gammas, rnorm, tables, s, cfg)
         x = x + padded_rows(m.o, y.astype(dtype), dot_rows)
-        gu = padded_rows(lambda z: fdot(z, fw["gu"][i], interpret), block.norm2(x).astype(dtype), dot_rows)
+        gu = padded_rows(lambda z: fdot(z, fw["gu"][i]), block.norm2(x).astype(dtype), dot_rows)
         x = x + padded_rows(block.ffn.down, gated_mlp_input(gu, cfg), dot_rows)
         new.append(ret.RetentionState(s.kv, s.ksum, nxt))  # one offset array for every layer
     logits = padded_rows(model.head, model.norm(x).astype(jnp.float32), dot_rows)

@@ -20,17 +20,17 @@ from hqf_jax.nn.retnet import RetNetConfig, RetNetLM
 from hqf_jax.ops import retention as ret
 
 
-def _projections(m, x, qkvg=None, interpret: bool = False):
+def _projections(m, x, qkvg=None):
     """(q, k, v, gate) pre-activations of x (B, T, d): the layers', or slices of one dot with qkvg."""
     if qkvg is None:
         return m.q(x), m.k(x), m.v(x), m.g(x)
-    return fused.split_qkvg(fused.fdot(x, qkvg, interpret), m.cfg)
+    return fused.split_qkvg(fused.fdot(x, qkvg), m.cfg)
 
 
 def _retention(m, x, state: ret.RetentionState, valid, decode_impl: str, interpret: bool, kvs=None, qkvg=None):
     cfg = m.cfg
     b, t, _ = x.shape
-    q, k, v, gate = _projections(m, x, qkvg, interpret or None)  # None: fdot decides by backend
+    q, k, v, gate = _projections(m, x, qkvg)
     q, k, v = m._heads(q), m._heads(k), m._heads(v)
     positions = jnp.asarray(state.offset)[:, None] + jnp.arange(t)  # (B, T): each row's own positions
     q, k = ret.rotate_qk(q, k, positions[:, None, :], cfg.position, cfg.rope_theta)
@@ -75,7 +75,7 @@ def forward(model: RetNetLM, tokens: jax.Array, state: tuple, valid: jax.Array |
         if fw is None:
             x = x + block.ffn(h)
         else:
-            x = x + block.ffn.down(fused.gated_mlp_input(fused.fdot(h, fw["gu"][i], interpret or None), cfg))
+            x = x + block.ffn.down(fused.gated_mlp_input(fused.fdot(h, fw["gu"][i]), cfg))
         new.append(s)
     hidden = model.norm(x).astype(jnp.float32)
     logits = model.head(hidden)

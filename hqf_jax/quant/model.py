@@ -29,26 +29,30 @@ def auto_impl(q: QTensor, batch: int = 1) -> str:
     return "mosaic" if layout_form(q.cfg.method, bits, k, n, batch) == "mosaic" else "pallas"
 
 
+def prepare_auto(q: QTensor, impl: str = "reference", batch: int = 1) -> tuple[str, object]:
+    """(impl, prepared weight) of a QTensor: impl "auto" resolved for decode batch ``batch`` (auto_impl); a weight
+    the Hopper form cannot take keeps the Triton forms."""
+    if impl == "auto":
+        impl = auto_impl(q, batch)
+    if impl not in IMPLS:
+        raise QuantConfigError(f"quantized linear impl {impl!r}: use auto or one of {IMPLS}")
+    if impl == "mosaic":
+        from pallas_kernels.quant.layout import KernelLayoutError  # the layout module: no Triton import
+
+        try:
+            return impl, prepare_for(q, impl)
+        except KernelLayoutError:  # a layer the Hopper form cannot take keeps the Triton forms
+            return "pallas", prepare_for(q, "pallas")
+    return impl, prepare_for(q, impl)
+
+
 class QuantLinear(nnx.Module):
     """Drop-in for a bias-free ``nnx.Linear``: y = x @ dequant(W) with W stored packed. impl "auto" picks by
     backend, shape and the decode batch ``batch`` (auto_impl)."""
 
     def __init__(self, q: QTensor, impl: str = "reference", interpret: bool | None = None, batch: int = 1):
-        if impl == "auto":
-            impl = auto_impl(q, batch)
-        if impl not in IMPLS:
-            raise QuantConfigError(f"quantized linear impl {impl!r}: use auto or one of {IMPLS}")
-        if impl == "mosaic":
-            from pallas_kernels.quant.layout import KernelLayoutError  # the layout module: no Triton import
-
-            try:
-                w = prepare_for(q, impl)
-            except KernelLayoutError:  # a layer the Hopper form cannot take keeps the Triton forms
-                impl, w = "pallas", prepare_for(q, "pallas")
-        else:
-            w = prepare_for(q, impl)
+        self.impl, w = prepare_auto(q, impl, batch)
         self.weight = nnx.Variable(w)
-        self.impl = impl
         self.interpret = jax.default_backend() == "cpu" if interpret is None else interpret
         self.in_features, self.out_features = q.shape
 
