@@ -93,14 +93,16 @@ def qlinear(x: jax.Array, w, impl: str = "reference", *, interpret: bool = False
             raise QuantConfigError("impl='pallas' takes the kernel layout: w = prepare_for(q, 'pallas')")
         y = quant_matmul(x2, w, blocks=blocks, interpret=interpret)
     elif impl == "mosaic":
-        from pallas_kernels.quant.mosaic import MosaicWeight, mosaic_matmul  # here: keeps Pallas unloaded
+        from pallas_kernels.quant.mosaic import MosaicWeight, mosaic_matmul_jit  # here: keeps Pallas unloaded
 
         if not isinstance(w, MosaicWeight):
             raise QuantConfigError("impl='mosaic' takes the Hopper layout: w = prepare_for(q, 'mosaic')")
         if jax.default_backend() != "gpu":
             raise QuantConfigError("impl='mosaic' runs on a Hopper GPU only (Mosaic GPU has no CPU path): use "
                                    "impl='pallas' (interpret mode) or 'reference' here")
-        y = mosaic_matmul(x2, w)
+        # jitted, as quant_matmul is: layers of one shape share one traced kernel, lowered once per program (the
+        # un-jitted call lowered the whole Mosaic GPU kernel again at each of a 125M step's 96 call sites)
+        y = mosaic_matmul_jit(x2, w)
     else:
         raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
     return jnp.reshape(y, (*lead, y.shape[-1]))
