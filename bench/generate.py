@@ -17,6 +17,9 @@ are random (speed does not depend on their values) unless --run is given. Quanti
 through pallas_kernels.quant.quant_matmul, whose ROUTES table picks the GEMV form at batch <= 2 and the
 tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer shape and batch.
 "compiles" counts backend compiles inside the timed calls (0 unless a call recompiles, which the timing includes).
+"start s" (plain engine rows): seconds from the engine's construction (quantization and kernel layouts, for the
+first batch it runs or one it was rebuilt for) to the end of its warm-up call (prefill and the decode loop traced,
+lowered and compiled); a later batch on the same engine counts its warm-up alone.
 Token decoder (on unless --no-token; hqf_jax.infer.token_baseline): per config, a Llama-family decoder with the
 byte LM's d_model, layers, MLP width and heads, attention as wide as the retention's weights, a --token-vocab
 vocabulary, random bf16 weights (both parameter counts printed); a cache prefilled once (64 tokens), each call
@@ -56,8 +59,12 @@ def time_old(model, batch: int, steps: int, reps: int) -> tuple[float, int]:
     return batch * steps / sec, comp
 
 
-def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[float, int]:
+def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[float, int, float]:
+    """(bytes/s, compiles inside the timed calls, seconds of the warm-up: prefill and the first decode call, which
+    trace, lower and compile them)."""
+    t = time.perf_counter()
     slots = warm_slots(engine, batch, steps)
+    warm = time.perf_counter() - t
     before = COMPILES[0]
     t = time.perf_counter()
     outs = []
@@ -65,7 +72,7 @@ def time_engine(engine: Engine, batch: int, steps: int, reps: int) -> tuple[floa
         slots, out = engine.decode_device(slots, steps)
         outs.append(out)
     jax.block_until_ready(outs)
-    return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before
+    return batch * steps * reps / (time.perf_counter() - t), COMPILES[0] - before, warm
 
 
 def time_speculative(engine: Engine, prompts: list[bytes], steps: int, reps: int) -> tuple[float, float]:
@@ -85,8 +92,9 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
 
     def add(row):  # each row as it is measured (a long run that times out still shows what it measured)
         out.append(row)
-        print(f"  {str(config).split('/')[-1]} {row['path']} batch {row['batch']}: {row['bytes_per_s']:,.0f} bytes/s",
-              flush=True)
+        start = f" (start {row['start_s']:.1f} s)" if row.get("start_s") is not None else ""
+        print(f"  {str(config).split('/')[-1]} {row['path']} batch {row['batch']}: {row['bytes_per_s']:,.0f} bytes/s"
+              f"{start}", flush=True)
 
     if not a.no_old:
         for b in batches:
@@ -107,8 +115,10 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
             # (each row is what `--quant` gives there); elsewhere the layouts do not depend on the batch
             per_batch = q != "none" and qi == "auto" and hopper()
             try:  # a path that cannot build or compile here is reported as a row; the others still run
+                t = time.perf_counter()  # start-up: quantization, layouts; the first row adds it to its warm-up
                 engine = Engine(model, dtype="bfloat16", quant=None if q == "none" else q, decode_impl=impl,
                                 unroll=a.unroll, quant_impl=qi, batch=batches[0])
+                built = time.perf_counter() - t
                 wb = engine.weight_bytes()
                 if data is not None and q not in bpb:
                     try:
@@ -122,18 +132,21 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
             for b in batches:
                 try:
                     if per_batch and b != engine.batch:
+                        t = time.perf_counter()
                         engine = Engine(model, dtype="bfloat16", quant=q, decode_impl=impl, unroll=a.unroll,
                                         quant_impl=qi, batch=b)
+                        built = time.perf_counter() - t
                         wb = engine.weight_bytes()
                         ops = ops_per_step(engine) if a.count_ops else None  # this batch's layouts
-                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                    bps, comp, warm = time_engine(engine, b, a.steps, a.reps)
+                    start, built = built + warm, 0.0  # a later batch on the same engine: its warm-up alone
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16 {q} {impl} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue
                 qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
                 add(dict(path=f"engine bf16{qn} {impl}", batch=b, weight_bytes=wb, bytes_per_s=bps,
                          limit_bytes_per_s=read_limit(b, bw, wb), compiles=comp, ops_per_step=ops, bpb=bpb.get(q),
-                         bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb else None))
+                         bpb_cost=(bpb[q] - bpb["none"]) if q in bpb and "none" in bpb else None, start_s=start))
             qn = "" if q == "none" else f" {q}" + ("" if qi == "auto" else f"/{qi}")
             # the same engine again with knobs changed: min_rows r pads the whole batch (its dots unpadded), dot_rows
             # r only the fused dots (the batch unpadded); r = 1 is the unpadded row, at every batch
@@ -151,7 +164,7 @@ def bench_model(a, config, bw, rows, batches, quants, impls):
                                         quant_impl=qi, batch=b)
                     for k, v in set_to.items():
                         setattr(engine, k, v)
-                    bps, comp = time_engine(engine, b, a.steps, a.reps)
+                    bps, comp, _ = time_engine(engine, b, a.steps, a.reps)
                 except Exception as e:  # noqa: BLE001
                     print(f"FAILED engine bf16{qn} {impl} {label} batch {b}: {type(e).__name__}: {str(e)[:300]}")
                     continue

@@ -2,10 +2,12 @@
 # Run a group of the single-GPU benchmarks one after another, each under its own time limit, logging to $LOG_DIR.
 #   LOG_DIR=/tmp/logs bash bench/run_gpu.sh lm long_context quant holo rollout retnphi retention data generate generate_1b generate_retnphi decode_profile serve_load gpu_tests
 #   LIMIT=560 bash bench/run_gpu.sh quant_nf4_cells | generate_125m_cells | generate_heads_cells
-#   LIMIT=560 bash bench/run_gpu.sh generate_retnphi_cells | generate_fused_quant
+#   LIMIT=560 bash bench/run_gpu.sh generate_retnphi_cells | generate_fused_quant | generate_startup | generate_int8_cells
 #   LIMIT=590 bash bench/run_gpu.sh verify_profile
 #   (RetNPhi and verify_profile read /tmp/pysrc: docs/BENCHMARKS.md, "Retention vs a standard transformer")
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
+# PARSE_ONLY=1: each bench./train. command's arguments parsed by its module's argparse and nothing run
+# (bench/parse_only.py; a train command's key=value overrides are not checked against its config); others skipped.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
 LIMIT=${LIMIT:-240}
@@ -36,6 +38,17 @@ for b in "$@"; do
     generate_fused_quant)
       cmd="python -m bench.generate --configs configs/lm_125m.py --batches 1,8,64 --quants none,int4,int8"
       cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
+    # start-up after the Hopper form's jitted entry (stop 34: 164 / 187 s for int4 jnp at batch 8 / 64), and the
+    # fused quantized step at batch 64 beside the module engine in one process
+    generate_startup)
+      cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64 --quants none,int4"
+      cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
+    # int8 through today's table (Hopper form from batch 8) on the ~1B LM and RetNPhi; RetNPhi's process also times
+    # its token decoder and its bf16 engine at batch 256 side by side
+    generate_int8_cells)
+      cmd="python -m bench.generate --configs configs/lm_1b.py --batches 64,256 --quants none,int8 --decode-impls jnp"
+      cmd+=" --no-old --no-token --steps 64 --reps 2; python -m bench.generate_retnphi --size 1b --batches 256,64"
+      cmd+=" --quants none,int8 --no-old --steps 64 --reps 2 --bytes-per-token 3.88" ;;
     # issue 15's like-for-like verify-pass profile: one trained 125M run with 3 heads (~4 min), profiled and timed
     verify_profile)
       cmd="python -m train.lm --config configs/lm_125m.py --workdir /tmp/r125 data.source=files"
@@ -45,6 +58,14 @@ for b in "$@"; do
       cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 256 --reps 2" ;;
     *) echo "unknown benchmark $b"; continue ;;
   esac
+  if [ -n "${PARSE_ONLY:-}" ]; then
+    case $cmd in
+      *"python -m bench."*|*"python -m train."*)
+        cmd=${cmd//python -m bench./python -m bench.parse_only bench.}
+        cmd=${cmd//python -m train./python -m bench.parse_only train.} ;;
+      *) echo "=== $b: skipped under PARSE_ONLY (no bench./train. command)"; continue ;;
+    esac
+  fi
   echo "=== $b: $cmd ($(date -u +%FT%TZ), limit ${LIMIT}s)"
   start=$SECONDS
   # a shell, so a group may chain commands; -k: a run that saves on SIGTERM (train.lm) is killed 30 s later

@@ -75,9 +75,10 @@ def ops_per_step(engine: Engine) -> int:
 def print_table(rows: list[dict]) -> None:
     """bench.generate's summary: a line per row with its weight-read limit (batch x copy bandwidth / weight bytes,
     in bytes/s) and % of it, ops per step, bpb and its cost, compiles in the timed calls, and "x token": its bytes/s
-    over the same-size token decoder's at the same config and batch."""
+    over the same-size token decoder's at the same config and batch; "start s" where a row has one (bench.generate's
+    engine rows: construction and warm-up)."""
     print(f"{'config':22s} {'path':40s} {'batch':>5s} {'bytes/s':>11s} {'weight MB':>9s} {'limit B/s':>11s} "
-          f"{'% limit':>7s} {'x token':>7s} {'ops/step':>8s} {'bpb (+cost)':>15s} {'compiles':>8s}")
+          f"{'% limit':>7s} {'x token':>7s} {'ops/step':>8s} {'bpb (+cost)':>15s} {'compiles':>8s} {'start s':>7s}")
     for r in rows:
         lim = r.get("limit_bytes_per_s")
         wb = f"{r['weight_bytes'] / 1e6:9.1f}" if r.get("weight_bytes") else "        -"
@@ -89,8 +90,9 @@ def print_table(rows: list[dict]) -> None:
                else "-")
         spec = f"  {r['bytes_per_verify']:.2f} bytes/verify" if "bytes_per_verify" in r else ""
         cfg_name = str(r["config"]).split("/")[-1]
+        start = f"{r['start_s']:7.1f}" if r.get("start_s") is not None else "      -"
         print(f"{cfg_name:22s} {r['path']:40s} {r['batch']:5d} {r['bytes_per_s']:11,.0f} {wb} {lim_s} {pct} {xtok} "
-              f"{ops} {bpb:>15s} {r.get('compiles', 0):8d}{spec}")
+              f"{ops} {bpb:>15s} {r.get('compiles', 0):8d} {start}{spec}")
 
 
 def engine_call(engine: Engine | RecurrentEngine, batch: int, steps: int):
