@@ -19,7 +19,9 @@ tensor-core form (int / NF4) at batch >= 8; each pick is printed once per layer 
 "compiles" counts backend compiles inside the timed calls (0 unless a call recompiles, which the timing includes).
 "start s" (plain engine rows): seconds from the engine's construction (quantization and kernel layouts, for the
 first batch it runs or one it was rebuilt for) to the end of its warm-up call (prefill and the decode loop traced,
-lowered and compiled); a later batch on the same engine counts its warm-up alone.
+lowered and compiled); a later batch on the same engine counts its warm-up alone. The --bpb-bytes and --count-ops
+work between construction and warm-up is not counted; an engine rebuilt in a process that has built others reuses
+what they compiled (a cold start is a process's first engine of that kind).
 Token decoder (on unless --no-token; hqf_jax.infer.token_baseline): per config, a Llama-family decoder with the
 byte LM's d_model, layers, MLP width and heads, attention as wide as the retention's weights, a --token-vocab
 vocabulary, random bf16 weights (both parameter counts printed); a cache prefilled once (64 tokens), each call

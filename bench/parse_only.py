@@ -37,12 +37,13 @@ def main(argv: list[str]) -> int:
 
     for name in PARSERS:
         setattr(argparse.ArgumentParser, name, stopping(name))
-    sys.argv = list(argv)
+    saved_argv, sys.argv = sys.argv, list(argv)
     try:
         runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
     except Parsed:
         return 0
     finally:
+        sys.argv = saved_argv
         for name, f in kept.items():
             setattr(argparse.ArgumentParser, name, f)
     print(f"{argv[0]} ran to its end without parsing arguments through argparse", file=sys.stderr)

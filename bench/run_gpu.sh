@@ -7,9 +7,11 @@
 #   (RetNPhi and verify_profile read /tmp/pysrc: docs/BENCHMARKS.md, "Retention vs a standard transformer")
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 # PARSE_ONLY=1: each bench./train. command's arguments parsed by its module's argparse and nothing run
-# (bench/parse_only.py; a train command's key=value overrides are not checked against its config); others skipped.
+# (bench/parse_only.py; a train command's key=value overrides are not checked against its config); others skipped;
+# logs to a fresh temporary folder.
 set -uo pipefail
 LOG_DIR=${LOG_DIR:-runs/gpu_benches}
+[ -n "${PARSE_ONLY:-}" ] && LOG_DIR=$(mktemp -d)  # a parse check never overwrites a benchmark's log
 LIMIT=${LIMIT:-240}
 mkdir -p "$LOG_DIR"
 export PYTHONUNBUFFERED=1
@@ -43,8 +45,8 @@ for b in "$@"; do
     generate_startup)
       cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64 --quants none,int4"
       cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
-    # int8 through today's table (Hopper form from batch 8) on the ~1B LM and RetNPhi; RetNPhi's process also times
-    # its token decoder and its bf16 engine at batch 256 side by side
+    # int8 through today's table (Hopper form from batch 8 at shapes of 2048 and up) on the ~1B LM and RetNPhi;
+    # RetNPhi's process also times its token decoder and its bf16 engine at batch 256 side by side
     generate_int8_cells)
       cmd="python -m bench.generate --configs configs/lm_1b.py --batches 64,256 --quants none,int8 --decode-impls jnp"
       cmd+=" --no-old --no-token --steps 64 --reps 2; python -m bench.generate_retnphi --size 1b --batches 256,64"

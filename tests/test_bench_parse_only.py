@@ -1,5 +1,8 @@
 """bench.parse_only: a GPU command's flags checked on a CPU, nothing run."""
 
+import argparse
+import sys
+
 import pytest
 
 from bench import parse_only
@@ -23,6 +26,5 @@ def test_a_misspelt_flag_fails_as_argparse_does(capsys):
     with pytest.raises(SystemExit) as e:
         parse_only.main(["bench.generate", "--batchez", "64"])  # (a prefix, --batch, is argparse-legal)
     assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
-    import argparse
-
     assert argparse.ArgumentParser.parse_args.__name__ == "parse_args"  # the module's patch undone
+    assert "--batchez" not in sys.argv  # and this process's argv given back

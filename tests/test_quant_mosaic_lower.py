@@ -215,7 +215,7 @@ def test_unpadded_x_reaches_the_kernel_as_it_is(pad_x, b, rows):
 def test_layers_of_one_shape_lower_the_kernel_once(monkeypatch):
     """qlinear's Hopper form goes through a jitted entry, so a program with many layers of one shape lowers the
     Mosaic GPU kernel once per shape: three calls over two shapes give two mosaic_gpu custom calls (the un-jitted
-    call gave one per call site, 96 in a 125M decode step, and the engine took ~3 min to build on an H200)."""
+    call gave one per call site: 96 in a 125M int4 decode step)."""
     from hqf_jax.quant.linear import qlinear
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # qlinear refuses "mosaic" on a CPU backend

@@ -103,6 +103,8 @@ class MosaicWeight:
     bits: int = 4  # code width: 4, or 8 (int only)
 
     def __post_init__(self):
+        if self.levels is not None:  # a tuple: the pytree's static data is hashed by jit (a list would not be)
+            object.__setattr__(self, "levels", tuple(float(x) for x in self.levels))
         if (self.levels is None) != (self.method == "int") or (self.levels is not None and len(self.levels) != 16):
             raise KernelLayoutError(f"MosaicWeight(method={self.method!r}): int codes take no levels, a table codec "
                                     "(nf4, phi) its 16 levels by code (lut_levels)")
