@@ -42,8 +42,9 @@ for b in "$@"; do
       cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
     # start-up after the Hopper form's jitted entry (stop 34: 164 / 187 s for int4 jnp at batch 8 / 64), and the
     # fused quantized step at batch 64 beside the module engine in one process
+    # (JAX_LOG_COMPILES: each trace, lowering and compile with its seconds, in the log: where a start-up goes)
     generate_startup)
-      cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64 --quants none,int4"
+      cmd="JAX_LOG_COMPILES=1 python -m bench.generate --configs configs/lm_125m.py --batches 8,64 --quants none,int4"
       cmd+=" --decode-impls jnp,fused_pallas --no-old --no-token --steps 128 --reps 2" ;;
     # int8 through today's table (Hopper form from batch 8 at shapes of 2048 and up) on the ~1B LM and RetNPhi;
     # RetNPhi's process also times its token decoder and its bf16 engine at batch 256 side by side
