@@ -167,3 +167,19 @@ def test_bench_serve_load_compares_with_batched():
 
     res = main(["--small", "--decode-impl", "fused"])
     assert res["errors"] == 0 and res["batched_bytes_per_s"] > 0 and 0 < res["fraction_of_batched"]
+
+
+@pytest.mark.study
+def test_bench_lower_startup_small():
+    """The start-up probe lowers a quantized engine for CUDA on a CPU: per call site, a Mosaic GPU kernel at each
+    quantized layer (4 in lm_tiny); through the jitted entry, one per weight shape."""
+    from bench.lower_startup import main
+
+    shared = main(["--config", "configs/lm_tiny.py", "--batch", "8"])
+    per_site = main(["--config", "configs/lm_tiny.py", "--batch", "8", "--per-site"])
+    for stage in ("prefill", "decode loop"):
+        assert shared[stage][1] == 1 and per_site[stage][1] == 4
+        assert shared[stage][2] < per_site[stage][2]  # the lowered text: one kernel's copy, not four
+    import jax
+
+    assert jax.default_backend() == "cpu"  # the probe's patch undone
