@@ -21,7 +21,7 @@ from tests.quant_cases import check_product, mosaic_abstract, quant_case
 
 
 _case, _check, _abstract = quant_case, check_product, mosaic_abstract
-_prep = jax.jit(M.prepare_mosaic, static_argnums=1)  # one compile per weight shape, not one per eager op
+_prep = M.prepare_mosaic_jit  # one compile per weight shape, not one per eager op
 _model = jax.jit(M.decode_model)
 
 
@@ -29,6 +29,26 @@ _model = jax.jit(M.decode_model)
 
 SPECS = ["int4", "int4:group_size=128", "int4z:group_size=128", "nf4", "nf4dq:dq_block=4", "nf4:group_size=256",
          "phi4", "int8", "int8:symmetric=false:group_size=128"]
+
+
+@pytest.mark.parametrize("spec", ["int4", "nf4"])
+def test_layers_lay_out_through_one_compile_per_shape(spec):
+    """prepare_for(q, "mosaic"), what a quantized layer holds, is prepare_mosaic run op by op, array for array; it
+    compiles once per weight shape and codec, so a second weight of the shape compiles nothing."""
+    from hqf_jax.quant.linear import prepare_for
+
+    (_, q1), (_, q2) = _case(spec, 384, 128, 1, seed=1), _case(spec, 384, 128, 1, seed=2)  # a shape of its own
+    before = M.prepare_mosaic_jit._cache_size()
+    first = prepare_for(q1, "mosaic")
+    assert M.prepare_mosaic_jit._cache_size() == before + 1  # through the jitted layout
+    second = prepare_for(q2, "mosaic")
+    assert M.prepare_mosaic_jit._cache_size() == before + 1
+    for q, mw in ((q1, first), (q2, second)):
+        eager = M.prepare_mosaic(prepare(q), shuffle=spec == "nf4")
+        assert jax.tree.structure(mw) == jax.tree.structure(eager)  # the same static fields (plan, levels, ...)
+        for a, b in zip(jax.tree.leaves(mw), jax.tree.leaves(eager)):
+            np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    assert not np.array_equal(np.asarray(first.w, np.int8), np.asarray(second.w, np.int8))
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -57,11 +57,11 @@ def prepare_for(q: QTensor, impl: str):
     if impl == "pallas":
         return prepare(q)
     if impl == "mosaic":
-        from pallas_kernels.quant.mosaic_layout import lut_levels, prepare_mosaic  # here: keeps Pallas unloaded
+        from pallas_kernels.quant.mosaic_layout import lut_levels, prepare_mosaic_jit  # here: keeps Pallas unloaded
 
         # table codecs (NF4, phi4) store their codes pre-shuffled for the lookup: NF4 4096x11008 batch 16 18.9 µs
         # against 21.9 with the relayout in the kernel (one process, H200, 2026-12-01, docs/BENCHMARKS.md)
-        return prepare_mosaic(prepare(q), shuffle=lut_levels(q.cfg) is not None)
+        return prepare_mosaic_jit(prepare(q), shuffle=lut_levels(q.cfg) is not None)
     raise QuantConfigError(f"quantized linear impl {impl!r}: use one of {IMPLS}")
 
 

@@ -40,10 +40,12 @@ from pallas_kernels.quant.layout import KernelLayoutError
 from pallas_kernels.quant.nf4_prmt import nf4_levels_prmt
 from pallas_kernels.quant.nf4_words import nf4_levels_words
 from pallas_kernels.quant.mosaic_layout import (COMPUTE_WGS, SMEM_BYTES, MosaicWeight, Plan, check_mosaic,
-                                                decode_model, nf4_level, plan_for, prepare_mosaic, smem_bytes)
+                                                decode_model, nf4_level, plan_for, prepare_mosaic, prepare_mosaic_jit,
+                                                smem_bytes)
 
 __all__ = ["MosaicBlocks", "MosaicWeight", "Plan", "check_mosaic", "decode_model", "mosaic_matmul",
-           "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "resolve", "smem_bytes"]
+           "mosaic_matmul_jit", "nf4_level", "plan_for", "prepare_mosaic", "prepare_mosaic_jit", "resolve",
+           "smem_bytes"]
 
 MIN_TILE_B = 16  # the batch tile (wgmma N) is padded to at least this many rows
 # Stage probes (bench.quant_mosaic_stages; the product is WRONG under a probe): "no_decode" feeds wgmma a constant
