@@ -8,6 +8,8 @@ GET /health. Concurrent requests share one batched decode loop.
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from hqf_jax import cli
 from hqf_jax.infer.batcher import Batcher
@@ -31,13 +33,18 @@ def main(argv=None):
     p.add_argument("--max-prompt", type=int, default=4096, help="longest prompt in bytes")
     p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask")
     a = p.parse_args(argv)
+    start = time.perf_counter()
     engine = Engine.from_run(a.run, a.step, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl,
                              batch=a.slots)  # quantized layers' kernels picked for the shared batch
     batcher = Batcher(engine, a.slots, a.chunk, min_chunk=a.min_chunk)
+    # progress on stderr (a quantized engine can take a minute to compile); stdout's first line is the address
+    print(f"engine built in {time.perf_counter() - start:.1f} s ({a.quant or a.dtype}); compiling prefill and the "
+          f"decode loop ({a.slots} slots, chunks of {a.chunk}) ...", file=sys.stderr, flush=True)
     batcher.warmup()
     server = Server(batcher, a.host, a.port, Limits(a.max_prompt, a.max_tokens),
                     model_name=a.run)
-    print(f"serving {a.run} on {server.url} (POST /v1/completions, GET /health)", flush=True)
+    print(f"serving {a.run} on {server.url} (POST /v1/completions, GET /health; ready in "
+          f"{time.perf_counter() - start:.1f} s)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -192,6 +192,7 @@ def test_serve_cli_serves_a_run_and_stops_cleanly(run_dir, tmp_path):
     try:
         line = p.stdout.readline()  # after the warm-up compiles
         assert line.startswith(f"serving {run_dir} on http://127.0.0.1:"), (line, err())
+        assert "; ready in " in line and "engine built in " in err()  # the start-up, said while it happens
         host, port = line.split("http://")[1].split()[0].split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
         conn.request("GET", "/health")
