@@ -19,7 +19,9 @@ Bytes per token: a BPE tokenizer (tokenizers) trained with the decoder's vocabul
 said so) when no data is given. Timing: ``reps`` chained calls of one jitted loop after a warm-up call;
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
 earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
-bench.generate). The old path reads the --dtype engine's cast parameters; a speculative row is put beside the plain
+bench.generate). "start s" (engine rows): seconds outside the timed calls, from a quantized engine's construction
+(the bf16 engine is built once, before: its rows count prefill and the warm-up call). The old path reads the --dtype
+engine's cast parameters; a speculative row is put beside the plain
 step's limit (a verify pass reads the weights once, as a step).
 """
 
@@ -85,10 +87,11 @@ def main(argv=None):
     bpt, how = measure_bytes_per_token(a.data_paths, decoder.cfg.vocab_size, a.bpe_mb, a.bytes_per_token)
     rows, tok_wb = [], step_weight_bytes(decoder)
 
-    def row(path, b, bps, comp, wb, per_step=1.0):  # bench.generate's row: beside its weight-read limit
+    def row(path, b, bps, comp, wb, per_step=1.0, start_s=None):  # bench.generate's row, beside its read limit
         rows.append(dict(config=f"retnphi {a.size}", path=path, batch=b, bytes_per_s=bps, compiles=comp,
-                         weight_bytes=wb, limit_bytes_per_s=read_limit(b, bw, wb, per_step)))
-        print(f"  {path} batch {b}: {bps:,.0f} bytes/s", flush=True)
+                         weight_bytes=wb, limit_bytes_per_s=read_limit(b, bw, wb, per_step), start_s=start_s))
+        start = "" if start_s is None else f" (start {start_s:.1f} s)"
+        print(f"  {path} batch {b}: {bps:,.0f} bytes/s{start}", flush=True)
         return rows[-1]
 
     for b in batches:
@@ -117,6 +120,7 @@ def main(argv=None):
             sec, comp = timed(lambda i: generate.sample(engine.model, enc, a.steps, jax.random.PRNGKey(i)), a.reps)
             row("RetNPhi old path (nn.generate.sample)", b, b * a.steps / sec, comp, engine.weight_bytes())
         for q in quants:
+            t0 = time.perf_counter()  # start-up: a quantized engine's construction, prefill and warm-up call
             eng = engine if q == "none" else RecurrentEngine(model, dtype=a.dtype, quant=q, batch=b)
             slots = eng.prefill(prompts, Settings.make(b, 0, temperature=1.0, top_p=0.95))
             state = {"s": slots}
@@ -126,8 +130,10 @@ def main(argv=None):
                 return out
 
             sec, comp = timed(call, a.reps)
+            start = time.perf_counter() - t0 - sec * a.reps  # all but the timed calls
             wb = eng.weight_bytes()
-            plain = row(f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp, wb)
+            plain = row(f"RetNPhi engine {a.dtype}" + ("" if q == "none" else f" {q}"), b, b * a.steps / sec, comp, wb,
+                        start_s=start)
             for r in [r for r in a.min_rows if b < r]:  # the decode batch padded to r rows (copies of row 0)
                 eng.min_rows, state["s"] = r, slots
                 sec, comp = timed(call, a.reps)

@@ -132,6 +132,10 @@ def test_bench_generate_retnphi_small(capsys):
         assert limit == pytest.approx(r["limit_bytes_per_s"], abs=0.5)
         assert pct == pytest.approx(100 * r["bytes_per_s"] / r["limit_bytes_per_s"], abs=0.051)
         assert cells[5] == f"{r['x_token']:.2f}x"
+    # start-up: the plain engine rows only (the quantized one counts its construction), printed in "start s"
+    starts = {r["path"]: r["start_s"] for r in rows if r.get("start_s") is not None}
+    assert set(starts) == {"RetNPhi engine float32", "RetNPhi engine float32 int8"}
+    assert all(v > 0 for v in starts.values()) and f"(start {starts['RetNPhi engine float32 int8']:.1f} s)" in out
 
 
 @pytest.mark.study
