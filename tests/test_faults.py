@@ -203,6 +203,24 @@ def test_checksums_see_every_single_bit_flip():
     assert bad == ["f32"]
 
 
+def test_checksums_compile_per_leaf_shape_and_keep_their_values():
+    """A tree whose leaves have shapes already seen compiles nothing (a jit of the whole tree compiled once per
+    tree); the checksums are those of the whole-tree form, so a checkpoint saved before still verifies."""
+    from hqf_jax.trainer import checkpoint as C
+
+    rng = np.random.default_rng(1)
+    a = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "k": jnp.asarray(rng.integers(0, 9, 4), jnp.int32)}
+    b = {"opt": {"mu": a["w"] * 2, "nu": a["w"] * 3}, "count": a["k"] + 1}  # another tree, the same leaf shapes
+    C.fingerprint(a)
+    compiled = C._sum_and_finite._cache_size()
+    sums, _ = C.fingerprint(b)
+    assert C._sum_and_finite._cache_size() == compiled
+    whole = jax.device_get(jax.jit(lambda t: jax.tree.map(C._leaf_sum, t))(b))  # the earlier form's values
+    assert sums == {"opt/mu": "".join(f"{int(v):08x}" for v in whole["opt"]["mu"]),
+                    "opt/nu": "".join(f"{int(v):08x}" for v in whole["opt"]["nu"]),
+                    "count": "".join(f"{int(v):08x}" for v in whole["count"])}
+
+
 def test_flipped_bit_is_reported_and_the_newest_intact_step_offered_then_used(tmp_path):
     whole = tmp_path / "whole"
     run_tiny(whole)

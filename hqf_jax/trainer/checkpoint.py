@@ -109,16 +109,20 @@ def _leaf_finite(x):
 
 
 @jax.jit
-def _sums_and_finite(tree):
-    return jax.tree.map(_leaf_sum, tree), jax.tree.map(_leaf_finite, tree)
+def _sum_and_finite(x):
+    return _leaf_sum(x), _leaf_finite(x)
 
 
 def fingerprint(tree) -> tuple[dict[str, str], list[str]]:
-    """({array path: checksum hex}, [paths of float arrays holding NaN/inf]) of a pytree of arrays."""
-    sums, finite = jax.device_get(_sums_and_finite(tree))
-    flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-    hexes = {path_str(k): "".join(f"{int(v):08x}" for v in np.asarray(s)) for k, s in flat}
-    bad = [path_str(k) for k, ok in jax.tree_util.tree_flatten_with_path(finite)[0] if not bool(ok)]
+    """({array path: checksum hex}, [paths of float arrays holding NaN/inf]) of a pytree of arrays.
+
+    One small program per leaf, compiled once per shape, dtype and sharding and reused by every tree that has such
+    a leaf (the parameters and both Adam moments share shapes; so do the runs of one process): a jit of the whole
+    tree compiled once per tree, 4x the compile time of the tiny test LM's leaves (2.0 s against 0.46 on a CPU)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    results = jax.device_get([_sum_and_finite(x) for _, x in flat])
+    hexes = {path_str(k): "".join(f"{int(v):08x}" for v in np.asarray(s)) for (k, _), (s, _) in zip(flat, results)}
+    bad = [path_str(k) for (k, _), (_, ok) in zip(flat, results) if not bool(ok)]
     return hexes, bad
 
 
