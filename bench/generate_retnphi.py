@@ -20,7 +20,7 @@ said so) when no data is given. Timing: ``reps`` chained calls of one jitted loo
 "compiles" counts backend compiles inside the timed calls (must be 0: a recompile per call is what made an
 earlier bench report 136 B/s). Both, and the KV-cache timing, are hqf_jax.infer.token_baseline's (shared with
 bench.generate). "start s" (engine rows): seconds outside the timed calls, from a quantized engine's construction
-(the bf16 engine is built once, before: its rows count prefill and the warm-up call). The old path reads the --dtype
+(the --dtype engine is built once, before: its rows count prefill and the warm-up call). The old path reads the --dtype
 engine's cast parameters; a speculative row is put beside the plain
 step's limit (a verify pass reads the weights once, as a step).
 """

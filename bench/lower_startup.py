@@ -39,11 +39,12 @@ def main(argv=None):
                     batch=a.batch)
     rows = {"construct": (time.perf_counter() - t, None, None)}
     kept_backend, kept_entry = jax.default_backend, M.mosaic_matmul_jit
-    jax.default_backend = lambda: "gpu"  # qlinear and the engine take their GPU paths; lowering is for CUDA
-    if a.per_site:
-        M.mosaic_matmul_jit = lambda x, mw, blocks=None: M.mosaic_matmul(x, mw, blocks)
-    jax.clear_caches()  # an earlier call in this process (the other form) must not hand back its traces
     try:
+        jax.default_backend = lambda: "gpu"  # qlinear and the engine take their GPU paths; lowering is for CUDA
+        engine.interpret = False  # set at construction from the CPU backend: the Pallas steps lower as Triton
+        if a.per_site:
+            M.mosaic_matmul_jit = lambda x, mw, blocks=None: M.mosaic_matmul(x, mw, blocks)
+        jax.clear_caches()  # an earlier call in this process (the other form) must not hand back its traces
         tokens, lengths = engine._pad([b"The quic"] * a.batch)
         settings = Settings.make(a.batch, 0, temperature=1.0, top_p=0.95)
 

@@ -36,10 +36,10 @@ def main(argv=None):
     start = time.perf_counter()
     engine = Engine.from_run(a.run, a.step, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl,
                              batch=a.slots)  # quantized layers' kernels picked for the shared batch
-    batcher = Batcher(engine, a.slots, a.chunk, min_chunk=a.min_chunk)
     # progress on stderr (a quantized engine can take a minute to compile); stdout's first line is the address
     print(f"engine built in {time.perf_counter() - start:.1f} s ({a.quant or a.dtype}); compiling prefill and the "
           f"decode loop ({a.slots} slots, chunks of {a.chunk}) ...", file=sys.stderr, flush=True)
+    batcher = Batcher(engine, a.slots, a.chunk, min_chunk=a.min_chunk)  # its empty slots' prefill compiles here
     batcher.warmup()
     server = Server(batcher, a.host, a.port, Limits(a.max_prompt, a.max_tokens),
                     model_name=a.run)

@@ -215,10 +215,13 @@ def test_checksums_compile_per_leaf_shape_and_keep_their_values():
     compiled = C._sum_and_finite._cache_size()
     sums, _ = C.fingerprint(b)
     assert C._sum_and_finite._cache_size() == compiled
-    whole = jax.device_get(jax.jit(lambda t: jax.tree.map(C._leaf_sum, t))(b))  # the earlier form's values
+    whole = jax.device_get(jax.jit(lambda t: jax.tree.map(C._leaf_sum, t))(b))  # the whole-tree form's values
     assert sums == {"opt/mu": "".join(f"{int(v):08x}" for v in whole["opt"]["mu"]),
                     "opt/nu": "".join(f"{int(v):08x}" for v in whole["opt"]["nu"]),
                     "count": "".join(f"{int(v):08x}" for v in whole["count"])}
+    # pinned: what the whole-tree form of 2026-11 (commit 77b7270) wrote into .sums.json for this tree
+    pinned = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) / 7, "k": jnp.arange(5, dtype=jnp.int32) - 2}
+    assert C.fingerprint(pinned) == ({"k": "2e2ac0ea19b64430", "w": "37365ca9b37290cc"}, [])
 
 
 def test_flipped_bit_is_reported_and_the_newest_intact_step_offered_then_used(tmp_path):

@@ -121,8 +121,10 @@ def fingerprint(tree) -> tuple[dict[str, str], list[str]]:
     whole tree compiled once per tree: a tiny LM's first fingerprint takes 0.5-0.7 s against 1.7-1.8 on a CPU at the
     tests' -O0, a later one 19-27 ms against 12-14 (2026-12-01)."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    # each program finished before the next is dispatched: on CPUs, programs of sharded leaves in flight together
-    # waited on each other's collectives and hung (8 virtual devices in one process; two jax.distributed processes)
+    # each program finished before the next is dispatched (the train step that made the tree too): on CPUs, programs
+    # of sharded leaves in flight together waited on each other's collectives and hung (8 virtual devices in one
+    # process; two jax.distributed processes)
+    jax.block_until_ready(tree)
     results = [jax.device_get(_sum_and_finite(x)) for _, x in flat]
     hexes = {path_str(k): "".join(f"{int(v):08x}" for v in np.asarray(s)) for (k, _), (s, _) in zip(flat, results)}
     bad = [path_str(k) for (k, _), (_, ok) in zip(flat, results) if not bool(ok)]
