@@ -180,10 +180,12 @@ def test_bench_lower_startup_small():
     from bench.lower_startup import main
 
     shared = main(["--config", "configs/lm_tiny.py", "--batch", "8"])
-    per_site = main(["--config", "configs/lm_tiny.py", "--batch", "8", "--per-site"])
+    per_site = main(["--config", "configs/lm_tiny.py", "--batch", "8", "--per-site", "--eager-layout"])
     for stage in ("prefill", "decode loop"):
         assert shared[stage][1] == 1 and per_site[stage][1] == 4
         assert shared[stage][2] < per_site[stage][2]  # the lowered text: one kernel's copy, not four
+    # the layout compiled once per shape, against once per op (both count the quantization's own compiles)
+    assert int(shared["construct"][1].split()[0]) < int(per_site["construct"][1].split()[0])
     import jax
 
     assert jax.default_backend() == "cpu"  # the probe's patch undone

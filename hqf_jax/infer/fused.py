@@ -65,9 +65,13 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
     quantized by ``method`` where the layers it joins are quantized in ``model`` (the engine's quantized model),
     else cast to its compute dtype; impl "auto" picks each matrix's layout for decode batch ``batch`` as
     QuantLinear does (so on a GPU a joined matrix may take another layout than its parts)."""
+    from hqf_jax.quant.config import parse_method
     from hqf_jax.quant.model import QuantLinear, prepare_auto
     from hqf_jax.quant.qtensor import quantize
 
+    if getattr(parse_method(method), "double_quant", False):  # before any matrix is quantized
+        raise EngineError(f"{method}: double quantization's second-level scale blocks would span the joined columns "
+                          "(other codes than the layers'); use decode_impl jnp or pallas")
     out = {"qkvg": [], "gu": []}
     for i, block in enumerate(model.blocks):
         m, f = block.retention, block.ffn
@@ -75,11 +79,7 @@ def quantize_fused(fw: dict, model, method: str, impl: str = "auto", batch: int 
             quantized = [isinstance(x, QuantLinear) for x in parts]
             w = fw[key][i]
             if all(quantized):
-                q = quantize(w, method)
-                if getattr(q.cfg, "double_quant", False):
-                    raise EngineError(f"{method}: double quantization's second-level scale blocks would span the "
-                                      "joined columns (other codes than the layers'); use decode_impl jnp or pallas")
-                w = prepare_auto(q, impl, batch)[1]
+                w = prepare_auto(quantize(w, method), impl, batch)[1]
             elif not any(quantized):  # stored as the engine's other parameters are
                 w = w.astype(jnp.dtype(model.cfg.compute_dtype))
             else:

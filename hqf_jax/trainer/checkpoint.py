@@ -118,8 +118,7 @@ def fingerprint(tree) -> tuple[dict[str, str], list[str]]:
 
     One small program per leaf, compiled once per shape, dtype and sharding and reused by every tree that has such
     a leaf (the parameters and both Adam moments share shapes; so do the runs of one process), where a jit of the
-    whole tree compiled once per tree: a tiny LM's first fingerprint takes 0.5-0.7 s against 1.7-1.8 on a CPU at the
-    tests' -O0, a later one 19-27 ms against 12-14 (2026-12-01)."""
+    whole tree compiled once per tree (tests/test_faults.py asserts the reuse)."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     # each program finished before the next is dispatched (the train step that made the tree too): on CPUs, programs
     # of sharded leaves in flight together waited on each other's collectives and hung (8 virtual devices in one
