@@ -4,6 +4,7 @@
 #   LIMIT=560 bash bench/run_gpu.sh quant_nf4_cells | generate_125m_cells | generate_heads_cells
 #   LIMIT=560 bash bench/run_gpu.sh generate_retnphi_cells | generate_fused_quant | generate_startup | generate_int8_cells
 #   LIMIT=590 bash bench/run_gpu.sh verify_profile
+#   SHARD=0/3 LIMIT=560 bash bench/run_gpu.sh gpu_tests   (then 1/3 and 2/3: the gpu-marked tests in three calls)
 #   (RetNPhi and verify_profile read /tmp/pysrc: docs/BENCHMARKS.md, "Retention vs a standard transformer")
 # Each benchmark's table is its log's last lines; a group never stops at a failed member.
 # PARSE_ONLY=1: each bench./train. command's arguments parsed by its module's argparse and nothing run
@@ -30,7 +31,8 @@ for b in "$@"; do
     generate_retnphi) cmd="python -m bench.generate_retnphi --size 1b --batches 1,64 --steps 128 --data-paths /tmp/pysrc" ;;
     decode_profile) cmd="python -m bench.decode_profile --config configs/lm_125m.py --decode-impls jnp,fused_pallas --batch 1 --steps 64 --out $LOG_DIR/decode_profile" ;;
     serve_load) cmd="python -m bench.serve_load --config configs/lm_125m.py --decode-impl fused_pallas --clients 16 --requests 128 --slots 8 --chunk 32 --max-tokens 256" ;;
-    gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider" ;;
+    # all of them take ~17 min on one H200 (stop 35): past a 10-minute call, so SHARD=K/N runs slice K of N
+    gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider${SHARD:+ --shard $SHARD}" ;;
     # the cells issue 22's and issue 15's matrices still lack (docs/BENCHMARKS.md, stop 32); give them LIMIT=560
     quant_nf4_cells) cmd="python -m bench.quant_mosaic --shapes 4096x4096,11008x4096,4096x11008 --methods nf4 --batches 1,4,16,32,64,256 --keep 1 --target-s 0.02 --budget-s 520" ;;
     generate_125m_cells) cmd="python -m bench.generate --configs configs/lm_125m.py --batches 8,64,256 --quants none,int8,int4 --decode-impls jnp --no-old --no-token --steps 128 --reps 2" ;;

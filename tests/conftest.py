@@ -73,12 +73,46 @@ LONG_MODULES = ["test_notebooks.py", "test_train_lm.py", "test_quant_kernels.py"
                 "test_retnphi_spec.py"]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="K/N",
+                     help="run only slice K of N (0 <= K < N) of the selected tests, every N-th one from the K-th: "
+                          "the gpu-marked tests split over device calls or GPUs (bench/run_gpu.sh gpu_tests, SHARD=K/N)")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N), or a usage error that says what is wrong."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard {text!r}: expected K/N, two integers, e.g. 0/3") from None
+    if n < 1 or not 0 <= k < n:
+        raise pytest.UsageError(f"--shard {text}: needs N >= 1 and 0 <= K < N")
+    return k, n
+
+
+class _Shard:
+    """Keeps every N-th selected test from the K-th, after the -m / -k deselection (trylast), so the N slices of one
+    selection are disjoint, cover it, and each takes a share of every file (files differ a lot in time)."""
+
+    def __init__(self, k: int, n: int):
+        self.k, self.n = k, n
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        dropped = [item for i, item in enumerate(items) if i % self.n != self.k]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for i, item in enumerate(items) if i % self.n == self.k]
+
+
 def pytest_configure(config):
     """pytest-xdist >= 3.7 reorders the files of --dist loadfile by their number of tests (most first) unless told
     not to: that ran test_multiprocess.py (one test, about a minute) among the very last, alone on one worker.
-    Keep the order below instead (same as --no-loadscope-reorder; a no-op without xdist)."""
+    Keep the order below instead (same as --no-loadscope-reorder; a no-op without xdist). --shard K/N: see _Shard."""
     if getattr(config.option, "loadscopereorder", None) is not None:
         config.option.loadscopereorder = False
+    if config.getoption("--shard", None):
+        config.pluginmanager.register(_Shard(*parse_shard(config.getoption("--shard"))), "hqf_shard")
 
 
 @pytest.fixture(autouse=True, scope="session")
