@@ -31,7 +31,7 @@ for b in "$@"; do
     generate_retnphi) cmd="python -m bench.generate_retnphi --size 1b --batches 1,64 --steps 128 --data-paths /tmp/pysrc" ;;
     decode_profile) cmd="python -m bench.decode_profile --config configs/lm_125m.py --decode-impls jnp,fused_pallas --batch 1 --steps 64 --out $LOG_DIR/decode_profile" ;;
     serve_load) cmd="python -m bench.serve_load --config configs/lm_125m.py --decode-impl fused_pallas --clients 16 --requests 128 --slots 8 --chunk 32 --max-tokens 256" ;;
-    # all of them take ~17 min on one H200 (stop 35): past a 10-minute call, so SHARD=K/N runs slice K of N
+    # all of them took ~17 min on one H200, summed over stop 35's shards: past a 10-minute call; SHARD=K/N runs slice K
     gpu_tests) cmd="env JAX_PLATFORMS=cuda python -m pytest -m gpu -q -p no:cacheprovider${SHARD:+ --shard $SHARD}" ;;
     # the cells issue 22's and issue 15's matrices still lack (docs/BENCHMARKS.md, stop 32); give them LIMIT=560
     quant_nf4_cells) cmd="python -m bench.quant_mosaic --shapes 4096x4096,11008x4096,4096x11008 --methods nf4 --batches 1,4,16,32,64,256 --keep 1 --target-s 0.02 --budget-s 520" ;;

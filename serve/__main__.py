@@ -36,7 +36,8 @@ def main(argv=None):
     start = time.perf_counter()
     engine = Engine.from_run(a.run, a.step, dtype=a.dtype, quant=a.quant, decode_impl=a.decode_impl,
                              batch=a.slots)  # quantized layers' kernels picked for the shared batch
-    # progress on stderr (a quantized engine can take a minute to compile); stdout's first line is the address
+    # progress on stderr (compiling takes seconds to tens of seconds: 20 s for a 125M int4 engine on an H200, 9 s in
+    # bf16, docs/BENCHMARKS.md stop 35); stdout's first line is the address
     print(f"engine built in {time.perf_counter() - start:.1f} s ({a.quant or a.dtype}); compiling prefill and the "
           f"decode loop ({a.slots} slots, chunks of {a.chunk}) ...", file=sys.stderr, flush=True)
     batcher = Batcher(engine, a.slots, a.chunk, min_chunk=a.min_chunk)  # its empty slots' prefill compiles here

@@ -99,10 +99,10 @@ class _Shard:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
-        dropped = [item for i, item in enumerate(items) if i % self.n != self.k]
+        kept, dropped = items[self.k::self.n], [item for i, item in enumerate(items) if i % self.n != self.k]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for i, item in enumerate(items) if i % self.n == self.k]
+        items[:] = kept
 
 
 def pytest_configure(config):
